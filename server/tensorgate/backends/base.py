@@ -1,0 +1,67 @@
+"""The small interface every backend implements: arrays in, arrays out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tensorgate.dataplane.types import Array
+from tensorgate.proto import model_config_pb2 as mc
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSignature:
+    """A tensor as the model file declares it; -1 marks a dynamic dimension."""
+
+    name: str
+    config_type: str  # model config enum name, e.g. TYPE_FP32
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSignature:
+    """Inputs and outputs read from a model file, used to complete and check the config."""
+
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceContext:
+    """Everything a backend needs to create one instance of a model version."""
+
+    model_name: str
+    version: int
+    model_dir: Path
+    model_file: Path
+    config: mc.ModelConfig
+    device: str  # "cpu" or "cuda:<id>"
+    intra_op_threads: int
+
+
+class Backend(Protocol):
+    """One loaded instance of a model version; `execute` runs in an executor thread."""
+
+    def signature(self) -> ModelSignature | None:
+        """Inputs and outputs the model file declares, or None when it cannot tell."""
+        ...
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        """Run the model on named arrays and return every output by name."""
+        ...
+
+    def close(self) -> None:
+        """Release the instance's resources."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """Creates instances; `default_filename` is looked for in each version directory."""
+
+    name: str
+    default_filename: str
+
+    def create(self, context: InstanceContext) -> Backend:
+        """Load one instance. Raises ModelLoadError with a reason the user can act on."""
+        ...

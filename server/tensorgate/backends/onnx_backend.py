@@ -1,0 +1,114 @@
+"""ONNX Runtime backend: CPU execution provider, CUDA execution provider when present."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tensorgate.backends.base import InstanceContext, ModelSignature, TensorSignature
+from tensorgate.dataplane.types import Array
+from tensorgate.errors import ModelLoadError
+
+_ORT_TYPES = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+    "tensor(bfloat16)": "TYPE_BF16",
+}
+
+
+def _dims(shape: list[Any]) -> tuple[int, ...]:
+    # Symbolic ("batch") and unknown (None) dimensions are both dynamic.
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def _signature(nodes: list[Any]) -> tuple[TensorSignature, ...]:
+    out = []
+    for node in nodes:
+        config_type = _ORT_TYPES.get(node.type)
+        if config_type is None:
+            raise ModelLoadError(f"ONNX tensor '{node.name}' has unsupported type {node.type}")
+        out.append(TensorSignature(node.name, config_type, _dims(node.shape)))
+    return tuple(out)
+
+
+class OnnxInstance:
+    """One onnxruntime InferenceSession."""
+
+    def __init__(self, context: InstanceContext) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        threads = _parameter_int(context, "intra_op_thread_count", context.intra_op_threads)
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = _parameter_int(context, "inter_op_thread_count", 1)
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if context.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelLoadError(
+                    "instance_group asks for KIND_GPU but onnxruntime has no CUDA execution "
+                    "provider (install the 'gpu' extra: onnxruntime-gpu)"
+                )
+            device_id = int(context.device.split(":")[1])
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}), *providers]
+        try:
+            self._session = ort.InferenceSession(
+                str(context.model_file), options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"onnxruntime cannot load {context.model_file.name}: {exc}") from None
+        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._string_inputs = {
+            i.name for i in self._session.get_inputs() if i.type == "tensor(string)"
+        }
+
+    def signature(self) -> ModelSignature:
+        return ModelSignature(
+            _signature(self._session.get_inputs()), _signature(self._session.get_outputs())
+        )
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        feed = inputs
+        if self._string_inputs:
+            # onnxruntime wants str elements for string tensors; the wire gives bytes.
+            feed = dict(inputs)
+            for name in self._string_inputs & inputs.keys():
+                feed[name] = np.vectorize(_to_str, otypes=[object])(inputs[name])
+        results = self._session.run(self._output_names, feed)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        del self._session
+
+
+def _to_str(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _parameter_int(context: InstanceContext, key: str, default: int) -> int:
+    param = context.config.parameters.get(key)
+    if param is None or not param.string_value:
+        return default
+    try:
+        return int(param.string_value)
+    except ValueError:
+        raise ModelLoadError(f"parameter {key} must be an integer, got {param.string_value!r}") from None
+
+
+class OnnxFactory:
+    name = "onnxruntime"
+    default_filename = "model.onnx"
+
+    def create(self, context: InstanceContext) -> OnnxInstance:
+        return OnnxInstance(context)

@@ -1,0 +1,87 @@
+"""Python backend: a `Model` class in the version directory's `model.py`.
+
+The contract is plain numpy in, numpy out:
+
+    class Model(tensorgate.PythonModel):
+        def load(self, context):            # optional: context.model_dir, .config, .version
+            ...
+        def execute(self, inputs):          # dict[str, np.ndarray] -> dict[str, np.ndarray]
+            ...
+        def unload(self):                   # optional
+            ...
+
+BYTES tensors arrive as object arrays of `bytes`; outputs may hold bytes or str.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+from tensorgate.backends.base import InstanceContext, ModelSignature
+from tensorgate.dataplane.types import Array
+from tensorgate.errors import ModelLoadError
+
+
+class PythonModel:
+    """Base class for Python models; subclassing it is optional (duck typing works)."""
+
+    def load(self, context: InstanceContext) -> None:
+        """Prepare the model; `context.model_dir` holds its files."""
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        """Compute every output from the named inputs."""
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        """Release resources."""
+
+
+class PythonInstance:
+    """One instance of the user's Model class."""
+
+    def __init__(self, context: InstanceContext) -> None:
+        if not context.config.input or not context.config.output:
+            raise ModelLoadError("a Python model needs a config.pbtxt listing inputs and outputs")
+        module_name = f"tensorgate_models.{context.model_name}.v{context.version}"
+        spec = importlib.util.spec_from_file_location(module_name, context.model_file)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import {context.model_file}")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:  # user code may raise anything while importing
+            sys.modules.pop(module_name, None)
+            raise ModelLoadError(f"model.py failed to import: {type(exc).__name__}: {exc}") from None
+        model_class = getattr(module, "Model", None)
+        if model_class is None:
+            raise ModelLoadError("model.py defines no class named 'Model'")
+        self._model: Any = model_class()
+        load = getattr(self._model, "load", None)
+        if load is not None:
+            try:
+                load(context)
+            except Exception as exc:  # user code may raise anything while loading
+                raise ModelLoadError(f"Model.load failed: {type(exc).__name__}: {exc}") from None
+
+    def signature(self) -> ModelSignature | None:
+        return None
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        result: dict[str, Array] = self._model.execute(inputs)
+        return result
+
+    def close(self) -> None:
+        unload = getattr(self._model, "unload", None)
+        if unload is not None:
+            unload()
+
+
+class PythonFactory:
+    name = "python"
+    default_filename = "model.py"
+
+    def create(self, context: InstanceContext) -> PythonInstance:
+        return PythonInstance(context)

@@ -1,0 +1,100 @@
+"""PyTorch backend: TorchScript (`model.pt`) and torch.export programs (`model.pt2`).
+
+torch is imported only when a torch model loads, so repositories without one start fast.
+Inputs are passed positionally in the order the config lists them; outputs are matched to
+the config's outputs in order (tuple/list results) or by key (dict results).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from tensorgate.backends.base import InstanceContext, ModelSignature
+from tensorgate.dataplane.types import Array
+from tensorgate.errors import ModelLoadError, ModelExecutionError
+
+
+class TorchInstance:
+    """One loaded module on one device."""
+
+    def __init__(self, context: InstanceContext) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise ModelLoadError(
+                "the pytorch backend needs torch; install the 'torch' extra"
+            ) from None
+        self._torch = torch
+        if not context.config.input or not context.config.output:
+            raise ModelLoadError(
+                "a PyTorch model needs a config.pbtxt listing its inputs and outputs "
+                "(TorchScript files do not record tensor names)"
+            )
+        for tensor in [*context.config.input, *context.config.output]:
+            if tensor.data_type == 13:  # TYPE_STRING
+                raise ModelLoadError(f"tensor '{tensor.name}': the pytorch backend has no BYTES")
+        if context.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError("instance_group asks for KIND_GPU but torch sees no CUDA device")
+        self._device = torch.device(context.device)
+        self._input_names = [t.name for t in context.config.input]
+        self._output_names = [t.name for t in context.config.output]
+        threads = context.intra_op_threads
+        if threads > 0:
+            torch.set_num_threads(threads)
+        path = str(context.model_file)
+        try:
+            if path.endswith(".pt2"):
+                self._module: Any = torch.export.load(path).module()
+                self._module.to(self._device)
+            else:
+                self._module = torch.jit.load(path, map_location=self._device)
+                self._module.eval()
+        except Exception as exc:  # torch raises many types for unreadable files
+            raise ModelLoadError(f"torch cannot load {context.model_file.name}: {exc}") from None
+
+    def signature(self) -> ModelSignature | None:
+        return None
+
+    def _to_tensor(self, array: Array) -> Any:
+        torch = self._torch
+        if array.dtype == ml_dtypes.bfloat16:
+            tensor = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+        else:
+            # Arrays viewed from the request bytes are read-only; a model that writes its
+            # input in place must not corrupt them, so such arrays are copied.
+            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+        return tensor.to(self._device, non_blocking=True)
+
+    def _to_array(self, tensor: Any) -> Array:
+        tensor = tensor.detach().cpu()
+        if tensor.dtype == self._torch.bfloat16:
+            return np.asarray(tensor.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16))
+        return np.asarray(tensor.numpy())
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        args = [self._to_tensor(inputs[name]) for name in self._input_names if name in inputs]
+        with self._torch.inference_mode():
+            result = self._module(*args)
+        if isinstance(result, dict):
+            return {name: self._to_array(result[name]) for name in self._output_names}
+        if not isinstance(result, (tuple, list)):
+            result = (result,)
+        if len(result) != len(self._output_names):
+            raise ModelExecutionError(
+                f"model returned {len(result)} outputs, config lists {len(self._output_names)}"
+            )
+        return {n: self._to_array(t) for n, t in zip(self._output_names, result, strict=True)}
+
+    def close(self) -> None:
+        del self._module
+
+
+class TorchFactory:
+    name = "pytorch"
+    default_filename = "model.pt"
+
+    def create(self, context: InstanceContext) -> TorchInstance:
+        return TorchInstance(context)

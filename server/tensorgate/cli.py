@@ -1,0 +1,54 @@
+"""Command line: `tensorgate serve --model-repository DIR ...`, also `python -m tensorgate`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from tensorgate import __version__
+from tensorgate.settings import Settings, build_settings
+
+_HELP = {
+    "model_repository": "directory laid out like a Triton model repository",
+    "model_control_mode": "none: load every model at start; explicit: load/unload by RPC",
+    "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
+    "exit_on_error": "exit non-zero if any model fails to load at start",
+    "strict_readiness": "ready only when every model loaded (default true)",
+    "config": "TOML file of settings (keys as the flags, with underscores)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tensorgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model repository")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        help_text = _HELP.get(f.name, "") + f" (env TENSORGATE_{f.name.upper()})"
+        if "bool" in kind:
+            serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif "list" in kind:
+            serve.add_argument(flag, action="append", default=None, help=help_text)
+        else:
+            serve.add_argument(flag, type=int if kind == "int" else str, default=None,
+                               help=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tensorgate` command."""
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = build_settings(overrides)
+    except (ValueError, OSError) as exc:
+        print(f"tensorgate: {exc}", file=sys.stderr)
+        return 2
+    from tensorgate.app import run  # grpc and the backends load only when serving
+
+    return run(settings)

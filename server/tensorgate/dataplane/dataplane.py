@@ -1,0 +1,152 @@
+"""The data plane: every transport's requests come here, whatever the wire format.
+
+It owns model lookup, request validation, execution bookkeeping and statistics. It knows
+nothing of gRPC or HTTP: failures are raised as TensorgateError and mapped by the transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from tensorgate import __version__
+from tensorgate.dataplane.types import Array, InferRequest, InferResponse
+from tensorgate.dataplane.validation import validate_request
+from tensorgate.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelExecutionError,
+    TensorgateError,
+)
+from tensorgate.protocol import datatypes
+from tensorgate.repository.manager import READY, ModelRepository, ModelVersion
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "parameters",
+)
+
+
+class DataPlane:
+    """Server-wide operations, shared by the gRPC servicer and the REST shim."""
+
+    def __init__(self, repository: ModelRepository, explicit_control: bool) -> None:
+        self.repository = repository
+        self.explicit_control = explicit_control
+        self.ready = False  # set once start-up loading is done
+
+    # Health and metadata -------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        """Ready once start-up loading finished and every started model is READY."""
+        return self.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repository.get(name, version)
+        except TensorgateError:
+            return False
+        return True
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return "tensorgate", __version__, list(EXTENSIONS)
+
+    def model(self, name: str, version: str = "") -> ModelVersion:
+        """Resolve a model version or raise NOT_FOUND / UNAVAILABLE."""
+        return self.repository.get(name, version)
+
+    def model_versions(self, name: str) -> list[str]:
+        record = self.repository.records.get(name)
+        return [str(v) for v in sorted(record.versions)] if record else []
+
+    # Repository ----------------------------------------------------------------------
+
+    async def load_model(self, name: str) -> None:
+        self._require_explicit("load")
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        self._require_explicit("unload")
+        await self.repository.unload(name)
+
+    def _require_explicit(self, action: str) -> None:
+        if not self.explicit_control:
+            raise FailedPrecondition(
+                f"explicit model {action} is not allowed: start the server with "
+                "--model-control-mode explicit"
+            )
+
+    def repository_index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
+        self.repository.scan()
+        return self.repository.index(ready_only)
+
+    def all_ready(self) -> bool:
+        return all(r.state == READY for r in self.repository.records.values() if r.state)
+
+    # Inference -----------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate, execute and shape the response for one request."""
+        started = time.perf_counter_ns()
+        model = self.repository.get(request.model_name, request.model_version)
+        rows = validate_request(request, model.spec)
+        try:
+            execution = await model.pool.execute(request.inputs)
+            outputs = self._select_outputs(model, request, execution.outputs)
+        except TensorgateError as exc:
+            model.stats.record_failure(time.perf_counter_ns() - started)
+            if isinstance(exc, ModelExecutionError):
+                exc.message = f"model '{model.name}' failed: {exc.message}"
+            raise
+        except Exception as exc:
+            model.stats.record_failure(time.perf_counter_ns() - started)
+            log.warning("model %s raised %s: %s", model.name, type(exc).__name__, exc)
+            raise ModelExecutionError(
+                f"model '{model.name}' failed: {type(exc).__name__}: {exc}"
+            ) from None
+        model.stats.record_success(
+            rows,
+            time.perf_counter_ns() - started,
+            execution.queue_ns,
+            execution.compute_input_ns,
+            execution.compute_infer_ns,
+            execution.compute_output_ns,
+        )
+        return InferResponse(
+            model_name=model.name,
+            model_version=str(model.version),
+            id=request.id,
+            outputs=outputs,
+            datatypes={n: model.spec.outputs[n].datatype.name for n in outputs},
+        )
+
+    @staticmethod
+    def _select_outputs(
+        model: ModelVersion, request: InferRequest, produced: dict[str, Array]
+    ) -> dict[str, Array]:
+        names = request.requested_outputs or list(model.spec.outputs)
+        outputs: dict[str, Array] = {}
+        for name in names:
+            array = produced.get(name)
+            if array is None:
+                raise ModelExecutionError(f"it returned no output '{name}'")
+            array = np.asarray(array)
+            want = model.spec.outputs[name].datatype
+            got = datatypes.from_numpy(array.dtype)
+            if got.name != want.name:
+                raise ModelExecutionError(
+                    f"output '{name}' is {got.name} but the config declares {want.name}"
+                )
+            outputs[name] = array
+        return outputs
+
+

@@ -1,0 +1,39 @@
+"""The one internal request and response type every transport decodes to and encodes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ParameterValue = bool | int | float | str
+Array = np.ndarray  # type: ignore[type-arg]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request: named numpy arrays plus addressing and parameters."""
+
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: dict[str, Array] = field(default_factory=dict)
+    # v2 datatype the client declared for each input (BYTES/BF16 are not recoverable from
+    # the numpy dtype alone, and the declaration is what gets validated).
+    datatypes: dict[str, str] = field(default_factory=dict)
+    # None means "every output of the model", as the protocol says.
+    requested_outputs: list[str] | None = None
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """Outputs of one request, in the order the model config lists them."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: dict[str, Array]
+    datatypes: dict[str, str]
+    parameters: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""Expected failures, and the one table that maps each kind to a gRPC status and an HTTP code.
+
+Anything raised that is not a `TensorgateError` is a bug: transports answer it with a generic
+INTERNAL error and log the details, so internals never leak to clients.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong, independent of the wire protocol that carries it."""
+
+    INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400)
+    NOT_FOUND = ("NOT_FOUND", 404)
+    UNAVAILABLE = ("UNAVAILABLE", 503)
+    RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 429)
+    FAILED_PRECONDITION = ("FAILED_PRECONDITION", 400)
+    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504)
+    CANCELLED = ("CANCELLED", 499)
+    UNIMPLEMENTED = ("UNIMPLEMENTED", 501)
+    INTERNAL = ("INTERNAL", 500)
+
+    @property
+    def grpc_status_name(self) -> str:
+        """Name of the member of `grpc.StatusCode` this kind maps to."""
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        """HTTP status code this kind maps to."""
+        return self.value[1]
+
+
+class TensorgateError(Exception):
+    """An expected failure whose message is safe and useful to show the client."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, kind: ErrorKind | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if kind is not None:
+            self.kind = kind
+
+
+class InvalidArgument(TensorgateError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class NotFound(TensorgateError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class Unavailable(TensorgateError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ResourceExhausted(TensorgateError):
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(TensorgateError):
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class Unimplemented(TensorgateError):
+    kind = ErrorKind.UNIMPLEMENTED
+
+
+class ModelExecutionError(TensorgateError):
+    """The backend raised while running a batch; the message names the model and the cause."""
+
+    kind = ErrorKind.INTERNAL
+
+
+class ModelLoadError(TensorgateError):
+    """A model could not be loaded: bad config, unknown backend, or a config/model mismatch."""
+
+    kind = ErrorKind.INVALID_ARGUMENT

@@ -1,0 +1,95 @@
+"""Build the bundled example repository: add_sub (ONNX), cnn (TorchScript), text_stats (Python).
+
+usage: python -m tensorgate.examples.build OUT_DIR
+
+Models are created here from code (no downloads): add_sub with the onnx helper API, the CNN
+with torch (traced to TorchScript), the Python model copied from templates/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+ADD_SUB_CONFIG = """\
+# Elementwise sum and difference of two FP32 vectors; batches up to 32 rows.
+backend: "onnxruntime"
+max_batch_size: 32
+input [
+  { name: "INPUT0", data_type: TYPE_FP32, dims: [ 16 ] },
+  { name: "INPUT1", data_type: TYPE_FP32, dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 16 ] },
+  { name: "OUTPUT1", data_type: TYPE_FP32, dims: [ 16 ] }
+]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+parameters { key: "intra_op_thread_count" value { string_value: "1" } }
+"""
+
+CNN_CONFIG = """\
+# A small image classifier exported from torch to TorchScript: 3x32x32 image -> 10 logits.
+backend: "pytorch"
+max_batch_size: 16
+input [ { name: "IMAGE", data_type: TYPE_FP32, dims: [ 3, 32, 32 ] } ]
+output [ { name: "LOGITS", data_type: TYPE_FP32, dims: [ 10 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"""
+
+
+def build_add_sub(path: Path) -> None:
+    """add_sub as an ONNX graph with a dynamic batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "add_sub",
+        [tensor("INPUT0"), tensor("INPUT1")],
+        [tensor("OUTPUT0"), tensor("OUTPUT1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def build_cnn(path: Path) -> None:
+    """A three-layer CNN with fixed random weights, traced to TorchScript."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(32, 10),
+    ).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.trace(net, torch.randn(1, 3, 32, 32)).save(str(path))
+
+
+def build(out: Path) -> None:
+    """Write the three example models under `out` (replacing any previous build)."""
+    out.mkdir(parents=True, exist_ok=True)
+    build_add_sub(out / "add_sub" / "1" / "model.onnx")
+    (out / "add_sub" / "config.pbtxt").write_text(ADD_SUB_CONFIG)
+    build_cnn(out / "cnn" / "1" / "model.pt")
+    (out / "cnn" / "config.pbtxt").write_text(CNN_CONFIG)
+    shutil.rmtree(out / "text_stats", ignore_errors=True)
+    shutil.copytree(Path(__file__).parent / "templates" / "text_stats", out / "text_stats")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tensorgate.examples.build OUT_DIR")
+    build(Path(sys.argv[1]))
+    print(f"example repository written to {sys.argv[1]}")

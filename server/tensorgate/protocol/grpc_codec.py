@@ -1,0 +1,121 @@
+"""Codec between the gRPC ModelInfer messages and the internal request and response types."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
+from tensorgate.errors import InvalidArgument
+from tensorgate.proto import grpc_service_pb2 as pb
+from tensorgate.protocol import datatypes
+from tensorgate.protocol.tensors import array_from_raw, array_to_raw, check_shape, element_count
+
+
+def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
+    """InferParameter map to plain Python values (uint64 and double variants included)."""
+    out: dict[str, ParameterValue] = {}
+    for key, param in params.items():
+        choice = param.WhichOneof("parameter_choice")
+        if choice is not None:
+            out[key] = getattr(param, choice)
+    return out
+
+
+def encode_parameters(target: Any, params: Mapping[str, Any]) -> None:
+    """Fill an InferParameter map field from plain Python values."""
+    for key, value in params.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                param.uint64_param = value
+            else:
+                param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            param.string_param = str(value)
+
+
+def _array_from_contents(
+    tensor: pb.ModelInferRequest.InferInputTensor, datatype: datatypes.DataType
+) -> Array:
+    shape = list(tensor.shape)
+    check_shape(tensor.name, shape)
+    if datatype.contents_field is None:
+        raise InvalidArgument(
+            f"input '{tensor.name}': {datatype.name} has no typed contents field; "
+            "send it in raw_input_contents"
+        )
+    values = getattr(tensor.contents, datatype.contents_field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"input '{tensor.name}' has {len(values)} elements in contents.{datatype.contents_field}"
+            f", but shape {shape} needs {count}"
+        )
+    if datatype.name == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.array(values, dtype=datatype.numpy).reshape(shape)
+
+
+def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    """Decode a ModelInferRequest; raw contents become read-only views, never copies."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {len(raw)} entries but the request has "
+            f"{len(message.inputs)} inputs; when raw contents are used every input needs one"
+        )
+    request = InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        parameters=decode_parameters(message.parameters) if message.parameters else {},
+    )
+    for index, tensor in enumerate(message.inputs):
+        if tensor.name in request.inputs:
+            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
+        datatype = datatypes.from_name(tensor.datatype)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"input '{tensor.name}' has both typed contents and raw_input_contents"
+                )
+            array = array_from_raw(tensor.name, raw[index], datatype, tensor.shape)
+        else:
+            array = _array_from_contents(tensor, datatype)
+        request.inputs[tensor.name] = array
+        request.datatypes[tensor.name] = datatype.name
+    if message.outputs:
+        request.requested_outputs = [out.name for out in message.outputs]
+        for out in message.outputs:
+            if "classification" in out.parameters:
+                raise InvalidArgument(
+                    f"output '{out.name}': the classification extension is not supported"
+                )
+    return request
+
+
+def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
+    """Encode a response with every output in raw_output_contents (one copy per tensor)."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+    )
+    if response.parameters:
+        encode_parameters(message.parameters, response.parameters)
+    raw_outputs: list[bytes] = []
+    for name, array in response.outputs.items():
+        datatype = datatypes.BY_NAME[response.datatypes[name]]
+        message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
+        raw_outputs.append(array_to_raw(array, datatype))
+    message.raw_output_contents.extend(raw_outputs)
+    return message

@@ -1,0 +1,84 @@
+"""Model configuration: parse config.pbtxt (protobuf text format) and derive what serving needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from tensorgate.errors import ModelLoadError
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.protocol import datatypes
+
+CONFIG_FILE = "config.pbtxt"
+
+
+def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:
+    """Parse config text, turning parser errors into a load error that names the line."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{source} does not parse: {exc}") from None
+    return config
+
+
+def read_config(model_dir: Path) -> mc.ModelConfig | None:
+    """The model's config.pbtxt, or None when the directory has none."""
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return parse_config(path.read_text(encoding="utf-8"), f"{model_dir.name}/{CONFIG_FILE}")
+
+
+def format_config(config: mc.ModelConfig) -> str:
+    """Config in the same text format users write."""
+    return str(text_format.MessageToString(config))
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output as the config declares it; dims exclude the batch dimension."""
+
+    name: str
+    datatype: datatypes.DataType
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def metadata_shape(self, max_batch_size: int) -> list[int]:
+        """Shape as reported in model metadata: -1 leads when the model batches."""
+        return ([-1] if max_batch_size > 0 else []) + list(self.dims)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """The parts of a ModelConfig that request validation reads, resolved once at load."""
+
+    name: str
+    max_batch_size: int
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+    @classmethod
+    def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
+        """Resolve datatypes and dims; a config naming an unsupported type fails the load."""
+
+        def spec(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
+            type_name = mc.DataType.Name(tensor.data_type)
+            if type_name not in datatypes.BY_CONFIG_NAME:
+                raise ModelLoadError(f"tensor '{tensor.name}' has unsupported type {type_name}")
+            dims = tuple(tensor.dims)
+            return TensorSpec(tensor.name, datatypes.BY_CONFIG_NAME[type_name], dims, optional)
+
+        if config.max_batch_size < 0:
+            raise ModelLoadError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+        inputs = {t.name: spec(t, t.optional) for t in config.input}
+        outputs = {t.name: spec(t, False) for t in config.output}
+        for kind, names, declared in (
+            ("input", inputs, config.input),
+            ("output", outputs, config.output),
+        ):
+            if len(names) != len(declared):
+                raise ModelLoadError(f"config declares the same {kind} name more than once")
+        return cls(config.name, config.max_batch_size, inputs, outputs)

@@ -1,0 +1,212 @@
+"""The model repository on disk: what models exist, which versions are loaded, and their state.
+
+Loading runs in a worker thread so the event loop keeps serving other models meanwhile. A
+model that fails to load is UNAVAILABLE with the reason kept for RepositoryIndex and logged;
+the other models are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorgate.backends.base import InstanceContext
+from tensorgate.backends.registry import model_file, resolve_backend
+from tensorgate.dataplane.statistics import ModelStats
+from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
+from tensorgate.executors.instance_pool import InstancePool
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository.autocomplete import complete_config
+from tensorgate.repository.config import ModelSpec, read_config
+from tensorgate.repository.versions import available_versions, select_versions
+from tensorgate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    """One loaded version of a model: its completed config and its instances."""
+
+    name: str
+    version: int
+    config: mc.ModelConfig
+    spec: ModelSpec
+    pool: InstancePool
+    stats: ModelStats = field(default_factory=ModelStats)
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """A model directory and what is known about it."""
+
+    name: str
+    state: str = ""
+    reason: str = ""
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+
+
+def _instance_devices(config: mc.ModelConfig) -> list[str]:
+    groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
+    devices: list[str] = []
+    for group in groups:
+        count = group.count or 1
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            for gpu in group.gpus or [0]:
+                devices += [f"cuda:{gpu}"] * count
+        elif group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO):
+            devices += ["cpu"] * count
+        else:
+            raise ModelLoadError(
+                f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} is not supported"
+            )
+    return devices
+
+
+class ModelRepository:
+    """Owns every model record; all mutation happens on the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.model_repository
+        self.settings = settings
+        self.records: dict[str, ModelRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def scan(self) -> list[str]:
+        """Model directories in the repository (hidden ones skipped), recorded if new."""
+        names = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        for name in names:
+            self.records.setdefault(name, ModelRecord(name))
+        return names
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve: the requested one, else the highest loaded."""
+        record = self.records.get(name)
+        if record is None or (not record.versions and record.state == ""):
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
+        if record.state != READY or not record.versions:
+            reason = f": {record.reason}" if record.reason else ""
+            raise Unavailable(f"model '{name}' is not ready (state {record.state or 'UNAVAILABLE'}){reason}")
+        if not version:
+            return record.versions[max(record.versions)]
+        if not version.isdigit() or int(version) not in record.versions:
+            raise NotFound(
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(loaded versions: {sorted(record.versions)})"
+            )
+        return record.versions[int(version)]
+
+    async def load(self, name: str) -> None:
+        """Load or reload a model; on failure the record holds the reason and it is raised."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+        record = self.records.setdefault(name, ModelRecord(name))
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            previous = record.versions
+            if not previous:
+                record.state = LOADING
+            record.reason = ""
+            try:
+                versions = await asyncio.to_thread(self._load_blocking, name, model_dir)
+            except TensorgateError as exc:
+                record.state, record.reason = (READY if previous else UNAVAILABLE), exc.message
+                log.error("model %s failed to load: %s", name, exc.message)
+                raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
+            except Exception as exc:
+                record.state, record.reason = (READY if previous else UNAVAILABLE), repr(exc)
+                log.exception("model %s failed to load", name)
+                raise ModelLoadError(f"failed to load '{name}': {exc!r}") from None
+            record.versions, record.state = versions, READY
+            log.info("model %s loaded, versions %s", name, sorted(versions))
+        await self._close_versions(previous)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving a model and release its instances once running work has finished."""
+        record = self.records.get(name)
+        if record is None:
+            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            previous, record.versions = record.versions, {}
+            record.state, record.reason = UNLOADING, ""
+            await self._close_versions(previous)
+            record.state, record.reason = UNAVAILABLE, "unloaded"
+            log.info("model %s unloaded", name)
+
+    async def close(self) -> None:
+        """Unload everything (server shutdown)."""
+        for record in self.records.values():
+            previous, record.versions = record.versions, {}
+            await self._close_versions(previous)
+
+    @staticmethod
+    async def _close_versions(versions: dict[int, ModelVersion]) -> None:
+        for version in versions.values():
+            await asyncio.to_thread(version.pool.close)
+
+    def _load_blocking(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
+        config = read_config(model_dir) or mc.ModelConfig()
+        if config.name and config.name != name:
+            raise ModelLoadError(
+                f"config.pbtxt names the model '{config.name}' but its directory is '{name}'"
+            )
+        config.name = name
+        versions = select_versions(available_versions(model_dir), config.version_policy)
+        if not versions:
+            raise ModelLoadError(f"no version directories (1/, 2/, ...) under {model_dir}")
+        loaded: dict[int, ModelVersion] = {}
+        try:
+            for version in versions:
+                loaded[version] = self._load_version(name, model_dir, version, config)
+        except BaseException:
+            for done in loaded.values():
+                done.pool.close()
+            raise
+        return loaded
+
+    def _load_version(
+        self, name: str, model_dir: Path, version: int, base_config: mc.ModelConfig
+    ) -> ModelVersion:
+        config = mc.ModelConfig()
+        config.CopyFrom(base_config)
+        version_dir = model_dir / str(version)
+        factory = resolve_backend(config, version_dir)
+        path = model_file(config, factory, version_dir)
+        instances = []
+        try:
+            for index, device in enumerate(_instance_devices(config)):
+                context = InstanceContext(
+                    name, version, model_dir, path, config, device,
+                    self.settings.intra_op_threads,
+                )
+                instance = factory.create(context)
+                instances.append(instance)
+                if index == 0:
+                    complete_config(config, instance.signature(),
+                                    self.settings.default_max_batch_size)
+            spec = ModelSpec.from_config(config)
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
+        pool = InstancePool(f"{name}_{version}", instances, self.settings.max_queue_size)
+        return ModelVersion(name, version, config, spec, pool)
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model; loaded versions listed one by one."""
+        rows: list[tuple[str, str, str, str]] = []
+        for name in sorted(self.records):
+            record = self.records[name]
+            if ready_only and record.state != READY:
+                continue
+            if record.versions:
+                rows += [(name, str(v), record.state, record.reason) for v in sorted(record.versions)]
+            else:
+                rows.append((name, "", record.state, record.reason))
+        return rows

@@ -1,0 +1,79 @@
+"""One settings object, filled from defaults, a TOML file, TENSORGATE_* variables and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TENSORGATE_"
+
+
+@dataclass(slots=True)
+class Settings:
+    """Server settings; each field is also a flag (--grpc-port) and a variable (TENSORGATE_GRPC_PORT)."""
+
+    model_repository: Path = Path("model_repository")
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    http_port: int = 8000  # reserved for the REST shim
+    metrics_port: int = 8002  # reserved for Prometheus metrics
+    model_control_mode: str = "none"  # none | explicit
+    load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)
+    exit_on_error: bool = False
+    default_max_batch_size: int = 4
+    # tritonclient uses INT32_MAX for both directions; anything smaller rejects big tensors.
+    max_message_bytes: int = 2**31 - 1
+    intra_op_threads: int = 0  # 0: the backend's own default
+    max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
+    reuse_port: bool = False
+    # Like Triton: the server is ready only if every model it was asked to load is READY.
+    strict_readiness: bool = True
+    log_level: str = "INFO"
+    config: Path | None = None
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    text = str(kind)
+    if isinstance(value, str):
+        if "bool" in text:
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if "int" in text:
+            return int(value)
+        if "list" in text:
+            return [v for v in value.split(",") if v]
+        if "Path" in text:
+            return Path(value)
+    if "Path" in text and value is not None:
+        return Path(value)
+    return value
+
+
+def build_settings(overrides: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    """Merge in increasing precedence: defaults, config file, environment, explicit overrides."""
+    environ = dict(os.environ) if environ is None else environ
+    fields = {f.name: f.type for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    config_path = overrides.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        with open(config_path, "rb") as handle:
+            data = tomllib.load(handle)
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in fields:
+                raise ValueError(f"{config_path}: unknown setting '{key}'")
+            values[key] = _coerce(key, fields[key], value)
+    for key, kind in fields.items():
+        env = environ.get(ENV_PREFIX + key.upper())
+        if env is not None:
+            values[key] = _coerce(key, kind, env)
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = _coerce(key, fields[key], value)
+    settings = Settings(**values)
+    if settings.model_control_mode not in ("none", "explicit"):
+        raise ValueError("model_control_mode must be 'none' or 'explicit'")
+    return settings

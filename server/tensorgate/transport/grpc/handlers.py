@@ -1,0 +1,88 @@
+"""Method handlers built from the service descriptor, with parsing and errors in one place.
+
+Requests are registered without a deserializer so that a malformed message becomes
+INVALID_ARGUMENT naming the message type, instead of grpcio's generic INTERNAL. Every
+expected failure maps through the one error table; anything else is a bug, logged with its
+traceback and answered with a fixed INTERNAL message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message as pb_message
+from google.protobuf import message_factory
+
+from tensorgate.errors import InvalidArgument, TensorgateError
+from tensorgate.proto import grpc_service_pb2 as pb
+from tensorgate.transport.grpc.servicer import InferenceServicer, status_code
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    cls = message_factory.GetMessageClass(message_type)
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except pb_message.DecodeError as exc:
+            raise InvalidArgument(f"malformed {cls.__name__} message: {exc}") from None
+
+    return parse
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, rpc: str) -> None:
+    if isinstance(exc, TensorgateError):
+        await context.abort(status_code(exc), exc.message)
+    log.exception("unexpected error in %s", rpc, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+def _unary(
+    name: str, parse: Callable[[bytes], Any], impl: Callable[[Any, Any], Awaitable[Any]]
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    async def handle(raw: bytes, context: Any) -> Any:
+        try:
+            return await impl(parse(raw), context)
+        except Exception as exc:
+            await _abort(context, exc, name)
+
+    return handle
+
+
+def _bidi(
+    name: str, parse: Callable[[bytes], Any], impl: Callable[..., AsyncIterator[Any]]
+) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[Any]]:
+    async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in impl(requests, context, parse):
+                yield response
+        except Exception as exc:
+            await _abort(context, exc, name)
+
+    return handle
+
+
+def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """A generic handler serving every method of inference.GRPCInferenceService."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        parse = _parser(method.input_type)
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        impl = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _bidi(method.name, parse, impl), response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(method.name, parse, impl), response_serializer=serialize
+            )
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)

@@ -1,0 +1,176 @@
+"""gRPC servicer for inference.GRPCInferenceService: decode, call the data plane, encode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.errors import TensorgateError, Unimplemented
+from tensorgate.proto import grpc_service_pb2 as pb
+from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
+from tensorgate.protocol.model_stats import encode_model_statistics
+
+# Requests of one stream in flight at once; more wait, which pushes back on the client.
+STREAM_MAX_IN_FLIGHT = 256
+
+
+class InferenceServicer:
+    """One method per RPC; each receives the parsed request and returns the response."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.server_ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Any
+    ) -> pb.ServerMetadataResponse:
+        name, version, extensions = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Any
+    ) -> pb.ModelMetadataResponse:
+        model = self.dataplane.model(request.name, request.version)
+        spec = model.spec
+        response = pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self.dataplane.model_versions(model.name),
+            platform=model.config.platform or model.config.backend,
+        )
+        for target, tensors in ((response.inputs, spec.inputs), (response.outputs, spec.outputs)):
+            for t in tensors.values():
+                target.add(
+                    name=t.name, datatype=t.datatype.name,
+                    shape=t.metadata_shape(spec.max_batch_size),
+                )
+        return response
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        model = self.dataplane.model(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.config)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        response = pb.ModelStatisticsResponse()
+        if request.name:
+            models = [self.dataplane.model(request.name, request.version)]
+        else:
+            models = [
+                v for r in self.dataplane.repository.records.values() for v in r.versions.values()
+            ]
+        for model in models:
+            encode_model_statistics(response.model_stats.add(), model.name, model.version,
+                                    model.stats)
+        return response
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.dataplane.repository_index(request.ready):
+            response.models.add(name=name, version=version, state=state, reason=reason)
+        return response
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            raise Unimplemented(
+                "load parameters (config override, file content) are not supported: "
+                f"got {', '.join(request.parameters)}"
+            )
+        await self.dataplane.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        response = await self.dataplane.infer(decode_infer_request(request))
+        return encode_infer_response(response)
+
+    async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        try:
+            response = await self.dataplane.infer(decode_infer_request(request))
+            return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+        except TensorgateError as exc:
+            # The stream outlives a failed request: the error travels in the response.
+            return pb.ModelStreamInferResponse(
+                error_message=exc.message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: Any, parse: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of a stream run concurrently; responses go out as they complete."""
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run(request: pb.ModelInferRequest) -> None:
+            try:
+                await results.put(await self._stream_one(request))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await slots.acquire()
+                    try:
+                        request = parse(raw)
+                    except TensorgateError as exc:
+                        slots.release()
+                        await results.put(pb.ModelStreamInferResponse(error_message=exc.message))
+                        continue
+                    task = asyncio.create_task(run(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                for _ in range(STREAM_MAX_IN_FLIGHT):  # wait for every request in flight
+                    await slots.acquire()
+            finally:
+                await results.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _unsupported(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("shared memory, trace and log settings are not supported by tensorgate")
+
+    SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = (
+        _unsupported
+    )
+    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
+    TraceSetting = LogSettings = _unsupported
+
+
+def status_code(exc: TensorgateError) -> grpc.StatusCode:
+    """The gRPC status for an expected failure, from the one error table."""
+    return grpc.StatusCode[exc.kind.grpc_status_name]
