@@ -1,0 +1,62 @@
+# tensorgate: `make serve` serves the bundled example repository; `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+REPO := model_repository
+GRPC_PORT ?= 8001
+PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
+EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
+
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,torch,examples]'
+	touch $@
+
+venv: $(INSTALLED)
+
+$(REPO)/.built: $(INSTALLED) $(EXAMPLES)
+	$(BIN)/python -m tensorgate.examples.build $(REPO)
+	touch $@
+
+serve: $(REPO)/.built
+	$(BIN)/tensorgate serve --model-repository $(REPO) --grpc-port $(GRPC_PORT)
+
+# The generated stubs are committed; this is the only way they are written.
+protos: $(INSTALLED)
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=server --grpc_python_out=server --mypy_out=quiet:server \
+	  --mypy_grpc_out=quiet:server $(PROTOS)
+
+check-protos: protos
+	@git diff --exit-code --stat -- server/tensorgate/proto \
+	  && test -z "$$(git status --porcelain -- server/tensorgate/proto)" \
+	  || { echo "generated stubs are stale: run 'make protos' and commit"; exit 1; }
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check server tests benchmarks
+	$(BIN)/ruff format --check server tests benchmarks
+	$(BIN)/mypy
+
+# perf_analyzer (from the tritonclient 2.41.0 wheel) and the system packages tests use.
+tools: $(INSTALLED)
+	bash benchmarks/install_tools.sh
+
+# Unit tests import tensorgate's protos, end-to-end tests import tritonclient's: both
+# register the `inference` package in protobuf's default pool, so they run apart.
+test-unit: $(INSTALLED)
+	$(BIN)/pytest -q tests/unit
+
+test-e2e: $(INSTALLED) tools
+	$(BIN)/pytest -q tests/e2e
+
+test: check-protos lint test-unit test-e2e
+
+bench: $(INSTALLED) tools
+	bash benchmarks/run_protocol_bench.sh
+
+clean:
+	rm -rf $(VENV) $(REPO) .tools .pytest_cache .mypy_cache .ruff_cache

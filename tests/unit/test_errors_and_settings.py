@@ -1,0 +1,54 @@
+"""The error table and the settings sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tensorgate.errors import ErrorKind, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tensorgate.settings import build_settings
+from tensorgate.transport.grpc.servicer import status_code
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_every_error_kind_maps_to_a_real_grpc_status(kind: ErrorKind) -> None:
+    assert grpc.StatusCode[kind.grpc_status_name].name == kind.grpc_status_name
+    assert 400 <= kind.http_status < 600
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "http"),
+    [
+        (InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (NotFound("x"), grpc.StatusCode.NOT_FOUND, 404),
+        (Unavailable("x"), grpc.StatusCode.UNAVAILABLE, 503),
+        (ResourceExhausted("x"), grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    ],
+)
+def test_error_maps_to_grpc_status_and_http_code(error, code, http) -> None:  # type: ignore[no-untyped-def]
+    assert status_code(error) == code
+    assert error.kind.http_status == http
+
+
+def test_settings_precedence_is_flags_then_environment_then_file(tmp_path: Path) -> None:
+    config = tmp_path / "tg.toml"
+    config.write_text('grpc_port = 9001\nhttp-port = 9000\nload_model = ["a"]\nexit_on_error = true\n')
+    env = {"TENSORGATE_HTTP_PORT": "9100", "TENSORGATE_METRICS_PORT": "9102",
+           "TENSORGATE_CONFIG": str(config)}
+    settings = build_settings({"metrics_port": 9202, "model_repository": "/models"}, env)
+    assert settings.grpc_port == 9001  # file
+    assert settings.http_port == 9100  # environment beats file
+    assert settings.metrics_port == 9202  # flag beats environment
+    assert settings.load_model == ["a"] and settings.exit_on_error is True
+    assert settings.model_repository == Path("/models")
+
+
+def test_settings_reject_unknown_keys_and_modes(tmp_path: Path) -> None:
+    config = tmp_path / "tg.toml"
+    config.write_text("grpc_prot = 1\n")
+    with pytest.raises(ValueError, match="unknown setting 'grpc_prot'"):
+        build_settings({"config": str(config)}, {})
+    with pytest.raises(ValueError, match="model_control_mode"):
+        build_settings({"model_control_mode": "poll"}, {})
