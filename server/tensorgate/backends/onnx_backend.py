@@ -8,7 +8,7 @@ import numpy as np
 
 from tensorgate.backends.base import InstanceContext, ModelSignature, TensorSignature
 from tensorgate.dataplane.types import Array
-from tensorgate.errors import ModelLoadError
+from tensorgate.errors import InvalidArgument, ModelLoadError
 
 _ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
@@ -93,7 +93,14 @@ class OnnxInstance:
 
 
 def _to_str(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            "onnxruntime string tensors hold UTF-8 text; an element is not valid UTF-8"
+        ) from None
 
 
 def _parameter_int(context: InstanceContext, key: str, default: int) -> int:

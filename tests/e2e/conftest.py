@@ -1,0 +1,105 @@
+"""End-to-end fixtures: a real tensorgate process on loopback, driven by real clients.
+
+These tests never import tensorgate's protos: tritonclient registers the same `inference`
+protobuf package, and the client side here is Triton's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.e2e.models import build_test_repository
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def start_server(repo: Path, log: Path, *args: str, wait_ready: bool = True,
+                 wait_model: str | None = None) -> Server:
+    """Start `python -m tensorgate serve` and wait (bounded) until it answers."""
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo),
+         "--host", "127.0.0.1", "--grpc-port", str(port), *args],
+        stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+    )
+    server = Server(process, port, log)
+    client = grpcclient.InferenceServerClient(server.url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited {process.returncode}:\n{server.output()}")
+        try:
+            if wait_model is not None and client.is_model_ready(wait_model):
+                return server
+            if wait_model is None and (not wait_ready or client.is_server_ready()):
+                return server
+        except Exception:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server not ready after 120 s:\n{server.output()}")
+
+
+@pytest.fixture(scope="session")
+def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    build_test_repository(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(test_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    server = start_server(test_repository, log)
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(server.url)
+    yield client
+    client.close()

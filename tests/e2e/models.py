@@ -1,0 +1,94 @@
+"""Test models built from code: identity models per datatype, and broken repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# ONNX element types by v2 datatype (BF16 goes through a Python model instead: numpy
+# has no bfloat16 that onnxruntime's Python API accepts).
+ONNX_TYPES = {
+    "BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
+    "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32", "INT64": "INT64",
+    "FP16": "FLOAT16", "FP32": "FLOAT", "FP64": "DOUBLE", "BYTES": "STRING",
+}
+
+BF16_IDENTITY = '''
+from tensorgate.backends.python_model import PythonModel
+
+class Model(PythonModel):
+    def execute(self, inputs):
+        return {"OUTPUT": inputs["INPUT"].copy()}
+'''
+
+FAILING_MODEL = '''
+class Model:
+    def execute(self, inputs):
+        if inputs["INPUT"].reshape(-1)[0] < 0:
+            raise ValueError("negative input is not allowed")
+        return {"OUTPUT": inputs["INPUT"]}
+'''
+
+
+def identity_onnx(path: Path, datatype: str) -> None:
+    """Identity over a [batch, 4] tensor of the given datatype, config left to auto-complete."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    elem = getattr(TensorProto, ONNX_TYPES[datatype])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT"], ["OUTPUT"])],
+        f"identity_{datatype}",
+        [helper.make_tensor_value_info("INPUT", elem, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT", elem, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def python_model(root: Path, name: str, code: str, datatype: str) -> None:
+    (root / name / "1").mkdir(parents=True, exist_ok=True)
+    (root / name / "1" / "model.py").write_text(code)
+    (root / name / "config.pbtxt").write_text(
+        f'backend: "python"\nmax_batch_size: 8\n'
+        f'input [{{ name: "INPUT", data_type: TYPE_{datatype}, dims: [4] }}]\n'
+        f'output [{{ name: "OUTPUT", data_type: TYPE_{datatype}, dims: [4] }}]\n'
+    )
+
+
+def build_test_repository(root: Path) -> None:
+    """The example models plus one identity model per datatype and a failing model."""
+    from tensorgate.examples.build import build
+
+    build(root)
+    for datatype in ONNX_TYPES:
+        identity_onnx(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
+    python_model(root, "identity_bf16", BF16_IDENTITY, "BF16")
+    python_model(root, "failing", FAILING_MODEL, "FP32")
+    # Two versions of one model; the default policy serves only the latest.
+    for version in (1, 2):
+        identity_onnx(root / "versioned" / str(version) / "model.onnx", "INT32")
+    (root / "versioned" / "config.pbtxt").write_text(
+        "version_policy { all { } }\n"
+    )
+
+
+def build_broken_repository(root: Path) -> dict[str, str]:
+    """One good model and one broken model per failure kind; returns name -> expected reason."""
+    identity_onnx(root / "good" / "1" / "model.onnx", "FP32")
+    identity_onnx(root / "bad_parse" / "1" / "model.onnx", "FP32")
+    (root / "bad_parse" / "config.pbtxt").write_text("max_batch_size: [oops\n")
+    identity_onnx(root / "bad_backend" / "1" / "model.onnx", "FP32")
+    (root / "bad_backend" / "config.pbtxt").write_text('backend: "tensorflow"\n')
+    identity_onnx(root / "bad_mismatch" / "1" / "model.onnx", "FP32")
+    (root / "bad_mismatch" / "config.pbtxt").write_text(
+        'max_batch_size: 4 input [{ name: "INPUT", data_type: TYPE_INT32, dims: [4] }]\n'
+    )
+    (root / "bad_no_versions").mkdir()
+    return {
+        "bad_parse": "does not parse",
+        "bad_backend": "unknown backend 'tensorflow'",
+        "bad_mismatch": "'INPUT' is TYPE_INT32 but the model file has TYPE_FP32",
+        "bad_no_versions": "no version directories",
+    }
