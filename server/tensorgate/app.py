@@ -46,8 +46,8 @@ async def serve(settings: Settings) -> int:
     names = models_to_load(settings, repository.scan())
     results = await asyncio.gather(*(repository.load(n) for n in names), return_exceptions=True)
     failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
-    for name, exc in failed:
-        message = exc.message if isinstance(exc, TensorgateError) else repr(exc)
+    for name, error in failed:
+        message = error.message if isinstance(error, TensorgateError) else repr(error)
         log.error("model %s is unavailable: %s", name, message)
     if failed and settings.exit_on_error:
         log.error("exiting: %d model(s) failed to load and --exit-on-error is set", len(failed))
@@ -56,8 +56,12 @@ async def serve(settings: Settings) -> int:
         return 1
     dataplane.ready = not failed or not settings.strict_readiness
     await grpc_server.set_serving(dataplane.ready)
-    log.info("ready: %d model(s) loaded, %d failed, in %.2f s",
-             len(names) - len(failed), len(failed), time.perf_counter() - started)
+    log.info(
+        "ready: %d model(s) loaded, %d failed, in %.2f s",
+        len(names) - len(failed),
+        len(failed),
+        time.perf_counter() - started,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

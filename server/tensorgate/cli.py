@@ -30,13 +30,15 @@ def _parser() -> argparse.ArgumentParser:
         kind = str(f.type)
         help_text = _HELP.get(f.name, "") + f" (env TENSORGATE_{f.name.upper()})"
         if "bool" in kind:
-            serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=help_text)
+            serve.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif "list" in kind:
             serve.add_argument(flag, action="append", default=None, help=help_text)
         else:
-            serve.add_argument(flag, type=int if kind == "int" else str, default=None,
-                               help=help_text)
+            serve.add_argument(
+                flag, type=int if kind == "int" else str, default=None, help=help_text
+            )
     return parser
 
 

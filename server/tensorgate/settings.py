@@ -14,7 +14,8 @@ ENV_PREFIX = "TENSORGATE_"
 
 @dataclass(slots=True)
 class Settings:
-    """Server settings; each field is also a flag (--grpc-port) and a variable (TENSORGATE_GRPC_PORT)."""
+    """Server settings; each field is also a flag (--grpc-port) and a variable
+    (TENSORGATE_GRPC_PORT)."""
 
     model_repository: Path = Path("model_repository")
     host: str = "0.0.0.0"

@@ -54,16 +54,31 @@ class Server:
         return self.process.returncode
 
 
-def start_server(repo: Path, log: Path, *args: str, wait_ready: bool = True,
-                 wait_model: str | None = None) -> Server:
+def start_server(
+    repo: Path, log: Path, *args: str, wait_ready: bool = True, wait_model: str | None = None
+) -> Server:
     """Start `python -m tensorgate serve` and wait (bounded) until it answers."""
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo),
-         "--host", "127.0.0.1", "--grpc-port", str(port), *args],
-        stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(port),
+            *args,
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
     )
     server = Server(process, port, log)
     client = grpcclient.InferenceServerClient(server.url)

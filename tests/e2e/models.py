@@ -7,26 +7,36 @@ from pathlib import Path
 # ONNX element types by v2 datatype (BF16 goes through a Python model instead: numpy
 # has no bfloat16 that onnxruntime's Python API accepts).
 ONNX_TYPES = {
-    "BOOL": "BOOL", "UINT8": "UINT8", "UINT16": "UINT16", "UINT32": "UINT32",
-    "UINT64": "UINT64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32", "INT64": "INT64",
-    "FP16": "FLOAT16", "FP32": "FLOAT", "FP64": "DOUBLE", "BYTES": "STRING",
+    "BOOL": "BOOL",
+    "UINT8": "UINT8",
+    "UINT16": "UINT16",
+    "UINT32": "UINT32",
+    "UINT64": "UINT64",
+    "INT8": "INT8",
+    "INT16": "INT16",
+    "INT32": "INT32",
+    "INT64": "INT64",
+    "FP16": "FLOAT16",
+    "FP32": "FLOAT",
+    "FP64": "DOUBLE",
+    "BYTES": "STRING",
 }
 
-BF16_IDENTITY = '''
+BF16_IDENTITY = """
 from tensorgate.backends.python_model import PythonModel
 
 class Model(PythonModel):
     def execute(self, inputs):
         return {"OUTPUT": inputs["INPUT"].copy()}
-'''
+"""
 
-FAILING_MODEL = '''
+FAILING_MODEL = """
 class Model:
     def execute(self, inputs):
         if inputs["INPUT"].reshape(-1)[0] < 0:
             raise ValueError("negative input is not allowed")
         return {"OUTPUT": inputs["INPUT"]}
-'''
+"""
 
 
 def identity_onnx(path: Path, datatype: str) -> None:
@@ -69,9 +79,7 @@ def build_test_repository(root: Path) -> None:
     # Two versions of one model; the default policy serves only the latest.
     for version in (1, 2):
         identity_onnx(root / "versioned" / str(version) / "model.onnx", "INT32")
-    (root / "versioned" / "config.pbtxt").write_text(
-        "version_policy { all { } }\n"
-    )
+    (root / "versioned" / "config.pbtxt").write_text("version_policy { all { } }\n")
 
 
 def build_broken_repository(root: Path) -> dict[str, str]:

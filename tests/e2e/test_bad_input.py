@@ -17,8 +17,9 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 def raw_call(server: Server, message: bytes | pb.ModelInferRequest) -> pb.ModelInferResponse:
     payload = message if isinstance(message, bytes) else message.SerializeToString()
     with grpc.insecure_channel(server.url) as channel:
-        call = channel.unary_unary(INFER, request_serializer=None,
-                                   response_deserializer=pb.ModelInferResponse.FromString)
+        call = channel.unary_unary(
+            INFER, request_serializer=None, response_deserializer=pb.ModelInferResponse.FromString
+        )
         return call(payload, timeout=30)
 
 
@@ -30,8 +31,9 @@ def add_sub_request(rows: int = 1) -> pb.ModelInferRequest:
     return message
 
 
-def expect(server: Server, message: bytes | pb.ModelInferRequest, code: grpc.StatusCode,
-           text: str) -> None:
+def expect(
+    server: Server, message: bytes | pb.ModelInferRequest, code: grpc.StatusCode, text: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         raw_call(server, message)
     assert info.value.code() == code, info.value.details()
@@ -45,32 +47,73 @@ def _mutate(fn):  # type: ignore[no-untyped-def]
 
 
 CASES = [
-    ("unknown model", _mutate(lambda m: setattr(m, "model_name", "nope")),
-     grpc.StatusCode.NOT_FOUND, "Request for unknown model: 'nope' is not found"),
-    ("unknown version", _mutate(lambda m: setattr(m, "model_version", "9")),
-     grpc.StatusCode.NOT_FOUND, "'add_sub' version 9 is not found"),
-    ("wrong input name", _mutate(lambda m: setattr(m.inputs[1], "name", "INPUT9")),
-     grpc.StatusCode.INVALID_ARGUMENT, "unexpected inference input 'INPUT9'"),
-    ("wrong datatype", _mutate(lambda m: setattr(m.inputs[0], "datatype", "INT32")),
-     grpc.StatusCode.INVALID_ARGUMENT, "has datatype INT32, the model expects FP32"),
-    ("shape mismatch", _mutate(lambda m: m.inputs[0].shape.__setitem__(slice(None), [2, 8])),
-     grpc.StatusCode.INVALID_ARGUMENT, "has shape [2, 8], the model expects [-1, 16]"),
-    ("raw size mismatch", _mutate(lambda m: m.raw_input_contents.__setitem__(0, b"\0" * 10)),
-     grpc.StatusCode.INVALID_ARGUMENT, "has 10 bytes of raw content"),
-    ("batch too large", add_sub_request(33),
-     grpc.StatusCode.INVALID_ARGUMENT, "batch size 33, more than max_batch_size 32"),
-    ("unknown output", _mutate(lambda m: m.outputs.add(name="OUTPUT7")),
-     grpc.StatusCode.INVALID_ARGUMENT, "has no outputs ['OUTPUT7']"),
-    ("unknown datatype", _mutate(lambda m: setattr(m.inputs[0], "datatype", "FLOAT32")),
-     grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype 'FLOAT32'"),
-    ("malformed protobuf", b"\x0a\xff\xff\xff\xff\x0f",
-     grpc.StatusCode.INVALID_ARGUMENT, "malformed ModelInferRequest"),
+    (
+        "unknown model",
+        _mutate(lambda m: setattr(m, "model_name", "nope")),
+        grpc.StatusCode.NOT_FOUND,
+        "Request for unknown model: 'nope' is not found",
+    ),
+    (
+        "unknown version",
+        _mutate(lambda m: setattr(m, "model_version", "9")),
+        grpc.StatusCode.NOT_FOUND,
+        "'add_sub' version 9 is not found",
+    ),
+    (
+        "wrong input name",
+        _mutate(lambda m: setattr(m.inputs[1], "name", "INPUT9")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unexpected inference input 'INPUT9'",
+    ),
+    (
+        "wrong datatype",
+        _mutate(lambda m: setattr(m.inputs[0], "datatype", "INT32")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has datatype INT32, the model expects FP32",
+    ),
+    (
+        "shape mismatch",
+        _mutate(lambda m: m.inputs[0].shape.__setitem__(slice(None), [2, 8])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has shape [2, 8], the model expects [-1, 16]",
+    ),
+    (
+        "raw size mismatch",
+        _mutate(lambda m: m.raw_input_contents.__setitem__(0, b"\0" * 10)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has 10 bytes of raw content",
+    ),
+    (
+        "batch too large",
+        add_sub_request(33),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch size 33, more than max_batch_size 32",
+    ),
+    (
+        "unknown output",
+        _mutate(lambda m: m.outputs.add(name="OUTPUT7")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "has no outputs ['OUTPUT7']",
+    ),
+    (
+        "unknown datatype",
+        _mutate(lambda m: setattr(m.inputs[0], "datatype", "FLOAT32")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown datatype 'FLOAT32'",
+    ),
+    (
+        "malformed protobuf",
+        b"\x0a\xff\xff\xff\xff\x0f",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "malformed ModelInferRequest",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "message", "code", "text"), CASES, ids=[c[0] for c in CASES])
-def test_bad_request_gets_precise_status(server: Server, case: str, message: object,
-                                         code: grpc.StatusCode, text: str) -> None:
+def test_bad_request_gets_precise_status(
+    server: Server, case: str, message: object, code: grpc.StatusCode, text: str
+) -> None:
     expect(server, message, code, text)  # type: ignore[arg-type]
 
 
@@ -88,7 +131,8 @@ def test_typed_contents_are_accepted(server: Server) -> None:
     message = pb.ModelInferRequest(model_name="add_sub")
     for name, value in (("INPUT0", 3.0), ("INPUT1", 1.0)):
         message.inputs.add(name=name, datatype="FP32", shape=[1, 16]).contents.fp32_contents.extend(
-            [value] * 16)
+            [value] * 16
+        )
     response = raw_call(server, message)
     assert [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
     assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [4.0] * 16
@@ -116,8 +160,9 @@ def test_model_exception_is_internal_with_the_model_message_and_isolated(
     assert stats.fail.count >= 1 and stats.success.count >= 1
 
 
-def test_server_keeps_serving_after_bad_requests(server: Server,
-                                                client: grpcclient.InferenceServerClient) -> None:
+def test_server_keeps_serving_after_bad_requests(
+    server: Server, client: grpcclient.InferenceServerClient
+) -> None:
     for _, message, code, text in CASES:
         expect(server, message, code, text)  # type: ignore[arg-type]
     response = raw_call(server, add_sub_request(2))

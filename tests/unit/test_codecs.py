@@ -5,7 +5,6 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-
 from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import InvalidArgument
 from tensorgate.proto import grpc_service_pb2 as pb
@@ -49,13 +48,10 @@ def test_raw_contents_round_trip_preserves_values_for_every_datatype(name: str) 
     assert decoded.dtype == datatypes.BY_NAME[name].numpy
     assert decoded.tolist() == array.tolist()
 
-    response = encode_infer_response(
-        InferResponse("m", "1", "id-1", {"Y": decoded}, {"Y": name})
-    )
+    response = encode_infer_response(InferResponse("m", "1", "id-1", {"Y": decoded}, {"Y": name}))
     out = response.outputs[0]
     assert (out.name, out.datatype, list(out.shape)) == ("Y", name, list(array.shape))
-    again = array_from_raw("Y", response.raw_output_contents[0], datatypes.BY_NAME[name],
-                           out.shape)
+    again = array_from_raw("Y", response.raw_output_contents[0], datatypes.BY_NAME[name], out.shape)
     assert again.tolist() == array.tolist()
 
 
@@ -91,7 +87,7 @@ def test_raw_size_that_disagrees_with_shape_is_rejected_with_both_sizes() -> Non
     message = pb.ModelInferRequest(model_name="m")
     message.inputs.add(name="X", datatype="FP32", shape=[2, 4])
     message.raw_input_contents.append(b"\x00" * 12)
-    with pytest.raises(InvalidArgument, match="12 bytes.*needs 32"):
+    with pytest.raises(InvalidArgument, match=r"12 bytes.*needs 32"):
         decode_infer_request(message)
 
 
@@ -146,7 +142,11 @@ def test_parameters_decode_every_variant_including_uint64_and_double() -> None:
     message.parameters["tag"].string_param = "x"
     request = decode_infer_request(message)
     assert request.parameters == {
-        "priority": 2**64 - 1, "timeout": -5, "ratio": 0.25, "flag": True, "tag": "x",
+        "priority": 2**64 - 1,
+        "timeout": -5,
+        "ratio": 0.25,
+        "flag": True,
+        "tag": "x",
     }
     assert request.id == "r1"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tensorgate.backends.base import ModelSignature, TensorSignature
 from tensorgate.errors import ModelLoadError
 from tensorgate.proto import model_config_pb2 as mc
@@ -14,7 +13,10 @@ from tensorgate.repository.config import ModelSpec, parse_config
 from tensorgate.repository.versions import available_versions, select_versions
 
 ADD_SUB = ModelSignature(
-    inputs=(TensorSignature("A", "TYPE_FP32", (-1, 16)), TensorSignature("B", "TYPE_FP32", (-1, 16))),
+    inputs=(
+        TensorSignature("A", "TYPE_FP32", (-1, 16)),
+        TensorSignature("B", "TYPE_FP32", (-1, 16)),
+    ),
     outputs=(TensorSignature("C", "TYPE_FP32", (-1, 16)),),
 )
 
@@ -55,8 +57,9 @@ def test_missing_inputs_and_outputs_are_completed_and_batching_detected() -> Non
 
 
 def test_model_with_fixed_first_dimension_is_completed_without_batching() -> None:
-    fixed = ModelSignature((TensorSignature("A", "TYPE_INT64", (2, 3)),),
-                           (TensorSignature("C", "TYPE_INT64", (2, 3)),))
+    fixed = ModelSignature(
+        (TensorSignature("A", "TYPE_INT64", (2, 3)),), (TensorSignature("C", "TYPE_INT64", (2, 3)),)
+    )
     config = mc.ModelConfig(name="m")
     complete_config(config, fixed, default_max_batch_size=4)
     assert config.max_batch_size == 0
@@ -73,10 +76,16 @@ def test_declared_batching_on_a_fixed_first_dimension_fails_to_load() -> None:
 @pytest.mark.parametrize(
     ("inputs", "match"),
     [
-        ('{name: "A" data_type: TYPE_FP16 dims: [16]}, {name: "B" data_type: TYPE_FP32 dims: [16]}',
-         "'A' is TYPE_FP16 but the model file has TYPE_FP32"),
-        ('{name: "A" data_type: TYPE_FP32 dims: [8]}, {name: "B" data_type: TYPE_FP32 dims: [16]}',
-         r"dims \[8\] but the model file has \[16\]"),
+        (
+            '{name: "A" data_type: TYPE_FP16 dims: [16]}, '
+            '{name: "B" data_type: TYPE_FP32 dims: [16]}',
+            "'A' is TYPE_FP16 but the model file has TYPE_FP32",
+        ),
+        (
+            '{name: "A" data_type: TYPE_FP32 dims: [8]}, '
+            '{name: "B" data_type: TYPE_FP32 dims: [16]}',
+            r"dims \[8\] but the model file has \[16\]",
+        ),
         ('{name: "Z" data_type: TYPE_FP32 dims: [16]}', "'Z' is not in the model file"),
         ('{name: "A" data_type: TYPE_FP32 dims: [16]}', r"lacks model inputs \['B'\]"),
     ],
@@ -93,8 +102,10 @@ def test_backend_without_a_signature_requires_declared_tensors() -> None:
 
 
 def test_duplicate_tensor_names_fail_to_load() -> None:
-    config = parse_config('input [{name: "A" data_type: TYPE_FP32 dims: [1]},'
-                          '{name: "A" data_type: TYPE_FP32 dims: [1]}]')
+    config = parse_config(
+        'input [{name: "A" data_type: TYPE_FP32 dims: [1]},'
+        '{name: "A" data_type: TYPE_FP32 dims: [1]}]'
+    )
     with pytest.raises(ModelLoadError, match="same input name"):
         ModelSpec.from_config(config)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from tensorgate.errors import ErrorKind, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tensorgate.settings import build_settings
 from tensorgate.transport.grpc.servicer import status_code
@@ -34,9 +33,14 @@ def test_error_maps_to_grpc_status_and_http_code(error, code, http) -> None:  # 
 
 def test_settings_precedence_is_flags_then_environment_then_file(tmp_path: Path) -> None:
     config = tmp_path / "tg.toml"
-    config.write_text('grpc_port = 9001\nhttp-port = 9000\nload_model = ["a"]\nexit_on_error = true\n')
-    env = {"TENSORGATE_HTTP_PORT": "9100", "TENSORGATE_METRICS_PORT": "9102",
-           "TENSORGATE_CONFIG": str(config)}
+    config.write_text(
+        'grpc_port = 9001\nhttp-port = 9000\nload_model = ["a"]\nexit_on_error = true\n'
+    )
+    env = {
+        "TENSORGATE_HTTP_PORT": "9100",
+        "TENSORGATE_METRICS_PORT": "9102",
+        "TENSORGATE_CONFIG": str(config),
+    }
     settings = build_settings({"metrics_port": 9202, "model_repository": "/models"}, env)
     assert settings.grpc_port == 9001  # file
     assert settings.http_port == 9100  # environment beats file

@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from tensorgate.backends.base import ModelSignature
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ResourceExhausted

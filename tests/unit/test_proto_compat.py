@@ -11,7 +11,6 @@ import sys
 
 import pytest
 from google.protobuf import descriptor_pb2
-
 from tensorgate.proto import grpc_service_pb2, model_config_pb2
 
 DUMP = """
@@ -71,12 +70,20 @@ def test_every_triton_message_exists_with_identical_fields(
             assert ours[name].get(number) == field, f"{name} field {number} differs"
 
 
-def test_service_methods_match_triton(triton_files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+def test_service_methods_match_triton(
+    triton_files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
     def methods(files: list[descriptor_pb2.FileDescriptorProto]) -> dict[str, tuple]:  # type: ignore[type-arg]
         return {
-            f"{f.package}.{s.name}/{m.name}": (m.input_type, m.output_type,
-                                                m.client_streaming, m.server_streaming)
-            for f in files for s in f.service for m in s.method
+            f"{f.package}.{s.name}/{m.name}": (
+                m.input_type,
+                m.output_type,
+                m.client_streaming,
+                m.server_streaming,
+            )
+            for f in files
+            for s in f.service
+            for m in s.method
         }
 
     assert methods(_ours()) == methods(triton_files)

@@ -67,7 +67,9 @@ class OnnxInstance:
                 str(context.model_file), options, providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"onnxruntime cannot load {context.model_file.name}: {exc}") from None
+            raise ModelLoadError(
+                f"onnxruntime cannot load {context.model_file.name}: {exc}"
+            ) from None
         self._output_names = [o.name for o in self._session.get_outputs()]
         self._string_inputs = {
             i.name for i in self._session.get_inputs() if i.type == "tensor(string)"
@@ -110,7 +112,9 @@ def _parameter_int(context: InstanceContext, key: str, default: int) -> int:
     try:
         return int(param.string_value)
     except ValueError:
-        raise ModelLoadError(f"parameter {key} must be an integer, got {param.string_value!r}") from None
+        raise ModelLoadError(
+            f"parameter {key} must be an integer, got {param.string_value!r}"
+        ) from None
 
 
 class OnnxFactory:

@@ -54,7 +54,9 @@ class PythonInstance:
             spec.loader.exec_module(module)
         except Exception as exc:  # user code may raise anything while importing
             sys.modules.pop(module_name, None)
-            raise ModelLoadError(f"model.py failed to import: {type(exc).__name__}: {exc}") from None
+            raise ModelLoadError(
+                f"model.py failed to import: {type(exc).__name__}: {exc}"
+            ) from None
         model_class = getattr(module, "Model", None)
         if model_class is None:
             raise ModelLoadError("model.py defines no class named 'Model'")

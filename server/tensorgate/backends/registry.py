@@ -57,9 +57,14 @@ def resolve_backend(config: mc.ModelConfig, version_dir: Path) -> BackendFactory
 
 def model_file(config: mc.ModelConfig, factory: BackendFactory, version_dir: Path) -> Path:
     """The model file in a version directory, honouring default_model_filename."""
-    candidates = [config.default_model_filename] if config.default_model_filename else (
-        [factory.default_filename, "model.pt2"] if factory.name == "pytorch"
-        else [factory.default_filename]
+    candidates = (
+        [config.default_model_filename]
+        if config.default_model_filename
+        else (
+            [factory.default_filename, "model.pt2"]
+            if factory.name == "pytorch"
+            else [factory.default_filename]
+        )
     )
     for name in candidates:
         if (version_dir / name).exists():

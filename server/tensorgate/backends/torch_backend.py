@@ -14,7 +14,8 @@ import numpy as np
 
 from tensorgate.backends.base import InstanceContext, ModelSignature
 from tensorgate.dataplane.types import Array
-from tensorgate.errors import ModelLoadError, ModelExecutionError
+from tensorgate.errors import ModelExecutionError, ModelLoadError
+from tensorgate.proto import model_config_pb2 as mc
 
 
 class TorchInstance:
@@ -33,8 +34,12 @@ class TorchInstance:
                 "a PyTorch model needs a config.pbtxt listing its inputs and outputs "
                 "(TorchScript files do not record tensor names)"
             )
-        for tensor in [*context.config.input, *context.config.output]:
-            if tensor.data_type == 13:  # TYPE_STRING
+        tensors: list[mc.ModelInput | mc.ModelOutput] = [
+            *context.config.input,
+            *context.config.output,
+        ]
+        for tensor in tensors:
+            if tensor.data_type == mc.TYPE_STRING:
                 raise ModelLoadError(f"tensor '{tensor.name}': the pytorch backend has no BYTES")
         if context.device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError("instance_group asks for KIND_GPU but torch sees no CUDA device")
@@ -50,7 +55,9 @@ class TorchInstance:
                 self._module: Any = torch.export.load(path).module()
                 self._module.to(self._device)
             else:
-                self._module = torch.jit.load(path, map_location=self._device)
+                self._module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    path, map_location=self._device
+                )
                 self._module.eval()
         except Exception as exc:  # torch raises many types for unreadable files
             raise ModelLoadError(f"torch cannot load {context.model_file.name}: {exc}") from None

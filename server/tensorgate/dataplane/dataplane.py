@@ -16,7 +16,6 @@ from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
     FailedPrecondition,
-    InvalidArgument,
     ModelExecutionError,
     TensorgateError,
 )
@@ -148,5 +147,3 @@ class DataPlane:
                 )
             outputs[name] = array
         return outputs
-
-

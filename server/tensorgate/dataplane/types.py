@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 ParameterValue = bool | int | float | str
-Array = np.ndarray  # type: ignore[type-arg]
+Array = np.ndarray
 
 
 @dataclass(slots=True)

@@ -69,12 +69,18 @@ def build_cnn(path: Path) -> None:
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     ).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.trace(net, torch.randn(1, 3, 32, 32)).save(str(path))
+    traced = torch.jit.trace(net, torch.randn(1, 3, 32, 32))  # type: ignore[no-untyped-call]
+    traced.save(str(path))
 
 
 def build(out: Path) -> None:

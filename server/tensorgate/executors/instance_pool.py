@@ -94,8 +94,9 @@ class InstancePool:
             raise
         self._release(instance)
         done = time.perf_counter_ns()
-        return Execution(outputs, acquired - enqueued, started - acquired, finished - started,
-                         done - finished)
+        return Execution(
+            outputs, acquired - enqueued, started - acquired, finished - started, done - finished
+        )
 
     def close(self) -> None:
         """Wait for running jobs, then release every instance."""
@@ -104,7 +105,9 @@ class InstancePool:
             instance.close()
 
 
-def _timed_execute(instance: Backend, inputs: dict[str, Array]) -> tuple[dict[str, Array], int, int]:
+def _timed_execute(
+    instance: Backend, inputs: dict[str, Array]
+) -> tuple[dict[str, Array], int, int]:
     started = time.perf_counter_ns()
     outputs = instance.execute(inputs)
     return outputs, started, time.perf_counter_ns()

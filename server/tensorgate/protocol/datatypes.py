@@ -19,7 +19,7 @@ class DataType:
     """One row of the table."""
 
     name: str  # KServe v2 datatype, e.g. "FP32"
-    numpy: np.dtype  # type: ignore[type-arg]
+    numpy: np.dtype
     config_name: str  # model config enum name, e.g. "TYPE_FP32"
     contents_field: str | None  # InferTensorContents field; None when only raw bytes work
 
@@ -52,16 +52,14 @@ _ROWS = (
 
 BY_NAME: dict[str, DataType] = {row.name: row for row in _ROWS}
 BY_CONFIG_NAME: dict[str, DataType] = {row.config_name: row for row in _ROWS}
-_BY_NUMPY: dict[np.dtype, DataType] = {row.numpy: row for row in _ROWS}  # type: ignore[type-arg]
+_BY_NUMPY: dict[np.dtype, DataType] = {row.numpy: row for row in _ROWS}
 
 
 def from_name(name: str) -> DataType:
     """Look up a v2 datatype name, rejecting unknown names with the list of valid ones."""
     row = BY_NAME.get(name)
     if row is None:
-        raise InvalidArgument(
-            f"unknown datatype '{name}'; expected one of {', '.join(BY_NAME)}"
-        )
+        raise InvalidArgument(f"unknown datatype '{name}'; expected one of {', '.join(BY_NAME)}")
     return row
 
 
@@ -73,7 +71,7 @@ def from_config_name(config_name: str) -> DataType:
     return row
 
 
-def from_numpy(dtype: np.dtype) -> DataType:  # type: ignore[type-arg]
+def from_numpy(dtype: np.dtype) -> DataType:
     """Datatype of a numpy array; strings and bytes of any width map to BYTES."""
     if dtype.kind in ("S", "U", "O"):
         return BY_NAME["BYTES"]

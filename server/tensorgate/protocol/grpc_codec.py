@@ -55,7 +55,8 @@ def _array_from_contents(
     count = element_count(shape)
     if len(values) != count:
         raise InvalidArgument(
-            f"input '{tensor.name}' has {len(values)} elements in contents.{datatype.contents_field}"
+            f"input '{tensor.name}' has {len(values)} elements in "
+            f"contents.{datatype.contents_field}"
             f", but shape {shape} needs {count}"
         )
     if datatype.name == "BYTES":

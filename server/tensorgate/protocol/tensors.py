@@ -29,9 +29,7 @@ def check_shape(name: str, shape: Sequence[int]) -> None:
         raise InvalidArgument(f"input '{name}' has a negative dimension in shape {list(shape)}")
 
 
-def array_from_raw(
-    name: str, raw: bytes, datatype: DataType, shape: Sequence[int]
-) -> np.ndarray:  # type: ignore[type-arg]
+def array_from_raw(name: str, raw: bytes, datatype: DataType, shape: Sequence[int]) -> np.ndarray:
     """View `raw` as an array of `shape`; the result shares memory with `raw` (read-only)."""
     check_shape(name, shape)
     count = element_count(shape)
@@ -46,7 +44,7 @@ def array_from_raw(
     return np.frombuffer(raw, dtype=datatype.numpy).reshape(shape)
 
 
-def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:  # type: ignore[type-arg]
+def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:
     """Serialize an array for the wire: one copy for fixed-size types."""
     if datatype.name == "BYTES":
         return serialize_bytes(array)
@@ -55,9 +53,7 @@ def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:  # type: ignor
     return array.tobytes(order="C")
 
 
-def deserialize_bytes(
-    name: str, raw: bytes | memoryview, count: int
-) -> np.ndarray:  # type: ignore[type-arg]
+def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """Split length-prefixed BYTES content into an object array of `count` bytes elements."""
     out = np.empty(count, dtype=np.object_)
     view = memoryview(raw)
@@ -95,7 +91,7 @@ def to_bytes_element(value: object) -> bytes:
     return str(value).encode("utf-8")
 
 
-def serialize_bytes(array: np.ndarray) -> bytes:  # type: ignore[type-arg]
+def serialize_bytes(array: np.ndarray) -> bytes:
     """Length-prefix every element of a bytes/str/object array, in row-major order."""
     parts: list[bytes] = []
     for value in array.reshape(-1):

@@ -22,9 +22,7 @@ def _batchable(signature: ModelSignature) -> bool:
     return bool(tensors) and all(t.shape and t.shape[0] == -1 for t in tensors)
 
 
-def _fill(
-    target: Sequence[TensorSignature], add: object, strip_batch: bool
-) -> None:
+def _fill(target: Sequence[TensorSignature], add: object, strip_batch: bool) -> None:
     for tensor in target:
         dims = tensor.shape[1:] if strip_batch else tensor.shape
         entry = add()  # type: ignore[operator]

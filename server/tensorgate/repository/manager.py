@@ -62,7 +62,8 @@ def _instance_devices(config: mc.ModelConfig) -> list[str]:
             devices += ["cpu"] * count
         else:
             raise ModelLoadError(
-                f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} is not supported"
+                f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} "
+                "is not supported"
             )
     return devices
 
@@ -92,7 +93,9 @@ class ModelRepository:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if record.state != READY or not record.versions:
             reason = f": {record.reason}" if record.reason else ""
-            raise Unavailable(f"model '{name}' is not ready (state {record.state or 'UNAVAILABLE'}){reason}")
+            raise Unavailable(
+                f"model '{name}' is not ready (state {record.state or 'UNAVAILABLE'}){reason}"
+            )
         if not version:
             return record.versions[max(record.versions)]
         if not version.isdigit() or int(version) not in record.versions:
@@ -182,14 +185,20 @@ class ModelRepository:
         try:
             for index, device in enumerate(_instance_devices(config)):
                 context = InstanceContext(
-                    name, version, model_dir, path, config, device,
+                    name,
+                    version,
+                    model_dir,
+                    path,
+                    config,
+                    device,
                     self.settings.intra_op_threads,
                 )
                 instance = factory.create(context)
                 instances.append(instance)
                 if index == 0:
-                    complete_config(config, instance.signature(),
-                                    self.settings.default_max_batch_size)
+                    complete_config(
+                        config, instance.signature(), self.settings.default_max_batch_size
+                    )
             spec = ModelSpec.from_config(config)
         except BaseException:
             for instance in instances:
@@ -206,7 +215,9 @@ class ModelRepository:
             if ready_only and record.state != READY:
                 continue
             if record.versions:
-                rows += [(name, str(v), record.state, record.reason) for v in sorted(record.versions)]
+                rows += [
+                    (name, str(v), record.state, record.reason) for v in sorted(record.versions)
+                ]
             else:
                 rows.append((name, "", record.state, record.reason))
         return rows

@@ -46,7 +46,7 @@ class GrpcServer:
             raise PortInUse(f"cannot listen on {self.address} (port in use?)")
         await self.set_serving(False)
         await self.server.start()
-        return port
+        return int(port)
 
     async def set_serving(self, serving: bool) -> None:
         status = (

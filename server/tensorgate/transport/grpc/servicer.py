@@ -24,14 +24,22 @@ class InferenceServicer:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Any
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dataplane.live())
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Any
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.server_ready())
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Any
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version)
+        )
 
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
@@ -52,12 +60,15 @@ class InferenceServicer:
         for target, tensors in ((response.inputs, spec.inputs), (response.outputs, spec.outputs)):
             for t in tensors.values():
                 target.add(
-                    name=t.name, datatype=t.datatype.name,
+                    name=t.name,
+                    datatype=t.datatype.name,
                     shape=t.metadata_shape(spec.max_batch_size),
                 )
         return response
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Any
+    ) -> pb.ModelConfigResponse:
         model = self.dataplane.model(request.name, request.version)
         return pb.ModelConfigResponse(config=model.config)
 
@@ -72,8 +83,9 @@ class InferenceServicer:
                 v for r in self.dataplane.repository.records.values() for v in r.versions.values()
             ]
         for model in models:
-            encode_model_statistics(response.model_stats.add(), model.name, model.version,
-                                    model.stats)
+            encode_model_statistics(
+                response.model_stats.add(), model.name, model.version, model.stats
+            )
         return response
 
     async def RepositoryIndex(
@@ -101,7 +113,9 @@ class InferenceServicer:
         await self.dataplane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
         response = await self.dataplane.infer(decode_infer_request(request))
         return encode_infer_response(response)
 
@@ -114,7 +128,8 @@ class InferenceServicer:
             return pb.ModelStreamInferResponse(
                 error_message=exc.message,
                 infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version,
+                    model_name=request.model_name,
+                    model_version=request.model_version,
                     id=request.id,
                 ),
             )

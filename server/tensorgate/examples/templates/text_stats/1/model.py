@@ -1,7 +1,6 @@
 """Example Python model: BYTES in, BYTES and INT64 out."""
 
 import numpy as np
-
 from tensorgate.backends.python_model import PythonModel
 
 
