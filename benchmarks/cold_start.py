@@ -22,9 +22,20 @@ def once(repo: str) -> float:
         port = sock.getsockname()[1]
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tensorgate", "serve", "--model-repository", repo,
-         "--host", "127.0.0.1", "--grpc-port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            repo,
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
     try:
