@@ -67,6 +67,24 @@ def python_model(root: Path, name: str, code: str, datatype: str) -> None:
     )
 
 
+def exported_program(root: Path) -> None:
+    """A torch.export program (model.pt2) computing 2x + 1 on a fixed [2, 4] tensor."""
+    import torch
+
+    class TwoXPlusOne(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 + 1
+
+    (root / "exported" / "1").mkdir(parents=True, exist_ok=True)
+    program = torch.export.export(TwoXPlusOne(), (torch.randn(2, 4),))
+    torch.export.save(program, str(root / "exported" / "1" / "model.pt2"))
+    (root / "exported" / "config.pbtxt").write_text(
+        'backend: "pytorch"\nmax_batch_size: 0\n'
+        'input [{ name: "X", data_type: TYPE_FP32, dims: [2, 4] }]\n'
+        'output [{ name: "Y", data_type: TYPE_FP32, dims: [2, 4] }]\n'
+    )
+
+
 def build_test_repository(root: Path) -> None:
     """The example models plus one identity model per datatype and a failing model."""
     from tensorgate.examples.build import build
@@ -76,6 +94,7 @@ def build_test_repository(root: Path) -> None:
         identity_onnx(root / f"identity_{datatype.lower()}" / "1" / "model.onnx", datatype)
     python_model(root, "identity_bf16", BF16_IDENTITY, "BF16")
     python_model(root, "failing", FAILING_MODEL, "FP32")
+    exported_program(root)
     # Two versions of one model; the default policy serves only the latest.
     for version in (1, 2):
         identity_onnx(root / "versioned" / str(version) / "model.onnx", "INT32")

@@ -135,6 +135,13 @@ def test_torchscript_cnn_returns_logits_per_image(client: grpcclient.InferenceSe
     )
 
 
+def test_torch_export_program_serves(client: grpcclient.InferenceServerClient) -> None:
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    tensor = grpcclient.InferInput("X", [2, 4], "FP32")
+    tensor.set_data_from_numpy(x)
+    assert client.infer("exported", [tensor]).as_numpy("Y").tolist() == (x * 2 + 1).tolist()
+
+
 def test_versions_are_addressable(client: grpcclient.InferenceServerClient) -> None:
     data = np.array([[1, 2, 3, 4]], dtype=np.int32)
     tensor = grpcclient.InferInput("INPUT", [1, 4], "INT32")
