@@ -44,48 +44,27 @@ def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> N
         assert server.stop() == 0
 
 
-def test_exit_on_error_makes_start_up_fail(tmp_path: Path) -> None:
-    build_broken_repository(tmp_path / "repo")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(tmp_path / "repo"),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--exit-on-error",
-        ],
+def serve_until_exit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `tensorgate serve` expecting it to exit during start-up (bounded by a timeout)."""
+    command = [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo)]
+    return subprocess.run(
+        [*command, "--host", "127.0.0.1", "--grpc-port", "0", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=ROOT,
     )
+
+
+def test_exit_on_error_makes_start_up_fail(tmp_path: Path) -> None:
+    build_broken_repository(tmp_path / "repo")
+    result = serve_until_exit(tmp_path / "repo", "--exit-on-error")
     assert result.returncode == 1
     assert "--exit-on-error" in result.stderr and "bad_backend" in result.stderr
 
 
 def test_missing_repository_is_a_clear_start_up_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(tmp_path / "absent"),
-            "--grpc-port",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = serve_until_exit(tmp_path / "absent")
     assert result.returncode == 2
     assert f"model repository {tmp_path / 'absent'} does not exist" in result.stderr
 
