@@ -16,6 +16,7 @@ from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
     FailedPrecondition,
+    InvalidArgument,
     ModelExecutionError,
     TensorgateError,
 )
@@ -94,17 +95,19 @@ class DataPlane:
     # Inference -----------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, execute and shape the response for one request."""
+        """Validate, queue for a batch, and shape the response for one request."""
         started = time.perf_counter_ns()
         model = self.repository.get(request.model_name, request.model_version)
         rows = validate_request(request, model.spec)
+        priority, timeout_us = _queue_parameters(request)
         try:
-            execution = await model.pool.execute(request.inputs)
-            outputs = self._select_outputs(model, request, execution.outputs)
-        except TensorgateError as exc:
+            done = await model.scheduler.submit(request.inputs, rows, priority, timeout_us)
+            outputs = self._select_outputs(model, request, done.outputs)
+        except ModelExecutionError as exc:
             model.stats.record_failure(time.perf_counter_ns() - started)
-            if isinstance(exc, ModelExecutionError):
-                exc.message = f"model '{model.name}' failed: {exc.message}"
+            raise ModelExecutionError(f"model '{model.name}' failed: {exc.message}") from None
+        except TensorgateError:
+            model.stats.record_failure(time.perf_counter_ns() - started)
             raise
         except Exception as exc:
             model.stats.record_failure(time.perf_counter_ns() - started)
@@ -113,12 +116,11 @@ class DataPlane:
                 f"model '{model.name}' failed: {type(exc).__name__}: {exc}"
             ) from None
         model.stats.record_success(
-            rows,
             time.perf_counter_ns() - started,
-            execution.queue_ns,
-            execution.compute_input_ns,
-            execution.compute_infer_ns,
-            execution.compute_output_ns,
+            done.queue_ns,
+            done.compute_input_ns,
+            done.compute_infer_ns,
+            done.compute_output_ns,
         )
         return InferResponse(
             model_name=model.name,
@@ -147,3 +149,19 @@ class DataPlane:
                 )
             outputs[name] = array
         return outputs
+
+
+def _queue_parameters(request: InferRequest) -> tuple[int, int]:
+    """The request's `priority` and `timeout` (microseconds) parameters, as Triton reads them."""
+    params = request.parameters
+    if not params:
+        return 0, 0
+    values = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(
+                f"parameter '{key}' must be a non-negative integer, got {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]

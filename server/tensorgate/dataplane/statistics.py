@@ -44,22 +44,26 @@ class ModelStats:
 
     def record_success(
         self,
-        rows: int,
         request_ns: int,
         queue_ns: int,
         compute_input_ns: int,
         compute_infer_ns: int,
         compute_output_ns: int,
     ) -> None:
-        """One request that completed, executed alone in a batch of `rows`."""
+        """One request that completed; compute times are those of the batch it rode in."""
         self.success.add(request_ns)
         self.queue.add(queue_ns)
         self.compute_input.add(compute_input_ns)
         self.compute_infer.add(compute_infer_ns)
         self.compute_output.add(compute_output_ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_execution(
+        self, rows: int, compute_input_ns: int, compute_infer_ns: int, compute_output_ns: int
+    ) -> None:
+        """One batch of `rows` rows that the model executed."""
         self.inference_count += rows
         self.execution_count += 1
-        self.last_inference_ms = time.time_ns() // 1_000_000
         batch = self.batches.get(rows)
         if batch is None:
             batch = self.batches[rows] = BatchStats()

@@ -1,113 +1,93 @@
-"""A pool of model instances, each run on its own thread; the event loop only awaits.
+"""Model instances, each owning one thread; the event loop hands them work and never blocks.
 
-An instance takes the next job when it is free. The number of jobs waiting for an instance
-is bounded: beyond it, jobs are rejected at once with RESOURCE_EXHAUSTED rather than queued
-without limit. A job whose caller is cancelled while it waits never runs; one cancelled
-while running finishes on its thread, its instance is released only then, and its result
-is dropped.
+An instance runs one piece of work at a time. Work goes to an idle instance only: whoever
+schedules (the batcher) asks how many are idle and keeps the rest queued itself, so the pool
+has no queue of its own beyond the one job an instance is running. Completion comes back to
+the event loop with `call_soon_threadsafe`, one wake-up per batch rather than per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from tensorgate.backends.base import Backend
-from tensorgate.dataplane.types import Array
-from tensorgate.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[Backend], T]
+Done = Callable[[T | BaseException], None]
 
 
-@dataclass(slots=True)
-class Execution:
-    """Outputs of one backend call and where its time went (nanoseconds)."""
+class _Instance(Generic[T]):
+    """One backend instance and the thread that runs it."""
 
-    outputs: dict[str, Array]
-    queue_ns: int
-    compute_input_ns: int
-    compute_infer_ns: int
-    compute_output_ns: int
+    def __init__(self, backend: Backend, name: str) -> None:
+        self.backend = backend
+        self._jobs: queue.SimpleQueue[tuple[Work[T], Done[T], Callable[..., Any]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Work[T], done: Done[T], call_back: Callable[..., Any]) -> None:
+        self._jobs.put((work, done, call_back))
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, done, call_back = job
+            result: T | BaseException
+            try:
+                result = work(self.backend)
+            except BaseException as exc:  # handed to the loop, which decides
+                result = exc
+            try:
+                call_back(done, result)
+            except RuntimeError:  # the loop closed under us at shutdown
+                log.debug("result of %s dropped: event loop closed", self._thread.name)
+
+    def stop(self) -> None:
+        """Finish the running job, then end the thread and release the backend."""
+        self._jobs.put(None)
+        self._thread.join()
+        self.backend.close()
 
 
-class InstancePool:
-    """Instances of one model version, with a bounded wait queue in front of them."""
+class InstancePool(Generic[T]):
+    """The instances of one model version. Methods other than `close` run on the loop."""
 
-    def __init__(self, name: str, instances: list[Backend], max_waiting: int) -> None:
+    def __init__(self, name: str, backends: list[Backend]) -> None:
         self.name = name
-        self.instances = instances
-        self._free: deque[Backend] = deque(instances)
-        self._waiters: deque[asyncio.Future[Backend]] = deque()
-        self._max_waiting = max_waiting
-        self._threads = ThreadPoolExecutor(
-            max_workers=len(instances), thread_name_prefix=f"tg-{name}"
-        )
+        self._instances = [
+            _Instance[T](backend, f"tg-{name}-{i}") for i, backend in enumerate(backends)
+        ]
+        self._idle = list(self._instances)
 
     @property
-    def waiting(self) -> int:
-        """Jobs queued for an instance right now."""
-        return len(self._waiters)
+    def size(self) -> int:
+        return len(self._instances)
 
-    async def _acquire(self) -> Backend:
-        if self._free and not self._waiters:
-            return self._free.popleft()
-        if len(self._waiters) >= self._max_waiting:
-            raise ResourceExhausted(
-                f"model '{self.name}' has {len(self._waiters)} requests waiting, the limit; "
-                "retry later"
-            )
-        waiter: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release(waiter.result())  # handed over just as we were cancelled
-            else:
-                self._waiters.remove(waiter)
-            raise
+    @property
+    def idle(self) -> int:
+        """Instances free to take work right now."""
+        return len(self._idle)
 
-    def _release(self, instance: Backend) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(instance)
-                return
-        self._free.append(instance)
-
-    async def execute(self, inputs: dict[str, Array]) -> Execution:
-        """Run one job on the next free instance."""
-        enqueued = time.perf_counter_ns()
-        instance = await self._acquire()
-        acquired = time.perf_counter_ns()
+    def run(self, work: Work[T], done: Done[T]) -> None:
+        """Run `work(backend)` on an idle instance; `done(result or exception)` on the loop."""
+        instance = self._idle.pop()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._threads, _timed_execute, instance, inputs)
-        try:
-            outputs, started, finished = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The thread cannot be stopped; keep the instance busy until it is done.
-            future.add_done_callback(lambda _: self._release(instance))
-            raise
-        except BaseException:
-            self._release(instance)
-            raise
-        self._release(instance)
-        done = time.perf_counter_ns()
-        return Execution(
-            outputs, acquired - enqueued, started - acquired, finished - started, done - finished
-        )
+
+        def finished(result: T | BaseException) -> None:
+            self._idle.append(instance)
+            done(result)
+
+        instance.submit(work, finished, loop.call_soon_threadsafe)
 
     def close(self) -> None:
-        """Wait for running jobs, then release every instance."""
-        self._threads.shutdown(wait=True)
-        for instance in self.instances:
-            instance.close()
-
-
-def _timed_execute(
-    instance: Backend, inputs: dict[str, Array]
-) -> tuple[dict[str, Array], int, int]:
-    started = time.perf_counter_ns()
-    outputs = instance.execute(inputs)
-    return outputs, started, time.perf_counter_ns()
+        """Blocking: wait for running work, stop the threads, release every backend."""
+        for instance in self._instances:
+            instance.stop()

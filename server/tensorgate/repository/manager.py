@@ -11,9 +11,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorgate.backends.base import InstanceContext
 from tensorgate.backends.registry import model_file, resolve_backend
+from tensorgate.batching.policy import BatchingPolicy
+from tensorgate.batching.scheduler import Scheduler
 from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import InstancePool
@@ -36,8 +39,8 @@ class ModelVersion:
     version: int
     config: mc.ModelConfig
     spec: ModelSpec
-    pool: InstancePool
-    stats: ModelStats = field(default_factory=ModelStats)
+    scheduler: Scheduler
+    stats: ModelStats
 
 
 @dataclass(slots=True)
@@ -151,7 +154,7 @@ class ModelRepository:
     @staticmethod
     async def _close_versions(versions: dict[int, ModelVersion]) -> None:
         for version in versions.values():
-            await asyncio.to_thread(version.pool.close)
+            await version.scheduler.close()
 
     def _load_blocking(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
         config = read_config(model_dir) or mc.ModelConfig()
@@ -169,7 +172,7 @@ class ModelRepository:
                 loaded[version] = self._load_version(name, model_dir, version, config)
         except BaseException:
             for done in loaded.values():
-                done.pool.close()
+                done.scheduler.pool.close()
             raise
         return loaded
 
@@ -200,12 +203,15 @@ class ModelRepository:
                         config, instance.signature(), self.settings.default_max_batch_size
                     )
             spec = ModelSpec.from_config(config)
+            policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
         except BaseException:
             for instance in instances:
                 instance.close()
             raise
-        pool = InstancePool(f"{name}_{version}", instances, self.settings.max_queue_size)
-        return ModelVersion(name, version, config, spec, pool)
+        stats = ModelStats()
+        pool = InstancePool[Any](f"{name}_{version}", instances)
+        scheduler = Scheduler(f"{name}", policy, pool, stats.record_execution)
+        return ModelVersion(name, version, config, spec, scheduler, stats)
 
     def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) for every model; loaded versions listed one by one."""

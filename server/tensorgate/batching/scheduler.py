@@ -1,0 +1,260 @@
+"""A model's scheduler: the asyncio side of the batching policy.
+
+Event-driven rather than a loop of its own: a batch is cut whenever something can change the
+answer (a request arrives, an instance finishes, a delay or timeout falls due), so an idle
+instance with a waiting request never costs an extra trip through the event loop. Requests
+are arrays plus their row count; the scheduler knows nothing of gRPC or HTTP.
+
+A request whose caller is cancelled (client gone, deadline passed) leaves the queue and is
+never executed; if its batch is already running, its result is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from tensorgate.backends.base import Backend
+from tensorgate.batching.assemble import merge_inputs, split_outputs
+from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending
+from tensorgate.dataplane.types import Array
+from tensorgate.errors import TensorgateError, Unavailable
+from tensorgate.executors.instance_pool import InstancePool
+
+# (batch rows, compute_input ns, compute_infer ns, compute_output ns) of one execution.
+ExecutionObserver = Callable[[int, int, int, int], None]
+
+
+@dataclass(slots=True)
+class Scheduled:
+    """One request's outputs and where its time went (nanoseconds)."""
+
+    outputs: dict[str, Array]
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+
+@dataclass(slots=True)
+class _Executed:
+    """What an instance thread returns for one batch."""
+
+    parts: list[dict[str, Array]]
+    started_ns: int
+    merged_ns: int
+    inferred_ns: int
+
+
+class _Ticket:
+    """The scheduler's side of a queued request."""
+
+    __slots__ = ("future", "inputs", "seq")
+
+    def __init__(self, future: asyncio.Future[Scheduled], inputs: dict[str, Array], seq: int):
+        self.future = future
+        self.inputs = inputs
+        self.seq = seq
+
+
+def _run_batch(inputs: list[dict[str, Array]], rows: list[int], backend: Backend) -> _Executed:
+    started = time.perf_counter_ns()
+    merged = merge_inputs(inputs)
+    merged_at = time.perf_counter_ns()
+    outputs = backend.execute(merged)
+    inferred_at = time.perf_counter_ns()
+    return _Executed(split_outputs(outputs, rows), started, merged_at, inferred_at)
+
+
+Outcome = Scheduled | BaseException | None  # None: the caller is gone, nothing to deliver
+
+
+class Scheduler:
+    """Queues one model version's requests and feeds batches to its instances."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: BatchingPolicy,
+        pool: InstancePool[_Executed],
+        on_execution: ExecutionObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.pool = pool
+        self.queue = BatchQueue(policy)
+        self._on_execution = on_execution
+        self._running = 0  # batches executing now
+        self._seq = 0
+        self._next_delivery = 0
+        self._held: dict[int, tuple[_Ticket, Outcome]] = {}  # preserve_ordering only
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return self.queue.live
+
+    @property
+    def running(self) -> int:
+        """Batches executing now."""
+        return self._running
+
+    async def submit(
+        self, inputs: dict[str, Array], rows: int, priority: int = 0, timeout_us: int = 0
+    ) -> Scheduled:
+        """Queue a request and wait for its share of a batch's outputs."""
+        if self._closing:
+            raise Unavailable(f"model '{self.name}' is being unloaded")
+        policy = self.policy
+        level = policy.level_for(priority)
+        now = time.perf_counter_ns()
+        timeout_ns = policy.levels[level].timeout_ns(timeout_us)
+        key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items())) if policy.dynamic else 0
+        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        item = Pending(
+            rows,
+            key,
+            level,
+            now,
+            now + timeout_ns if timeout_ns else 0,
+            _Ticket(future, inputs, self._seq),
+        )
+        self.queue.push(item)
+        self._seq += 1
+        self._schedule()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self.queue.remove(item):
+                self._deliver(item.handle, None)
+                self._check_drained()
+            raise
+
+    # Scheduling ------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        queue = self.queue
+        now = time.perf_counter_ns()
+        due = queue.next_timeout_ns()
+        if due and due <= now:
+            for item in queue.expire(now):
+                waited_us = (now - item.enqueued_ns) // 1000
+                self._deliver(
+                    item.handle,
+                    Unavailable(
+                        f"Request timeout expired: it waited {waited_us} µs in the queue of "
+                        f"model '{self.name}'"
+                    ),
+                )
+        wake = 0
+        pool = self.pool
+        while queue.live and pool.idle:
+            plan = queue.plan(now)
+            if not plan.batch:
+                wake = plan.wait_until_ns
+                break
+            self._dispatch(plan.batch)
+        due = queue.next_timeout_ns()
+        if due and (not wake or due < wake):
+            wake = due
+        if wake:
+            self._arm(wake, now)
+        self._check_drained()
+
+    def _arm(self, at_ns: int, now_ns: int) -> None:
+        if self._timer is not None:
+            if self._timer_at <= at_ns:
+                return
+            self._timer.cancel()
+        self._timer_at = at_ns
+        self._timer = asyncio.get_running_loop().call_later(
+            max(at_ns - now_ns, 0) / 1e9, self._on_timer
+        )
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _dispatch(self, batch: list[Pending]) -> None:
+        self.queue.take(batch)
+        self._running += 1
+        dispatched = time.perf_counter_ns()
+        work = partial(_run_batch, [p.handle.inputs for p in batch], [p.rows for p in batch])
+        self.pool.run(work, partial(self._finished, batch, dispatched))
+
+    def _finished(
+        self, batch: list[Pending], dispatched_ns: int, result: _Executed | BaseException
+    ) -> None:
+        self._running -= 1
+        if isinstance(result, BaseException):
+            for item in batch:
+                # A copy per request: callers may add context to their error's message.
+                error = copy.copy(result) if isinstance(result, TensorgateError) else result
+                self._deliver(item.handle, error)
+        else:
+            now = time.perf_counter_ns()
+            compute_input = result.merged_ns - dispatched_ns
+            compute_infer = result.inferred_ns - result.merged_ns
+            compute_output = now - result.inferred_ns
+            if self._on_execution is not None:
+                rows = sum(item.rows for item in batch)
+                self._on_execution(rows, compute_input, compute_infer, compute_output)
+            for item, outputs in zip(batch, result.parts, strict=True):
+                self._deliver(
+                    item.handle,
+                    Scheduled(
+                        outputs,
+                        dispatched_ns - item.enqueued_ns,
+                        compute_input,
+                        compute_infer,
+                        compute_output,
+                    ),
+                )
+        self._schedule()
+
+    # Delivery --------------------------------------------------------------------------
+
+    def _deliver(self, ticket: _Ticket, outcome: Outcome) -> None:
+        if not self.policy.preserve_ordering:
+            _resolve(ticket.future, outcome)
+            return
+        # Hold outcomes until every earlier request's outcome has gone out.
+        self._held[ticket.seq] = (ticket, outcome)
+        while self._next_delivery in self._held:
+            held, held_outcome = self._held.pop(self._next_delivery)
+            _resolve(held.future, held_outcome)
+            self._next_delivery += 1
+
+    # Unloading -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop taking requests, let queued and running ones finish, release instances."""
+        self._closing = True
+        if self.queue.live or self._running:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self._timer is not None:
+            self._timer.cancel()
+        await asyncio.to_thread(self.pool.close)
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done() and not self.queue.live and not self._running:
+            drained.set_result(None)
+
+
+def _resolve(future: asyncio.Future[Scheduled], outcome: Outcome) -> None:
+    if future.done() or outcome is None:
+        return  # the caller was cancelled: its result is dropped
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

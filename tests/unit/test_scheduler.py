@@ -1,0 +1,242 @@
+"""The scheduler with real instance threads: batching, cancellation, errors, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pytest
+from tensorgate.backends.base import ModelSignature
+from tensorgate.batching.policy import BatchingPolicy
+from tensorgate.batching.scheduler import Scheduler
+from tensorgate.dataplane.types import Array
+from tensorgate.errors import ModelExecutionError, ResourceExhausted, Unavailable
+from tensorgate.executors.instance_pool import InstancePool
+from tensorgate.repository.config import parse_config
+
+
+class GatedBackend:
+    """Doubles X; blocks in execute until released; records every batch it ran."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[list[float]] = []
+
+    def signature(self) -> ModelSignature | None:
+        return None
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        self.started.set()
+        self.gate.wait(5)
+        values = inputs["X"].reshape(-1).tolist()
+        self.batches.append(values)
+        if -1.0 in values:
+            raise ModelExecutionError("negative one")
+        return {"Y": inputs["X"] * 2}
+
+    def close(self) -> None:
+        self.gate.set()
+
+
+def _x(*values: float) -> dict[str, Array]:
+    return {"X": np.array(values, dtype=np.float32).reshape(len(values), 1)}
+
+
+def _run(
+    config: str, backends: list[GatedBackend], body: Callable[[Scheduler], Awaitable[None]]
+) -> None:
+    policy = BatchingPolicy.from_config(parse_config(config), 8)
+    executions: list[int] = []
+
+    async def main() -> None:
+        pool = InstancePool[object]("m", list(backends))
+        scheduler = Scheduler("m", policy, pool, lambda rows, *_: executions.append(rows))  # type: ignore[arg-type]
+        try:
+            await body(scheduler)
+        finally:
+            for backend in backends:
+                backend.gate.set()
+            await scheduler.close()
+
+    asyncio.run(main())
+
+
+async def _started(backend: GatedBackend) -> None:
+    assert await asyncio.to_thread(backend.started.wait, 5)
+
+
+BATCHING = "max_batch_size: 8 dynamic_batching {}"
+
+
+def test_requests_queued_behind_a_busy_instance_run_as_one_batch() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        rest = [asyncio.create_task(scheduler.submit(_x(v, v), 2)) for v in (2, 3, 4)]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        await first
+        results = await asyncio.gather(*rest)
+        assert [r.outputs["Y"].reshape(-1).tolist() for r in results] == [
+            [4, 4],
+            [6, 6],
+            [8, 8],
+        ]
+        assert backend.batches == [[1], [2, 2, 3, 3, 4, 4]]
+
+    _run(BATCHING, [backend], body)
+
+
+def test_request_cancelled_in_the_queue_is_never_executed() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        doomed = asyncio.create_task(scheduler.submit(_x(2), 1))
+        await asyncio.sleep(0.01)
+        assert scheduler.queued == 1
+        doomed.cancel()
+        await asyncio.sleep(0.01)
+        assert scheduler.queued == 0
+        backend.gate.set()
+        await first
+        assert (await scheduler.submit(_x(3), 1)).outputs["Y"].tolist() == [[6]]
+        assert backend.batches == [[1], [3]]
+
+    _run(BATCHING, [backend], body)
+
+
+def test_request_cancelled_while_running_keeps_its_instance_until_the_thread_ends() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        running = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        running.cancel()
+        follower = asyncio.create_task(scheduler.submit(_x(2), 1))
+        await asyncio.sleep(0.01)
+        assert not follower.done() and scheduler.queued == 1
+        backend.gate.set()
+        assert (await follower).outputs["Y"].tolist() == [[4]]
+
+    _run(BATCHING, [backend], body)
+
+
+def test_failing_batch_fails_only_its_own_requests() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+
+    async def body(scheduler: Scheduler) -> None:
+        with pytest.raises(ModelExecutionError, match="negative one"):
+            await scheduler.submit(_x(-1), 1)
+        assert (await scheduler.submit(_x(5), 1)).outputs["Y"].tolist() == [[10]]
+
+    _run("max_batch_size: 8", [backend], body)
+
+
+def test_instances_run_batches_in_parallel() -> None:
+    backends = [GatedBackend(), GatedBackend()]
+
+    async def body(scheduler: Scheduler) -> None:
+        tasks = [asyncio.create_task(scheduler.submit(_x(v), 1)) for v in (1, 2)]
+        for backend in backends:
+            await _started(backend)
+        assert scheduler.running == 2
+        for backend in backends:
+            backend.gate.set()
+        await asyncio.gather(*tasks)
+
+    _run("max_batch_size: 8", backends, body)
+
+
+@pytest.mark.parametrize(("preserve", "expected"), [(True, [1, 2]), (False, [2, 1])])
+def test_preserve_ordering_holds_a_fast_response_behind_a_slow_one(
+    preserve: bool, expected: list[int]
+) -> None:
+    slow, fast = GatedBackend(), GatedBackend()
+    fast.gate.set()
+
+    async def body(scheduler: Scheduler) -> None:
+        order: list[int] = []
+
+        async def one(value: int) -> None:
+            await scheduler.submit(_x(value), 1)
+            order.append(value)
+
+        first = asyncio.create_task(one(1))  # idle instances are taken from the end: slow
+        await _started(slow)
+        second = asyncio.create_task(one(2))
+        await _started(fast)
+        await asyncio.sleep(0.05)
+        assert order == ([] if preserve else [2])
+        slow.gate.set()
+        await asyncio.gather(first, second)
+        assert order == expected
+
+    config = f"max_batch_size: 1 dynamic_batching {{ preserve_ordering: {str(preserve).lower()} }}"
+    _run(config, [fast, slow], body)
+
+
+def test_queue_timeout_rejects_a_request_still_waiting() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        with pytest.raises(Unavailable, match="Request timeout expired"):
+            await scheduler.submit(_x(2), 1)
+        backend.gate.set()
+        await first
+        assert backend.batches == [[1]]
+
+    _run(
+        "max_batch_size: 8 dynamic_batching { default_queue_policy "
+        "{ default_timeout_microseconds: 20000 } }",
+        [backend],
+        body,
+    )
+
+
+def test_full_queue_rejects_at_once() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        queued = asyncio.create_task(scheduler.submit(_x(2), 1))
+        await asyncio.sleep(0.01)
+        with pytest.raises(ResourceExhausted):
+            await scheduler.submit(_x(3), 1)
+        backend.gate.set()
+        await asyncio.gather(first, queued)
+
+    _run(
+        "max_batch_size: 8 dynamic_batching { default_queue_policy { max_queue_size: 1 } }",
+        [backend],
+        body,
+    )
+
+
+def test_close_lets_queued_requests_finish_then_refuses_new_ones() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await _started(backend)
+        queued = asyncio.create_task(scheduler.submit(_x(2), 1))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(scheduler.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable, match="unloaded"):
+            await scheduler.submit(_x(3), 1)
+        backend.gate.set()
+        await asyncio.gather(first, queued, closing)
+        assert backend.batches == [[1], [2]]
+
+    _run(BATCHING, [backend], body)
