@@ -20,7 +20,9 @@ def _policy(text: str, cap: int = 64) -> BatchingPolicy:
     return BatchingPolicy.from_config(parse_config(text), cap)
 
 
-def _item(rows: int = 1, key: object = "a", level: int = 0, at: int = 0, timeout: int = 0):
+def _item(
+    rows: int = 1, key: object = "a", level: int = 0, at: int = 0, timeout: int = 0
+) -> Pending:
     return Pending(rows, key, level, at, timeout)
 
 
