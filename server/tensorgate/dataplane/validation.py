@@ -36,8 +36,9 @@ def _check_input(name: str, array: Array, declared: str, spec: ModelSpec) -> int
                 f"more than max_batch_size {spec.max_batch_size}"
             )
         rows, dims = shape[0], shape[1:]
-    if len(dims) != len(tensor.dims) or any(
-        want != -1 and got != want for got, want in zip(dims, tensor.dims, strict=True)
+    if dims != tensor.dims and (
+        len(dims) != len(tensor.dims)
+        or any(want != -1 and got != want for got, want in zip(dims, tensor.dims, strict=True))
     ):
         expected = tensor.metadata_shape(spec.max_batch_size)
         raise InvalidArgument(
@@ -50,9 +51,9 @@ def _check_input(name: str, array: Array, declared: str, spec: ModelSpec) -> int
 def validate_request(request: InferRequest, spec: ModelSpec) -> int:
     """Raise InvalidArgument on any mismatch; return the request's batch size (rows)."""
     model = spec.name
+    declared = request.datatypes
     sizes = {
-        _check_input(name, array, request.datatypes[name], spec)
-        for name, array in request.inputs.items()
+        _check_input(name, array, declared[name], spec) for name, array in request.inputs.items()
     }
     missing = [n for n, t in spec.inputs.items() if not t.optional and n not in request.inputs]
     if missing:

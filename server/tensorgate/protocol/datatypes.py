@@ -6,7 +6,7 @@ one place. BF16 uses `ml_dtypes.bfloat16`, since numpy has no native bfloat16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -23,10 +23,11 @@ class DataType:
     config_name: str  # model config enum name, e.g. "TYPE_FP32"
     contents_field: str | None  # InferTensorContents field; None when only raw bytes work
 
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element; 0 for BYTES, whose elements are length-prefixed."""
-        return 0 if self.name == "BYTES" else self.numpy.itemsize
+    # Bytes per element; 0 for BYTES, whose elements are length-prefixed.
+    itemsize: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "itemsize", 0 if self.name == "BYTES" else self.numpy.itemsize)
 
 
 def _row(name: str, dtype: object, config: str, field: str | None) -> DataType:

@@ -31,11 +31,14 @@ def check_shape(name: str, shape: Sequence[int]) -> None:
 
 def array_from_raw(name: str, raw: bytes, datatype: DataType, shape: Sequence[int]) -> np.ndarray:
     """View `raw` as an array of `shape`; the result shares memory with `raw` (read-only)."""
-    check_shape(name, shape)
-    count = element_count(shape)
-    if datatype.name == "BYTES":
+    shape = tuple(shape)
+    if shape and min(shape) < 0:
+        check_shape(name, shape)
+    count = math.prod(shape)
+    itemsize = datatype.itemsize
+    if not itemsize:  # BYTES
         return deserialize_bytes(name, raw, count).reshape(shape)
-    expected = count * datatype.itemsize
+    expected = count * itemsize
     if len(raw) != expected:
         raise InvalidArgument(
             f"input '{name}' has {len(raw)} bytes of raw content, but shape {list(shape)} "
