@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ test: check-protos lint test-unit test-e2e
 
 bench: $(INSTALLED) tools
 	bash benchmarks/run_protocol_bench.sh
+
+# tensorgate beside Triton, MLServer, KServe, a bare grpc.aio handler and raw onnxruntime
+# (about 20 minutes; ../shared/peers/setup.sh installs the peers once).
+bench-peers: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/run_peer_bench.py
 
 clean:
 	rm -rf $(VENV) $(REPO) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ import numpy as np
 from tensorgate.backends.base import InstanceContext, ModelSignature, TensorSignature
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import InvalidArgument, ModelLoadError
+from tensorgate.executors.cuda import CudaStream, cuda_available
 
 _ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
@@ -60,8 +61,10 @@ class OnnxInstance:
                     "instance_group asks for KIND_GPU but onnxruntime has no CUDA execution "
                     "provider (install the 'gpu' extra: onnxruntime-gpu)"
                 )
-            device_id = int(context.device.split(":")[1])
-            providers = [("CUDAExecutionProvider", {"device_id": device_id}), *providers]
+            # Kept on the instance: the stream must outlive the session that runs on it.
+            self._stream = CudaStream(context.device) if cuda_available() else None
+            options = _cuda_options(context.device, self._stream)
+            providers = [("CUDAExecutionProvider", options), *providers]
         try:
             self._session = ort.InferenceSession(
                 str(context.model_file), options, providers=providers
@@ -103,6 +106,19 @@ def _to_str(value: object) -> str:
         raise InvalidArgument(
             "onnxruntime string tensors hold UTF-8 text; an element is not valid UTF-8"
         ) from None
+
+
+def _cuda_options(device: str, stream: CudaStream | None) -> dict[str, str]:
+    """CUDA EP options: the instance's device, and its own stream when torch can make one.
+
+    onnxruntime copies inputs and outputs through its own staging; the instance thread
+    blocks in `run` until the stream is done, so the event loop never waits on the GPU.
+    """
+    options = {"device_id": device.split(":")[1]}
+    if stream is not None:
+        options["user_compute_stream"] = str(stream.handle)
+        options["has_user_compute_stream"] = "1"
+    return options
 
 
 def _parameter_int(context: InstanceContext, key: str, default: int) -> int:

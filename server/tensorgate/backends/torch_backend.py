@@ -15,6 +15,7 @@ import numpy as np
 from tensorgate.backends.base import InstanceContext, ModelSignature
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelExecutionError, ModelLoadError
+from tensorgate.executors.cuda import CudaStream
 from tensorgate.proto import model_config_pb2 as mc
 
 
@@ -41,8 +42,8 @@ class TorchInstance:
         for tensor in tensors:
             if tensor.data_type == mc.TYPE_STRING:
                 raise ModelLoadError(f"tensor '{tensor.name}': the pytorch backend has no BYTES")
-        if context.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError("instance_group asks for KIND_GPU but torch sees no CUDA device")
+        # A GPU instance runs on its own CUDA stream, staging through pinned host memory.
+        self._cuda = CudaStream(context.device) if context.device.startswith("cuda") else None
         self._device = torch.device(context.device)
         self._input_names = [t.name for t in context.config.input]
         self._output_names = [t.name for t in context.config.output]
@@ -65,15 +66,20 @@ class TorchInstance:
     def signature(self) -> ModelSignature | None:
         return None
 
-    def _to_tensor(self, array: Array) -> Any:
+    def _to_tensor(self, name: str, array: Array) -> Any:
         torch = self._torch
         if array.dtype == ml_dtypes.bfloat16:
             tensor = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+        elif self._cuda is not None and not array.flags.writeable:
+            # Read-only request bytes are copied once, into the pinned staging buffer.
+            return self._cuda.to_device(name, torch.from_numpy(array.copy()))
         else:
             # Arrays viewed from the request bytes are read-only; a model that writes its
             # input in place must not corrupt them, so such arrays are copied.
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-        return tensor.to(self._device, non_blocking=True)
+        if self._cuda is not None:
+            return self._cuda.to_device(name, tensor)
+        return tensor
 
     def _to_array(self, tensor: Any) -> Array:
         tensor = tensor.detach().cpu()
@@ -81,19 +87,30 @@ class TorchInstance:
             return np.asarray(tensor.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16))
         return np.asarray(tensor.numpy())
 
-    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
-        args = [self._to_tensor(inputs[name]) for name in self._input_names if name in inputs]
-        with self._torch.inference_mode():
-            result = self._module(*args)
+    def _outputs(self, result: Any) -> list[tuple[str, Any]]:
         if isinstance(result, dict):
-            return {name: self._to_array(result[name]) for name in self._output_names}
+            return [(name, result[name]) for name in self._output_names]
         if not isinstance(result, (tuple, list)):
             result = (result,)
         if len(result) != len(self._output_names):
             raise ModelExecutionError(
                 f"model returned {len(result)} outputs, config lists {len(self._output_names)}"
             )
-        return {n: self._to_array(t) for n, t in zip(self._output_names, result, strict=True)}
+        return list(zip(self._output_names, result, strict=True))
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        names = [name for name in self._input_names if name in inputs]
+        if self._cuda is None:
+            with self._torch.inference_mode():
+                result = self._module(*(self._to_tensor(n, inputs[n]) for n in names))
+            return {name: self._to_array(t) for name, t in self._outputs(result)}
+        cuda = self._cuda
+        with self._torch.inference_mode(), cuda.context():
+            result = self._module(*(self._to_tensor(n, inputs[n]) for n in names))
+            staged = [(name, cuda.to_host(name, t.detach())) for name, t in self._outputs(result)]
+        cuda.wait()  # this instance's thread waits on the stream's event, never the loop
+        # clone(): leave the pinned buffers free for the next batch.
+        return {name: self._to_array(pinned.clone()) for name, pinned in staged}
 
     def close(self) -> None:
         del self._module

@@ -1,0 +1,123 @@
+"""The CUDA-stream path: exercised on a GPU machine, a clear load error everywhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.e2e.conftest import Server, start_server
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def _ort_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+NEEDS_GPU = pytest.mark.skipif(
+    _cuda_devices() == 0, reason="no CUDA device visible to torch (GPU tests run on a lent GPU)"
+)
+
+CONFIG = """backend: "{backend}"
+max_batch_size: 16
+dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
+instance_group [{{ kind: KIND_GPU, count: 2, gpus: [0] }}]
+input [{{ name: "{inp}", data_type: TYPE_FP32, dims: [4] }}]
+output [{{ name: "{out}", data_type: TYPE_FP32, dims: [4] }}]
+"""
+
+
+def _torch_model(root: Path) -> None:
+    import torch
+
+    class TwoXPlusOne(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 + 1
+
+    (root / "gpu_torch" / "1").mkdir(parents=True)
+    torch.jit.save(torch.jit.script(TwoXPlusOne()), str(root / "gpu_torch" / "1" / "model.pt"))
+    (root / "gpu_torch" / "config.pbtxt").write_text(
+        CONFIG.format(backend="pytorch", inp="X", out="Y")
+    )
+
+
+def _onnx_model(root: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["X", "two"], ["t"]),
+            helper.make_node("Add", ["t", "one"], ["Y"]),
+        ],
+        "two_x_plus_one",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[two, one],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / "gpu_onnx" / "1").mkdir(parents=True)
+    onnx.save(model, str(root / "gpu_onnx" / "1" / "model.onnx"))
+    (root / "gpu_onnx" / "config.pbtxt").write_text(
+        CONFIG.format(backend="onnxruntime", inp="X", out="Y")
+    )
+
+
+@pytest.fixture(scope="module")
+def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("gpu_repo")
+    _torch_model(root)
+    _onnx_model(root)
+    log = tmp_path_factory.mktemp("gpu_logs") / "server.log"
+    server = start_server(root, log)
+    yield server
+    assert server.stop() == 0, server.output()
+
+
+def _infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
+    tensor = grpcclient.InferInput("X", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer(model, [tensor])
+    return np.asarray(result.as_numpy("Y"))
+
+
+@pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU")
+def test_gpu_instance_without_a_gpu_fails_its_load_with_the_reason(gpu_server: Server) -> None:
+    with grpcclient.InferenceServerClient(gpu_server.url) as client:
+        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        assert index["gpu_torch"]["state"] == "UNAVAILABLE"
+        assert "no CUDA device" in index["gpu_torch"]["reason"]
+        assert index["gpu_onnx"]["state"] == "UNAVAILABLE"
+        assert "CUDA" in index["gpu_onnx"]["reason"]
+        assert client.is_server_live()
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize("model", ["gpu_torch", "gpu_onnx"])
+def test_gpu_instances_compute_concurrent_batches_correctly(gpu_server: Server, model: str) -> None:
+    if model == "gpu_onnx" and not _ort_has_cuda():
+        pytest.skip("onnxruntime has no CUDA provider: install the 'gpu' extra")
+    inputs = [np.full((1 + i % 3, 4), float(i), dtype=np.float32) for i in range(64)]
+    with grpcclient.InferenceServerClient(gpu_server.url) as client:
+        with ThreadPoolExecutor(16) as pool:
+            outputs = list(pool.map(lambda x: _infer(client, model, x), inputs))
+        for x, y in zip(inputs, outputs, strict=True):
+            np.testing.assert_array_equal(y, x * 2 + 1)
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == sum(len(x) for x in inputs)
