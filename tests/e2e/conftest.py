@@ -89,7 +89,8 @@ def start_server(
         try:
             if wait_model is not None and client.is_model_ready(wait_model):
                 return server
-            if wait_model is None and (not wait_ready or client.is_server_ready()):
+            ready = client.is_server_ready() if wait_ready else client.is_server_live()
+            if wait_model is None and ready:
                 return server
         except Exception:
             pass

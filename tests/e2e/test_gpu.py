@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,9 +86,24 @@ def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _torch_model(root)
     _onnx_model(root)
     log = tmp_path_factory.mktemp("gpu_logs") / "server.log"
-    server = start_server(root, log)
+    # Not ready on a machine without a GPU: strict readiness waits for every model.
+    server = start_server(root, log, wait_ready=False)
     yield server
     assert server.stop() == 0, server.output()
+
+
+def _settled_index(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, str]]:
+    """The repository index once no model is still loading (bounded wait)."""
+    deadline = time.monotonic() + 120
+    while True:
+        models = client.get_model_repository_index(as_json=True).get("models", [])
+        index = {m["name"]: m for m in models}
+        settled = {"gpu_torch", "gpu_onnx"} <= index.keys() and all(
+            m.get("state") in ("READY", "UNAVAILABLE") for m in index.values()
+        )
+        if settled or time.monotonic() > deadline:
+            return index
+        time.sleep(0.1)
 
 
 def _infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) -> np.ndarray:
@@ -100,7 +116,7 @@ def _infer(client: grpcclient.InferenceServerClient, model: str, x: np.ndarray) 
 @pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU")
 def test_gpu_instance_without_a_gpu_fails_its_load_with_the_reason(gpu_server: Server) -> None:
     with grpcclient.InferenceServerClient(gpu_server.url) as client:
-        index = {m["name"]: m for m in client.get_model_repository_index(as_json=True)["models"]}
+        index = _settled_index(client)
         assert index["gpu_torch"]["state"] == "UNAVAILABLE"
         assert "no CUDA device" in index["gpu_torch"]["reason"]
         assert index["gpu_onnx"]["state"] == "UNAVAILABLE"
@@ -115,6 +131,7 @@ def test_gpu_instances_compute_concurrent_batches_correctly(gpu_server: Server, 
         pytest.skip("onnxruntime has no CUDA provider: install the 'gpu' extra")
     inputs = [np.full((1 + i % 3, 4), float(i), dtype=np.float32) for i in range(64)]
     with grpcclient.InferenceServerClient(gpu_server.url) as client:
+        assert _settled_index(client)[model]["state"] == "READY"
         with ThreadPoolExecutor(16) as pool:
             outputs = list(pool.map(lambda x: _infer(client, model, x), inputs))
         for x, y in zip(inputs, outputs, strict=True):

@@ -1,11 +1,14 @@
 """Join requests into one batch along the batch dimension, and split the outputs back.
 
 Runs on the instance's thread, not the event loop. A batch of one request passes its arrays
-through untouched; otherwise inputs are concatenated (the one copy batching needs) and each
-request gets row-slice views of the outputs, never copies.
+through untouched; otherwise inputs are concatenated (the one copy batching needs) into
+buffers the instance reuses from batch to batch, and each request gets row-slice views of the
+outputs, never copies.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -13,11 +16,46 @@ from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelExecutionError
 
 
-def merge_inputs(requests: list[dict[str, Array]]) -> dict[str, Array]:
-    """One input dict whose arrays stack the requests' arrays on dimension 0."""
-    if len(requests) == 1:
-        return requests[0]
-    return {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+class Staging:
+    """One instance's reusable input buffers; touched only from that instance's thread.
+
+    A fresh multi-megabyte array per batch costs page faults on every batch (a mobilenet
+    batch of 4 spent ~2.5 ms in `compute_input`); reusing the buffer leaves only the copy.
+    The model sees the batch only while it executes: an output that aliases a buffer (a
+    model returning its input) is copied out before the buffer can be reused.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def merge(self, requests: list[dict[str, Array]]) -> dict[str, Array]:
+        """One input dict whose arrays stack the requests' arrays on dimension 0."""
+        if len(requests) == 1:
+            return requests[0]
+        merged: dict[str, Array] = {}
+        for name in requests[0]:
+            parts = [r[name] for r in requests]
+            first = parts[0]
+            if first.dtype.hasobject:  # BYTES: arrays of references, nothing to stage
+                merged[name] = np.concatenate(parts)
+                continue
+            shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
+            size = math.prod(shape)
+            buffer = self._buffers.get(name)
+            if buffer is None or buffer.dtype != first.dtype or buffer.size < size:
+                buffer = self._buffers[name] = np.empty(size, dtype=first.dtype)
+            merged[name] = np.concatenate(parts, out=buffer[:size].reshape(shape))
+        return merged
+
+    def detach(self, outputs: dict[str, Array]) -> dict[str, Array]:
+        """Outputs that do not share memory with the staging buffers."""
+        buffers = self._buffers.values()
+        return {
+            name: array.copy()
+            if isinstance(array, np.ndarray) and any(np.shares_memory(array, b) for b in buffers)
+            else array
+            for name, array in outputs.items()
+        }
 
 
 def split_outputs(outputs: dict[str, Array], rows: list[int]) -> list[dict[str, Array]]:

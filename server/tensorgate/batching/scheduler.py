@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from tensorgate.backends.base import Backend
-from tensorgate.batching.assemble import merge_inputs, split_outputs
+from tensorgate.batching.assemble import Staging, split_outputs
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import TensorgateError, Unavailable
@@ -61,12 +61,17 @@ class _Ticket:
         self.seq = seq
 
 
-def _run_batch(inputs: list[dict[str, Array]], rows: list[int], backend: Backend) -> _Executed:
+def _run_batch(
+    staging: dict[int, Staging], inputs: list[dict[str, Array]], rows: list[int], backend: Backend
+) -> _Executed:
     started = time.perf_counter_ns()
-    merged = merge_inputs(inputs)
+    stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
+    merged = stage.merge(inputs)
     merged_at = time.perf_counter_ns()
     outputs = backend.execute(merged)
     inferred_at = time.perf_counter_ns()
+    if len(inputs) > 1:
+        outputs = stage.detach(outputs)
     return _Executed(split_outputs(outputs, rows), started, merged_at, inferred_at)
 
 
@@ -96,6 +101,7 @@ class Scheduler:
         self._timer_at = 0
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
+        self._staging: dict[int, Staging] = {}  # per instance, keyed by id(backend)
 
     @property
     def queued(self) -> int:
@@ -187,7 +193,8 @@ class Scheduler:
         self.queue.take(batch)
         self._running += 1
         dispatched = time.perf_counter_ns()
-        work = partial(_run_batch, [p.handle.inputs for p in batch], [p.rows for p in batch])
+        inputs = [p.handle.inputs for p in batch]
+        work = partial(_run_batch, self._staging, inputs, [p.rows for p in batch])
         self.pool.run(work, partial(self._finished, batch, dispatched))
 
     def _finished(
