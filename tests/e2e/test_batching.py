@@ -60,7 +60,7 @@ MODELS = {
         "max_queue_delay_microseconds: 20000000 }"
     ),
     "prioritized": (
-        'max_batch_size: 1 parameters { key: "sleep_ms" value { string_value: "300" } } '
+        'max_batch_size: 1 parameters { key: "sleep_ms" value { string_value: "600" } } '
         "dynamic_batching { priority_levels: 2 default_priority_level: 2 }"
     ),
     "reject_timeout": (
@@ -206,9 +206,19 @@ def test_requests_whose_shapes_differ_never_share_a_batch(
     batching_server: Server, batching_repo: Path
 ) -> None:
     before = len(executions(batching_repo, "delayed"))
-    inputs = [_aio_input(10, width=2), _aio_input(20, width=3), _aio_input(11, width=2)]
-    asyncio.run(_infer_together(batching_server.url, "delayed", inputs))
-    batches = sorted(sorted(e["rows"]) for e in executions(batching_repo, "delayed")[before:])
+
+    async def scenario() -> None:
+        async with aioclient.InferenceServerClient(batching_server.url) as client:
+            narrow = [
+                asyncio.create_task(client.infer("delayed", [_aio_input(v, width=2)]))
+                for v in (10, 11)
+            ]
+            await asyncio.sleep(0.05)  # well inside the 300 ms delay: the batch is open
+            wide = client.infer("delayed", [_aio_input(20, width=3)])
+            await asyncio.gather(*narrow, wide)
+
+    asyncio.run(scenario())
+    batches = [sorted(e["rows"]) for e in executions(batching_repo, "delayed")[before:]]
     assert batches == [[10, 11], [20]]
 
 
@@ -229,7 +239,7 @@ def test_higher_priority_request_overtakes_queued_ones(
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
         pending = [_in_background(client.infer, "prioritized", [_input(0)])]
-        time.sleep(0.1)
+        time.sleep(0.2)  # the first request is running; the others queue behind it
         for value, priority in ((1, 2), (2, 0), (3, 1)):
             pending.append(
                 _in_background(client.infer, "prioritized", [_input(value)], priority=priority)
@@ -349,20 +359,25 @@ def test_failing_batch_fails_only_its_own_requests(
 ) -> None:
     async def scenario() -> list[Any]:
         async with aioclient.InferenceServerClient(batching_server.url) as client:
-            calls = [
-                client.infer("failing_batches", [_aio_input(1, width=2)]),
-                client.infer("failing_batches", [_aio_input(-1, width=3)]),
-                client.infer("failing_batches", [_aio_input(2, width=3)]),
-                client.infer("failing_batches", [_aio_input(3, width=2)]),
-            ]
-            return list(await asyncio.gather(*calls, return_exceptions=True))
 
-    good, bad, bad_batchmate, good_batchmate = asyncio.run(scenario())
-    assert good.as_numpy("OUTPUT").tolist() == [[1, 1]]
-    assert good_batchmate.as_numpy("OUTPUT").tolist() == [[3, 3]]
-    for failed in (bad, bad_batchmate):
+            def call(value: float) -> Any:
+                return asyncio.create_task(
+                    client.infer("failing_batches", [_aio_input(value, width=2)])
+                )
+
+            # The first two share a batch (100 ms delay); the next two arrive while it runs
+            # (300 ms) and form the following batch.
+            first_batch = [call(1), call(-1)]
+            await asyncio.sleep(0.15)
+            second_batch = [call(2), call(3)]
+            return list(await asyncio.gather(*first_batch, *second_batch, return_exceptions=True))
+
+    good_batchmate, bad, after, after_too = asyncio.run(scenario())
+    for failed in (good_batchmate, bad):
         assert isinstance(failed, InferenceServerException)
         assert failed.status() == "StatusCode.INTERNAL"
         assert "negative input is not allowed" in str(failed)
-    batches = sorted(sorted(e["rows"]) for e in executions(batching_repo, "failing_batches"))
-    assert batches == [[-1, 2], [1, 3]]
+    assert after.as_numpy("OUTPUT").tolist() == [[2, 2]]
+    assert after_too.as_numpy("OUTPUT").tolist() == [[3, 3]]
+    batches = [sorted(e["rows"]) for e in executions(batching_repo, "failing_batches")]
+    assert batches == [[-1, 1], [2, 3]]
