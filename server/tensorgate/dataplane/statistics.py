@@ -56,7 +56,6 @@ class ModelStats:
         self.compute_input.add(compute_input_ns)
         self.compute_infer.add(compute_infer_ns)
         self.compute_output.add(compute_output_ns)
-        self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_execution(
         self, rows: int, compute_input_ns: int, compute_infer_ns: int, compute_output_ns: int
@@ -64,6 +63,7 @@ class ModelStats:
         """One batch of `rows` rows that the model executed."""
         self.inference_count += rows
         self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
         batch = self.batches.get(rows)
         if batch is None:
             batch = self.batches[rows] = BatchStats()

@@ -69,35 +69,39 @@ def _array_from_contents(
 def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     """Decode a ModelInferRequest; raw contents become read-only views, never copies."""
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+    tensors = message.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has "
-            f"{len(message.inputs)} inputs; when raw contents are used every input needs one"
+            f"{len(tensors)} inputs; when raw contents are used every input needs one"
         )
+    params = message.parameters
     request = InferRequest(
         model_name=message.model_name,
         model_version=message.model_version,
         id=message.id,
-        parameters=decode_parameters(message.parameters) if message.parameters else {},
+        parameters=decode_parameters(params) if params else {},
     )
-    for index, tensor in enumerate(message.inputs):
-        if tensor.name in request.inputs:
-            raise InvalidArgument(f"input '{tensor.name}' appears more than once")
-        datatype = datatypes.from_name(tensor.datatype)
+    inputs, declared = request.inputs, request.datatypes
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidArgument(f"input '{name}' appears more than once")
+        datatype = datatypes.BY_NAME.get(tensor.datatype) or datatypes.from_name(tensor.datatype)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
-                    f"input '{tensor.name}' has both typed contents and raw_input_contents"
+                    f"input '{name}' has both typed contents and raw_input_contents"
                 )
-            array = array_from_raw(tensor.name, raw[index], datatype, tensor.shape)
+            inputs[name] = array_from_raw(name, raw[index], datatype, tensor.shape)
         else:
-            array = _array_from_contents(tensor, datatype)
-        request.inputs[tensor.name] = array
-        request.datatypes[tensor.name] = datatype.name
-    if message.outputs:
-        request.requested_outputs = [out.name for out in message.outputs]
-        for out in message.outputs:
-            if "classification" in out.parameters:
+            inputs[name] = _array_from_contents(tensor, datatype)
+        declared[name] = datatype.name
+    outputs = message.outputs
+    if outputs:
+        request.requested_outputs = [out.name for out in outputs]
+        for out in outputs:
+            if out.parameters and "classification" in out.parameters:
                 raise InvalidArgument(
                     f"output '{out.name}': the classification extension is not supported"
                 )
