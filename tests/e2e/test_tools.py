@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -97,3 +98,9 @@ def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Throughput:" in result.stdout
     assert "Server:" in result.stdout  # server-side statistics were read and decoded
+    # The breakdown comes from ModelStatistics: queue and compute phases, non-zero infer.
+    breakdown = re.search(
+        r"queue (\d+) usec \+ compute input (\d+) usec \+ compute infer (\d+) usec", result.stdout
+    )
+    assert breakdown is not None, result.stdout[-2000:]
+    assert int(breakdown.group(3)) > 0
