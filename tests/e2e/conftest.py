@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -106,12 +108,23 @@ def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@contextmanager
+def serving(
+    repo: Path, tmp_path_factory: pytest.TempPathFactory, **kwargs: Any
+) -> Iterator[Server]:
+    """A server for a fixture's lifetime, which must end with a clean shutdown (exit 0)."""
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    server = start_server(repo, log, **kwargs)
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0, server.output()
+
+
 @pytest.fixture(scope="session")
 def server(test_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("logs") / "server.log"
-    server = start_server(test_repository, log)
-    yield server
-    assert server.stop() == 0, server.output()
+    with serving(test_repository, tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture

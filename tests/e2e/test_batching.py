@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, serving
 
 RECORDER = """
 import json
@@ -68,7 +68,7 @@ MODELS = {
         "dynamic_batching { default_queue_policy { default_timeout_microseconds: 100000 } }"
     ),
     "delay_timeout": (
-        'max_batch_size: 1 parameters { key: "sleep_ms" value { string_value: "300" } } '
+        'max_batch_size: 1 parameters { key: "sleep_ms" value { string_value: "600" } } '
         "dynamic_batching { default_queue_policy { timeout_action: DELAY "
         "default_timeout_microseconds: 60000000 allow_timeout_override: true } }"
     ),
@@ -119,10 +119,8 @@ def batching_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def batching_server(
     batching_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("batching_logs") / "server.log"
-    server = start_server(batching_repo, log)
-    yield server
-    assert server.stop() == 0, server.output()
+    with serving(batching_repo, tmp_path_factory) as server:
+        yield server
 
 
 def executions(repo: Path, model: str) -> list[dict[str, Any]]:
@@ -135,13 +133,6 @@ def executions(repo: Path, model: str) -> list[dict[str, Any]]:
 def _input(*values: float, width: int = 1) -> grpcclient.InferInput:
     data = np.repeat(np.array(values, dtype=np.float32).reshape(-1, 1), width, axis=1)
     tensor = grpcclient.InferInput("INPUT", list(data.shape), "FP32")
-    tensor.set_data_from_numpy(data)
-    return tensor
-
-
-def _aio_input(*values: float, width: int = 1) -> aioclient.InferInput:
-    data = np.repeat(np.array(values, dtype=np.float32).reshape(-1, 1), width, axis=1)
-    tensor = aioclient.InferInput("INPUT", list(data.shape), "FP32")
     tensor.set_data_from_numpy(data)
     return tensor
 
@@ -161,7 +152,7 @@ def _stats(client: grpcclient.InferenceServerClient, model: str) -> dict[str, An
 
 
 async def _infer_together(
-    url: str, model: str, inputs: list[aioclient.InferInput], timeout: float = 30
+    url: str, model: str, inputs: list[grpcclient.InferInput], timeout: float = 30
 ) -> list[Any]:
     async with aioclient.InferenceServerClient(url) as client:
         return list(
@@ -185,10 +176,17 @@ def _in_background(fn: Any, *args: Any, **kwargs: Any) -> queue.Queue[Any]:
     return result
 
 
+def _occupy(client: grpcclient.InferenceServerClient, model: str, value: float) -> queue.Queue[Any]:
+    """Send a request that takes the model's only instance, and give it time to start."""
+    running = _in_background(client.infer, model, [_input(value)])
+    time.sleep(0.2)
+    return running
+
+
 def test_requests_sent_together_form_one_batch_counted_in_rows(
     batching_server: Server, batching_repo: Path
 ) -> None:
-    inputs = [_aio_input(1), _aio_input(2, 2), _aio_input(3, 3, 3)]
+    inputs = [_input(1), _input(2, 2), _input(3, 3, 3)]
     results = asyncio.run(_infer_together(batching_server.url, "delayed", inputs))
     assert [r.as_numpy("OUTPUT").reshape(-1).tolist() for r in results] == [
         [1],
@@ -210,11 +208,10 @@ def test_requests_whose_shapes_differ_never_share_a_batch(
     async def scenario() -> None:
         async with aioclient.InferenceServerClient(batching_server.url) as client:
             narrow = [
-                asyncio.create_task(client.infer("delayed", [_aio_input(v, width=2)]))
-                for v in (10, 11)
+                asyncio.create_task(client.infer("delayed", [_input(v, width=2)])) for v in (10, 11)
             ]
             await asyncio.sleep(0.05)  # well inside the 300 ms delay: the batch is open
-            wide = client.infer("delayed", [_aio_input(20, width=3)])
+            wide = client.infer("delayed", [_input(20, width=3)])
             await asyncio.gather(*narrow, wide)
 
     asyncio.run(scenario())
@@ -227,7 +224,7 @@ def test_preferred_batch_size_is_sent_without_waiting_for_the_delay(
 ) -> None:
     # The delay is 20 s; the client gives up after 10 s, so only the preferred-size rule
     # can answer in time.
-    inputs = [_aio_input(1), _aio_input(2)]
+    inputs = [_input(1), _input(2)]
     results = asyncio.run(_infer_together(batching_server.url, "preferred", inputs, 10))
     assert len(results) == 2
     with grpcclient.InferenceServerClient(batching_server.url) as client:
@@ -238,8 +235,7 @@ def test_higher_priority_request_overtakes_queued_ones(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        pending = [_in_background(client.infer, "prioritized", [_input(0)])]
-        time.sleep(0.2)  # the first request is running; the others queue behind it
+        pending = [_occupy(client, "prioritized", 0)]
         for value, priority in ((1, 2), (2, 0), (3, 1)):
             pending.append(
                 _in_background(client.infer, "prioritized", [_input(value)], priority=priority)
@@ -258,8 +254,7 @@ def test_queue_timeout_reject_fails_the_request_and_it_never_runs(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        blocker = _in_background(client.infer, "reject_timeout", [_input(1)])
-        time.sleep(0.1)
+        blocker = _occupy(client, "reject_timeout", 1)
         with pytest.raises(InferenceServerException) as failure:
             client.infer("reject_timeout", [_input(2)])
         assert failure.value.status() == "StatusCode.UNAVAILABLE"
@@ -273,8 +268,7 @@ def test_queue_timeout_delay_runs_the_late_request_after_the_others(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        results = [_in_background(client.infer, "delay_timeout", [_input(1)])]
-        time.sleep(0.1)
+        results = [_occupy(client, "delay_timeout", 1)]
         # 1 µs (the request may shorten the 60 s default): it is late before it could run.
         results.append(_in_background(client.infer, "delay_timeout", [_input(2)], timeout=1))
         time.sleep(0.05)
@@ -289,8 +283,7 @@ def test_full_queue_is_rejected_at_once_with_resource_exhausted(
     batching_server: Server,
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        running = _in_background(client.infer, "small_queue", [_input(1)])
-        time.sleep(0.1)
+        running = _occupy(client, "small_queue", 1)
         queued = _in_background(client.infer, "small_queue", [_input(2)])
         time.sleep(0.1)
         with pytest.raises(InferenceServerException) as failure:
@@ -305,8 +298,7 @@ def test_request_whose_deadline_passes_in_the_queue_is_never_executed(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        blocker = _in_background(client.infer, "slow", [_input(1)])
-        time.sleep(0.1)
+        blocker = _occupy(client, "slow", 1)
         with pytest.raises(InferenceServerException) as failure:
             client.infer("slow", [_input(2)], client_timeout=0.2)
         assert failure.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -348,7 +340,7 @@ def test_preserve_ordering_decides_stream_response_order(
 def test_instances_execute_batches_at_the_same_time(
     batching_server: Server, batching_repo: Path
 ) -> None:
-    inputs = [_aio_input(1), _aio_input(2)]
+    inputs = [_input(1), _input(2)]
     asyncio.run(_infer_together(batching_server.url, "parallel", inputs))
     first, second = executions(batching_repo, "parallel")
     assert first["start"] < second["end"] and second["start"] < first["end"]
@@ -362,7 +354,7 @@ def test_failing_batch_fails_only_its_own_requests(
 
             def call(value: float) -> Any:
                 return asyncio.create_task(
-                    client.infer("failing_batches", [_aio_input(value, width=2)])
+                    client.infer("failing_batches", [_input(value, width=2)])
                 )
 
             # The first two share a batch (100 ms delay); the next two arrive while it runs

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, serving
 
 
 def _cuda_devices() -> int:
@@ -85,11 +85,9 @@ def gpu_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("gpu_repo")
     _torch_model(root)
     _onnx_model(root)
-    log = tmp_path_factory.mktemp("gpu_logs") / "server.log"
     # Not ready on a machine without a GPU: strict readiness waits for every model.
-    server = start_server(root, log, wait_ready=False)
-    yield server
-    assert server.stop() == 0, server.output()
+    with serving(root, tmp_path_factory, wait_ready=False) as server:
+        yield server
 
 
 def _settled_index(client: grpcclient.InferenceServerClient) -> dict[str, dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,6 +69,13 @@ async def _started(backend: GatedBackend) -> None:
     assert await asyncio.to_thread(backend.started.wait, 5)
 
 
+async def _occupy(scheduler: Scheduler, backend: GatedBackend) -> asyncio.Task[Any]:
+    """Submit X=1 and wait until it holds the (gated) instance."""
+    running = asyncio.create_task(scheduler.submit(_x(1), 1))
+    await _started(backend)
+    return running
+
+
 BATCHING = "max_batch_size: 8 dynamic_batching {}"
 
 
@@ -75,8 +83,7 @@ def test_requests_queued_behind_a_busy_instance_run_as_one_batch() -> None:
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        first = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        first = await _occupy(scheduler, backend)
         rest = [asyncio.create_task(scheduler.submit(_x(v, v), 2)) for v in (2, 3, 4)]
         await asyncio.sleep(0.01)
         backend.gate.set()
@@ -96,8 +103,7 @@ def test_request_cancelled_in_the_queue_is_never_executed() -> None:
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        first = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        first = await _occupy(scheduler, backend)
         doomed = asyncio.create_task(scheduler.submit(_x(2), 1))
         await asyncio.sleep(0.01)
         assert scheduler.queued == 1
@@ -116,8 +122,7 @@ def test_request_cancelled_while_running_keeps_its_instance_until_the_thread_end
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        running = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        running = await _occupy(scheduler, backend)
         running.cancel()
         follower = asyncio.create_task(scheduler.submit(_x(2), 1))
         await asyncio.sleep(0.01)
@@ -187,8 +192,7 @@ def test_queue_timeout_rejects_a_request_still_waiting() -> None:
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        first = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        first = await _occupy(scheduler, backend)
         with pytest.raises(Unavailable, match="Request timeout expired"):
             await scheduler.submit(_x(2), 1)
         backend.gate.set()
@@ -207,8 +211,7 @@ def test_full_queue_rejects_at_once() -> None:
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        first = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        first = await _occupy(scheduler, backend)
         queued = asyncio.create_task(scheduler.submit(_x(2), 1))
         await asyncio.sleep(0.01)
         with pytest.raises(ResourceExhausted):
@@ -227,8 +230,7 @@ def test_close_lets_queued_requests_finish_then_refuses_new_ones() -> None:
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
-        first = asyncio.create_task(scheduler.submit(_x(1), 1))
-        await _started(backend)
+        first = await _occupy(scheduler, backend)
         queued = asyncio.create_task(scheduler.submit(_x(2), 1))
         await asyncio.sleep(0.01)
         closing = asyncio.create_task(scheduler.close())

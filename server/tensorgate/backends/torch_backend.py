@@ -70,9 +70,6 @@ class TorchInstance:
         torch = self._torch
         if array.dtype == ml_dtypes.bfloat16:
             tensor = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
-        elif self._cuda is not None and not array.flags.writeable:
-            # Read-only request bytes are copied once, into the pinned staging buffer.
-            return self._cuda.to_device(name, torch.from_numpy(array.copy()))
         else:
             # Arrays viewed from the request bytes are read-only; a model that writes its
             # input in place must not corrupt them, so such arrays are copied.
