@@ -26,8 +26,10 @@ serve: $(REPO)/.built
 	$(BIN)/tensorgate serve --model-repository $(REPO) --grpc-port $(GRPC_PORT)
 
 # The generated stubs are committed; this is the only way they are written.
+# google/api/annotations.proto (the HTTP routes) comes from googleapis-common-protos.
 protos: $(INSTALLED)
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
+	  -I "$$($(BIN)/python -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
 	  --python_out=server --grpc_python_out=server --mypy_out=quiet:server \
 	  --mypy_grpc_out=quiet:server $(PROTOS)
 

@@ -13,6 +13,7 @@ from tensorgate.errors import TensorgateError
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.settings import Settings
 from tensorgate.transport.grpc.server import GrpcServer, PortInUse
+from tensorgate.transport.rest.server import HttpPortInUse, HttpServer
 
 log = logging.getLogger("tensorgate")
 
@@ -36,12 +37,17 @@ async def serve(settings: Settings) -> int:
     repository = ModelRepository(settings)
     dataplane = DataPlane(repository, settings.model_control_mode == "explicit")
     grpc_server = GrpcServer(settings, dataplane)
+    http_server = HttpServer(settings, dataplane, SHUTDOWN_GRACE_S)
     try:
         port = await grpc_server.start()
-    except PortInUse as exc:
+        http_port = await http_server.start() if settings.http_port >= 0 else None
+    except (PortInUse, HttpPortInUse) as exc:
         log.error("%s", exc)
+        await grpc_server.stop(0)
         return 2
     log.info("gRPC listening on %s:%d (not ready until models load)", settings.host, port)
+    if http_port is not None:
+        log.info("HTTP listening on %s:%d (browser page at /)", settings.host, http_port)
 
     names = models_to_load(settings, repository.scan())
     results = await asyncio.gather(*(repository.load(n) for n in names), return_exceptions=True)
@@ -51,7 +57,7 @@ async def serve(settings: Settings) -> int:
         log.error("model %s is unavailable: %s", name, message)
     if failed and settings.exit_on_error:
         log.error("exiting: %d model(s) failed to load and --exit-on-error is set", len(failed))
-        await grpc_server.stop(0)
+        await asyncio.gather(grpc_server.stop(0), http_server.stop())
         await repository.close()
         return 1
     dataplane.ready = not failed or not settings.strict_readiness
@@ -70,7 +76,7 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     log.info("shutting down: draining for up to %.0f s", SHUTDOWN_GRACE_S)
     dataplane.ready = False
-    await grpc_server.stop(SHUTDOWN_GRACE_S)
+    await asyncio.gather(grpc_server.stop(SHUTDOWN_GRACE_S), http_server.stop())
     await repository.close()
     return 0
 

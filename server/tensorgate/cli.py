@@ -16,6 +16,10 @@ _HELP = {
     "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
     "exit_on_error": "exit non-zero if any model fails to load at start",
     "strict_readiness": "ready only when every model loaded (default true)",
+    "http_port": "port of the REST shim and browser page; -1 disables HTTP",
+    "http_max_body_bytes": "largest HTTP request body accepted (413 beyond)",
+    "http_max_connections": "concurrent HTTP connections and requests before 503",
+    "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
     "config": "TOML file of settings (keys as the flags, with underscores)",
 }
 

@@ -20,7 +20,10 @@ class Settings:
     model_repository: Path = Path("model_repository")
     host: str = "0.0.0.0"
     grpc_port: int = 8001
-    http_port: int = 8000  # reserved for the REST shim
+    http_port: int = 8000  # REST shim; -1 turns it off
+    http_max_body_bytes: int = 128 * 2**20
+    http_max_connections: int = 2048  # beyond this uvicorn answers 503
+    cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
     metrics_port: int = 8002  # reserved for Prometheus metrics
     model_control_mode: str = "none"  # none | explicit
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)

@@ -89,6 +89,14 @@ class DataPlane:
         self.repository.scan()
         return self.repository.index(ready_only)
 
+    def loaded_versions(self) -> list[ModelVersion]:
+        """Every loaded model version, by name then version."""
+        return [
+            record.versions[v]
+            for name, record in sorted(self.repository.records.items())
+            for v in sorted(record.versions)
+        ]
+
     def all_ready(self) -> bool:
         return all(r.state == READY for r in self.repository.records.values() if r.state)
 

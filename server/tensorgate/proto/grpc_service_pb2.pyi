@@ -8,6 +8,11 @@ repository control, bidirectional streaming, shared memory, trace and log settin
 Wire compatibility is the contract: service and method names, message field numbers and
 types match the published protocol. tests/unit/test_proto_compat.py compares every message
 against the descriptors shipped in tritonclient and fails on any difference.
+
+The google.api.http options are the REST shim's route table: server/tensorgate/transport/rest
+builds its routes from them at start-up, so an annotated RPC is served over HTTP with no
+other code. They change nothing on the gRPC wire. Paths are the KServe v2 REST ones plus
+Triton's; ModelStreamInfer has no HTTP form.
 """
 
 from collections import abc as _abc

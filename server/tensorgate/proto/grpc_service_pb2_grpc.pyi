@@ -8,6 +8,11 @@ repository control, bidirectional streaming, shared memory, trace and log settin
 Wire compatibility is the contract: service and method names, message field numbers and
 types match the published protocol. tests/unit/test_proto_compat.py compares every message
 against the descriptors shipped in tritonclient and fails on any difference.
+
+The google.api.http options are the REST shim's route table: server/tensorgate/transport/rest
+builds its routes from them at start-up, so an annotated RPC is served over HTTP with no
+other code. They change nothing on the gRPC wire. Paths are the KServe v2 REST ones plus
+Triton's; ModelStreamInfer has no HTTP form.
 """
 
 from collections import abc as _abc
@@ -39,11 +44,13 @@ class GRPCInferenceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GRPCInferenceServiceAsyncStub: ...
     ServerLive: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]
+    """A bool response body is answered by status over HTTP: 200 when true, 400 when false."""
     ServerReady: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse]
     ModelReady: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]
     ServerMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]
     ModelMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]
     ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]
+    """Over HTTP the body is KServe v2 REST JSON, optionally followed by binary tensor data."""
     ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]
     ModelConfig: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]
     ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]
@@ -63,11 +70,13 @@ class GRPCInferenceServiceStub:
 class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ServerLive: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerLiveRequest, _grpc_service_pb2.ServerLiveResponse]  # type: ignore[assignment]
+    """A bool response body is answered by status over HTTP: 200 when true, 400 when false."""
     ServerReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerReadyRequest, _grpc_service_pb2.ServerReadyResponse]  # type: ignore[assignment]
     ModelReady: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelReadyRequest, _grpc_service_pb2.ModelReadyResponse]  # type: ignore[assignment]
     ServerMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ServerMetadataRequest, _grpc_service_pb2.ServerMetadataResponse]  # type: ignore[assignment]
     ModelMetadata: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelMetadataRequest, _grpc_service_pb2.ModelMetadataResponse]  # type: ignore[assignment]
     ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelInferResponse]  # type: ignore[assignment]
+    """Over HTTP the body is KServe v2 REST JSON, optionally followed by binary tensor data."""
     ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_service_pb2.ModelInferRequest, _grpc_service_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
     ModelConfig: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelConfigRequest, _grpc_service_pb2.ModelConfigResponse]  # type: ignore[assignment]
     ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_service_pb2.ModelStatisticsRequest, _grpc_service_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
@@ -89,7 +98,8 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ServerLiveRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_service_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]]: ...
+    ) -> _typing.Union[_grpc_service_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_service_pb2.ServerLiveResponse]]:
+        """A bool response body is answered by status over HTTP: 200 when true, 400 when false."""
 
     @_abc_1.abstractmethod
     def ServerReady(
@@ -124,7 +134,8 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _grpc_service_pb2.ModelInferRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]: ...
+    ) -> _typing.Union[_grpc_service_pb2.ModelInferResponse, _abc.Awaitable[_grpc_service_pb2.ModelInferResponse]]:
+        """Over HTTP the body is KServe v2 REST JSON, optionally followed by binary tensor data."""
 
     @_abc_1.abstractmethod
     def ModelStreamInfer(

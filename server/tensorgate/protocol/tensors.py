@@ -29,7 +29,9 @@ def check_shape(name: str, shape: Sequence[int]) -> None:
         raise InvalidArgument(f"input '{name}' has a negative dimension in shape {list(shape)}")
 
 
-def array_from_raw(name: str, raw: bytes, datatype: DataType, shape: Sequence[int]) -> np.ndarray:
+def array_from_raw(
+    name: str, raw: bytes | memoryview, datatype: DataType, shape: Sequence[int]
+) -> np.ndarray:
     """View `raw` as an array of `shape`; the result shares memory with `raw` (read-only)."""
     shape = tuple(shape)
     if shape and min(shape) < 0:

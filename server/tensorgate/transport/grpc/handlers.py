@@ -15,14 +15,17 @@ from typing import Any
 import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 
 from tensorgate.errors import InvalidArgument, TensorgateError
 from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.transport.grpc.servicer import InferenceServicer, status_code
+from tensorgate.proto import server_status_pb2 as status_pb
+from tensorgate.transport.grpc.servicer import status_code
 
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+STATUS_SERVICE = status_pb.DESCRIPTOR.services_by_name["ServerStatus"]
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
@@ -70,10 +73,10 @@ def _bidi(
     return handle
 
 
-def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """A generic handler serving every method of inference.GRPCInferenceService."""
+def build_handler(servicer: object, service: ServiceDescriptor = SERVICE) -> grpc.GenericRpcHandler:
+    """A generic handler serving every method of `service` (GRPCInferenceService by default)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in SERVICE.methods:
+    for method in service.methods:
         parse = _parser(method.input_type)
         serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         impl = getattr(servicer, method.name)
@@ -85,4 +88,4 @@ def build_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _unary(method.name, parse, impl), response_serializer=serialize
             )
-    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

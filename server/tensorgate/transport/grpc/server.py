@@ -10,8 +10,8 @@ from grpc_reflection.v1alpha import reflection
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.settings import Settings
-from tensorgate.transport.grpc.handlers import SERVICE, build_handler
-from tensorgate.transport.grpc.servicer import InferenceServicer
+from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
+from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
 
 
 class PortInUse(RuntimeError):
@@ -28,11 +28,22 @@ class GrpcServer:
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
         self.server = grpc.aio.server(options=options)
-        self.server.add_generic_rpc_handlers((build_handler(InferenceServicer(dataplane)),))
+        self.server.add_generic_rpc_handlers(
+            (
+                build_handler(InferenceServicer(dataplane)),
+                build_handler(StatusServicer(dataplane), STATUS_SERVICE),
+            )
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (
+                SERVICE.full_name,
+                STATUS_SERVICE.full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
 

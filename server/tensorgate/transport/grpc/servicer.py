@@ -11,6 +11,7 @@ import grpc
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.errors import TensorgateError, Unimplemented
 from tensorgate.proto import grpc_service_pb2 as pb
+from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
 
@@ -79,9 +80,7 @@ class InferenceServicer:
         if request.name:
             models = [self.dataplane.model(request.name, request.version)]
         else:
-            models = [
-                v for r in self.dataplane.repository.records.values() for v in r.versions.values()
-            ]
+            models = self.dataplane.loaded_versions()
         for model in models:
             encode_model_statistics(
                 response.model_stats.add(), model.name, model.version, model.stats
@@ -184,6 +183,29 @@ class InferenceServicer:
     )
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
     TraceSetting = LogSettings = _unsupported
+
+
+class StatusServicer:
+    """tensorgate.ServerStatus: the schedulers' state, for the browser page's live view."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def SchedulerStatus(
+        self, request: status_pb.SchedulerStatusRequest, context: Any
+    ) -> status_pb.SchedulerStatusResponse:
+        response = status_pb.SchedulerStatusResponse()
+        for model in self.dataplane.loaded_versions():
+            scheduler = model.scheduler
+            response.models.add(
+                name=model.name,
+                version=str(model.version),
+                queued=scheduler.queued,
+                executing=scheduler.running,
+                instances=scheduler.pool.size,
+                max_batch_size=model.spec.max_batch_size,
+            )
+        return response
 
 
 def status_code(exc: TensorgateError) -> grpc.StatusCode:

@@ -1,0 +1,291 @@
+"""Codec between KServe v2 REST inference bodies and the internal request and response types.
+
+A body is a JSON document, optionally followed by binary tensor data (Triton's binary tensor
+extension): the `Inference-Header-Content-Length` header gives the JSON part's length, each
+binary input declares `parameters.binary_data_size`, and the binary parts follow the JSON in
+input order. Binary inputs become read-only views of the body, never copies; JSON `data` may be
+nested or flat and is read in row-major order. FP16 and BF16 have no JSON form and travel only
+as binary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
+from tensorgate.errors import InvalidArgument
+from tensorgate.protocol import datatypes
+from tensorgate.protocol.tensors import array_from_raw, array_to_raw, check_shape
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_BINARY_ONLY = frozenset({"FP16", "BF16"})
+# numpy kinds that JSON data may hold for each datatype's kind.
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_NAMES = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "floating-point numbers",
+    "U": "strings",
+    "O": "mixed values",
+}
+
+
+@dataclass(slots=True)
+class RestInferRequest:
+    """A decoded request and how the client wants each output sent back."""
+
+    request: InferRequest
+    binary_outputs: dict[str, bool]  # per requested output, when it says
+    binary_by_default: bool  # `binary_data_output`
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise InvalidArgument(f"{where} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _parameters(value: Any, where: str) -> dict[str, ParameterValue]:
+    _expect(value, dict, where, "an object")
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str):
+            raise InvalidArgument(
+                f"{where}.{key} must be a boolean, number or string, got {type(item).__name__}"
+            )
+    return value  # type: ignore[no-any-return]
+
+
+def _shape(value: Any, where: str) -> list[int]:
+    _expect(value, list, where, "an array of integers")
+    for dim in value:
+        _expect(dim, int, where, "an array of integers")
+    return value  # type: ignore[no-any-return]
+
+
+def _flatten(data: Any, out: list[Any]) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _flatten(item, out)
+    else:
+        out.append(data)
+
+
+def _bytes_from_json(name: str, data: Any, count: int) -> Array:
+    flat: list[Any] = []
+    _flatten(data, flat)
+    if len(flat) != count:
+        raise InvalidArgument(
+            f"input '{name}' has {len(flat)} elements in data, shape needs {count}"
+        )
+    array = np.empty(count, dtype=np.object_)
+    for index, item in enumerate(flat):
+        if not isinstance(item, str):
+            raise InvalidArgument(
+                f"input '{name}': BYTES data must be strings, element {index} is "
+                f"{type(item).__name__}"
+            )
+        array[index] = item.encode("utf-8")
+    return array
+
+
+def _uint64_from_json(name: str, data: Any) -> Array:
+    # Values of 2**63 and above make numpy guess float64; read them as integers instead.
+    flat: list[Any] = []
+    _flatten(data, flat)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise InvalidArgument(f"input '{name}': UINT64 data must be integers")
+    try:
+        return np.array(flat, dtype=np.uint64)
+    except OverflowError:
+        raise InvalidArgument(f"input '{name}' has a value out of range for UINT64") from None
+
+
+def array_from_json(name: str, data: Any, datatype: datatypes.DataType, shape: list[int]) -> Array:
+    """A JSON `data` value (nested or flat, row-major) as an array of `shape` and `datatype`."""
+    check_shape(name, shape)
+    count = math.prod(shape)
+    if datatype.name in _BINARY_ONLY:
+        raise InvalidArgument(
+            f"input '{name}': {datatype.name} has no JSON form; send it as binary data "
+            "(parameters.binary_data_size and the Inference-Header-Content-Length header)"
+        )
+    if not datatype.itemsize:
+        return _bytes_from_json(name, data, count).reshape(shape)
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        probe = np.array(data)
+    except ValueError:
+        raise InvalidArgument(f"input '{name}': data is a ragged nested array") from None
+    want = datatype.numpy.kind
+    if probe.dtype.kind not in _ACCEPTED_KINDS[want] and probe.size:
+        if datatype.name == "UINT64" and probe.dtype.kind in "fO":
+            probe = _uint64_from_json(name, data)
+        else:
+            held = _KIND_NAMES.get(probe.dtype.kind, probe.dtype.kind)
+            raise InvalidArgument(f"input '{name}' is {datatype.name} but its data holds {held}")
+    if probe.size != count:
+        raise InvalidArgument(
+            f"input '{name}' has {probe.size} elements in data, but shape {shape} needs {count}"
+        )
+    if want in "iu" and probe.size:
+        info = np.iinfo(datatype.numpy)
+        if int(probe.min()) < info.min or int(probe.max()) > info.max:
+            raise InvalidArgument(f"input '{name}' has a value out of range for {datatype.name}")
+    return probe.astype(datatype.numpy, copy=False).reshape(shape)
+
+
+def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: InferRequest) -> int:
+    """Decode one input into `request`; returns the new offset into the binary section."""
+    where = f"inputs[{index}]"
+    _expect(tensor, dict, where, "an object")
+    name = _expect(tensor.get("name"), str, f"{where}.name", "a string")
+    if name in request.inputs:
+        raise InvalidArgument(f"input '{name}' appears more than once")
+    datatype = datatypes.from_name(
+        _expect(tensor.get("datatype"), str, f"{where}.datatype", "a string")
+    )
+    shape = _shape(tensor.get("shape"), f"input '{name}' shape")
+    params = tensor.get("parameters")
+    size = (
+        _parameters(params, f"input '{name}' parameters").get("binary_data_size")
+        if params
+        else None
+    )
+    if size is not None:
+        if "data" in tensor:
+            raise InvalidArgument(f"input '{name}' has both data and binary_data_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidArgument(
+                f"input '{name}': binary_data_size must be a non-negative integer"
+            )
+        if offset + size > len(binary):
+            raise InvalidArgument(
+                f"input '{name}' declares {size} bytes of binary data at offset {offset}, "
+                f"but the body's binary part has {len(binary)} bytes"
+            )
+        request.inputs[name] = array_from_raw(name, binary[offset : offset + size], datatype, shape)
+        offset += size
+    elif "data" in tensor:
+        request.inputs[name] = array_from_json(name, tensor["data"], datatype, shape)
+    else:
+        raise InvalidArgument(f"input '{name}' has neither data nor parameters.binary_data_size")
+    request.datatypes[name] = datatype.name
+    return offset
+
+
+def _outputs(value: Any, decoded: RestInferRequest) -> None:
+    _expect(value, list, "outputs", "an array")
+    names: list[str] = []
+    for index, tensor in enumerate(value):
+        _expect(tensor, dict, f"outputs[{index}]", "an object")
+        name = _expect(tensor.get("name"), str, f"outputs[{index}].name", "a string")
+        params = tensor.get("parameters")
+        if params:
+            _parameters(params, f"output '{name}' parameters")
+            if "classification" in params:
+                raise InvalidArgument(
+                    f"output '{name}': the classification extension is not supported"
+                )
+            if "binary_data" in params:
+                decoded.binary_outputs[name] = bool(params["binary_data"])
+        names.append(name)
+    decoded.request.requested_outputs = names
+
+
+def decode_infer_request(
+    body: bytes, header_length: int | None, model_name: str, model_version: str
+) -> RestInferRequest:
+    """Decode a REST inference body; `header_length` is Inference-Header-Content-Length."""
+    view = memoryview(body)
+    if header_length is None:
+        document, binary = view, view[0:0]
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidArgument(
+                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
+            )
+        document, binary = view[:header_length], view[header_length:]
+    try:
+        doc = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON in the inference request: {exc}") from None
+    _expect(doc, dict, "the inference request", "a JSON object")
+    params = doc.get("parameters")
+    params = dict(_parameters(params, "parameters")) if params else {}
+    binary_by_default = bool(params.pop("binary_data_output", False))
+    request = InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        id=_expect(doc.get("id", ""), str, "id", "a string"),
+        parameters=params,
+    )
+    decoded = RestInferRequest(request, {}, binary_by_default)
+    inputs = _expect(doc.get("inputs"), list, "inputs", "an array of input tensors")
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        offset = _input(tensor, index, binary, offset, request)
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"the body has {len(binary)} bytes of binary data but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    if "outputs" in doc:
+        _outputs(doc["outputs"], decoded)
+    return decoded
+
+
+def _json_data(name: str, array: Array, datatype: str) -> Any:
+    if datatype in _BINARY_ONLY:
+        raise InvalidArgument(
+            f"output '{name}' is {datatype}, which has no JSON form; request it with "
+            "parameters.binary_data=true (or binary_data_output)"
+        )
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if datatype != "BYTES":
+        return flat
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"output '{name}' holds bytes that are not UTF-8; request it with "
+            "parameters.binary_data=true"
+        ) from None
+
+
+def encode_infer_response(
+    response: InferResponse, binary_outputs: Mapping[str, bool], binary_by_default: bool
+) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary outputs, the JSON part's length."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in response.outputs.items():
+        datatype = response.datatypes[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
+        if binary_outputs.get(name, binary_by_default):
+            blob = array_to_raw(array, datatypes.BY_NAME[datatype])
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = _json_data(name, array, datatype)
+        outputs.append(tensor)
+    doc: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+    }
+    if response.id:
+        doc["id"] = response.id
+    if response.parameters:
+        doc["parameters"] = response.parameters
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return b"".join((header, *blobs)), len(header)

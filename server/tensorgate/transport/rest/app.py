@@ -1,0 +1,311 @@
+"""The REST shim: a plain ASGI app whose routes come from the proto schema.
+
+Each request is matched against the route table, decoded into the RPC's request message (or,
+for inference, straight into the data plane's request type), handed to the same servicer
+methods the gRPC server calls, and encoded back as JSON. Errors are `{"error": "..."}` with the
+HTTP code from the one error table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+import orjson
+
+from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
+from tensorgate.protocol import rest_codec
+from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
+from tensorgate.transport.rest.routes import NoRoute, Route, Router
+from tensorgate.transport.rest.static import StaticFiles
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
+
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+_RETRY_AFTER = {429, 503}
+# Responses smaller than this go out uncompressed even when the client accepts gzip.
+_COMPRESS_MIN_BYTES = 1024
+
+
+class Disconnected(Exception):
+    """The client went away before its response was ready."""
+
+
+class PayloadTooLarge(TensorgateError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorKind.INVALID_ARGUMENT)
+
+
+class RequestHeaders:
+    """The few request headers the shim reads, picked out in one pass."""
+
+    __slots__ = ("accept_encoding", "content_encoding", "content_length", "header_length", "origin")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length = -1
+        self.header_length: int | None = None
+        self.content_encoding = self.accept_encoding = b""
+        self.origin: bytes | None = None
+        for key, value in raw:
+            if key == b"content-length":
+                self.content_length = _int_header("Content-Length", value)
+            elif key == b"inference-header-content-length":
+                self.header_length = _int_header(rest_codec.HEADER_LENGTH, value)
+            elif key == b"content-encoding":
+                self.content_encoding = value.strip().lower()
+            elif key == b"accept-encoding":
+                self.accept_encoding = value.lower()
+            elif key == b"origin":
+                self.origin = value
+
+
+def _int_header(name: str, value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"header {name} must be an integer, got {value[:40]!r}") from None
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    if encoding in (b"", b"identity"):
+        return body
+    if encoding not in (b"gzip", b"deflate"):
+        raise InvalidArgument(
+            f"unsupported Content-Encoding {encoding.decode(errors='replace')}; "
+            "use gzip, deflate or none"
+        )
+    inflater = zlib.decompressobj(31 if encoding == b"gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidArgument(f"body is not valid {encoding.decode()} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+    return out
+
+
+class RestApp:
+    """ASGI application serving the route table, /openapi.json and the browser page."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        router: Router,
+        openapi: bytes,
+        max_body_bytes: int,
+        cors_origins: list[str],
+    ) -> None:
+        self.dataplane = dataplane
+        self.router = router
+        self.openapi = openapi
+        self.max_body_bytes = max_body_bytes
+        self.cors_origins = {o.encode() for o in cors_origins}
+        self.static = StaticFiles()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers: RequestHeaders | None = None
+        try:
+            headers = RequestHeaders(scope["headers"])
+            status, payload, extra = await self._dispatch(scope, receive, headers)
+        except Disconnected:
+            return
+        except PayloadTooLarge as exc:
+            status, payload, extra = (
+                413,
+                orjson.dumps({"error": exc.message}),
+                [
+                    (b"content-type", _JSON),
+                    (b"connection", b"close"),
+                ],
+            )
+        except NoRoute as exc:
+            status, payload = (405 if exc.allowed else 404), orjson.dumps({"error": exc.message})
+            extra = [(b"content-type", _JSON)]
+            if exc.allowed:
+                extra.append((b"allow", ", ".join(exc.allowed).encode()))
+        except TensorgateError as exc:
+            status, payload = exc.kind.http_status, orjson.dumps({"error": exc.message})
+            extra = [(b"content-type", _JSON)]
+            if status in _RETRY_AFTER:
+                extra.append((b"retry-after", b"1"))
+        except Exception:
+            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+            status, payload = 500, orjson.dumps({"error": INTERNAL_MESSAGE})
+            extra = [(b"content-type", _JSON)]
+        if headers is not None and headers.origin is not None:
+            extra.extend(self._cors(headers.origin))
+        extra.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _cors(self, origin: bytes) -> list[tuple[bytes, bytes]]:
+        if b"*" in self.cors_origins:
+            allowed = b"*"
+        elif origin in self.cors_origins:
+            allowed = origin
+        else:
+            return []
+        return [
+            (b"access-control-allow-origin", allowed),
+            (b"access-control-expose-headers", b"Inference-Header-Content-Length"),
+            (b"vary", b"Origin"),
+        ]
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, headers: RequestHeaders
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        verb: str = scope["method"]
+        path: str = scope["path"]
+        if verb == "OPTIONS":
+            return 204, b"", self._preflight(scope)
+        if verb == "GET" and not path.startswith("/v2"):
+            if path == "/openapi.json":
+                return 200, self.openapi, [(b"content-type", _JSON)]
+            content, content_type = self.static.get(path)
+            return 200, content, [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+        route, params = self.router.match(verb, path)
+        body = await self._read_body(receive, headers)
+        if route.method.name == "ModelInfer":
+            return await self._infer(params, body, headers, receive)
+        return await self._call(route, params, body)
+
+    def _preflight(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        requested = b""
+        for key, value in scope["headers"]:
+            if key == b"access-control-request-headers":
+                requested = value
+        return [
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", requested or b"content-type"),
+            (b"access-control-max-age", b"600"),
+        ]
+
+    async def _read_body(self, receive: Receive, headers: RequestHeaders) -> bytes:
+        limit = self.max_body_bytes
+        if headers.content_length > limit:
+            raise PayloadTooLarge(
+                f"request body of {headers.content_length} bytes exceeds the limit of "
+                f"{limit} bytes (--http-max-body-bytes)"
+            )
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        body: bytes = message.get("body", b"")
+        if message.get("more_body"):
+            chunks, size = [body], len(body)
+            while message.get("more_body"):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        if headers.content_encoding:
+            body = _decompress(body, headers.content_encoding, limit)
+        return body
+
+    async def _infer(
+        self, params: dict[str, str], body: bytes, headers: RequestHeaders, receive: Receive
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        decoded = rest_codec.decode_infer_request(
+            body, headers.header_length, params["model_name"], params.get("model_version", "")
+        )
+        response = await _unless_disconnected(self.dataplane.infer(decoded.request), receive)
+        payload, json_length = rest_codec.encode_infer_response(
+            response, decoded.binary_outputs, decoded.binary_by_default
+        )
+        if json_length is None:
+            extra = [(b"content-type", _JSON)]
+        else:
+            extra = [
+                (b"content-type", _BINARY),
+                (b"inference-header-content-length", str(json_length).encode()),
+            ]
+        if headers.accept_encoding and len(payload) >= _COMPRESS_MIN_BYTES:
+            payload = _compress(payload, headers.accept_encoding, extra)
+        return 200, payload, extra
+
+    async def _call(
+        self, route: Route, params: dict[str, str], body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        request = route.request_class()
+        if route.body and body.strip():
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidArgument(f"malformed JSON body: {exc}") from None
+            json_to_message(document, request)
+        for name, value in params.items():
+            setattr(request, name, value)
+        response = await route.handler(request, None)
+        if route.status_only:
+            return (200 if getattr(response, route.response_body) else 400), b"", []
+        if route.response_body:
+            field = response.DESCRIPTOR.fields_by_name[route.response_body]
+            document = field_to_json(response, field)
+        else:
+            document = message_to_json(response)
+        return 200, orjson.dumps(document), [(b"content-type", _JSON)]
+
+
+def _compress(payload: bytes, accepted: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    if b"gzip" in accepted:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        headers.append((b"content-encoding", b"gzip"))
+    elif b"deflate" in accepted:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 15)
+        headers.append((b"content-encoding", b"deflate"))
+    else:
+        return payload
+    return compressor.compress(payload) + compressor.flush()
+
+
+async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    The client's disconnect is the HTTP counterpart of a cancelled gRPC call: a request still
+    queued leaves the queue and never runs.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def on_message(watcher: asyncio.Future[Message]) -> None:
+        nonlocal gone
+        if (
+            not watcher.cancelled()
+            and watcher.exception() is None
+            and watcher.result()["type"] == "http.disconnect"
+        ):
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(on_message)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()
+            raise Disconnected from None
+        raise
+    finally:
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()
