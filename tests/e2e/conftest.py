@@ -37,10 +37,15 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    http_port: int = 0
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -60,7 +65,7 @@ def start_server(
     repo: Path, log: Path, *args: str, wait_ready: bool = True, wait_model: str | None = None
 ) -> Server:
     """Start `python -m tensorgate serve` and wait (bounded) until it answers."""
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
     process = subprocess.Popen(
@@ -75,6 +80,8 @@ def start_server(
             "127.0.0.1",
             "--grpc-port",
             str(port),
+            "--http-port",
+            str(http_port),
             *args,
         ],
         stdout=handle,
@@ -82,7 +89,7 @@ def start_server(
         env=env,
         cwd=ROOT,
     )
-    server = Server(process, port, log)
+    server = Server(process, port, log, http_port)
     client = grpcclient.InferenceServerClient(server.url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -110,11 +117,11 @@ def test_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def serving(
-    repo: Path, tmp_path_factory: pytest.TempPathFactory, **kwargs: Any
+    repo: Path, tmp_path_factory: pytest.TempPathFactory, *args: str, **kwargs: Any
 ) -> Iterator[Server]:
     """A server for a fixture's lifetime, which must end with a clean shutdown (exit 0)."""
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    server = start_server(repo, log, **kwargs)
+    server = start_server(repo, log, *args, **kwargs)
     try:
         yield server
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -306,6 +307,27 @@ def test_request_whose_deadline_passes_in_the_queue_is_never_executed(
         # A request queued after the expired one runs, and the expired one still does not.
         assert client.infer("slow", [_input(3)]).as_numpy("OUTPUT").tolist() == [[3]]
     assert [e["rows"] for e in executions(batching_repo, "slow")] == [[1], [3]]
+
+
+def test_http_request_whose_client_disconnects_in_the_queue_is_never_executed(
+    batching_server: Server, batching_repo: Path
+) -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [7]}]}
+    ).encode()
+    request = b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    with grpcclient.InferenceServerClient(batching_server.url) as client:
+        before = len(executions(batching_repo, "slow"))
+        blocker = _occupy(client, "slow", 6)
+        with socket.create_connection(("127.0.0.1", batching_server.http_port)) as sock:
+            sock.sendall(request)
+            time.sleep(0.2)  # queued behind the blocker; then the client goes away
+        assert not isinstance(blocker.get(timeout=30), Exception)
+        assert client.infer("slow", [_input(8)]).as_numpy("OUTPUT").tolist() == [[8]]
+    assert [e["rows"] for e in executions(batching_repo, "slow")[before:]] == [[6], [8]]
 
 
 def test_request_cancelled_while_running_is_dropped_and_the_server_goes_on(
