@@ -79,7 +79,9 @@ async function selectModel(name) {
   }
   $("#config").textContent = JSON.stringify(config, null, 2);
   const request = { inputs: meta.inputs.map(template) };
-  $("#request").value = JSON.stringify(request, null, 1);
+  // One input per line: readable for small tensors, and still valid JSON to edit.
+  const lines = request.inputs.map((tensor) => "  " + JSON.stringify(tensor));
+  $("#request").value = `{"inputs": [\n${lines.join(",\n")}\n]}`;
   $("#result").textContent = "";
   $("#infer-status").textContent = "";
 }
@@ -98,7 +100,7 @@ async function sendInference(event) {
       body: $("#request").value,
     });
     result.className = "";
-    result.textContent = JSON.stringify(response, null, 1);
+    result.textContent = JSON.stringify(response, null, 1).replace(/\n\s+(-?[\d.e+-]+|true|false)(,?)(?=\n)/g, " $1$2");
     status.textContent = `200 in ${(performance.now() - started).toFixed(1)} ms`;
   } catch (error) {
     result.className = "error";
@@ -149,7 +151,6 @@ async function poll() {
     const queues = new Map(scheduler.models.map((m) => [`${m.name}/${m.version}`, m]));
     const now = performance.now();
     const body = $("#live tbody");
-    body.replaceChildren();
     for (const model of stats.model_stats) {
       const key = `${model.name}/${model.version}`;
       const success = model.inference_stats.success;
@@ -157,21 +158,28 @@ async function poll() {
       const seconds = Math.max(1e-3, (now - last.time) / 1000);
       const done = success.count - last.count;
       const rate = done / seconds;
-      const latency = done > 0 ? (success.ns - last.ns) / done / 1e6 : null;
-      last.rates = [...last.rates, rate].slice(-60);
-      history.set(key, { count: success.count, ns: success.ns, time: now, rates: last.rates, latency: latency ?? last.latency });
+      const latency = done > 0 ? (success.ns - last.ns) / done / 1e6 : last.latency;
+      const rates = [...last.rates, rate].slice(-60);
+      history.set(key, { count: success.count, ns: success.ns, time: now, rates, latency });
       const queue = queues.get(key) || { queued: 0, executing: 0, instances: 0 };
-      const row = body.insertRow();
-      row.id = `live-${model.name}`;
-      cell(row, key);
-      cell(row, String(success.count), "count");
-      cell(row, rate.toFixed(1), "rate");
-      cell(row, "").appendChild(sparkline(last.rates));
-      const shown = latency ?? last.latency;
-      cell(row, shown == null ? "–" : `${shown.toFixed(2)} ms`, "latency");
-      cell(row, String(queue.queued), "queued");
-      cell(row, `${queue.executing} / ${queue.instances}`, "executing");
-      cell(row, "").appendChild(bars(model.batch_stats));
+      // Rows are updated in place, so the table does not flicker (or go stale under a test).
+      const id = `live-${model.name}-v${model.version}`;
+      let row = document.getElementById(id);
+      if (!row) {
+        row = body.insertRow();
+        row.id = id;
+        for (const name of ["model", "count", "rate", "spark", "latency", "queued", "executing", "batches"]) {
+          row.insertCell().className = name;
+        }
+        row.cells[0].textContent = key;
+      }
+      row.querySelector(".count").textContent = String(success.count);
+      row.querySelector(".rate").textContent = rate.toFixed(1);
+      row.querySelector(".spark").replaceChildren(sparkline(rates));
+      row.querySelector(".latency").textContent = latency == null ? "–" : `${latency.toFixed(2)} ms`;
+      row.querySelector(".queued").textContent = String(queue.queued);
+      row.querySelector(".executing").textContent = `${queue.executing} / ${queue.instances}`;
+      row.querySelector(".batches").replaceChildren(bars(model.batch_stats));
     }
     $("#live").dataset.updated = String(Date.now());
   } catch (error) {

@@ -1,0 +1,95 @@
+"""The browser page in headless Chromium: it lists the models, sends an inference through the
+form, shows the result, and its live view follows the traffic.
+
+Needs Debian's `chromium` and `chromium-driver` (installed by `make test` when run as root).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Server
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian packages chromium and chromium-driver (make test installs them as root)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_page_sends_an_inference_and_the_live_view_updates(
+    server: Server, browser: Any, tmp_path: Path
+) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20, ignored_exceptions=[StaleElementReferenceException])
+    browser.get(f"http://{server.http_url}/")
+    row = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, '#models tr[data-model="add_sub"]'))
+    )
+    assert "tensorgate" in browser.find_element(By.ID, "server").text
+    live_count = (By.CSS_SELECTOR, "#live-add_sub-v1 .count")
+    before = int(wait.until(lambda d: d.find_element(*live_count).text))
+
+    row.click()
+    wait.until(lambda d: "INPUT0" in d.find_element(By.ID, "request").get_attribute("value"))
+    assert '"max_batch_size"' in browser.find_element(By.ID, "config").text
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: "OUTPUT0" in d.find_element(By.ID, "result").text)
+    response = json.loads(browser.find_element(By.ID, "result").text)
+    outputs = {o["name"]: o["data"] for o in response["outputs"]}
+    assert outputs["OUTPUT0"] == [2.0] * 16 and outputs["OUTPUT1"] == [0.0] * 16
+
+    # The next poll of /v2/models/stats shows the request in the live view.
+    wait.until(lambda d: int(d.find_element(*live_count).text) > before)
+    assert browser.find_elements(By.CSS_SELECTOR, "#live-add_sub-v1 svg.bars rect")
+    screenshot = tmp_path / "browser.png"
+    browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_page_shows_a_server_error_from_the_form(server: Server, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"http://{server.http_url}/")
+    wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, '#models tr[data-model="add_sub"]'))
+    ).click()
+    request = wait.until(ec.presence_of_element_located((By.ID, "request")))
+    wait.until(lambda d: "INPUT0" in request.get_attribute("value"))
+    request.clear()
+    request.send_keys('{"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32"}]}')
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").text)
+    result = browser.find_element(By.ID, "result")
+    assert "400" in result.text and "neither data nor" in result.text
+    assert "error" in result.get_attribute("class")
