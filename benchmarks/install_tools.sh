@@ -3,14 +3,22 @@
 #   .tools/bin/perf_analyzer  Triton's load generator, from the tritonclient 2.41.0 wheel
 #                             (PyPI's perf-analyzer package is a placeholder)
 #   libb64-0d                 perf_analyzer's one system dependency (Debian; only as root)
+#   chromium, chromium-driver the browser page's headless test (Debian; only as root)
+#   curl                      the README's REST examples (Debian; only as root)
 # Idempotent; tests that need a missing piece skip and name it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
 tools=.tools
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  if ! dpkg -s libb64-0d >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null && apt-get install -y -qq libb64-0d >/dev/null
+  missing=()
+  for package in libb64-0d chromium chromium-driver curl; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
   fi
 fi
 if [ ! -x "$tools/bin/perf_analyzer.real" ]; then

@@ -66,8 +66,8 @@ def test_grpcurl_calls_live_health_and_infer_with_json(server: Server) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streaming"])
-def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> None:
+@pytest.mark.parametrize("mode", ["grpc", "grpc-streaming", "http"])
+def test_perf_analyzer_runs_against_add_sub(server: Server, mode: str) -> None:
     if not PERF_ANALYZER.exists():
         pytest.skip(
             f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
@@ -78,9 +78,9 @@ def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> 
         "-m",
         "add_sub",
         "-i",
-        "grpc",
+        mode.split("-")[0],
         "-u",
-        server.url,
+        server.http_url if mode == "http" else server.url,
         "--concurrency-range",
         "4",
         "--measurement-interval",
@@ -92,7 +92,7 @@ def test_perf_analyzer_runs_against_add_sub(server: Server, streaming: bool) -> 
         "--stability-percentage",
         "100",
     ]
-    if streaming:
+    if mode == "grpc-streaming":
         args.append("--streaming")
     result = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

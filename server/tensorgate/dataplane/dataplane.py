@@ -19,6 +19,7 @@ from tensorgate.errors import (
     InvalidArgument,
     ModelExecutionError,
     TensorgateError,
+    Unimplemented,
 )
 from tensorgate.protocol import datatypes
 from tensorgate.repository.manager import READY, ModelRepository, ModelVersion
@@ -70,8 +71,14 @@ class DataPlane:
 
     # Repository ----------------------------------------------------------------------
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: list[str] | None = None) -> None:
+        """Load (or reload) a model; `parameters` names the load parameters the client sent."""
         self._require_explicit("load")
+        if parameters:
+            raise Unimplemented(
+                "load parameters (config override, file content) are not supported: "
+                f"got {', '.join(map(repr, parameters))}"
+            )
         await self.repository.load(name)
 
     async def unload_model(self, name: str) -> None:

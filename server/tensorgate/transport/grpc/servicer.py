@@ -98,12 +98,7 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        if request.parameters:
-            raise Unimplemented(
-                "load parameters (config override, file content) are not supported: "
-                f"got {', '.join(request.parameters)}"
-            )
-        await self.dataplane.load_model(request.model_name)
+        await self.dataplane.load_model(request.model_name, list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

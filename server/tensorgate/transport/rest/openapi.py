@@ -136,6 +136,14 @@ class SchemaBuilder:
         properties = {f.name: self.field(f) for f in descriptor.fields if f.name not in skip}
         return {"type": "object", "properties": properties, "additionalProperties": False}
 
+    def request_body(self, descriptor: Descriptor, skip: frozenset[str]) -> Any:
+        """A request message's schema: protobuf's JSON mapping reads null as the default."""
+        schema = self.message(descriptor, skip)
+        for prop in schema["properties"].values():
+            if isinstance(prop.get("type"), str):
+                prop["type"] = [prop["type"], "null"]
+        return schema
+
     def field(self, field: Field) -> Any:
         message = field.message_type
         if message is not None and message.GetOptions().map_entry:
@@ -219,7 +227,7 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
         operation = {"responses": _errors()}
         if route.body:
             skip = frozenset(route.variables)
-            body = schemas.message(method.input_type, skip)
+            body = schemas.request_body(method.input_type, skip)
             operation["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": body}},
