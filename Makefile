@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPO := model_repository
 GRPC_PORT ?= 8001
+HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers bench-http clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ $(REPO)/.built: $(INSTALLED) $(EXAMPLES)
 	touch $@
 
 serve: $(REPO)/.built
-	$(BIN)/tensorgate serve --model-repository $(REPO) --grpc-port $(GRPC_PORT)
+	$(BIN)/tensorgate serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
 # The generated stubs are committed; this is the only way they are written.
 # google/api/annotations.proto (the HTTP routes) comes from googleapis-common-protos.
@@ -65,6 +66,11 @@ bench: $(INSTALLED) tools
 bench-peers: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/run_peer_bench.py
+
+# The REST shim beside a bare ASGI handler and Triton's HTTP frontend (about 4 minutes).
+bench-http: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/run_http_bench.py
 
 clean:
 	rm -rf $(VENV) $(REPO) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -116,6 +116,8 @@ class Running:
                     "127.0.0.1",
                     "--grpc-port",
                     port,
+                    "--http-port",
+                    str(int(port) + 10),
                 ],
                 workdir / f"{server.name}.log",
             )

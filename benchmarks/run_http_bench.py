@@ -1,0 +1,130 @@
+"""HTTP side by side: tensorgate's REST shim, a bare ASGI handler (its ceiling) and Triton's
+HTTP frontend, with perf_analyzer -i http (binary tensors) on add_sub at c=8 and c=32.
+
+Servers run one at a time on the same machine; each row is `pa.sh` from ../shared/peers.
+Writes benchmarks/results/http.json and the HTTP section of benchmarks/RESULTS.md.
+usage: python benchmarks/run_http_bench.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Running, _machine, _run
+
+HTTP = {
+    "tensorgate": "127.0.0.1:18711",  # --http-port is the gRPC port + 10 in Running
+    "bare-asgi": "127.0.0.1:18705",
+    "triton": "127.0.0.1:28000",
+}
+CONCURRENCY = (8, 32)
+BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
+
+
+class BareAsgi:
+    def __init__(self, workdir: Path) -> None:
+        import subprocess
+
+        port = HTTP["bare-asgi"].rsplit(":", 1)[1]
+        log = (workdir / "bare-asgi.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "bare_asgi.py"), port],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def _measure(name: str, conc: int) -> dict[str, float | str] | None:
+    cmd = ["bash", str(PEERS / "pa.sh"), HTTP[name], "add_sub", str(conc), "http"]
+    out = _run(cmd)
+    match = ROW.search(out)
+    shown = " ".join(cmd).replace(str(PEERS_DIR), "$PEERS_DIR").replace(str(ROOT.parent), "..")
+    print(f"  {name:11s} c={conc:<3d} {match.group(0) if match else 'FAILED ' + out[-200:]}")
+    if match is None:
+        return None
+    infer, p50, p99 = (float(g) for g in match.groups())
+    return {"infer_per_s": infer, "p50_ms": p50, "p99_ms": p99, "command": shown}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per row (median)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tensorgate-http-bench"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for name in HTTP:
+        print(f"== {name}", flush=True)
+        server = (
+            BareAsgi(args.workdir) if name == "bare-asgi" else Running(SERVERS[name], args.workdir)
+        )
+        try:
+            for conc in CONCURRENCY:
+                runs = [r for _ in range(args.rounds) if (r := _measure(name, conc))]
+                if runs:
+                    best = statistics.median_high([float(r["infer_per_s"]) for r in runs])
+                    chosen = next(r for r in runs if r["infer_per_s"] == best)
+                    rows.append({"server": name, "concurrency": conc, **chosen, "runs": len(runs)})
+        finally:
+            server.stop()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "command": "python benchmarks/run_http_bench.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "http.json").write_text(json.dumps(result, indent=1))
+    write_section(result, ROOT / "benchmarks" / "RESULTS.md")
+
+
+def write_section(result: dict[str, object], path: Path) -> None:
+    rows = {(r["server"], r["concurrency"]): r for r in result["rows"]}  # type: ignore[attr-defined]
+    lines = [
+        BEGIN,
+        f"### HTTP (REST shim), perf_analyzer -i http, add_sub, binary tensors — {result['date']}",
+        "",
+        f"Machine: {result['machine']}. Command: `{result['command']}` (median of the rounds).",
+        "",
+        "| c | tensorgate infer/s | p50 / p99 ms | bare ASGI | Triton HTTP "
+        "| vs Triton (target ≥ 1.3×) | vs bare (target ≥ 0.8×) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for conc in CONCURRENCY:
+        ours, bare, triton = (rows.get((n, conc)) for n in ("tensorgate", "bare-asgi", "triton"))
+        if ours is None:
+            continue
+
+        def ratio(other: dict[str, object] | None, ours: dict[str, object] = ours) -> str:
+            if other is None:
+                return "n/a"
+            return f"{float(ours['infer_per_s']) / float(other['infer_per_s']):.2f}×"
+
+        lines.append(
+            f"| {conc} | {float(ours['infer_per_s']):,.0f} | {ours['p50_ms']} / {ours['p99_ms']} "
+            f"| {float(bare['infer_per_s']) if bare else 0:,.0f} "
+            f"| {float(triton['infer_per_s']) if triton else 0:,.0f} "
+            f"| {ratio(triton)} | {ratio(bare)} |"
+        )
+    lines += ["", "Row commands: `bash ../shared/peers/pa.sh HOST:PORT add_sub C http`.", END]
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join(lines)
+    if BEGIN in text:
+        text = text.split(BEGIN)[0] + section + text.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
