@@ -286,6 +286,7 @@ def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:
             "unsupported Content-Encoding",
         ),
         ("/v2/repository/index", b'{"bogus": 1}', {}, 400, "bogus"),
+        ("/v2/repository/index", b"\t", {}, 400, "malformed JSON body"),
         ("/v2/nothing/here", None, {}, 404, "no route"),
     ],
     ids=[
@@ -301,6 +302,7 @@ def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:
         "header-length-too-big",
         "unknown-encoding",
         "unknown-field",
+        "blank-body",
         "unknown-route",
     ],
 )
