@@ -52,6 +52,18 @@ _DATA = {
     "type": "array",
     "items": {},
 }
+# An input in a request and an output in a response have the same form.
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string"},
+        "parameters": {"$ref": "#/components/schemas/Parameters"},
+        "data": _DATA,
+    },
+}
 INFER_SCHEMAS: dict[str, Any] = {
     "InferenceRequest": {
         "type": "object",
@@ -66,17 +78,7 @@ INFER_SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "RequestInput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string"},
-            "parameters": {"$ref": "#/components/schemas/Parameters"},
-            "data": _DATA,
-        },
-    },
+    "RequestInput": _TENSOR,
     "RequestOutput": {
         "type": "object",
         "required": ["name"],
@@ -99,17 +101,7 @@ INFER_SCHEMAS: dict[str, Any] = {
             },
         },
     },
-    "ResponseOutput": {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string"},
-            "parameters": {"$ref": "#/components/schemas/Parameters"},
-            "data": _DATA,
-        },
-    },
+    "ResponseOutput": _TENSOR,
     "Parameters": _PARAMETERS,
     "Error": {
         "type": "object",

@@ -44,18 +44,12 @@ class Route:
     response_body: str  # field of the response that is the HTTP body; "": the whole message
     segments: tuple[str, ...]  # literal segments, and "{field}" for variables
     operation_id: str
+    # A bool response body is answered by status: 200 when true, 400 when false.
+    status_only: bool
 
     @property
     def variables(self) -> list[str]:
         return [s[1:-1] for s in self.segments if s.startswith("{")]
-
-    @property
-    def status_only(self) -> bool:
-        """A bool response body is answered by status: 200 when true, 400 when false."""
-        if not self.response_body:
-            return False
-        field = self.method.output_type.fields_by_name[self.response_body]
-        return bool(field.type == FieldDescriptor.TYPE_BOOL)
 
     def literal_count(self) -> int:
         return sum(1 for s in self.segments if not s.startswith("{"))
@@ -90,6 +84,8 @@ def _route(
         response_body=rule.response_body,
         segments=segments,
         operation_id=method.name if index == 0 else f"{method.name}_{index}",
+        status_only=bool(rule.response_body)
+        and method.output_type.fields_by_name[rule.response_body].type == FieldDescriptor.TYPE_BOOL,
     )
 
 
