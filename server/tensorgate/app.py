@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 import time
 
+import structlog
+
+from tensorgate import __version__
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.errors import TensorgateError
+from tensorgate.observability.logs import LogControl
+from tensorgate.observability.metrics import MetricsStore, TensorgateCollector, build_registry
+from tensorgate.observability.metrics_server import MetricsApp
+from tensorgate.observability.requests import InferObserver
+from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.settings import Settings
-from tensorgate.transport.grpc.server import GrpcServer, PortInUse
-from tensorgate.transport.rest.server import HttpPortInUse, HttpServer
+from tensorgate.transport.asgi import AsgiServer, PortInUse
+from tensorgate.transport.grpc.server import GrpcServer
+from tensorgate.transport.grpc.server import PortInUse as GrpcPortInUse
+from tensorgate.transport.rest.server import http_server
 
-log = logging.getLogger("tensorgate")
+log = structlog.stdlib.get_logger("tensorgate")
 
 SHUTDOWN_GRACE_S = 5.0
 
@@ -27,46 +35,132 @@ def models_to_load(settings: Settings, names: list[str]) -> list[str]:
     return list(settings.load_model)
 
 
-async def serve(settings: Settings) -> int:
+class Servers:
+    """Everything `serve` starts, wired together; tests build one with their own tracer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_control: LogControl | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = MetricsStore() if settings.metrics_port >= 0 else None
+        self.repository = ModelRepository(settings, self.metrics, self._state_changed)
+        self.tracing = tracing
+        if tracing is None and settings.trace_exporter != "none":
+            self.tracing = Tracing(settings.trace_exporter, settings.trace_rate)
+        self.dataplane = DataPlane(
+            self.repository,
+            settings.model_control_mode == "explicit",
+            InferObserver(self.metrics, settings.access_log_rate),
+            settings.strict_readiness,
+            self.tracing,
+        )
+        self.grpc = GrpcServer(settings, self.dataplane, log_control)
+        self.http = (
+            http_server(settings, self.dataplane, SHUTDOWN_GRACE_S, log_control)
+            if settings.http_port >= 0
+            else None
+        )
+        self.metrics_server: AsgiServer | None = None
+        if self.metrics is not None:
+            collector = TensorgateCollector(
+                self.metrics,
+                self.repository.states,
+                self._live_versions,
+                self.dataplane.server_ready,
+                __version__,
+            )
+            self.metrics_server = AsgiServer(
+                MetricsApp(build_registry(collector)),
+                settings.host,
+                settings.metrics_port,
+                "metrics",
+                settings.reuse_port,
+            )
+
+    def _state_changed(self) -> None:
+        self.grpc.health_changed()
+
+    def _live_versions(self) -> list[tuple[str, int, int, int]]:
+        return [
+            (m.name, m.version, m.scheduler.queued, m.scheduler.running)
+            for m in self.dataplane.loaded_versions()
+        ]
+
+    async def start(self) -> dict[str, int]:
+        """Bind every port (PortInUse if one is busy); nothing is ready yet."""
+        ports = {"grpc": await self.grpc.start()}
+        try:
+            if self.http is not None:
+                ports["http"] = await self.http.start()
+            if self.metrics_server is not None:
+                ports["metrics"] = await self.metrics_server.start()
+        except PortInUse:
+            await self.stop(0)
+            raise
+        return ports
+
+    async def load(self) -> list[tuple[str, BaseException]]:
+        """Start-up loading; the server turns ready when it is done (and, strictly, all
+        models loaded). Returns the models that failed."""
+        settings, repository = self.settings, self.repository
+        names = models_to_load(settings, repository.scan())
+        results = await asyncio.gather(*(repository.load(n) for n in names), return_exceptions=True)
+        failed = [
+            (n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
+        ]
+        self.dataplane.started = True
+        await self.grpc.refresh_health()
+        return failed
+
+    async def stop(self, grace_s: float) -> None:
+        """Readiness off, then drain every server, then release the models."""
+        self.dataplane.draining = True
+        await self.grpc.refresh_health()
+        await asyncio.gather(
+            self.grpc.stop(grace_s),
+            *(s.stop() for s in (self.http, self.metrics_server) if s is not None),
+        )
+        await self.repository.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+
+async def serve(settings: Settings, log_control: LogControl | None = None) -> int:
     """Run the server until a signal arrives; returns the process exit code."""
     started = time.perf_counter()
     root = settings.model_repository
     if not root.is_dir():
-        log.error("model repository %s does not exist or is not a directory", root)
+        log.error("model repository does not exist or is not a directory", path=str(root))
         return 2
-    repository = ModelRepository(settings)
-    dataplane = DataPlane(repository, settings.model_control_mode == "explicit")
-    grpc_server = GrpcServer(settings, dataplane)
-    http_server = HttpServer(settings, dataplane, SHUTDOWN_GRACE_S)
     try:
-        port = await grpc_server.start()
-        http_port = await http_server.start() if settings.http_port >= 0 else None
-    except (PortInUse, HttpPortInUse) as exc:
-        log.error("%s", exc)
-        await grpc_server.stop(0)
+        servers = Servers(settings, log_control)
+    except RuntimeError as exc:  # e.g. tracing asked for without the otel extra
+        log.error(str(exc))
         return 2
-    log.info("gRPC listening on %s:%d (not ready until models load)", settings.host, port)
-    if http_port is not None:
-        log.info("HTTP listening on %s:%d (browser page at /)", settings.host, http_port)
+    try:
+        ports = await servers.start()
+    except (PortInUse, GrpcPortInUse) as exc:
+        log.error(str(exc))
+        await servers.grpc.stop(0)
+        return 2
+    log.info("listening (not ready until models load)", host=settings.host, **ports)
 
-    names = models_to_load(settings, repository.scan())
-    results = await asyncio.gather(*(repository.load(n) for n in names), return_exceptions=True)
-    failed = [(n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)]
+    failed = await servers.load()
     for name, error in failed:
         message = error.message if isinstance(error, TensorgateError) else repr(error)
-        log.error("model %s is unavailable: %s", name, message)
+        log.error("model is unavailable", model=name, reason=message)
     if failed and settings.exit_on_error:
-        log.error("exiting: %d model(s) failed to load and --exit-on-error is set", len(failed))
-        await asyncio.gather(grpc_server.stop(0), http_server.stop())
-        await repository.close()
+        log.error("exiting: model(s) failed to load and --exit-on-error is set", failed=len(failed))
+        await servers.stop(0)
         return 1
-    dataplane.ready = not failed or not settings.strict_readiness
-    await grpc_server.set_serving(dataplane.ready)
     log.info(
-        "ready: %d model(s) loaded, %d failed, in %.2f s",
-        len(names) - len(failed),
-        len(failed),
-        time.perf_counter() - started,
+        "ready" if servers.dataplane.server_ready() else "serving, but not ready",
+        models=len(servers.dataplane.loaded_versions()),
+        failed=len(failed),
+        seconds=round(time.perf_counter() - started, 2),
     )
 
     stop = asyncio.Event()
@@ -74,18 +168,12 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining for up to %.0f s", SHUTDOWN_GRACE_S)
-    dataplane.ready = False
-    await asyncio.gather(grpc_server.stop(SHUTDOWN_GRACE_S), http_server.stop())
-    await repository.close()
+    log.info("shutting down: draining", grace_s=SHUTDOWN_GRACE_S)
+    await servers.stop(SHUTDOWN_GRACE_S)
     return 0
 
 
 def run(settings: Settings) -> int:
     """Configure logging and run the server's event loop."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    return asyncio.run(serve(settings))
+    log_control = LogControl(settings.log_level, settings.dev)
+    return asyncio.run(serve(settings, log_control))

@@ -20,6 +20,12 @@ _HELP = {
     "http_max_body_bytes": "largest HTTP request body accepted (413 beyond)",
     "http_max_connections": "concurrent HTTP connections and requests before 503",
     "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
+    "metrics_port": "port of Prometheus /metrics; -1 disables metrics",
+    "dev": "human-readable console logs instead of JSON lines",
+    "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
+    "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
+    "trace_rate": "share (0-1) of requests traced when no sampled traceparent arrives",
+    "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
     "config": "TOML file of settings (keys as the flags, with underscores)",
 }
 
@@ -40,9 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         elif "list" in kind:
             serve.add_argument(flag, action="append", default=None, help=help_text)
         else:
-            serve.add_argument(
-                flag, type=int if kind == "int" else str, default=None, help=help_text
-            )
+            convert = {"int": int, "float": float}.get(kind, str)
+            serve.add_argument(flag, type=convert, default=None, help=help_text)
     return parser
 
 

@@ -24,7 +24,7 @@ class Settings:
     http_max_body_bytes: int = 128 * 2**20
     http_max_connections: int = 2048  # beyond this uvicorn answers 503
     cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
-    metrics_port: int = 8002  # reserved for Prometheus metrics
+    metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
     model_control_mode: str = "none"  # none | explicit
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)
     exit_on_error: bool = False
@@ -37,6 +37,10 @@ class Settings:
     # Like Triton: the server is ready only if every model it was asked to load is READY.
     strict_readiness: bool = True
     log_level: str = "INFO"
+    dev: bool = False  # readable console logs instead of JSON lines
+    access_log_rate: float = 0.01  # share of successful inferences logged; failures always
+    trace_exporter: str = "none"  # none | console | otlp (needs the otel extra)
+    trace_rate: float = 1.0  # share of root requests traced; a sampled traceparent wins
     config: Path | None = None
 
 
@@ -47,6 +51,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             return value.strip().lower() in ("1", "true", "yes", "on")
         if "int" in text:
             return int(value)
+        if "float" in text:
+            return float(value)
         if "list" in text:
             return [v for v in value.split(",") if v]
         if "Path" in text:
@@ -80,4 +86,9 @@ def build_settings(overrides: dict[str, Any], environ: dict[str, str] | None = N
     settings = Settings(**values)
     if settings.model_control_mode not in ("none", "explicit"):
         raise ValueError("model_control_mode must be 'none' or 'explicit'")
+    if settings.trace_exporter not in ("none", "console", "otlp"):
+        raise ValueError("trace_exporter must be 'none', 'console' or 'otlp'")
+    for name in ("access_log_rate", "trace_rate"):
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
     return settings

@@ -15,8 +15,9 @@ import asyncio
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
@@ -30,6 +31,19 @@ ExecutionObserver = Callable[[int, int, int, int], None]
 
 
 @dataclass(slots=True)
+class BatchTiming:
+    """One executed batch, shared by the results of every request in it (perf_counter ns)."""
+
+    dispatched_ns: int
+    merged_ns: int
+    inferred_ns: int
+    finished_ns: int
+    rows: int
+    requests: int
+    traces: list[Any] = field(default_factory=list)  # traced requests in it (tracing on)
+
+
+@dataclass(slots=True)
 class Scheduled:
     """One request's outputs and where its time went (nanoseconds)."""
 
@@ -38,6 +52,7 @@ class Scheduled:
     compute_input_ns: int
     compute_infer_ns: int
     compute_output_ns: int
+    batch: BatchTiming
 
 
 @dataclass(slots=True)
@@ -211,9 +226,12 @@ class Scheduler:
             compute_input = result.merged_ns - dispatched_ns
             compute_infer = result.inferred_ns - result.merged_ns
             compute_output = now - result.inferred_ns
+            rows = sum(item.rows for item in batch)
             if self._on_execution is not None:
-                rows = sum(item.rows for item in batch)
                 self._on_execution(rows, compute_input, compute_infer, compute_output)
+            timing = BatchTiming(
+                dispatched_ns, result.merged_ns, result.inferred_ns, now, rows, len(batch)
+            )
             for item, outputs in zip(batch, result.parts, strict=True):
                 self._deliver(
                     item.handle,
@@ -223,6 +241,7 @@ class Scheduler:
                         compute_input,
                         compute_infer,
                         compute_output,
+                        timing,
                     ),
                 )
         self._schedule()

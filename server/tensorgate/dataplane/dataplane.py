@@ -6,12 +6,14 @@ nothing of gRPC or HTTP: failures are raised as TensorgateError and mapped by th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 import numpy as np
 
 from tensorgate import __version__
+from tensorgate.batching.scheduler import Scheduled
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
@@ -21,8 +23,10 @@ from tensorgate.errors import (
     TensorgateError,
     Unimplemented,
 )
+from tensorgate.observability.requests import InferObserver
+from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol import datatypes
-from tensorgate.repository.manager import READY, ModelRepository, ModelVersion
+from tensorgate.repository.manager import LOADING, UNAVAILABLE, ModelRepository, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +35,28 @@ EXTENSIONS = (
     "model_configuration",
     "statistics",
     "parameters",
+    "logging",
 )
 
 
 class DataPlane:
     """Server-wide operations, shared by the gRPC servicer and the REST shim."""
 
-    def __init__(self, repository: ModelRepository, explicit_control: bool) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        explicit_control: bool,
+        observer: InferObserver | None = None,
+        strict_readiness: bool = True,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.repository = repository
         self.explicit_control = explicit_control
-        self.ready = False  # set once start-up loading is done
+        self.observer = observer or InferObserver(None, 0.0)
+        self.strict_readiness = strict_readiness
+        self.tracing = tracing  # the transports start a request's trace; None: tracing off
+        self.started = False  # start-up loading is done
+        self.draining = False  # shutting down: finish what is in flight, take nothing new
 
     # Health and metadata -------------------------------------------------------------
 
@@ -48,8 +64,14 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Ready once start-up loading finished and every started model is READY."""
-        return self.ready
+        """The one readiness answer: v2 /ready, ServerReady and gRPC health all read it.
+
+        Not ready until start-up loading is done, while draining, and (strict readiness, as
+        Triton's default) while any model is loading or failed to load.
+        """
+        if not self.started or self.draining:
+            return False
+        return not self.strict_readiness or self.all_ready()
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -105,19 +127,88 @@ class DataPlane:
         ]
 
     def all_ready(self) -> bool:
-        return all(r.state == READY for r in self.repository.records.values() if r.state)
+        """No model is loading or failed; explicitly unloaded ones do not count."""
+        for record in self.repository.records.values():
+            if record.state == LOADING:
+                return False
+            if record.state == UNAVAILABLE and record.reason != "unloaded":
+                return False
+        return True
 
     # Inference -----------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue for a batch, and shape the response for one request."""
         started = time.perf_counter_ns()
-        model = self.repository.get(request.model_name, request.model_version)
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except TensorgateError as exc:
+            self.observer.finished(
+                None,
+                request.protocol,
+                request.model_name,
+                request.model_version,
+                request.id,
+                time.perf_counter_ns() - started,
+                error=exc,
+            )
+            raise
+        metrics = model.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
+        try:
+            done, outputs = await self._run(model, request, started)
+        except BaseException as exc:
+            self.observer.finished(
+                metrics,
+                request.protocol,
+                model.name,
+                str(model.version),
+                request.id,
+                time.perf_counter_ns() - started,
+                error=exc,
+            )
+            raise
+        finally:
+            if metrics is not None:
+                metrics.in_flight -= 1
+        elapsed = time.perf_counter_ns() - started
+        if request.trace is not None:
+            request.trace.batch(done.batch, done.queue_ns)
+        model.stats.record_success(
+            elapsed,
+            done.queue_ns,
+            done.compute_input_ns,
+            done.compute_infer_ns,
+            done.compute_output_ns,
+        )
+        self.observer.finished(
+            metrics,
+            request.protocol,
+            model.name,
+            str(model.version),
+            request.id,
+            elapsed,
+            done.queue_ns,
+        )
+        return InferResponse(
+            model_name=model.name,
+            model_version=str(model.version),
+            id=request.id,
+            outputs=outputs,
+            datatypes={n: model.spec.outputs[n].datatype.name for n in outputs},
+        )
+
+    async def _run(
+        self, model: ModelVersion, request: InferRequest, started: int
+    ) -> tuple[Scheduled, dict[str, Array]]:
         rows = validate_request(request, model.spec)
         priority, timeout_us = _queue_parameters(request)
         try:
             done = await model.scheduler.submit(request.inputs, rows, priority, timeout_us)
-            outputs = self._select_outputs(model, request, done.outputs)
+            return done, self._select_outputs(model, request, done.outputs)
+        except asyncio.CancelledError:
+            raise
         except ModelExecutionError as exc:
             model.stats.record_failure(time.perf_counter_ns() - started)
             raise ModelExecutionError(f"model '{model.name}' failed: {exc.message}") from None
@@ -130,20 +221,6 @@ class DataPlane:
             raise ModelExecutionError(
                 f"model '{model.name}' failed: {type(exc).__name__}: {exc}"
             ) from None
-        model.stats.record_success(
-            time.perf_counter_ns() - started,
-            done.queue_ns,
-            done.compute_input_ns,
-            done.compute_infer_ns,
-            done.compute_output_ns,
-        )
-        return InferResponse(
-            model_name=model.name,
-            model_version=str(model.version),
-            id=request.id,
-            outputs=outputs,
-            datatypes={n: model.spec.outputs[n].datatype.name for n in outputs},
-        )
 
     @staticmethod
     def _select_outputs(

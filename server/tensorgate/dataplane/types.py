@@ -25,6 +25,8 @@ class InferRequest:
     # None means "every output of the model", as the protocol says.
     requested_outputs: list[str] | None = None
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    protocol: str = "grpc"  # which transport brought it: grpc, grpc_stream or http
+    trace: Any = None  # observability.tracing.RequestTrace when this request is traced
 
 
 @dataclass(slots=True)

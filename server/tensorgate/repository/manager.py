@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,11 @@ from typing import Any
 from tensorgate.backends.base import InstanceContext
 from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
-from tensorgate.batching.scheduler import Scheduler
+from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
 from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import InstancePool
+from tensorgate.observability.metrics import MetricsStore, ModelMetrics
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec, read_config
@@ -41,6 +44,7 @@ class ModelVersion:
     spec: ModelSpec
     scheduler: Scheduler
     stats: ModelStats
+    metrics: ModelMetrics | None = None  # None when Prometheus metrics are off
 
 
 @dataclass(slots=True)
@@ -51,6 +55,8 @@ class ModelRecord:
     state: str = ""
     reason: str = ""
     versions: dict[int, ModelVersion] = field(default_factory=dict)
+    load_seconds: float = 0.0  # the last load, successful or not
+    loads: dict[str, int] = field(default_factory=dict)  # "success" / "failure" -> count
 
 
 def _instance_devices(config: mc.ModelConfig) -> list[str]:
@@ -74,11 +80,19 @@ def _instance_devices(config: mc.ModelConfig) -> list[str]:
 class ModelRepository:
     """Owns every model record; all mutation happens on the event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: MetricsStore | None = None,
+        on_state_change: Callable[[], None] | None = None,
+    ) -> None:
         self.root = settings.model_repository
         self.settings = settings
+        self.metrics = metrics
         self.records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Called on the loop after any model's state changes (health status follows it).
+        self._on_state_change = on_state_change or (lambda: None)
 
     def scan(self) -> list[str]:
         """Model directories in the repository (hidden ones skipped), recorded if new."""
@@ -118,20 +132,38 @@ class ModelRepository:
             previous = record.versions
             if not previous:
                 record.state = LOADING
+                self._on_state_change()
             record.reason = ""
+            started = time.perf_counter()
             try:
                 versions = await asyncio.to_thread(self._load_blocking, name, model_dir)
-            except TensorgateError as exc:
-                record.state, record.reason = (READY if previous else UNAVAILABLE), exc.message
-                log.error("model %s failed to load: %s", name, exc.message)
-                raise ModelLoadError(f"failed to load '{name}': {exc.message}") from None
             except Exception as exc:
-                record.state, record.reason = (READY if previous else UNAVAILABLE), repr(exc)
-                log.exception("model %s failed to load", name)
-                raise ModelLoadError(f"failed to load '{name}': {exc!r}") from None
-            record.versions, record.state = versions, READY
-            log.info("model %s loaded, versions %s", name, sorted(versions))
+                reason = exc.message if isinstance(exc, TensorgateError) else repr(exc)
+                self._finish_load(record, started, "failure", READY if previous else UNAVAILABLE)
+                record.reason = reason
+                log.error(
+                    "model load failed",
+                    extra={"model": name, "reason": reason},
+                    exc_info=not isinstance(exc, TensorgateError),
+                )
+                raise ModelLoadError(f"failed to load '{name}': {reason}") from None
+            record.versions = versions
+            self._finish_load(record, started, "success", READY)
+            log.info(
+                "model loaded",
+                extra={
+                    "model": name,
+                    "versions": sorted(versions),
+                    "seconds": round(record.load_seconds, 3),
+                },
+            )
         await self._close_versions(previous)
+
+    def _finish_load(self, record: ModelRecord, started: float, outcome: str, state: str) -> None:
+        record.load_seconds = time.perf_counter() - started
+        record.loads[outcome] = record.loads.get(outcome, 0) + 1
+        record.state = state
+        self._on_state_change()
 
     async def unload(self, name: str) -> None:
         """Stop serving a model and release its instances once running work has finished."""
@@ -141,9 +173,11 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             previous, record.versions = record.versions, {}
             record.state, record.reason = UNLOADING, ""
+            self._on_state_change()
             await self._close_versions(previous)
             record.state, record.reason = UNAVAILABLE, "unloaded"
-            log.info("model %s unloaded", name)
+            self._on_state_change()
+            log.info("model unloaded", extra={"model": name})
 
     async def close(self) -> None:
         """Unload everything (server shutdown)."""
@@ -209,9 +243,26 @@ class ModelRepository:
                 instance.close()
             raise
         stats = ModelStats()
+        metrics = self.metrics.model(name, version) if self.metrics is not None else None
+        on_execution: ExecutionObserver = stats.record_execution
+        if metrics is not None:
+            record_stats, record_metrics = stats.record_execution, metrics.execution
+
+            def both(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+                record_stats(rows, input_ns, infer_ns, output_ns)
+                record_metrics(rows, input_ns, infer_ns, output_ns)
+
+            on_execution = both
         pool = InstancePool[Any](f"{name}_{version}", instances)
-        scheduler = Scheduler(f"{name}", policy, pool, stats.record_execution)
-        return ModelVersion(name, version, config, spec, scheduler, stats)
+        scheduler = Scheduler(f"{name}", policy, pool, on_execution)
+        return ModelVersion(name, version, config, spec, scheduler, stats, metrics)
+
+    def states(self) -> list[tuple[str, str, float, dict[str, int]]]:
+        """(name, state, last load seconds, loads by outcome) per known model."""
+        return [
+            (name, r.state or UNAVAILABLE, r.load_seconds, dict(r.loads))
+            for name, r in sorted(self.records.items())
+        ]
 
     def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) for every model; loaded versions listed one by one."""

@@ -18,6 +18,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from tensorgate.errors import InvalidArgument, TensorgateError
+from tensorgate.observability.context import begin_call
+from tensorgate.observability.logs import REQUEST_ID_HEADER
 from tensorgate.proto import grpc_service_pb2 as pb
 from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.transport.grpc.servicer import status_code
@@ -27,6 +29,24 @@ log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 STATUS_SERVICE = status_pb.DESCRIPTOR.services_by_name["ServerStatus"]
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+
+
+def _begin(context: Any) -> None:
+    """Take the call's x-request-id and trace headers from its metadata; echo the id back.
+
+    The id goes back in trailing metadata: grpc.aio sends it with the status in the same
+    batch, where initial metadata would cost a separate send before the response.
+    """
+    request_id = traceparent = tracestate = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            request_id = value
+        elif key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+    call = begin_call(request_id, traceparent, tracestate)
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
 
 
 def _parser(message_type: Any) -> Callable[[bytes], Any]:
@@ -53,6 +73,7 @@ def _unary(
 ) -> Callable[[bytes, Any], Awaitable[Any]]:
     async def handle(raw: bytes, context: Any) -> Any:
         try:
+            _begin(context)
             return await impl(parse(raw), context)
         except Exception as exc:
             await _abort(context, exc, name)
@@ -65,6 +86,7 @@ def _bidi(
 ) -> Callable[[AsyncIterator[bytes], Any], AsyncIterator[Any]]:
     async def handle(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
         try:
+            _begin(context)
             async for response in impl(requests, context, parse):
                 yield response
         except Exception as exc:

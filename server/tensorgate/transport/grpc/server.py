@@ -1,7 +1,16 @@
-"""The grpc.aio server: inference service, standard health checking and reflection."""
+"""The grpc.aio server: inference service, standard health checking and reflection.
+
+Health (grpc.health.v1, Check and Watch) answers for these service names:
+  ""                               overall readiness, the same answer as v2 ServerReady
+  "readiness"                      the same, under a name a probe can state explicitly
+  "liveness"                       SERVING while the process serves at all
+  "inference.GRPCInferenceService" readiness, for clients that ask by service
+  "<model name>"                   SERVING while the model has a READY version
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -9,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.observability.logs import LogControl
+from tensorgate.repository.manager import READY
 from tensorgate.settings import Settings
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
@@ -21,7 +32,10 @@ class PortInUse(RuntimeError):
 class GrpcServer:
     """Owns the grpc.aio server and the health servicer whose status tracks readiness."""
 
-    def __init__(self, settings: Settings, dataplane: DataPlane) -> None:
+    def __init__(
+        self, settings: Settings, dataplane: DataPlane, log_control: LogControl | None = None
+    ) -> None:
+        self.dataplane = dataplane
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -30,7 +44,7 @@ class GrpcServer:
         self.server = grpc.aio.server(options=options)
         self.server.add_generic_rpc_handlers(
             (
-                build_handler(InferenceServicer(dataplane)),
+                build_handler(InferenceServicer(dataplane, log_control)),
                 build_handler(StatusServicer(dataplane), STATUS_SERVICE),
             )
         )
@@ -46,6 +60,8 @@ class GrpcServer:
             self.server,
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
+        self._published: dict[str, int] = {}
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Bind and start; NOT_SERVING until `set_serving(True)`."""
@@ -55,19 +71,37 @@ class GrpcServer:
             raise PortInUse(f"cannot listen on {self.address}: {exc}") from None
         if port == 0:
             raise PortInUse(f"cannot listen on {self.address} (port in use?)")
-        await self.set_serving(False)
+        await self.refresh_health()
         await self.server.start()
         return int(port)
 
-    async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+    def health_statuses(self) -> dict[str, int]:
+        """Every health service name and its status, from the data plane's one answer."""
+        serving, not_serving = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
         )
-        for name in ("", SERVICE.full_name):
-            await self.health.set(name, status)
+        ready = serving if self.dataplane.server_ready() else not_serving
+        statuses = {"": ready, "readiness": ready, SERVICE.full_name: ready, "liveness": serving}
+        for name, record in self.dataplane.repository.records.items():
+            statuses.setdefault(
+                name, serving if record.state == READY and record.versions else not_serving
+            )
+        return statuses
+
+    async def refresh_health(self) -> None:
+        """Publish the statuses that changed; Watch streams see each change."""
+        for name, status in self.health_statuses().items():
+            if self._published.get(name) != status:
+                self._published[name] = status
+                await self.health.set(name, status)
+
+    def health_changed(self) -> None:
+        """Synchronous hook (a model's state changed): refresh on the loop right after."""
+        task = asyncio.get_running_loop().create_task(self.refresh_health())
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
 
     async def stop(self, grace: float) -> None:
-        await self.set_serving(False)
+        """Calls in flight get `grace` seconds (readiness is already off: Servers.stop)."""
         await self.server.stop(grace)

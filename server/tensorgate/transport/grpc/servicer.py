@@ -9,7 +9,11 @@ from typing import Any
 import grpc
 
 from tensorgate.dataplane.dataplane import DataPlane
-from tensorgate.errors import TensorgateError, Unimplemented
+from tensorgate.dataplane.types import InferRequest
+from tensorgate.errors import InvalidArgument, TensorgateError, Unimplemented
+from tensorgate.observability.context import current_call
+from tensorgate.observability.logs import LogControl
+from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.proto import grpc_service_pb2 as pb
 from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
@@ -17,13 +21,27 @@ from tensorgate.protocol.model_stats import encode_model_statistics
 
 # Requests of one stream in flight at once; more wait, which pushes back on the client.
 STREAM_MAX_IN_FLIGHT = 256
+_INFER = "inference.GRPCInferenceService/ModelInfer"
+_STREAM = "inference.GRPCInferenceService/ModelStreamInfer"
 
 
 class InferenceServicer:
     """One method per RPC; each receives the parsed request and returns the response."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, log_control: LogControl | None = None) -> None:
         self.dataplane = dataplane
+        self.log_control = log_control
+
+    def _trace(self, name: str) -> RequestTrace | None:
+        tracing = self.dataplane.tracing
+        if tracing is None:
+            return None
+        call = current_call()
+        traceparent, tracestate = (call.traceparent, call.tracestate) if call else ("", "")
+        attributes = {"rpc.system": "grpc", "rpc.method": name.rsplit("/", 1)[-1]}
+        if call is not None:
+            attributes["tensorgate.request_id"] = call.request_id
+        return tracing.start(name, traceparent, tracestate, attributes)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Any
@@ -110,13 +128,34 @@ class InferenceServicer:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        if self.dataplane.tracing is not None and (trace := self._trace(_INFER)) is not None:
+            return await traced_infer(
+                trace,
+                lambda: decode_infer_request(request),
+                self.dataplane.infer,
+                encode_infer_response,
+            )
         response = await self.dataplane.infer(decode_infer_request(request))
         return encode_infer_response(response)
 
+    def _decode_streamed(self, request: pb.ModelInferRequest) -> InferRequest:
+        decoded = decode_infer_request(request)
+        decoded.protocol = "grpc_stream"
+        return decoded
+
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
-            response = await self.dataplane.infer(decode_infer_request(request))
-            return pb.ModelStreamInferResponse(infer_response=encode_infer_response(response))
+            if self.dataplane.tracing is not None and (trace := self._trace(_STREAM)) is not None:
+                encoded = await traced_infer(
+                    trace,
+                    lambda: self._decode_streamed(request),
+                    self.dataplane.infer,
+                    encode_infer_response,
+                )
+            else:
+                response = await self.dataplane.infer(self._decode_streamed(request))
+                encoded = encode_infer_response(response)
+            return pb.ModelStreamInferResponse(infer_response=encoded)
         except TensorgateError as exc:
             # The stream outlives a failed request: the error travels in the response.
             return pb.ModelStreamInferResponse(
@@ -170,14 +209,39 @@ class InferenceServicer:
             for task in list(tasks):
                 task.cancel()
 
+    async def LogSettings(
+        self, request: pb.LogSettingsRequest, context: Any
+    ) -> pb.LogSettingsResponse:
+        """Triton's log settings: read them, or change the level at run time."""
+        control = self.log_control
+        if control is None:
+            raise Unimplemented("log settings are not available in this process")
+        changes: dict[str, bool | int | str] = {}
+        for key, value in request.settings.items():
+            choice = value.WhichOneof("parameter_choice")
+            if choice is None:
+                raise InvalidArgument(f"log setting '{key}' has no value")
+            changes[key] = getattr(value, choice)
+        current = control.update(changes) if changes else control.settings()
+        response = pb.LogSettingsResponse()
+        for key, setting in current.items():
+            target = response.settings[key]
+            if isinstance(setting, bool):
+                target.bool_param = setting
+            elif isinstance(setting, int):
+                target.uint32_param = setting
+            else:
+                target.string_param = setting
+        return response
+
     async def _unsupported(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("shared memory, trace and log settings are not supported by tensorgate")
+        raise Unimplemented("shared memory and trace settings are not supported by tensorgate")
 
     SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = (
         _unsupported
     )
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
-    TraceSetting = LogSettings = _unsupported
+    TraceSetting = _unsupported
 
 
 class StatusServicer:

@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 import orjson
 
 from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
+from tensorgate.observability.context import begin_call, current_call
+from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
 from tensorgate.transport.rest.routes import NoRoute, Route, Router
@@ -51,15 +54,31 @@ class PayloadTooLarge(TensorgateError):
 class RequestHeaders:
     """The few request headers the shim reads, picked out in one pass."""
 
-    __slots__ = ("accept_encoding", "content_encoding", "content_length", "header_length", "origin")
+    __slots__ = (
+        "accept_encoding",
+        "content_encoding",
+        "content_length",
+        "header_length",
+        "origin",
+        "request_id",
+        "traceparent",
+        "tracestate",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length = -1
         self.header_length: int | None = None
-        self.content_encoding = self.accept_encoding = b""
+        self.content_encoding = self.accept_encoding = self.request_id = b""
         self.origin: bytes | None = None
+        self.traceparent = self.tracestate = ""
         for key, value in raw:
-            if key == b"content-length":
+            if key == b"x-request-id":
+                self.request_id = value
+            elif key == b"traceparent":
+                self.traceparent = value.decode("latin-1")
+            elif key == b"tracestate":
+                self.tracestate = value.decode("latin-1")
+            elif key == b"content-length":
                 self.content_length = _int_header("Content-Length", value)
             elif key == b"inference-header-content-length":
                 self.header_length = _int_header(rest_codec.HEADER_LENGTH, value)
@@ -118,8 +137,10 @@ class RestApp:
         if scope["type"] != "http":
             return
         headers: RequestHeaders | None = None
+        call = None
         try:
             headers = RequestHeaders(scope["headers"])
+            call = begin_call(headers.request_id, headers.traceparent, headers.tracestate)
             status, payload, extra = await self._dispatch(scope, receive, headers)
         except Disconnected:
             return
@@ -148,6 +169,9 @@ class RestApp:
             extra = [(b"content-type", _JSON)]
         if headers is not None and headers.origin is not None:
             extra.extend(self._cors(headers.origin))
+        if call is None:  # the headers themselves were invalid
+            call = begin_call(None)
+        extra.append((b"x-request-id", call.request_id.encode("latin-1")))
         extra.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
@@ -161,7 +185,7 @@ class RestApp:
             return []
         return [
             (b"access-control-allow-origin", allowed),
-            (b"access-control-expose-headers", b"Inference-Header-Content-Length"),
+            (b"access-control-expose-headers", b"Inference-Header-Content-Length, X-Request-Id"),
             (b"vary", b"Origin"),
         ]
 
@@ -224,13 +248,18 @@ class RestApp:
     async def _infer(
         self, params: dict[str, str], body: bytes, headers: RequestHeaders, receive: Receive
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        decoded = rest_codec.decode_infer_request(
-            body, headers.header_length, params["model_name"], params.get("model_version", "")
-        )
-        response = await _unless_disconnected(self.dataplane.infer(decoded.request), receive)
-        payload, json_length = rest_codec.encode_infer_response(
-            response, decoded.binary_outputs, decoded.binary_by_default
-        )
+        model, version = params["model_name"], params.get("model_version", "")
+        if self.dataplane.tracing is not None and (trace := self._trace(headers)) is not None:
+            payload, json_length = await self._traced_infer(
+                trace, body, headers, model, version, receive
+            )
+        else:
+            decoded = rest_codec.decode_infer_request(body, headers.header_length, model, version)
+            decoded.request.protocol = "http"
+            response = await _unless_disconnected(self.dataplane.infer(decoded.request), receive)
+            payload, json_length = rest_codec.encode_infer_response(
+                response, decoded.binary_outputs, decoded.binary_by_default
+            )
         if json_length is None:
             extra = [(b"content-type", _JSON)]
         else:
@@ -242,6 +271,44 @@ class RestApp:
             payload = _compress(payload, headers.accept_encoding, extra)
         return 200, payload, extra
 
+    async def _traced_infer(
+        self,
+        trace: RequestTrace,
+        body: bytes,
+        headers: RequestHeaders,
+        model: str,
+        version: str,
+        receive: Receive,
+    ) -> tuple[bytes, int | None]:
+        decoded: rest_codec.RestInferRequest | None = None
+
+        def decode() -> InferRequest:
+            nonlocal decoded
+            decoded = rest_codec.decode_infer_request(body, headers.header_length, model, version)
+            decoded.request.protocol = "http"
+            return decoded.request
+
+        async def infer(request: InferRequest) -> InferResponse:
+            return await _unless_disconnected(self.dataplane.infer(request), receive)
+
+        def encode(response: InferResponse) -> tuple[bytes, int | None]:
+            assert decoded is not None
+            return rest_codec.encode_infer_response(
+                response, decoded.binary_outputs, decoded.binary_by_default
+            )
+
+        return await traced_infer(trace, decode, infer, encode)
+
+    def _trace(self, headers: RequestHeaders) -> RequestTrace | None:
+        tracing = self.dataplane.tracing
+        assert tracing is not None
+        call = current_call()
+        attributes = {"http.request.method": "POST"}
+        if call is not None:
+            attributes["tensorgate.request_id"] = call.request_id
+        name = "POST /v2/models/{model_name}/infer"
+        return tracing.start(name, headers.traceparent, headers.tracestate, attributes)
+
     async def _call(
         self, route: Route, params: dict[str, str], body: bytes
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -251,6 +318,8 @@ class RestApp:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise InvalidArgument(f"malformed JSON body: {exc}") from None
+            if route.body != "*":  # the body is one field of the request (`body: "settings"`)
+                document = {route.body: document}
             json_to_message(document, request)
         for name, value in params.items():
             setattr(request, name, value)

@@ -219,7 +219,10 @@ def _operation(route: Route, schemas: SchemaBuilder) -> dict[str, Any]:
         operation = {"responses": _errors()}
         if route.body:
             skip = frozenset(route.variables)
-            body = schemas.request_body(method.input_type, skip)
+            if route.body == "*":
+                body = schemas.request_body(method.input_type, skip)
+            else:  # one field of the request is the whole body
+                body = schemas.field(method.input_type.fields_by_name[route.body])
             operation["requestBody"] = {
                 "required": False,
                 "content": {"application/json": {"schema": body}},

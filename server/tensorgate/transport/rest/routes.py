@@ -40,7 +40,7 @@ class Route:
     method: MethodDescriptor
     handler: Handler
     request_class: Any
-    body: str  # "*": the JSON body fills the request message; "": no body
+    body: str  # "*": the JSON body fills the request message; a field name: fills that field
     response_body: str  # field of the response that is the HTTP body; "": the whole message
     segments: tuple[str, ...]  # literal segments, and "{field}" for variables
     operation_id: str

@@ -1,0 +1,168 @@
+"""structlog set-up: JSON lines (or a console renderer with --dev), request ids, run-time levels.
+
+Every log line goes through structlog's processors, whether it was written with structlog or
+with the standard library (grpc, uvicorn and our older modules use `logging`). A request's id
+lives in a context variable: each gRPC call and HTTP request runs in a task of its own, so the
+id bound at the transport appears on every line that request writes, and on no other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+import structlog
+from structlog.typing import Processor
+
+from tensorgate.errors import InvalidArgument
+
+REQUEST_ID_HEADER = "x-request-id"
+# Longer client-supplied ids are cut: the id is echoed and logged, so it must stay bounded.
+MAX_REQUEST_ID_LENGTH = 128
+
+_prefix = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique per process and, by its random prefix, across replicas; cheaper than uuid4."""
+    return f"{_prefix}-{next(_counter):x}"
+
+
+def accept_request_id(value: str | bytes | None) -> str:
+    """The client's id if it sent a usable one, else a new one."""
+    if value:
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        text = text.strip()[:MAX_REQUEST_ID_LENGTH]
+        if text.isprintable() and text:
+            return text
+    return new_request_id()
+
+
+def bind_request_id(request_id: str) -> None:
+    """Attach `request_id` to every log line the current task (and its children) writes."""
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+def _json(event: Any, **_: Any) -> str:
+    return orjson.dumps(event, default=repr).decode()
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def _formatter(dev: bool) -> logging.Formatter:
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if dev
+        else structlog.processors.JSONRenderer(serializer=_json)
+    )
+    finish: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if not dev:
+        # The console renderer prints tracebacks itself; JSON needs them as a string field.
+        finish.append(structlog.processors.format_exc_info)
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(), processors=[*finish, renderer]
+    )
+
+
+class LogControl:
+    """The process's logging: configured once at start, adjustable at run time.
+
+    Run-time changes come through Triton's LogSettings RPC (`/v2/logging`), so
+    tritonclient's `update_log_settings` works unchanged.
+    """
+
+    def __init__(self, level: str = "INFO", dev: bool = False) -> None:
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.format = "console" if dev else "json"
+        self.handler.setFormatter(_formatter(dev))
+        root = logging.getLogger()
+        root.handlers = [self.handler]
+        self.set_level(level)
+        structlog.configure(
+            processors=[
+                structlog.stdlib.filter_by_level,  # before any work for a disabled level
+                *_shared_processors(),
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+            cache_logger_on_first_use=True,
+        )
+
+    def set_level(self, level: str | int) -> None:
+        if isinstance(level, str):
+            name = level.upper()
+            if name not in logging.getLevelNamesMapping():
+                raise InvalidArgument(f"unknown log level '{level}'")
+            level = logging.getLevelNamesMapping()[name]
+        logging.getLogger().setLevel(level)
+        # grpc and uvicorn are chatty at INFO about things an operator did not ask for.
+        for noisy in ("uvicorn.error", "grpc._cython"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+    @property
+    def level(self) -> int:
+        return logging.getLogger().level
+
+    # Triton's log settings: log_info / log_warning / log_error switch levels on and off,
+    # log_verbose_level > 0 turns on debug; the lowest enabled level is the threshold.
+
+    def settings(self) -> dict[str, bool | int | str]:
+        level = self.level
+        return {
+            "log_file": "",
+            "log_info": level <= logging.INFO,
+            "log_warning": level <= logging.WARNING,
+            "log_error": level <= logging.ERROR,
+            "log_verbose_level": 1 if level <= logging.DEBUG else 0,
+            "log_format": self.format,
+        }
+
+    def update(self, changes: dict[str, bool | int | str]) -> dict[str, bool | int | str]:
+        """Apply Triton-style settings; unknown keys or values are INVALID_ARGUMENT."""
+        current = self.settings()
+        for key, value in changes.items():
+            if key not in current:
+                raise InvalidArgument(
+                    f"unknown log setting '{key}'; known: {', '.join(sorted(current))}"
+                )
+            if type(value) is not type(current[key]):
+                raise InvalidArgument(
+                    f"log setting '{key}' takes a {type(current[key]).__name__}, "
+                    f"got {type(value).__name__}"
+                )
+        if changes.get("log_file"):
+            raise InvalidArgument("log_file is not supported: tensorgate logs to stderr")
+        fmt = changes.get("log_format", self.format)
+        if fmt not in ("json", "console"):
+            raise InvalidArgument(f"log_format must be 'json' or 'console', got {fmt!r}")
+        wanted = {**current, **changes}
+        if int(wanted["log_verbose_level"]) > 0:
+            level = logging.DEBUG
+        elif wanted["log_info"]:
+            level = logging.INFO
+        elif wanted["log_warning"]:
+            level = logging.WARNING
+        elif wanted["log_error"]:
+            level = logging.ERROR
+        else:
+            level = logging.CRITICAL + 1
+        self.set_level(level)
+        if fmt != self.format:
+            self.format = str(fmt)
+            self.handler.setFormatter(_formatter(self.format == "console"))
+        structlog.get_logger(__name__).info("log settings changed", **self.settings())
+        return self.settings()
