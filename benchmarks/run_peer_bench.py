@@ -118,6 +118,8 @@ class Running:
                     port,
                     "--http-port",
                     str(int(port) + 10),
+                    "--metrics-port",
+                    str(int(port) + 20),
                 ],
                 workdir / f"{server.name}.log",
             )

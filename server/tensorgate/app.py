@@ -133,7 +133,7 @@ async def serve(settings: Settings, log_control: LogControl | None = None) -> in
     started = time.perf_counter()
     root = settings.model_repository
     if not root.is_dir():
-        log.error("model repository does not exist or is not a directory", path=str(root))
+        log.error(f"model repository {root} does not exist or is not a directory")
         return 2
     try:
         servers = Servers(settings, log_control)

@@ -6,6 +6,7 @@ protobuf package, and the client side here is Triton's own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -38,6 +39,7 @@ class Server:
     port: int
     log: Path
     http_port: int = 0
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -47,8 +49,25 @@ class Server:
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The server's JSON log lines, parsed (other output, like spans, is skipped)."""
+        records = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "event" in record:
+                    records.append(record)
+        return records
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -65,7 +84,7 @@ def start_server(
     repo: Path, log: Path, *args: str, wait_ready: bool = True, wait_model: str | None = None
 ) -> Server:
     """Start `python -m tensorgate serve` and wait (bounded) until it answers."""
-    port, http_port = free_port(), free_port()
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
     process = subprocess.Popen(
@@ -82,6 +101,8 @@ def start_server(
             str(port),
             "--http-port",
             str(http_port),
+            "--metrics-port",
+            str(metrics_port),
             *args,
         ],
         stdout=handle,
@@ -89,7 +110,7 @@ def start_server(
         env=env,
         cwd=ROOT,
     )
-    server = Server(process, port, log, http_port)
+    server = Server(process, port, log, http_port, metrics_port)
     client = grpcclient.InferenceServerClient(server.url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

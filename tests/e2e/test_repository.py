@@ -36,7 +36,10 @@ def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> N
         for name, reason in reasons.items():
             assert index[name].state == "UNAVAILABLE"
             assert reason in index[name].reason, index[name].reason
-            assert f"model {name} is unavailable" in server.output()
+            assert any(
+                r["event"] == "model is unavailable" and r.get("model") == name
+                for r in server.log_records()
+            ), server.output()
             with pytest.raises(InferenceServerException, match="is not ready") as info:
                 client.get_model_metadata(name)
             assert info.value.status() == "StatusCode.UNAVAILABLE"
@@ -48,7 +51,8 @@ def serve_until_exit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]
     """Run `tensorgate serve` expecting it to exit during start-up (bounded by a timeout)."""
     command = [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo)]
     return subprocess.run(
-        [*command, "--host", "127.0.0.1", "--grpc-port", "0", *args],
+        [*command, "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
+        + ["--metrics-port", "0", *args],
         capture_output=True,
         text=True,
         timeout=120,
