@@ -50,9 +50,9 @@ def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> N
 def serve_until_exit(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `tensorgate serve` expecting it to exit during start-up (bounded by a timeout)."""
     command = [sys.executable, "-m", "tensorgate", "serve", "--model-repository", str(repo)]
+    ports = ["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"]
     return subprocess.run(
-        [*command, "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0"]
-        + ["--metrics-port", "0", *args],
+        [*command, "--host", "127.0.0.1", *ports, *args],
         capture_output=True,
         text=True,
         timeout=120,
