@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers bench-http clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers bench-http bench-obs clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: $(INSTALLED) tools
 bench-peers: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/run_peer_bench.py
+
+# Throughput cost of metrics, access logs and tracing on add_sub c=32 (on vs off, one run).
+bench-obs: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/run_obs_bench.py
 
 # The REST shim beside a bare ASGI handler and Triton's HTTP frontend (about 4 minutes).
 bench-http: $(INSTALLED)

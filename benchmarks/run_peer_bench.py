@@ -93,7 +93,7 @@ def _wait_ready(url: str, seconds: float = 120) -> None:
 class Running:
     """A started server; `stop()` ends it."""
 
-    def __init__(self, server: Server, workdir: Path) -> None:
+    def __init__(self, server: Server, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.server = server
         self.process: subprocess.Popen[bytes] | None = None
         port = server.grpc.rsplit(":", 1)[1]
@@ -120,6 +120,7 @@ class Running:
                     str(int(port) + 10),
                     "--metrics-port",
                     str(int(port) + 20),
+                    *extra_args,
                 ],
                 workdir / f"{server.name}.log",
             )

@@ -56,7 +56,9 @@ class Tracing:
         if exporter is not None:  # tests hand in an in-memory exporter
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif exporter_name == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+            # One JSON object per line on stdout, written by the batch processor's thread.
+            console = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+            provider.add_span_processor(BatchSpanProcessor(console))
         else:
             # Endpoint, headers and TLS come from the standard OTEL_EXPORTER_OTLP_* variables.
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
