@@ -319,6 +319,8 @@ class RestApp:
             except orjson.JSONDecodeError as exc:
                 raise InvalidArgument(f"malformed JSON body: {exc}") from None
             if route.body != "*":  # the body is one field of the request (`body: "settings"`)
+                if not isinstance(document, dict):
+                    raise InvalidArgument(f"the request body must be a JSON object ({route.body})")
                 document = {route.body: document}
             json_to_message(document, request)
         for name, value in params.items():
