@@ -388,3 +388,68 @@ def test_dashboard_and_readme_queries_use_only_exported_metrics(observed: Server
     # GPU series exist only where NVML finds a GPU.
     missing = {m for m in used - exported if not m.startswith("tensorgate_gpu_")}
     assert not missing, f"not exported by the server: {sorted(missing)}"
+
+
+# Traces over OTLP ------------------------------------------------------------------------
+
+
+class Collector:
+    """An OTLP/gRPC trace receiver on loopback: what an OpenTelemetry Collector would get."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        self.spans: list[Any] = []
+        received = self.spans
+
+        class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        received.extend((resource.resource, span) for span in scope.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def wait_for(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.spans) < count:
+            time.sleep(0.1)
+
+
+def test_otlp_exporter_sends_the_span_tree_to_a_collector(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc", reason="needs the otel extra")
+    collector = Collector()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    repo = write_repository(tmp_path_factory.mktemp("otlp_repo"), ["plain"])
+    trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    try:
+        with serving(repo, tmp_path_factory, "--trace-exporter", "otlp") as server:
+            client = grpcclient.InferenceServerClient(server.url)
+            client.infer(
+                "plain", [grpc_input()], headers={"traceparent": f"00-{trace_id}-{parent}-01"}
+            )
+            collector.wait_for(5)
+    finally:
+        collector.server.stop(0)
+    spans = {span.name: span for _, span in collector.spans}
+    root = spans["inference.GRPCInferenceService/ModelInfer"]
+    assert root.trace_id.hex() == trace_id and root.parent_span_id.hex() == parent
+    for child in ("decode", "queue", "encode", "execute"):
+        assert spans[child].trace_id.hex() == trace_id
+        assert spans[child].parent_span_id == root.span_id, child
+    assert [link.span_id for link in spans["execute"].links] == [root.span_id]
+    resource = {a.key: a.value.string_value for a in collector.spans[0][0].attributes}
+    assert resource["service.name"] == "tensorgate"
