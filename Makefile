@@ -9,12 +9,12 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e tools bench bench-peers bench-http bench-obs clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-obs clean
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,torch,examples]'
+	$(BIN)/pip install -q -e '.[dev,torch,examples]' -e clients/python
 	touch $@
 
 venv: $(INSTALLED)
@@ -33,15 +33,17 @@ protos: $(INSTALLED)
 	  -I "$$($(BIN)/python -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
 	  --python_out=server --grpc_python_out=server --mypy_out=quiet:server \
 	  --mypy_grpc_out=quiet:server $(PROTOS)
+	PATH=$(BIN):$$PATH $(BIN)/python clients/python/build_stubs.py
 
+STUBS := server/tensorgate/proto clients/python/tensorgate_client/proto
 check-protos: protos
-	@git diff --exit-code --stat -- server/tensorgate/proto \
-	  && test -z "$$(git status --porcelain -- server/tensorgate/proto)" \
+	@git diff --exit-code --stat -- $(STUBS) \
+	  && test -z "$$(git status --porcelain -- $(STUBS))" \
 	  || { echo "generated stubs are stale: run 'make protos' and commit"; exit 1; }
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check server tests benchmarks
-	$(BIN)/ruff format --check server tests benchmarks
+	$(BIN)/ruff check server tests benchmarks clients
+	$(BIN)/ruff format --check server tests benchmarks clients
 	$(BIN)/mypy
 
 # perf_analyzer (from the tritonclient 2.41.0 wheel) and the system packages tests use.
@@ -56,7 +58,11 @@ test-unit: $(INSTALLED)
 test-e2e: $(INSTALLED) tools
 	$(BIN)/pytest -q tests/e2e
 
-test: check-protos lint test-unit test-e2e
+# The Python client's own suite (its stubs define `inference` too: a process of its own).
+test-clients: $(REPO)/.built
+	cd clients/python && ../../$(BIN)/pytest -q tests
+
+test: check-protos lint test-unit test-e2e test-clients
 
 bench: $(INSTALLED) tools
 	bash benchmarks/run_protocol_bench.sh

@@ -26,6 +26,9 @@ _HELP = {
     "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
     "trace_rate": "share (0-1) of requests traced when no sampled traceparent arrives",
     "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
+    "tls_cert": "PEM certificate: serve gRPC and HTTP over TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
     "config": "TOML file of settings (keys as the flags, with underscores)",
 }
 

@@ -34,6 +34,10 @@ class Settings:
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     reuse_port: bool = False
+    # TLS for gRPC and HTTP (PEM files); with a client CA, clients must present a certificate.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     # Like Triton: the server is ready only if every model it was asked to load is READY.
     strict_readiness: bool = True
     log_level: str = "INFO"
@@ -84,11 +88,20 @@ def build_settings(overrides: dict[str, Any], environ: dict[str, str] | None = N
         if value is not None:
             values[key] = _coerce(key, fields[key], value)
     settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    """Settings that are wrong together or out of range: ValueError with the reason."""
     if settings.model_control_mode not in ("none", "explicit"):
         raise ValueError("model_control_mode must be 'none' or 'explicit'")
     if settings.trace_exporter not in ("none", "console", "otlp"):
         raise ValueError("trace_exporter must be 'none', 'console' or 'otlp'")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("tls_cert and tls_key go together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise ValueError("tls_client_ca needs tls_cert and tls_key")
     for name in ("access_log_rate", "trace_rate"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
-    return settings

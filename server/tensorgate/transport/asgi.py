@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,6 +27,7 @@ class AsgiServer:
         reuse_port: bool = False,
         max_connections: int | None = None,
         grace_s: float = 1.0,
+        tls: tuple[Path, Path, Path | None] | None = None,  # cert, key, client CA
     ) -> None:
         self.host, self.port, self.what, self.reuse_port = host, port, what, reuse_port
         self.config = uvicorn.Config(
@@ -37,6 +40,10 @@ class AsgiServer:
             server_header=False,
             limit_concurrency=max_connections,
             timeout_graceful_shutdown=int(grace_s) or 1,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+            ssl_ca_certs=str(tls[2]) if tls and tls[2] else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls[2] else ssl.CERT_NONE,
         )
         self.server = uvicorn.Server(self.config)
         self.sockets: list[socket.socket] = []

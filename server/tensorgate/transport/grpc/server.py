@@ -60,13 +60,17 @@ class GrpcServer:
             self.server,
         )
         self.address = f"{settings.host}:{settings.grpc_port}"
+        self.credentials = _server_credentials(settings)
         self._published: dict[str, int] = {}
         self._refreshes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Bind and start; NOT_SERVING until `set_serving(True)`."""
         try:
-            port = self.server.add_insecure_port(self.address)
+            if self.credentials is not None:
+                port = self.server.add_secure_port(self.address, self.credentials)
+            else:
+                port = self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
             raise PortInUse(f"cannot listen on {self.address}: {exc}") from None
         if port == 0:
@@ -105,3 +109,14 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Calls in flight get `grace` seconds (readiness is already off: Servers.stop)."""
         await self.server.stop(grace)
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )

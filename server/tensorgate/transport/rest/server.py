@@ -42,4 +42,7 @@ def http_server(
         settings.reuse_port,
         settings.http_max_connections,
         grace_s,
+        (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        if settings.tls_cert and settings.tls_key
+        else None,
     )
