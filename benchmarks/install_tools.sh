@@ -5,6 +5,10 @@
 #   libb64-0d                 perf_analyzer's one system dependency (Debian; only as root)
 #   chromium, chromium-driver the browser page's headless test (Debian; only as root)
 #   curl                      the README's REST examples (Debian; only as root)
+#   protobuf-compiler-grpc, libgrpc++-dev, cmake, g++, pkg-config
+#                             the C++ client example (Debian; only as root)
+#   nodejs, npm               the Node client example, if no node is installed (Debian)
+#   clients/node/node_modules @grpc/grpc-js and @grpc/proto-loader (npm ci, from the lock file)
 # Idempotent; tests that need a missing piece skip and name it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +16,10 @@ venv=.venv
 tools=.tools
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
-  for package in libb64-0d chromium chromium-driver curl; do
+  packages=(libb64-0d chromium chromium-driver curl openssl
+            protobuf-compiler-grpc libgrpc++-dev protobuf-compiler libprotobuf-dev cmake g++ pkg-config)
+  command -v node >/dev/null || packages+=(nodejs npm)
+  for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -20,6 +27,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
+fi
+if command -v npm >/dev/null && [ ! -d clients/node/node_modules ]; then
+  (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 if [ ! -x "$tools/bin/perf_analyzer.real" ]; then
   tmp=$(mktemp -d)

@@ -1,5 +1,7 @@
-"""Clients in other languages and tools, each run for real against the server: the README's
-grpcurl recipes (the Go binary), ..."""
+"""Clients in other languages and tools, each run for real against the server and checked
+against the numbers add_sub must produce: the README's grpcurl recipes (the Go binary), the
+Node client (@grpc/grpc-js, stubs loaded from protos/) and the C++ client (protoc + the gRPC
+C++ plugin, CMake)."""
 
 from __future__ import annotations
 
@@ -51,3 +53,46 @@ def test_readme_grpcurl_recipes_run_and_answer(server: Server) -> None:
     raw = text.get("rawOutputContents") or text["raw_output_contents"]
     upper = base64.b64decode(raw[0])
     assert upper == struct.pack("<I", 5) + b"HELLO" + struct.pack("<I", 5) + b"WORLD"
+
+
+def googleapis_dir() -> str:
+    """Where google/api/annotations.proto lies (googleapis-common-protos ships the .proto)."""
+    import google.api.annotations_pb2 as annotations
+
+    return str(Path(annotations.__file__).parents[2])
+
+
+def add_sub_expected() -> tuple[list[float], list[float]]:
+    input0 = [float(i) for i in range(16)]
+    return [v + 2 for v in input0], [v - 2 for v in input0]
+
+
+def test_node_client_calls_metadata_and_infer_with_raw_contents(server: Server) -> None:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("needs Node.js and npm (Debian packages nodejs, npm)")
+    project = ROOT / "clients" / "node"
+    if not (project / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        installed = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if installed.returncode != 0:
+            pytest.skip(f"npm ci failed (no npm registry?): {installed.stderr[-500:]}")
+    result = subprocess.run(
+        [node, "infer.js", server.url, googleapis_dir()],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["server"] == "tensorgate"
+    assert answer["inputs"][0] == {"name": "INPUT0", "datatype": "FP32", "shape": [-1, 16]}
+    added, subtracted = add_sub_expected()
+    assert answer["outputs"]["OUTPUT0"] == {"datatype": "FP32", "shape": [1, 16], "data": added}
+    assert answer["outputs"]["OUTPUT1"]["data"] == subtracted
