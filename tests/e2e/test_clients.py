@@ -96,3 +96,45 @@ def test_node_client_calls_metadata_and_infer_with_raw_contents(server: Server) 
     added, subtracted = add_sub_expected()
     assert answer["outputs"]["OUTPUT0"] == {"datatype": "FP32", "shape": [1, 16], "data": added}
     assert answer["outputs"]["OUTPUT1"]["data"] == subtracted
+
+
+CPP_TOOLS = {
+    "cmake": "cmake",
+    "g++": "g++",
+    "protoc": "protobuf-compiler",
+    "grpc_cpp_plugin": "protobuf-compiler-grpc",
+    "pkg-config": "pkg-config",
+}
+
+
+@pytest.mark.slow
+def test_cpp_client_built_with_cmake_calls_metadata_and_infer(server: Server) -> None:
+    missing = [package for tool, package in CPP_TOOLS.items() if shutil.which(tool) is None]
+    if not missing and subprocess.run(["pkg-config", "--exists", "grpc++"]).returncode != 0:
+        missing.append("libgrpc++-dev")
+    if missing:
+        pytest.skip(f"needs Debian packages: {' '.join(missing)}")
+    build = ROOT / "build" / "cpp"  # kept between runs: a rebuild only compiles what changed
+    for command in (
+        [
+            "cmake",
+            "-S",
+            "clients/cpp",
+            "-B",
+            str(build),
+            f"-DGOOGLEAPIS_PROTO_DIR={googleapis_dir()}",
+        ],
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
+    ):
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = subprocess.run(
+        [str(build / "tensorgate_client"), server.url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["server"] == "tensorgate"
+    assert answer["inputs"][1] == {"name": "INPUT1", "datatype": "FP32", "shape": [-1, 16]}
+    added, subtracted = add_sub_expected()
+    assert answer["outputs"]["OUTPUT0"] == {"datatype": "FP32", "shape": [1, 16], "data": added}
+    assert answer["outputs"]["OUTPUT1"]["data"] == subtracted
