@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import random
 
-import structlog
-
+from tensorgate.observability.logs import access_log
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
-
-access_log = structlog.stdlib.get_logger("tensorgate.access")
 
 SUCCESS = "success"
 
@@ -56,10 +53,10 @@ class InferObserver:
         if queue_ns >= 0:
             fields["queue_ms"] = round(queue_ns / 1e6, 3)
         if error is None:
-            access_log.info("infer", **fields)
+            access_log.logger.info("infer", **fields)
         else:
             fields["error"] = getattr(error, "message", None) or type(error).__name__
-            access_log.warning("infer failed", **fields)
+            access_log.logger.warning("infer failed", **fields)
 
 
 def _outcome(error: BaseException) -> str:
