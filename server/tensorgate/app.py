@@ -18,9 +18,9 @@ from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.settings import Settings
-from tensorgate.transport.asgi import AsgiServer, PortInUse
+from tensorgate.transport import PortInUse
+from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.server import GrpcServer
-from tensorgate.transport.grpc.server import PortInUse as GrpcPortInUse
 from tensorgate.transport.rest.server import http_server
 
 log = structlog.stdlib.get_logger("tensorgate")
@@ -91,8 +91,8 @@ class Servers:
 
     async def start(self) -> dict[str, int]:
         """Bind every port (PortInUse if one is busy); nothing is ready yet."""
-        ports = {"grpc": await self.grpc.start()}
         try:
+            ports = {"grpc": await self.grpc.start()}
             if self.http is not None:
                 ports["http"] = await self.http.start()
             if self.metrics_server is not None:
@@ -142,9 +142,8 @@ async def serve(settings: Settings, log_control: LogControl | None = None) -> in
         return 2
     try:
         ports = await servers.start()
-    except (PortInUse, GrpcPortInUse) as exc:
+    except PortInUse as exc:  # start() has already closed whatever it had opened
         log.error(str(exc))
-        await servers.grpc.stop(0)
         return 2
     log.info("listening (not ready until models load)", host=settings.host, **ports)
 

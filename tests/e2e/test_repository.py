@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,15 @@ def test_triton_layout_onnx_repository_without_configs_serves_unchanged(tmp_path
             assert result.as_numpy(metadata.outputs[0].name).shape == (2, *outputs[name])
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("flag", ["--grpc-port", "--http-port", "--metrics-port"])
+def test_a_busy_port_is_a_clear_start_up_error(tmp_path: Path, flag: str) -> None:
+    identity_onnx(tmp_path / "repo" / "m" / "1" / "model.onnx", "FP32")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = serve_until_exit(tmp_path / "repo", flag, str(port))
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

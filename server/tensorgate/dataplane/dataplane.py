@@ -143,15 +143,7 @@ class DataPlane:
         try:
             model = self.repository.get(request.model_name, request.model_version)
         except TensorgateError as exc:
-            self.observer.finished(
-                None,
-                request.protocol,
-                request.model_name,
-                request.model_version,
-                request.id,
-                time.perf_counter_ns() - started,
-                error=exc,
-            )
+            self.observer.finished(request, None, time.perf_counter_ns() - started, error=exc)
             raise
         metrics = model.metrics
         if metrics is not None:
@@ -159,15 +151,7 @@ class DataPlane:
         try:
             done, outputs = await self._run(model, request, started)
         except BaseException as exc:
-            self.observer.finished(
-                metrics,
-                request.protocol,
-                model.name,
-                str(model.version),
-                request.id,
-                time.perf_counter_ns() - started,
-                error=exc,
-            )
+            self.observer.finished(request, model, time.perf_counter_ns() - started, error=exc)
             raise
         finally:
             if metrics is not None:
@@ -182,15 +166,7 @@ class DataPlane:
             done.compute_infer_ns,
             done.compute_output_ns,
         )
-        self.observer.finished(
-            metrics,
-            request.protocol,
-            model.name,
-            str(model.version),
-            request.id,
-            elapsed,
-            done.queue_ns,
-        )
+        self.observer.finished(request, model, elapsed, done.queue_ns)
         return InferResponse(
             model_name=model.name,
             model_version=str(model.version),

@@ -7,9 +7,14 @@ always, since those are the lines an operator goes looking for.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from tensorgate.observability.logs import access_log
-from tensorgate.observability.metrics import MetricsStore, ModelMetrics
+from tensorgate.observability.metrics import MetricsStore
+
+if TYPE_CHECKING:
+    from tensorgate.dataplane.types import InferRequest
+    from tensorgate.repository.manager import ModelVersion
 
 SUCCESS = "success"
 
@@ -23,33 +28,31 @@ class InferObserver:
 
     def finished(
         self,
-        model_metrics: ModelMetrics | None,
-        protocol: str,
-        model: str,
-        version: str,
-        request_id: str,
+        request: InferRequest,
+        model: ModelVersion | None,
         elapsed_ns: int,
         queue_ns: int = -1,
         error: BaseException | None = None,
     ) -> None:
-        """Record one request; `model_metrics` is None when it named no loaded model."""
+        """Record one request; `model` is None when it named no loaded model."""
         outcome = SUCCESS if error is None else _outcome(error)
-        if model_metrics is not None:
-            model_metrics.request_finished(protocol, outcome, elapsed_ns, queue_ns)
-        elif self.metrics is not None:
+        protocol = request.protocol
+        if model is not None and model.metrics is not None:
+            model.metrics.request_finished(protocol, outcome, elapsed_ns, queue_ns)
+        elif model is None and self.metrics is not None:
             self.metrics.unresolved_request(protocol, outcome)
         rate = self.access_log_rate
         if error is None and (rate <= 0.0 or (rate < 1.0 and random.random() >= rate)):
             return
         fields: dict[str, object] = {
             "protocol": protocol,
-            "model": model,
-            "version": version,
+            "model": model.name if model is not None else request.model_name,
+            "version": str(model.version) if model is not None else request.model_version,
             "outcome": outcome,
             "ms": round(elapsed_ns / 1e6, 3),
         }
-        if request_id:
-            fields["id"] = request_id
+        if request.id:
+            fields["id"] = request.id
         if queue_ns >= 0:
             fields["queue_ms"] = round(queue_ns / 1e6, 3)
         if error is None:

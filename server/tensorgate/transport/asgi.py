@@ -10,9 +10,7 @@ from typing import Any
 
 import uvicorn
 
-
-class PortInUse(RuntimeError):
-    """A listening port could not be bound."""
+from tensorgate.transport import PortInUse
 
 
 class AsgiServer:

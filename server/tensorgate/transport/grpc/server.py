@@ -21,12 +21,9 @@ from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.observability.logs import LogControl
 from tensorgate.repository.manager import READY
 from tensorgate.settings import Settings
+from tensorgate.transport import PortInUse
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
-
-
-class PortInUse(RuntimeError):
-    """The gRPC port could not be bound."""
 
 
 class GrpcServer:
