@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from tensorgate.batching.scheduler import BatchTiming
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import TensorgateError
+from tensorgate.observability.context import current_call
 
 
 class Tracing:
@@ -86,6 +87,14 @@ class Tracing:
         if not span.is_recording():
             return None
         return RequestTrace(self, span)
+
+    def start_call(self, name: str, attributes: dict[str, Any]) -> RequestTrace | None:
+        """`start` for the current call: its traceparent, and its request id as an attribute."""
+        call = current_call()
+        if call is None:
+            return self.start(name, "", "", attributes)
+        attributes = {**attributes, "tensorgate.request_id": call.request_id}
+        return self.start(name, call.traceparent, call.tracestate, attributes)
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -11,7 +11,6 @@ import grpc
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest
 from tensorgate.errors import InvalidArgument, TensorgateError, Unimplemented
-from tensorgate.observability.context import current_call
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.proto import grpc_service_pb2 as pb
@@ -36,12 +35,8 @@ class InferenceServicer:
         tracing = self.dataplane.tracing
         if tracing is None:
             return None
-        call = current_call()
-        traceparent, tracestate = (call.traceparent, call.tracestate) if call else ("", "")
-        attributes = {"rpc.system": "grpc", "rpc.method": name.rsplit("/", 1)[-1]}
-        if call is not None:
-            attributes["tensorgate.request_id"] = call.request_id
-        return tracing.start(name, traceparent, tracestate, attributes)
+        method = name.rsplit("/", 1)[-1]
+        return tracing.start_call(name, {"rpc.system": "grpc", "rpc.method": method})
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Any

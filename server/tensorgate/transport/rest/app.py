@@ -19,7 +19,7 @@ import orjson
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
-from tensorgate.observability.context import begin_call, current_call
+from tensorgate.observability.context import begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
@@ -40,6 +40,7 @@ _BINARY = b"application/octet-stream"
 _RETRY_AFTER = {429, 503}
 # Responses smaller than this go out uncompressed even when the client accepts gzip.
 _COMPRESS_MIN_BYTES = 1024
+_INFER_SPAN = "POST /v2/models/{model_name}/infer"
 
 
 class Disconnected(Exception):
@@ -249,7 +250,10 @@ class RestApp:
         self, params: dict[str, str], body: bytes, headers: RequestHeaders, receive: Receive
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         model, version = params["model_name"], params.get("model_version", "")
-        if self.dataplane.tracing is not None and (trace := self._trace(headers)) is not None:
+        tracing = self.dataplane.tracing
+        if tracing is not None and (
+            trace := tracing.start_call(_INFER_SPAN, {"http.request.method": "POST"})
+        ):
             payload, json_length = await self._traced_infer(
                 trace, body, headers, model, version, receive
             )
@@ -298,16 +302,6 @@ class RestApp:
             )
 
         return await traced_infer(trace, decode, infer, encode)
-
-    def _trace(self, headers: RequestHeaders) -> RequestTrace | None:
-        tracing = self.dataplane.tracing
-        assert tracing is not None
-        call = current_call()
-        attributes = {"http.request.method": "POST"}
-        if call is not None:
-            attributes["tensorgate.request_id"] = call.request_id
-        name = "POST /v2/models/{model_name}/infer"
-        return tracing.start(name, headers.traceparent, headers.tracestate, attributes)
 
     async def _call(
         self, route: Route, params: dict[str, str], body: bytes
