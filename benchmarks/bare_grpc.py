@@ -2,13 +2,21 @@
 
 No repository, validation, batching or statistics: ModelInfer and ModelStreamInfer decode the
 raw contents, add and subtract, and answer. Metadata and config are fixed answers so that
-perf_analyzer accepts it. usage: python benchmarks/bare_grpc.py PORT
+perf_analyzer accepts it. It runs on the event loop tensorgate serves on (uvloop where
+installed), so the two differ only in what happens between parsing and answering.
+
+With --thread-hop, ModelInfer computes in one worker thread and awaits the result, one
+hand-off per request: the ceiling of any server that keeps model code off the event loop.
+
+usage: python benchmarks/bare_grpc.py PORT [--thread-hop]
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +42,27 @@ def _add_sub(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
 
 async def model_infer(request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
     return _add_sub(request)
+
+
+class _Worker:
+    """One thread that runs add_sub and hands each result back with call_soon_threadsafe."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[pb.ModelInferRequest, asyncio.Future[Any]]]
+        self.jobs = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            request, future = self.jobs.get()
+            future.get_loop().call_soon_threadsafe(future.set_result, _add_sub(request))
+
+    async def model_infer(
+        self, request: pb.ModelInferRequest, context: Any
+    ) -> pb.ModelInferResponse:
+        future: asyncio.Future[pb.ModelInferResponse] = asyncio.get_running_loop().create_future()
+        self.jobs.put((request, future))
+        return await future
 
 
 async def model_stream_infer(
@@ -81,9 +110,10 @@ def _unary(fn: Any, request_type: Any, response_type: Any) -> Any:
     )
 
 
-async def main(port: int) -> None:
+async def main(port: int, thread_hop: bool) -> None:
+    infer = _Worker().model_infer if thread_hop else model_infer
     handlers = {
-        "ModelInfer": _unary(model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelInfer": _unary(infer, pb.ModelInferRequest, pb.ModelInferResponse),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             model_stream_infer,
             request_deserializer=pb.ModelInferRequest.FromString,
@@ -108,4 +138,7 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    from tensorgate.app import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        runner.run(main(int(sys.argv[1]), "--thread-hop" in sys.argv[2:]))

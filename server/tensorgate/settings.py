@@ -34,6 +34,7 @@ class Settings:
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     reuse_port: bool = False
+    event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
     # TLS for gRPC and HTTP (PEM files); with a client CA, clients must present a certificate.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -96,6 +97,8 @@ def _check(settings: Settings) -> None:
     """Settings that are wrong together or out of range: ValueError with the reason."""
     if settings.model_control_mode not in ("none", "explicit"):
         raise ValueError("model_control_mode must be 'none' or 'explicit'")
+    if settings.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):
         raise ValueError("trace_exporter must be 'none', 'console' or 'otlp'")
     if (settings.tls_cert is None) != (settings.tls_key is None):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +73,31 @@ def test_missing_repository_is_a_clear_start_up_error(tmp_path: Path) -> None:
     result = serve_until_exit(tmp_path / "absent")
     assert result.returncode == 2
     assert f"model repository {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_plain_asyncio_loop_serves_grpc_streaming_and_http(tmp_path: Path) -> None:
+    import tritonclient.http as httpclient
+
+    identity_onnx(tmp_path / "repo" / "plain" / "1" / "model.onnx", "FP32")
+    server = start_server(tmp_path / "repo", tmp_path / "log", "--event-loop", "asyncio")
+    try:
+        started = next(r for r in server.log_records() if r["event"].startswith("listening"))
+        assert started["event_loop"] == "asyncio"
+        client = grpcclient.InferenceServerClient(server.url)
+        assert identity_infer(client, "plain") == [[0.0, 1.0, 2.0, 3.0]]
+        results: list[Any] = []
+        client.start_stream(callback=lambda result, error: results.append(error or result))
+        tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        client.async_stream_infer("plain", [tensor])
+        client.stop_stream()
+        assert results[0].as_numpy("OUTPUT").tolist() == [[0.0, 1.0, 2.0, 3.0]]
+        http = httpclient.InferenceServerClient(server.http_url)
+        body = httpclient.InferInput("INPUT", [1, 4], "FP32")
+        body.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        assert http.infer("plain", [body]).as_numpy("OUTPUT").tolist() == [[0.0, 1.0, 2.0, 3.0]]
+    finally:
+        assert server.stop() == 0
 
 
 def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:

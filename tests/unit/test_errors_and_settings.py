@@ -56,3 +56,30 @@ def test_settings_reject_unknown_keys_and_modes(tmp_path: Path) -> None:
         build_settings({"config": str(config)}, {})
     with pytest.raises(ValueError, match="model_control_mode"):
         build_settings({"model_control_mode": "poll"}, {})
+
+
+def test_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
+    import asyncio
+
+    import uvloop
+    from tensorgate.app import loop_factory
+
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    with pytest.raises(ValueError, match="event_loop must be"):
+        build_settings({"event_loop": "trio"}, environ={})
+
+
+def test_event_loop_auto_falls_back_to_asyncio_where_uvloop_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import sys
+
+    from tensorgate.app import loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    assert loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(RuntimeError, match="uvloop is not installed"):
+        loop_factory("uvloop")
