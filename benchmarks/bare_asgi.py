@@ -2,13 +2,20 @@
 
 No routing table, validation, batching or statistics: the inference route reads Triton's
 binary tensor extension, adds and subtracts with numpy and answers in binary. Metadata, config
-and statistics are fixed answers so that perf_analyzer accepts it.
-usage: python benchmarks/bare_asgi.py PORT
+and statistics are fixed answers so that perf_analyzer accepts it. uvicorn picks the same
+event loop tensorgate serves on (uvloop where installed).
+
+With --thread-hop the numpy work runs in one worker thread and the handler awaits it, one
+hand-off per request: the ceiling of any server that keeps model code off the event loop.
+usage: python benchmarks/bare_asgi.py PORT [--thread-hop]
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +48,22 @@ FIXED_BODIES = {path: orjson.dumps(doc) for path, doc in FIXED.items()}
 JSON = [(b"content-type", b"application/json")]
 
 
+def _add_sub(a: np.ndarray, b: np.ndarray) -> list[bytes]:
+    return [(a + b).tobytes(), (a - b).tobytes()]
+
+
+def _worker(jobs: queue.SimpleQueue[Any]) -> None:
+    while True:
+        a, b, future = jobs.get()
+        future.get_loop().call_soon_threadsafe(future.set_result, _add_sub(a, b))
+
+
+HOP: queue.SimpleQueue[Any] | None = None
+if "--thread-hop" in sys.argv[2:]:
+    HOP = queue.SimpleQueue()
+    threading.Thread(target=_worker, args=(HOP,), daemon=True).start()
+
+
 async def app(
     scope: dict[str, Any],
     receive: Callable[[], Awaitable[dict[str, Any]]],
@@ -63,7 +86,12 @@ async def app(
         size = doc["inputs"][0]["parameters"]["binary_data_size"]
         a = np.frombuffer(body, np.float32, size // 4, length)
         b = np.frombuffer(body, np.float32, size // 4, length + size)
-        outputs = [(a + b).tobytes(), (a - b).tobytes()]
+        if HOP is None:
+            outputs = _add_sub(a, b)
+        else:
+            future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+            HOP.put((a, b, future))
+            outputs = await future
         header = orjson.dumps(
             {
                 "model_name": "add_sub",

@@ -11,11 +11,20 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
-ORDER = ("tensorgate", "tensorgate-nobatch", "bare-grpc", "triton", "mlserver", "kserve")
+ORDER = (
+    "tensorgate",
+    "tensorgate-nobatch",
+    "bare-grpc",
+    "bare-grpc-hop",
+    "triton",
+    "mlserver",
+    "kserve",
+)
 COLORS = {
     "tensorgate": "#1f77b4",
     "tensorgate-nobatch": "#9ecae1",
     "bare-grpc": "#7f7f7f",
+    "bare-grpc-hop": "#c7c7c7",
     "triton": "#76b900",
     "mlserver": "#d62728",
     "kserve": "#ff7f0e",
@@ -71,6 +80,7 @@ def _targets(result: dict[str, Any], rows: Rows) -> list[str]:
     tg = "tensorgate"
     unary = _get(rows, tg, "add_sub", 32, "pa")
     bare_unary = _get(rows, "bare-grpc", "add_sub", 32, "pa")
+    hop_unary = _get(rows, "bare-grpc-hop", "add_sub", 32, "pa")
     lg = _get(rows, tg, "add_sub", 32, "loadgen")
     stream = _get(rows, tg, "add_sub", 32, "pa-stream")
     triton_stream = _get(rows, "triton", "add_sub", 32, "pa-stream")
@@ -92,7 +102,8 @@ def _targets(result: dict[str, Any], rows: Rows) -> list[str]:
         "| target | measured | status |",
         "|---|---|---|",
         f"| unary add_sub c=32 ≥ 0.9× bare grpc.aio (perf_analyzer) | {_ratio(unary, bare_unary)} "
-        f"| {check(ge(unary, bare_unary, 0.9))} |",
+        f"(bare with a thread hop: {_ratio(hop_unary, bare_unary)}; tensorgate ÷ that: "
+        f"{_ratio(unary, hop_unary)}) | {check(ge(unary, bare_unary, 0.9))} |",
     ]
     for peer, k in (("mlserver", 2.5), ("kserve", 1.6)):
         theirs = _get(rows, peer, "add_sub", 32, "loadgen")

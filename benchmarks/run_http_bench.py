@@ -1,5 +1,6 @@
-"""HTTP side by side: tensorgate's REST shim, a bare ASGI handler (its ceiling) and Triton's
-HTTP frontend, with perf_analyzer -i http (binary tensors) on add_sub at c=8 and c=32.
+"""HTTP side by side: tensorgate's REST shim, a bare ASGI handler (its ceiling), the same
+handler with its numpy work in a thread (the ceiling with model code off the event loop) and
+Triton's HTTP frontend, with perf_analyzer -i http (binary tensors) on add_sub at c=8 and c=32.
 
 Servers run one at a time on the same machine; each row is `pa.sh` from ../shared/peers.
 Writes benchmarks/results/http.json and the HTTP section of benchmarks/RESULTS.md.
@@ -20,6 +21,7 @@ from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Runnin
 HTTP = {
     "tensorgate": "127.0.0.1:18711",  # --http-port is the gRPC port + 10 in Running
     "bare-asgi": "127.0.0.1:18705",
+    "bare-asgi-hop": "127.0.0.1:18706",
     "triton": "127.0.0.1:28000",
 }
 CONCURRENCY = (8, 32)
@@ -27,13 +29,14 @@ BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
 
 
 class BareAsgi:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, name: str) -> None:
         import subprocess
 
-        port = HTTP["bare-asgi"].rsplit(":", 1)[1]
-        log = (workdir / "bare-asgi.log").open("wb")
+        port = HTTP[name].rsplit(":", 1)[1]
+        log = (workdir / f"{name}.log").open("wb")
+        hop = ["--thread-hop"] if name.endswith("-hop") else []
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "bare_asgi.py"), port],
+            [sys.executable, str(ROOT / "benchmarks" / "bare_asgi.py"), port, *hop],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -66,7 +69,9 @@ def main() -> None:
     for name in HTTP:
         print(f"== {name}", flush=True)
         server = (
-            BareAsgi(args.workdir) if name == "bare-asgi" else Running(SERVERS[name], args.workdir)
+            BareAsgi(args.workdir, name)
+            if name.startswith("bare-asgi")
+            else Running(SERVERS[name], args.workdir)
         )
         try:
             for conc in CONCURRENCY:
@@ -96,12 +101,15 @@ def write_section(result: dict[str, object], path: Path) -> None:
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}` (median of the rounds).",
         "",
-        "| c | tensorgate infer/s | p50 / p99 ms | bare ASGI | Triton HTTP "
-        "| vs Triton (target ≥ 1.3×) | vs bare (target ≥ 0.8×) |",
-        "|---|---|---|---|---|---|---|",
+        "| c | tensorgate infer/s | p50 / p99 ms | bare ASGI | bare ASGI + thread hop "
+        "| Triton HTTP | vs Triton (target ≥ 1.3×) | vs bare (target ≥ 0.8×) "
+        "| vs bare + hop |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for conc in CONCURRENCY:
-        ours, bare, triton = (rows.get((n, conc)) for n in ("tensorgate", "bare-asgi", "triton"))
+        ours, bare, hop, triton = (
+            rows.get((n, conc)) for n in ("tensorgate", "bare-asgi", "bare-asgi-hop", "triton")
+        )
         if ours is None:
             continue
 
@@ -113,8 +121,9 @@ def write_section(result: dict[str, object], path: Path) -> None:
         lines.append(
             f"| {conc} | {float(ours['infer_per_s']):,.0f} | {ours['p50_ms']} / {ours['p99_ms']} "
             f"| {float(bare['infer_per_s']) if bare else 0:,.0f} "
+            f"| {float(hop['infer_per_s']) if hop else 0:,.0f} "
             f"| {float(triton['infer_per_s']) if triton else 0:,.0f} "
-            f"| {ratio(triton)} | {ratio(bare)} |"
+            f"| {ratio(triton)} | {ratio(bare)} | {ratio(hop)} |"
         )
     lines += ["", "Row commands: `bash ../shared/peers/pa.sh HOST:PORT add_sub C http`.", END]
     text = path.read_text() if path.exists() else ""

@@ -61,6 +61,8 @@ SERVERS = {
     "tensorgate": Server("tensorgate", "127.0.0.1:18701", True, True),
     "tensorgate-nobatch": Server("tensorgate-nobatch", "127.0.0.1:18702", True, False),
     "bare-grpc": Server("bare-grpc", "127.0.0.1:18703", True, True, ("add_sub",)),
+    # The bare handler with add_sub in a worker thread: the ceiling off the event loop.
+    "bare-grpc-hop": Server("bare-grpc-hop", "127.0.0.1:18704", True, False, ("add_sub",)),
     "triton": Server("triton", "127.0.0.1:28001", True, True),
     "mlserver": Server("mlserver", "127.0.0.1:38001", False, False),
     "kserve": Server("kserve", "127.0.0.1:48001", False, False),
@@ -124,10 +126,11 @@ class Running:
                 ],
                 workdir / f"{server.name}.log",
             )
-        elif server.name == "bare-grpc":
+        elif server.name.startswith("bare-grpc"):
+            hop = ["--thread-hop"] if server.name.endswith("-hop") else []
             self._spawn(
-                [sys.executable, str(ROOT / "benchmarks" / "bare_grpc.py"), port],
-                workdir / "bare.log",
+                [sys.executable, str(ROOT / "benchmarks" / "bare_grpc.py"), port, *hop],
+                workdir / f"{server.name}.log",
             )
         else:
             print(_run(["bash", str(PEERS / "start.sh"), server.name], 300).strip())
