@@ -184,8 +184,8 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     Every request crosses the loop several times (grpc.aio's completion events, the batch
     hand-off to an instance thread and back, uvicorn's protocol callbacks), and the loop
     thread is where a small model's throughput tops out. uvloop runs the same callbacks with
-    less interpreter work per iteration: measured on add_sub, 10-20 % more requests per
-    second over gRPC (benchmarks/RESULTS.md).
+    less interpreter work per iteration: measured on add_sub, about a tenth less loop CPU per
+    gRPC request and 40-60 % more HTTP requests per second at c=8 (benchmarks/RESULTS.md).
     """
     if choice in ("auto", "uvloop"):
         try:

@@ -20,10 +20,15 @@ from tests.e2e.models import build_broken_repository, identity_onnx
 PEERS = ROOT.parent / "shared" / "peers" / "make_models.py"
 
 
-def identity_infer(client: grpcclient.InferenceServerClient, model: str) -> list[list[float]]:
-    tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+def identity_input(client_module: Any = grpcclient) -> Any:
+    """INPUT = [[0, 1, 2, 3]] as a tritonclient.grpc (default) or tritonclient.http input."""
+    tensor = client_module.InferInput("INPUT", [1, 4], "FP32")
     tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
-    return client.infer(model, [tensor]).as_numpy("OUTPUT").tolist()  # type: ignore[no-any-return]
+    return tensor
+
+
+def identity_infer(client: grpcclient.InferenceServerClient, model: str) -> list[list[float]]:
+    return client.infer(model, [identity_input()]).as_numpy("OUTPUT").tolist()  # type: ignore[no-any-return]
 
 
 def test_broken_models_fail_with_reasons_while_others_serve(tmp_path: Path) -> None:
@@ -87,15 +92,12 @@ def test_plain_asyncio_loop_serves_grpc_streaming_and_http(tmp_path: Path) -> No
         assert identity_infer(client, "plain") == [[0.0, 1.0, 2.0, 3.0]]
         results: list[Any] = []
         client.start_stream(callback=lambda result, error: results.append(error or result))
-        tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
-        tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
-        client.async_stream_infer("plain", [tensor])
+        client.async_stream_infer("plain", [identity_input()])
         client.stop_stream()
         assert results[0].as_numpy("OUTPUT").tolist() == [[0.0, 1.0, 2.0, 3.0]]
         http = httpclient.InferenceServerClient(server.http_url)
-        body = httpclient.InferInput("INPUT", [1, 4], "FP32")
-        body.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
-        assert http.infer("plain", [body]).as_numpy("OUTPUT").tolist() == [[0.0, 1.0, 2.0, 3.0]]
+        answer = http.infer("plain", [identity_input(httpclient)])
+        assert answer.as_numpy("OUTPUT").tolist() == [[0.0, 1.0, 2.0, 3.0]]
     finally:
         assert server.stop() == 0
 
