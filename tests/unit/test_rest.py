@@ -116,6 +116,55 @@ def test_request_parameters_and_output_choices_are_decoded() -> None:
     assert (decoded.request.model_version, decoded.request.id) == ("2", "7")
 
 
+_GOOD_INPUT = {"name": "X", "shape": [1], "datatype": "INT64", "data": [5]}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "the inference request must be a JSON object, got list"),
+        ({"inputs": {}}, "inputs must be an array of input tensors, got dict"),
+        ({"inputs": [3]}, r"inputs\[0\] must be an object, got int"),
+        ({"inputs": [{**_GOOD_INPUT, "name": 1}]}, r"inputs\[0\].name must be a string, got int"),
+        ({"inputs": [{**_GOOD_INPUT, "datatype": ["FP32"]}]}, "datatype must be a string"),
+        ({"inputs": [{**_GOOD_INPUT, "datatype": "FP8"}]}, "unknown datatype 'FP8'"),
+        ({"inputs": [{**_GOOD_INPUT, "shape": "1"}]}, "shape must be an array of integers, got st"),
+        ({"inputs": [{**_GOOD_INPUT, "shape": [True]}]}, "must be an array of integers, got bool"),
+        ({"inputs": [{**_GOOD_INPUT, "parameters": [1]}]}, "parameters must be an object"),
+        ({"inputs": [{**_GOOD_INPUT, "parameters": {"a": [1]}}]}, "parameters.a must be a boolean"),
+        ({"inputs": [_GOOD_INPUT, _GOOD_INPUT]}, "input 'X' appears more than once"),
+        (
+            {"inputs": [{**_GOOD_INPUT, "parameters": {"binary_data_size": True}}]},
+            "both data and binary_data_size",
+        ),
+        ({"inputs": [_GOOD_INPUT], "id": 7}, "id must be a string, got int"),
+        ({"inputs": [_GOOD_INPUT], "parameters": 1}, "parameters must be an object, got int"),
+        ({"inputs": [_GOOD_INPUT], "outputs": None}, "outputs must be an array, got NoneType"),
+        ({"inputs": [_GOOD_INPUT], "outputs": ["Y"]}, r"outputs\[0\] must be an object, got str"),
+        ({"inputs": [_GOOD_INPUT], "outputs": [{"name": 2}]}, r"outputs\[0\].name must be a str"),
+        (
+            {"inputs": [_GOOD_INPUT], "outputs": [{"name": "Y", "parameters": {"b": {}}}]},
+            "output 'Y' parameters.b must be a boolean, number or string, got dict",
+        ),
+    ],
+)
+def test_malformed_inference_documents_name_the_field_at_fault(doc: Any, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request(json.dumps(doc).encode(), None, "m", "")
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(-4, "binary_data_size must be a non-negative integer"), (False, "non-negative integer")],
+)
+def test_binary_data_size_must_be_a_non_negative_integer(size: Any, message: str) -> None:
+    tensor = {"name": "X", "shape": [1], "datatype": "INT64"}
+    tensor["parameters"] = {"binary_data_size": size}
+    body, length = _binary_body({"inputs": [tensor]}, b"\0" * 8)
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request(body, length, "m", "")
+
+
 def test_config_json_has_numbers_proto_names_and_defaults() -> None:
     config = mc.ModelConfig(name="m", max_batch_size=8)
     config.input.add(name="X", data_type=mc.TYPE_FP32, dims=[3, 2**40])
@@ -165,6 +214,19 @@ def test_unknown_path_is_404_and_wrong_verb_lists_the_allowed_ones() -> None:
     with pytest.raises(NoRoute) as wrong:
         ROUTER.match("DELETE", "/v2/models/m/infer")
     assert wrong.value.allowed == ("POST",)
+
+
+def test_repeated_paths_are_answered_the_same_and_misses_are_not_remembered() -> None:
+    router = build_routes([(SERVICE, _Servicer())])
+    first = router.match("POST", "/v2/models/a%20b/infer")
+    assert router.match("POST", "/v2/models/a%20b/infer") == first
+    assert first[1] == {"model_name": "a b"}
+    for _ in range(2):
+        with pytest.raises(NoRoute):
+            router.match("GET", "/v2/nothing")
+    for index in range(600):  # more distinct paths than it keeps: still right for each
+        route, bound = router.match("GET", f"/v2/models/m{index}/ready")
+        assert route.method.name == "ModelReady" and bound == {"name": f"m{index}"}
 
 
 def test_every_annotated_rpc_is_in_the_openapi_document() -> None:

@@ -27,6 +27,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _BINARY_ONLY = frozenset({"FP16", "BF16"})
 # numpy kinds that JSON data may hold for each datatype's kind.
 _ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_SCALARS = frozenset({bool, int, float, str})  # JSON values a parameter may hold
 _KIND_NAMES = {
     "b": "booleans",
     "i": "integers",
@@ -143,36 +144,24 @@ def array_from_json(name: str, data: Any, datatype: datatypes.DataType, shape: l
 
 
 def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: InferRequest) -> int:
-    """Decode one input into `request`; returns the new offset into the binary section."""
-    where = f"inputs[{index}]"
-    _expect(tensor, dict, where, "an object")
-    name = _expect(tensor.get("name"), str, f"{where}.name", "a string")
+    """Decode one input into `request`; returns the new offset into the binary section.
+
+    Every request runs this on the event loop, so the checks are inline `type() is` tests
+    (orjson yields exact types) and the descriptive helpers run only to raise.
+    """
+    name, datatype, shape = _tensor_header(tensor, index)
     if name in request.inputs:
         raise InvalidArgument(f"input '{name}' appears more than once")
-    datatype = datatypes.from_name(
-        _expect(tensor.get("datatype"), str, f"{where}.datatype", "a string")
-    )
-    shape = _shape(tensor.get("shape"), f"input '{name}' shape")
-    params = tensor.get("parameters")
-    size = (
-        _parameters(params, f"input '{name}' parameters").get("binary_data_size")
-        if params
-        else None
-    )
+    size = _binary_size(tensor, name)
     if size is not None:
-        if "data" in tensor:
-            raise InvalidArgument(f"input '{name}' has both data and binary_data_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidArgument(
-                f"input '{name}': binary_data_size must be a non-negative integer"
-            )
-        if offset + size > len(binary):
+        end = offset + size
+        if end > len(binary):
             raise InvalidArgument(
                 f"input '{name}' declares {size} bytes of binary data at offset {offset}, "
                 f"but the body's binary part has {len(binary)} bytes"
             )
-        request.inputs[name] = array_from_raw(name, binary[offset : offset + size], datatype, shape)
-        offset += size
+        request.inputs[name] = array_from_raw(name, binary[offset:end], datatype, shape)
+        offset = end
     elif "data" in tensor:
         request.inputs[name] = array_from_json(name, tensor["data"], datatype, shape)
     else:
@@ -181,15 +170,54 @@ def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: In
     return offset
 
 
+def _tensor_header(tensor: Any, index: int) -> tuple[str, datatypes.DataType, list[int]]:
+    """An input's name, datatype and shape, checked."""
+    if type(tensor) is not dict:
+        _expect(tensor, dict, f"inputs[{index}]", "an object")
+    name = tensor.get("name")
+    if type(name) is not str:
+        _expect(name, str, f"inputs[{index}].name", "a string")
+    type_name = tensor.get("datatype")
+    if type(type_name) is not str:
+        _expect(type_name, str, f"inputs[{index}].datatype", "a string")
+    datatype = datatypes.BY_NAME.get(type_name) or datatypes.from_name(type_name)
+    shape = tensor.get("shape")
+    if type(shape) is not list or not all(type(dim) is int for dim in shape):
+        _shape(shape, f"input '{name}' shape")
+    return name, datatype, shape
+
+
+def _binary_size(tensor: dict[str, Any], name: str) -> int | None:
+    """The input's `binary_data_size`, or None when it carries JSON data."""
+    params = tensor.get("parameters")
+    if not params:
+        return None
+    if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
+        _parameters(params, f"input '{name}' parameters")
+    size = params.get("binary_data_size")
+    if size is None:
+        return None
+    if "data" in tensor:
+        raise InvalidArgument(f"input '{name}' has both data and binary_data_size")
+    if type(size) is not int or size < 0:
+        raise InvalidArgument(f"input '{name}': binary_data_size must be a non-negative integer")
+    return size
+
+
 def _outputs(value: Any, decoded: RestInferRequest) -> None:
-    _expect(value, list, "outputs", "an array")
+    if type(value) is not list:
+        _expect(value, list, "outputs", "an array")
     names: list[str] = []
     for index, tensor in enumerate(value):
-        _expect(tensor, dict, f"outputs[{index}]", "an object")
-        name = _expect(tensor.get("name"), str, f"outputs[{index}].name", "a string")
+        if type(tensor) is not dict:
+            _expect(tensor, dict, f"outputs[{index}]", "an object")
+        name = tensor.get("name")
+        if type(name) is not str:
+            _expect(name, str, f"outputs[{index}].name", "a string")
         params = tensor.get("parameters")
         if params:
-            _parameters(params, f"output '{name}' parameters")
+            if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
+                _parameters(params, f"output '{name}' parameters")
             if "classification" in params:
                 raise InvalidArgument(
                     f"output '{name}': the classification extension is not supported"
@@ -217,18 +245,23 @@ def decode_infer_request(
         doc = orjson.loads(document)
     except orjson.JSONDecodeError as exc:
         raise InvalidArgument(f"malformed JSON in the inference request: {exc}") from None
-    _expect(doc, dict, "the inference request", "a JSON object")
+    if type(doc) is not dict:
+        _expect(doc, dict, "the inference request", "a JSON object")
     params = doc.get("parameters")
-    params = dict(_parameters(params, "parameters")) if params else {}
-    binary_by_default = bool(params.pop("binary_data_output", False))
-    request = InferRequest(
-        model_name=model_name,
-        model_version=model_version,
-        id=_expect(doc.get("id", ""), str, "id", "a string"),
-        parameters=params,
-    )
+    binary_by_default = False
+    if params:
+        params = dict(_parameters(params, "parameters"))
+        binary_by_default = bool(params.pop("binary_data_output", False))
+    else:
+        params = {}
+    request_id = doc.get("id", "")
+    if type(request_id) is not str:
+        _expect(request_id, str, "id", "a string")
+    request = InferRequest(model_name, model_version, request_id, parameters=params)
     decoded = RestInferRequest(request, {}, binary_by_default)
-    inputs = _expect(doc.get("inputs"), list, "inputs", "an array of input tensors")
+    inputs = doc.get("inputs")
+    if type(inputs) is not list:
+        _expect(inputs, list, "inputs", "an array of input tensors")
     offset = 0
     for index, tensor in enumerate(inputs):
         offset = _input(tensor, index, binary, offset, request)
@@ -237,8 +270,9 @@ def decode_infer_request(
             f"the body has {len(binary)} bytes of binary data but the inputs' "
             f"binary_data_size add up to {offset}"
         )
-    if "outputs" in doc:
-        _outputs(doc["outputs"], decoded)
+    outputs = doc.get("outputs")
+    if outputs is not None or "outputs" in doc:
+        _outputs(outputs, decoded)
     return decoded
 
 

@@ -89,6 +89,9 @@ def _route(
     )
 
 
+_MATCHES_KEPT = 256
+
+
 class Router:
     """Finds the route for a request; a literal segment wins over a variable one."""
 
@@ -97,8 +100,21 @@ class Router:
         self._by_length: dict[int, list[Route]] = {}
         for route in self.routes:
             self._by_length.setdefault(len(route.segments), []).append(route)
+        # Clients repeat a few paths (one model's infer) endlessly: remember the answers.
+        self._matched: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
 
     def match(self, verb: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and its bound path fields; the caller must not modify the fields."""
+        hit = self._matched.get((verb, path))
+        if hit is not None:
+            return hit
+        hit = self._match(verb, path)
+        if len(self._matched) >= _MATCHES_KEPT:
+            self._matched.clear()
+        self._matched[verb, path] = hit
+        return hit
+
+    def _match(self, verb: str, path: str) -> tuple[Route, dict[str, str]]:
         parts = path.strip("/").split("/")
         allowed: list[str] = []
         for route in self._by_length.get(len(parts), ()):
