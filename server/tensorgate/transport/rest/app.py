@@ -22,11 +22,13 @@ from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
 from tensorgate.observability.context import begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
+from tensorgate.transport.asgi import DISCONNECT_EXTENSION
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
 from tensorgate.transport.rest.routes import NoRoute, Route, Router
 from tensorgate.transport.rest.static import StaticFiles
 
 log = logging.getLogger(__name__)
+
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -205,7 +207,7 @@ class RestApp:
         route, params = self.router.match(verb, path)
         body = await self._read_body(receive, headers)
         if route.method.name == "ModelInfer":
-            return await self._infer(params, body, headers, receive)
+            return await self._infer(params, body, headers, scope, receive)
         return await self._call(route, params, body)
 
     def _preflight(self, scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -247,7 +249,12 @@ class RestApp:
         return body
 
     async def _infer(
-        self, params: dict[str, str], body: bytes, headers: RequestHeaders, receive: Receive
+        self,
+        params: dict[str, str],
+        body: bytes,
+        headers: RequestHeaders,
+        scope: Scope,
+        receive: Receive,
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         model, version = params["model_name"], params.get("model_version", "")
         tracing = self.dataplane.tracing
@@ -255,12 +262,14 @@ class RestApp:
             trace := tracing.start_call(_INFER_SPAN, {"http.request.method": "POST"})
         ):
             payload, json_length = await self._traced_infer(
-                trace, body, headers, model, version, receive
+                trace, body, headers, model, version, scope, receive
             )
         else:
             decoded = rest_codec.decode_infer_request(body, headers.header_length, model, version)
             decoded.request.protocol = "http"
-            response = await _unless_disconnected(self.dataplane.infer(decoded.request), receive)
+            response = await _unless_disconnected(
+                self.dataplane.infer(decoded.request), scope, receive
+            )
             payload, json_length = rest_codec.encode_infer_response(
                 response, decoded.binary_outputs, decoded.binary_by_default
             )
@@ -282,6 +291,7 @@ class RestApp:
         headers: RequestHeaders,
         model: str,
         version: str,
+        scope: Scope,
         receive: Receive,
     ) -> tuple[bytes, int | None]:
         decoded: rest_codec.RestInferRequest | None = None
@@ -293,7 +303,7 @@ class RestApp:
             return decoded.request
 
         async def infer(request: InferRequest) -> InferResponse:
-            return await _unless_disconnected(self.dataplane.infer(request), receive)
+            return await _unless_disconnected(self.dataplane.infer(request), scope, receive)
 
         def encode(response: InferResponse) -> tuple[bytes, int | None]:
             assert decoded is not None
@@ -342,14 +352,32 @@ def _compress(payload: bytes, accepted: bytes, headers: list[tuple[bytes, bytes]
     return compressor.compress(payload) + compressor.flush()
 
 
-async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+async def _unless_disconnected(work: Awaitable[T], scope: Scope, receive: Receive) -> T:
     """Await `work`, cancelling it if the client disconnects first.
 
     The client's disconnect is the HTTP counterpart of a cancelled gRPC call: a request still
-    queued leaves the queue and never runs.
+    queued leaves the queue and never runs. tensorgate's own server says so through a scope
+    extension; under any other ASGI server a task waits in `receive()` for the disconnect.
     """
     task = asyncio.current_task()
     assert task is not None
+    extensions = scope.get("extensions")
+    connection = extensions.get(DISCONNECT_EXTENSION) if extensions else None
+    if connection is None:
+        return await _unless_received_disconnect(work, receive, task)
+    connection.cancel_on_disconnect(task)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if connection.client_gone:
+            task.uncancel()
+            raise Disconnected from None
+        raise
+    finally:
+        connection.cancel_on_disconnect(None)
+
+
+async def _unless_received_disconnect(work: Awaitable[T], receive: Receive, task: Any) -> T:
     gone = False
 
     def on_message(watcher: asyncio.Future[Message]) -> None:
