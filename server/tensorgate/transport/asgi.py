@@ -76,7 +76,10 @@ class _CoalescedWrites:
     def _flush(self) -> None:
         pending, self._pending = self._pending, None
         if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            if len(pending) == 1:
+                self._transport.write(pending[0])
+            else:  # one writev under uvloop: a large body is not copied to be joined
+                self._transport.writelines(pending)
 
     def close(self) -> None:
         self._flush()
