@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-obs clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench-obs: $(INSTALLED)
 bench-http: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/run_http_bench.py
+
+# The HTTP path's CPU per request in one process, no sockets: shim, data plane, bare app.
+bench-http-cpu: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/http_inprocess.py
 
 clean:
 	rm -rf $(VENV) $(REPO) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,8 @@
 handler with its numpy work in a thread (the ceiling with model code off the event loop) and
 Triton's HTTP frontend, with perf_analyzer -i http (binary tensors) on add_sub at c=8 and c=32.
 
-Servers run one at a time on the same machine; each row is `pa.sh` from ../shared/peers.
+All four servers run at once on the same machine, idle but one: each round measures them in
+turn. Each row is `pa.sh` from ../shared/peers, the median of the rounds.
 Writes benchmarks/results/http.json and the HTTP section of benchmarks/RESULTS.md.
 usage: python benchmarks/run_http_bench.py [--rounds N]
 """
@@ -65,23 +66,34 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tensorgate-http-bench"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, object]] = []
-    for name in HTTP:
-        print(f"== {name}", flush=True)
-        server = (
-            BareAsgi(args.workdir, name)
-            if name.startswith("bare-asgi")
-            else Running(SERVERS[name], args.workdir)
-        )
-        try:
+    # Every server stays up (idle ones cost nothing measurable) and each round measures them
+    # one after another, so a row's ratio compares runs minutes apart, not a whole phase of
+    # this VM's drifting speed apart.
+    servers: list[BareAsgi | Running] = []
+    measured: dict[tuple[str, int], list[dict[str, float | str]]] = {}
+    try:
+        for name in HTTP:
+            print(f"== starting {name}", flush=True)
+            servers.append(
+                BareAsgi(args.workdir, name)
+                if name.startswith("bare-asgi")
+                else Running(SERVERS[name], args.workdir)
+            )
+        for index in range(args.rounds):
+            print(f"== round {index + 1} of {args.rounds}", flush=True)
             for conc in CONCURRENCY:
-                runs = [r for _ in range(args.rounds) if (r := _measure(name, conc))]
-                if runs:
-                    best = statistics.median_high([float(r["infer_per_s"]) for r in runs])
-                    chosen = next(r for r in runs if r["infer_per_s"] == best)
-                    rows.append({"server": name, "concurrency": conc, **chosen, "runs": len(runs)})
-        finally:
+                for name in HTTP:
+                    if run := _measure(name, conc):
+                        measured.setdefault((name, conc), []).append(run)
+    finally:
+        for server in servers:
             server.stop()
+    rows: list[dict[str, object]] = []
+    for (name, conc), runs in measured.items():
+        best = statistics.median_high([float(r["infer_per_s"]) for r in runs])
+        chosen = next(r for r in runs if r["infer_per_s"] == best)
+        all_runs = [round(float(r["infer_per_s"])) for r in runs]
+        rows.append({"server": name, "concurrency": conc, **chosen, "runs": all_runs})
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
@@ -125,6 +137,22 @@ def write_section(result: dict[str, object], path: Path) -> None:
             f"| {float(triton['infer_per_s']) if triton else 0:,.0f} "
             f"| {ratio(triton)} | {ratio(bare)} | {ratio(hop)} |"
         )
+    lines += ["", "Each round's infer/s, in the order measured:"]
+    for (name, conc), row in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        runs = row.get("runs")
+        if isinstance(runs, list):
+            lines.append(f"- {name} c={conc}: {', '.join(f'{r:,}' for r in runs)}")
+    for conc in CONCURRENCY:
+        ours, triton = rows.get(("tensorgate", conc)), rows.get(("triton", conc))
+        if (
+            ours
+            and triton
+            and isinstance(ours.get("runs"), list)
+            and isinstance(triton.get("runs"), list)
+        ):
+            paired = zip(ours["runs"], triton["runs"], strict=False)
+            shown = ", ".join(f"{a / b:.2f}×" for a, b in paired)
+            lines.append(f"- tensorgate ÷ Triton round by round, c={conc}: {shown}")
     lines += ["", "Row commands: `bash ../shared/peers/pa.sh HOST:PORT add_sub C http`.", END]
     text = path.read_text() if path.exists() else ""
     section = "\n".join(lines)

@@ -1,0 +1,236 @@
+"""The HTTP path's CPU per request, in one process, with no sockets: what the shim itself costs.
+
+perf_analyzer over loopback shares the 2 cores with the server and the VM's speed drifts
+20-40 % within minutes, so a 10 % change in the shim's own work hides in the noise. Here
+uvicorn's real protocol objects parse and answer add_sub requests from C connections that
+resend as soon as their response is written, over an in-memory transport. Variants, run in
+turn for each round:
+
+- bare: benchmarks/bare_asgi.py's app (the ceiling: uvicorn plus a few lines of numpy);
+- bare-hop: the same with its numpy work in one worker thread (`--thread-hop`);
+- tensorgate: the REST shim, data plane, dynamic batcher and one ONNX instance thread;
+- tensorgate-no-dataplane: the REST shim with `DataPlane.infer` replaced by the same numpy
+  as bare (no batcher, no thread), to split the shim's cost from the data plane's.
+
+Each variant runs in a fresh process. Reported: event-loop thread CPU, whole-process CPU and
+wall time per request, as the median of the rounds. It serves the peers' add_sub
+(../shared/peers/setup.sh) from the repository run_peer_bench.py builds, building it if missing.
+usage: python benchmarks/http_inprocess.py [--repository DIR] [--rounds N] [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("bare", "bare-hop", "tensorgate", "tensorgate-no-dataplane")
+
+
+def _request() -> bytes:
+    import numpy as np
+    import orjson
+
+    tensors = [
+        {"name": n, "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}
+        for n in ("INPUT0", "INPUT1")
+    ]
+    outputs = [{"name": n, "parameters": {"binary_data": True}} for n in ("OUTPUT0", "OUTPUT1")]
+    header = orjson.dumps({"inputs": tensors, "outputs": outputs})
+    body = header + np.arange(16, dtype=np.float32).tobytes() + np.ones(16, np.float32).tobytes()
+    return (
+        b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+        b"Inference-Header-Content-Length: %d\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(header), len(body), body)
+    )
+
+
+class _Socket(asyncio.Transport):
+    """Collects a response's bytes and calls back once its Content-Length is complete."""
+
+    def __init__(self, on_response: Any) -> None:
+        super().__init__()
+        self.pending = b""
+        self.on_response = on_response
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.pending += bytes(data)
+        end = self.pending.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.pending[:end].lower()
+        at = head.index(b"content-length: ") + 16
+        length = int(head[at : head.index(b"\r\n", at)] if b"\r\n" in head[at:] else head[at:])
+        if len(self.pending) >= end + 4 + length:
+            status, self.pending = self.pending[9:12], b""
+            self.on_response(status)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
+    import uvicorn
+
+    if variant.startswith("bare"):
+        sys.argv[1:] = ["0", "--thread-hop"] if variant == "bare-hop" else ["0"]
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import bare_asgi
+
+        config = uvicorn.Config(
+            bare_asgi.app, http="httptools", lifespan="off", access_log=False, log_config=None
+        )
+        return bare_asgi.app, config
+    from tensorgate.app import Servers
+    from tensorgate.dataplane.types import InferRequest, InferResponse
+    from tensorgate.settings import Settings
+
+    settings = Settings(model_repository=repository, host="127.0.0.1", metrics_port=0)
+    servers = Servers(settings)
+    servers.repository.scan()
+    await servers.repository.load("add_sub")
+    servers.dataplane.started = True
+    if variant == "tensorgate-no-dataplane":
+
+        async def infer(request: InferRequest) -> InferResponse:
+            a, b = request.inputs["INPUT0"], request.inputs["INPUT1"]
+            outputs = {"OUTPUT0": a + b, "OUTPUT1": a - b}
+            return InferResponse(
+                "add_sub", "1", request.id, outputs, dict.fromkeys(outputs, "FP32")
+            )
+
+        servers.dataplane.infer = infer  # type: ignore[method-assign]
+    assert servers.http is not None
+    return servers.http.config.app, servers.http.config
+
+
+async def _measure(variant: str, repository: Path, connections: int, requests: int) -> None:
+    from uvicorn.server import ServerState
+
+    request = _request()
+    _, config = await _app_and_config(variant, repository)
+    config.load()
+    loop = asyncio.get_running_loop()
+    state = ServerState()
+    done: asyncio.Future[None] = loop.create_future()
+    left, failed = [requests], [0]
+
+    def connect() -> Any:
+        protocol = config.http_protocol_class(config, state, {}, loop)
+
+        def on_response(status: bytes) -> None:
+            failed[0] += status != b"200"
+            left[0] -= 1
+            if left[0] > 0:
+                loop.call_soon(protocol.data_received, request)
+            elif not done.done():
+                done.set_result(None)
+
+        protocol.connection_made(_Socket(on_response))
+        return protocol
+
+    protocols = [connect() for _ in range(connections)]
+    started, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
+    for protocol in protocols:
+        protocol.data_received(request)
+    await done
+    wall = time.perf_counter() - started
+    result = {
+        "loop_us": (time.thread_time() - loop_cpu) / requests * 1e6,
+        "process_us": (time.process_time() - cpu) / requests * 1e6,
+        "wall_us": wall / requests * 1e6,
+        "failed": failed[0],
+    }
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # the instance threads and the loaded model need no orderly shutdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repository", type=Path, default=Path("/tmp/tensorgate-peer-bench/tensorgate")
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        from tensorgate.app import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+            runner.run(_measure(args.variant, args.repository, args.connections, args.requests))
+        return
+    if not (args.repository / "add_sub").is_dir():
+        from run_peer_bench import PEERS_DIR
+
+        script = ROOT / "benchmarks" / "peer_repository.py"
+        subprocess.run(
+            [sys.executable, str(script), str(PEERS_DIR / "models"), str(args.repository)],
+            check=True,
+        )
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for variant in VARIANTS:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--repository",
+                    str(args.repository),
+                    "--requests",
+                    str(args.requests),
+                    "--connections",
+                    str(args.connections),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            line = [x for x in out.splitlines() if x.startswith("{")][-1]
+            results[variant].append(json.loads(line))
+    print(
+        f"{args.connections} connections, {args.requests} requests, median of {args.rounds} rounds"
+    )
+    print("| variant | loop CPU µs/req | process CPU µs/req | wall µs/req | loop CPU vs bare |")
+    print("|---|---:|---:|---:|---:|")
+    bare = statistics.median(r["loop_us"] for r in results["bare"])
+    for variant, runs in results.items():
+        loop_us = statistics.median(r["loop_us"] for r in runs)
+        process_us = statistics.median(r["process_us"] for r in runs)
+        wall_us = statistics.median(r["wall_us"] for r in runs)
+        bad = sum(int(r["failed"]) for r in runs)
+        note = f" ({bad} non-200)" if bad else ""
+        print(
+            f"| {variant}{note} | {loop_us:.1f} | {process_us:.1f} | {wall_us:.1f} "
+            f"| {loop_us / bare:.2f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()
