@@ -54,6 +54,10 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) ->
 
 
 def _parameters(value: Any, where: str) -> dict[str, ParameterValue]:
+    # The common, valid case costs one type test per value (orjson yields exact types);
+    # the descriptive checks run only to name what is wrong.
+    if type(value) is dict and all(type(item) in _SCALARS for item in value.values()):
+        return value
     _expect(value, dict, where, "an object")
     for key, item in value.items():
         if not isinstance(item, bool | int | float | str):
@@ -64,10 +68,25 @@ def _parameters(value: Any, where: str) -> dict[str, ParameterValue]:
 
 
 def _shape(value: Any, where: str) -> list[int]:
+    if type(value) is list and all(type(dim) is int for dim in value):
+        return value
     _expect(value, list, where, "an array of integers")
     for dim in value:
         _expect(dim, int, where, "an array of integers")
     return value  # type: ignore[no-any-return]
+
+
+def _tensor_name(tensor: Any, kind: str, index: int) -> str:
+    """The name of `inputs[index]` or `outputs[index]`, once the entry is known to be an object.
+
+    Inline `type() is` tests first: the `where` strings are built only for an error.
+    """
+    if type(tensor) is not dict:
+        _expect(tensor, dict, f"{kind}[{index}]", "an object")
+    name = tensor.get("name")
+    if type(name) is not str:
+        _expect(name, str, f"{kind}[{index}].name", "a string")
+    return name  # type: ignore[no-any-return]
 
 
 def _flatten(data: Any, out: list[Any]) -> None:
@@ -144,11 +163,7 @@ def array_from_json(name: str, data: Any, datatype: datatypes.DataType, shape: l
 
 
 def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: InferRequest) -> int:
-    """Decode one input into `request`; returns the new offset into the binary section.
-
-    Every request runs this on the event loop, so the checks are inline `type() is` tests
-    (orjson yields exact types) and the descriptive helpers run only to raise.
-    """
+    """Decode one input into `request`; returns the new offset into the binary section."""
     name, datatype, shape = _tensor_header(tensor, index)
     if name in request.inputs:
         raise InvalidArgument(f"input '{name}' appears more than once")
@@ -172,19 +187,12 @@ def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: In
 
 def _tensor_header(tensor: Any, index: int) -> tuple[str, datatypes.DataType, list[int]]:
     """An input's name, datatype and shape, checked."""
-    if type(tensor) is not dict:
-        _expect(tensor, dict, f"inputs[{index}]", "an object")
-    name = tensor.get("name")
-    if type(name) is not str:
-        _expect(name, str, f"inputs[{index}].name", "a string")
+    name = _tensor_name(tensor, "inputs", index)
     type_name = tensor.get("datatype")
     if type(type_name) is not str:
         _expect(type_name, str, f"inputs[{index}].datatype", "a string")
     datatype = datatypes.BY_NAME.get(type_name) or datatypes.from_name(type_name)
-    shape = tensor.get("shape")
-    if type(shape) is not list or not all(type(dim) is int for dim in shape):
-        _shape(shape, f"input '{name}' shape")
-    return name, datatype, shape
+    return name, datatype, _shape(tensor.get("shape"), f"input '{name}' shape")
 
 
 def _binary_size(tensor: dict[str, Any], name: str) -> int | None:
@@ -192,9 +200,7 @@ def _binary_size(tensor: dict[str, Any], name: str) -> int | None:
     params = tensor.get("parameters")
     if not params:
         return None
-    if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
-        _parameters(params, f"input '{name}' parameters")
-    size = params.get("binary_data_size")
+    size = _parameters(params, f"input '{name}' parameters").get("binary_data_size")
     if size is None:
         return None
     if "data" in tensor:
@@ -209,15 +215,10 @@ def _outputs(value: Any, decoded: RestInferRequest) -> None:
         _expect(value, list, "outputs", "an array")
     names: list[str] = []
     for index, tensor in enumerate(value):
-        if type(tensor) is not dict:
-            _expect(tensor, dict, f"outputs[{index}]", "an object")
-        name = tensor.get("name")
-        if type(name) is not str:
-            _expect(name, str, f"outputs[{index}].name", "a string")
+        name = _tensor_name(tensor, "outputs", index)
         params = tensor.get("parameters")
         if params:
-            if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
-                _parameters(params, f"output '{name}' parameters")
+            _parameters(params, f"output '{name}' parameters")
             if "classification" in params:
                 raise InvalidArgument(
                     f"output '{name}': the classification extension is not supported"

@@ -29,7 +29,6 @@ from tensorgate.transport.rest.static import StaticFiles
 
 log = logging.getLogger(__name__)
 
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -364,7 +363,7 @@ async def _unless_disconnected(work: Awaitable[T], scope: Scope, receive: Receiv
     extensions = scope.get("extensions")
     connection = extensions.get(DISCONNECT_EXTENSION) if extensions else None
     if connection is None:
-        return await _unless_received_disconnect(work, receive, task)
+        connection = _ReceivedDisconnect(receive)
     connection.cancel_on_disconnect(task)
     try:
         return await work
@@ -377,28 +376,32 @@ async def _unless_disconnected(work: Awaitable[T], scope: Scope, receive: Receiv
         connection.cancel_on_disconnect(None)
 
 
-async def _unless_received_disconnect(work: Awaitable[T], receive: Receive, task: Any) -> T:
-    gone = False
+class _ReceivedDisconnect:
+    """The disconnect extension's interface over ASGI `receive()`, for other servers."""
 
-    def on_message(watcher: asyncio.Future[Message]) -> None:
-        nonlocal gone
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.client_gone = False
+        self._watcher: asyncio.Future[Message] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def cancel_on_disconnect(self, task: asyncio.Task[Any] | None) -> None:
+        if task is None:
+            if self._watcher is not None:
+                # A disconnect that arrived just now must not cancel the task after it is done.
+                self._watcher.remove_done_callback(self._on_message)
+                self._watcher.cancel()
+            return
+        self._task = task
+        self._watcher = asyncio.ensure_future(self.receive())
+        self._watcher.add_done_callback(self._on_message)
+
+    def _on_message(self, watcher: asyncio.Future[Message]) -> None:
         if (
             not watcher.cancelled()
             and watcher.exception() is None
             and watcher.result()["type"] == "http.disconnect"
+            and self._task is not None
         ):
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(receive())
-    watcher.add_done_callback(on_message)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if gone:
-            task.uncancel()
-            raise Disconnected from None
-        raise
-    finally:
-        watcher.remove_done_callback(on_message)
-        watcher.cancel()
+            self.client_gone = True
+            self._task.cancel()
