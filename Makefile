@@ -78,7 +78,8 @@ bench-obs: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/run_obs_bench.py
 
-# The REST shim beside a bare ASGI handler and Triton's HTTP frontend (about 4 minutes).
+# The REST shim beside a bare ASGI handler, the shim with a free data plane and Triton's HTTP
+# frontend (about 10 minutes).
 bench-http: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/run_http_bench.py

@@ -9,8 +9,10 @@ turn for each round:
 - bare: benchmarks/bare_asgi.py's app (the ceiling: uvicorn plus a few lines of numpy);
 - bare-hop: the same with its numpy work in one worker thread (`--thread-hop`);
 - tensorgate: the REST shim, data plane, dynamic batcher and one ONNX instance thread;
-- tensorgate-no-dataplane: the REST shim with `DataPlane.infer` replaced by the same numpy
-  as bare (no batcher, no thread), to split the shim's cost from the data plane's.
+- tensorgate-shim-hop: the REST shim with `DataPlane.infer` replaced by the same numpy in one
+  worker thread (benchmarks/shim_hop.py): no batcher or bookkeeping, only the hop;
+- tensorgate-no-dataplane: the same with the numpy on the loop (no thread), to split the
+  shim's cost from the data plane's.
 
 Each variant runs in a fresh process. Reported: event-loop thread CPU, whole-process CPU and
 wall time per request, as the median of the rounds. It serves the peers' add_sub
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("bare", "bare-hop", "tensorgate", "tensorgate-no-dataplane")
+VARIANTS = ("bare", "bare-hop", "tensorgate", "tensorgate-shim-hop", "tensorgate-no-dataplane")
 
 
 def _request() -> bytes:
@@ -95,34 +97,29 @@ class _Socket(asyncio.Transport):
 async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
     import uvicorn
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     if variant.startswith("bare"):
         sys.argv[1:] = ["0", "--thread-hop"] if variant == "bare-hop" else ["0"]
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         import bare_asgi
 
         config = uvicorn.Config(
             bare_asgi.app, http="httptools", lifespan="off", access_log=False, log_config=None
         )
         return bare_asgi.app, config
+    import shim_hop
     from tensorgate.app import Servers
-    from tensorgate.dataplane.types import InferRequest, InferResponse
     from tensorgate.settings import Settings
 
-    settings = Settings(model_repository=repository, host="127.0.0.1", metrics_port=0)
-    servers = Servers(settings)
-    servers.repository.scan()
-    await servers.repository.load("add_sub")
-    servers.dataplane.started = True
-    if variant == "tensorgate-no-dataplane":
-
-        async def infer(request: InferRequest) -> InferResponse:
-            a, b = request.inputs["INPUT0"], request.inputs["INPUT1"]
-            outputs = {"OUTPUT0": a + b, "OUTPUT1": a - b}
-            return InferResponse(
-                "add_sub", "1", request.id, outputs, dict.fromkeys(outputs, "FP32")
-            )
-
-        servers.dataplane.infer = infer  # type: ignore[method-assign]
+    if variant == "tensorgate":
+        settings = Settings(model_repository=repository, host="127.0.0.1", metrics_port=0)
+        servers = Servers(settings)
+        servers.repository.scan()
+        await servers.repository.load("add_sub")
+        servers.dataplane.started = True
+    else:
+        hop = variant == "tensorgate-shim-hop"
+        infer = shim_hop.hop_infer() if hop else shim_hop.inline_infer
+        servers = await shim_hop.servers_with(infer, repository, 8000)
     assert servers.http is not None
     return servers.http.config.app, servers.http.config
 

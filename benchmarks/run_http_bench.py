@@ -1,8 +1,9 @@
 """HTTP side by side: tensorgate's REST shim, a bare ASGI handler (its ceiling), the same
-handler with its numpy work in a thread (the ceiling with model code off the event loop) and
+handler with its numpy work in a thread (the ceiling with model code off the event loop),
+tensorgate's shim with a free data plane (benchmarks/shim_hop.py: the ceiling of this shim) and
 Triton's HTTP frontend, with perf_analyzer -i http (binary tensors) on add_sub at c=8 and c=32.
 
-All four servers run at once on the same machine, idle but one: each round measures them in
+All five servers run at once on the same machine, idle but one: each round measures them in
 turn. Each row is `pa.sh` from ../shared/peers, the median of the rounds.
 Writes benchmarks/results/http.json and the HTTP section of benchmarks/RESULTS.md.
 usage: python benchmarks/run_http_bench.py [--rounds N]
@@ -23,6 +24,7 @@ HTTP = {
     "tensorgate": "127.0.0.1:18711",  # --http-port is the gRPC port + 10 in Running
     "bare-asgi": "127.0.0.1:18705",
     "bare-asgi-hop": "127.0.0.1:18706",
+    "shim-hop": "127.0.0.1:18707",
     "triton": "127.0.0.1:28000",
 }
 CONCURRENCY = (8, 32)
@@ -30,18 +32,23 @@ BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
 
 
 class BareAsgi:
+    """bare_asgi.py, or shim_hop.py on the repository tensorgate's own run built."""
+
     def __init__(self, workdir: Path, name: str) -> None:
         import subprocess
 
         port = HTTP[name].rsplit(":", 1)[1]
         log = (workdir / f"{name}.log").open("wb")
-        hop = ["--thread-hop"] if name.endswith("-hop") else []
+        if name == "shim-hop":
+            script = ["shim_hop.py", port, str(workdir / "tensorgate"), "--thread-hop"]
+        else:
+            script = ["bare_asgi.py", port, *(["--thread-hop"] if name.endswith("-hop") else [])]
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "bare_asgi.py"), port, *hop],
+            [sys.executable, str(ROOT / "benchmarks" / script[0]), *script[1:]],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        time.sleep(2)
+        time.sleep(4)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -50,6 +57,10 @@ class BareAsgi:
 
 def _measure(name: str, conc: int) -> dict[str, float | str] | None:
     cmd = ["bash", str(PEERS / "pa.sh"), HTTP[name], "add_sub", str(conc), "http"]
+    if name == "shim-hop":
+        # Its statistics never move (the data plane is bypassed); with no version named,
+        # perf_analyzer picks the version whose count moved and finds none.
+        cmd += ["-x", "1"]
     out = _run(cmd)
     match = ROW.search(out)
     shown = " ".join(cmd).replace(str(PEERS_DIR), "$PEERS_DIR").replace(str(ROOT.parent), "..")
@@ -76,7 +87,7 @@ def main() -> None:
             print(f"== starting {name}", flush=True)
             servers.append(
                 BareAsgi(args.workdir, name)
-                if name.startswith("bare-asgi")
+                if name not in ("tensorgate", "triton")
                 else Running(SERVERS[name], args.workdir)
             )
         for index in range(args.rounds):
@@ -113,46 +124,50 @@ def write_section(result: dict[str, object], path: Path) -> None:
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}` (median of the rounds).",
         "",
-        "| c | tensorgate infer/s | p50 / p99 ms | bare ASGI | bare ASGI + thread hop "
-        "| Triton HTTP | vs Triton (target ≥ 1.3×) | vs bare (target ≥ 0.8×) "
-        "| vs bare + hop |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| c | tensorgate infer/s | p50 / p99 ms | bare ASGI | bare + thread hop "
+        "| shim + thread hop | Triton HTTP | vs Triton (target ≥ 1.3×) "
+        "| vs bare (target ≥ 0.8×) | shim + hop vs Triton | shim + hop vs bare |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(top: dict[str, object] | None, bottom: dict[str, object] | None) -> str:
+        if top is None or bottom is None:
+            return "n/a"
+        return f"{float(top['infer_per_s']) / float(bottom['infer_per_s']):.2f}×"
+
+    def rate(row: dict[str, object] | None) -> str:
+        return f"{float(row['infer_per_s']):,.0f}" if row else "n/a"
+
     for conc in CONCURRENCY:
-        ours, bare, hop, triton = (
-            rows.get((n, conc)) for n in ("tensorgate", "bare-asgi", "bare-asgi-hop", "triton")
+        ours, bare, hop, shim, triton = (
+            rows.get((n, conc))
+            for n in ("tensorgate", "bare-asgi", "bare-asgi-hop", "shim-hop", "triton")
         )
         if ours is None:
             continue
-
-        def ratio(other: dict[str, object] | None, ours: dict[str, object] = ours) -> str:
-            if other is None:
-                return "n/a"
-            return f"{float(ours['infer_per_s']) / float(other['infer_per_s']):.2f}×"
-
         lines.append(
-            f"| {conc} | {float(ours['infer_per_s']):,.0f} | {ours['p50_ms']} / {ours['p99_ms']} "
-            f"| {float(bare['infer_per_s']) if bare else 0:,.0f} "
-            f"| {float(hop['infer_per_s']) if hop else 0:,.0f} "
-            f"| {float(triton['infer_per_s']) if triton else 0:,.0f} "
-            f"| {ratio(triton)} | {ratio(bare)} | {ratio(hop)} |"
+            f"| {conc} | {rate(ours)} | {ours['p50_ms']} / {ours['p99_ms']} | {rate(bare)} "
+            f"| {rate(hop)} | {rate(shim)} | {rate(triton)} | {ratio(ours, triton)} "
+            f"| {ratio(ours, bare)} | {ratio(shim, triton)} | {ratio(shim, bare)} |"
         )
     lines += ["", "Each round's infer/s, in the order measured:"]
     for (name, conc), row in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         runs = row.get("runs")
         if isinstance(runs, list):
             lines.append(f"- {name} c={conc}: {', '.join(f'{r:,}' for r in runs)}")
-    for conc in CONCURRENCY:
-        ours, triton = rows.get(("tensorgate", conc)), rows.get(("triton", conc))
-        if (
-            ours
-            and triton
-            and isinstance(ours.get("runs"), list)
-            and isinstance(triton.get("runs"), list)
-        ):
-            paired = zip(ours["runs"], triton["runs"], strict=False)
-            shown = ", ".join(f"{a / b:.2f}×" for a, b in paired)
-            lines.append(f"- tensorgate ÷ Triton round by round, c={conc}: {shown}")
+    paired_rows = (
+        ("tensorgate", "triton"),
+        ("tensorgate", "shim-hop"),  # what the data plane and batcher cost
+        ("shim-hop", "triton"),
+        ("shim-hop", "bare-asgi"),  # what the shim costs
+    )
+    for top, bottom in paired_rows:
+        for conc in CONCURRENCY:
+            a, b = rows.get((top, conc)), rows.get((bottom, conc))
+            if a and b and isinstance(a.get("runs"), list) and isinstance(b.get("runs"), list):
+                paired = zip(a["runs"], b["runs"], strict=False)
+                shown = ", ".join(f"{x / y:.2f}×" for x, y in paired)
+                lines.append(f"- {top} ÷ {bottom} round by round, c={conc}: {shown}")
     lines += ["", "Row commands: `bash ../shared/peers/pa.sh HOST:PORT add_sub C http`.", END]
     text = path.read_text() if path.exists() else ""
     section = "\n".join(lines)
