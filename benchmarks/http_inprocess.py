@@ -107,19 +107,13 @@ async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
         )
         return bare_asgi.app, config
     import shim_hop
-    from tensorgate.app import Servers
-    from tensorgate.settings import Settings
 
-    if variant == "tensorgate":
-        settings = Settings(model_repository=repository, host="127.0.0.1", metrics_port=0)
-        servers = Servers(settings)
-        servers.repository.scan()
-        await servers.repository.load("add_sub")
-        servers.dataplane.started = True
-    else:
-        hop = variant == "tensorgate-shim-hop"
-        infer = shim_hop.hop_infer() if hop else shim_hop.inline_infer
-        servers = await shim_hop.servers_with(infer, repository, 8000)
+    infer: shim_hop.Infer | None = None  # tensorgate: its own data plane
+    if variant == "tensorgate-shim-hop":
+        infer = shim_hop.hop_infer()
+    elif variant == "tensorgate-no-dataplane":
+        infer = shim_hop.inline_infer
+    servers = await shim_hop.servers_with(infer, repository, 8000)
     assert servers.http is not None
     return servers.http.config.app, servers.http.config
 

@@ -31,7 +31,7 @@ CONCURRENCY = (8, 32)
 BEGIN, END = "<!-- http:begin -->", "<!-- http:end -->"
 
 
-class BareAsgi:
+class ScriptServer:
     """bare_asgi.py, or shim_hop.py on the repository tensorgate's own run built."""
 
     def __init__(self, workdir: Path, name: str) -> None:
@@ -80,13 +80,13 @@ def main() -> None:
     # Every server stays up (idle ones cost nothing measurable) and each round measures them
     # one after another, so a row's ratio compares runs minutes apart, not a whole phase of
     # this VM's drifting speed apart.
-    servers: list[BareAsgi | Running] = []
+    servers: list[ScriptServer | Running] = []
     measured: dict[tuple[str, int], list[dict[str, float | str]]] = {}
     try:
         for name in HTTP:
             print(f"== starting {name}", flush=True)
             servers.append(
-                BareAsgi(args.workdir, name)
+                ScriptServer(args.workdir, name)
                 if name not in ("tensorgate", "triton")
                 else Running(SERVERS[name], args.workdir)
             )
