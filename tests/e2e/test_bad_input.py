@@ -60,6 +60,12 @@ CASES = [
         "'add_sub' version 9 is not found",
     ),
     (
+        "version in non-ASCII digits",  # str.isdigit() accepts '²', int() does not
+        _mutate(lambda m: setattr(m, "model_version", "\u00b2")),
+        grpc.StatusCode.NOT_FOUND,
+        "'add_sub' version \u00b2 is not found",
+    ),
+    (
         "wrong input name",
         _mutate(lambda m: setattr(m.inputs[1], "name", "INPUT9")),
         grpc.StatusCode.INVALID_ARGUMENT,

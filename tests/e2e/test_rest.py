@@ -288,6 +288,7 @@ def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:
         ("/v2/repository/index", b'{"bogus": 1}', {}, 400, "bogus"),
         ("/v2/repository/index", b"\t", {}, 400, "malformed JSON body"),
         ("/v2/nothing/here", None, {}, 404, "no route"),
+        ("/v2/models/add_sub/versions/%C2%B2/config", None, {}, 404, "version \u00b2 is not found"),
     ],
     ids=[
         "malformed-json",
@@ -304,6 +305,7 @@ def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:
         "unknown-field",
         "blank-body",
         "unknown-route",
+        "version-in-non-ascii-digits",
     ],
 )
 def test_bad_requests_get_precise_http_errors(

@@ -111,7 +111,7 @@ def test_duplicate_tensor_names_fail_to_load() -> None:
 
 
 def test_version_directories_are_numeric_and_sorted(tmp_path: Path) -> None:
-    for name in ("3", "1", "10", "01", "latest"):
+    for name in ("3", "1", "10", "01", "latest", "\u00b2", "\u0663"):
         (tmp_path / name).mkdir()
     (tmp_path / "2").write_text("not a directory")
     assert available_versions(tmp_path) == [1, 3, 10]

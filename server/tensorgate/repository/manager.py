@@ -26,7 +26,7 @@ from tensorgate.observability.metrics import MetricsStore, ModelMetrics
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec, read_config
-from tensorgate.repository.versions import available_versions, select_versions
+from tensorgate.repository.versions import available_versions, is_version_number, select_versions
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ModelRepository:
             )
         if not version:
             return record.versions[max(record.versions)]
-        if not version.isdigit() or int(version) not in record.versions:
+        if not is_version_number(version) or int(version) not in record.versions:
             raise NotFound(
                 f"Request for unknown model: '{name}' version {version} is not found "
                 f"(loaded versions: {sorted(record.versions)})"

@@ -8,11 +8,16 @@ from tensorgate.errors import ModelLoadError
 from tensorgate.proto import model_config_pb2 as mc
 
 
+def is_version_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other digits int() may refuse."""
+    return text.isascii() and text.isdigit()
+
+
 def available_versions(model_dir: Path) -> list[int]:
     """Numeric subdirectories of a model directory, ascending; others are ignored like Triton."""
     versions = []
     for child in model_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
+        if child.is_dir() and is_version_number(child.name) and not child.name.startswith("0"):
             versions.append(int(child.name))
     return sorted(versions)
 
