@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -97,6 +98,53 @@ def test_requests_queued_behind_a_busy_instance_run_as_one_batch() -> None:
         assert backend.batches == [[1], [2, 2, 3, 3, 4, 4]]
 
     _run(BATCHING, [backend], body)
+
+
+def _block_loop_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Hold the event loop (deliberately) while instance threads run, polling `condition`."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def test_busy_instance_takes_the_next_batch_without_waiting_for_the_loop() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = await _occupy(scheduler, backend)
+        rest = [asyncio.create_task(scheduler.submit(_x(v), 1)) for v in (2, 3)]
+        await asyncio.sleep(0.01)
+        backend.gate.set()
+        # The loop cannot dispatch while it is held here: only the instance can start them.
+        _block_loop_until(lambda: len(backend.batches) == 2)
+        assert backend.batches == [[1], [2, 3]]
+        await asyncio.gather(first, *rest)
+
+    _run(BATCHING, [backend], body)
+
+
+def test_request_whose_timeout_fell_due_is_not_taken_by_a_finishing_instance() -> None:
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = await _occupy(scheduler, backend)
+        late = asyncio.create_task(scheduler.submit(_x(2), 1, timeout_us=20_000))
+        await asyncio.sleep(0)
+        time.sleep(0.05)  # past its timeout, with the loop unable to expire it
+        backend.gate.set()
+        _block_loop_until(lambda: len(backend.batches) == 1)
+        time.sleep(0.05)  # room for the instance to (wrongly) start it
+        with pytest.raises(Unavailable, match="Request timeout expired"):
+            await late
+        await first
+        assert backend.batches == [[1]]
+
+    _run(
+        "max_batch_size: 8 dynamic_batching { default_queue_policy "
+        "{ default_timeout_microseconds: 1000000 allow_timeout_override: true } }",
+        [backend],
+        body,
+    )
 
 
 def test_request_cancelled_in_the_queue_is_never_executed() -> None:

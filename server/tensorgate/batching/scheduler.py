@@ -7,12 +7,20 @@ are arrays plus their row count; the scheduler knows nothing of gRPC or HTTP.
 
 A request whose caller is cancelled (client gone, deadline passed) leaves the queue and is
 never executed; if its batch is already running, its result is dropped.
+
+An instance that finishes a batch cuts its next one itself, on its own thread, before it
+reports back (`_pull`), so a loaded model's instance never sleeps between batches waiting
+for the loop. The queue is therefore shared with instance threads: every change to it, and
+to the count of running batches, is made under `_lock`, held only for the few microseconds
+a plan takes. Whatever needs the loop (timeouts falling due, a delay to wait out) is left to
+the loop's `_schedule`, which the finished batch's report runs anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +32,7 @@ from tensorgate.batching.assemble import Staging, split_outputs
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import TensorgateError, Unavailable
-from tensorgate.executors.instance_pool import InstancePool
+from tensorgate.executors.instance_pool import InstancePool, Job
 
 # (batch rows, compute_input ns, compute_infer ns, compute_output ns) of one execution.
 ExecutionObserver = Callable[[int, int, int, int], None]
@@ -117,6 +125,8 @@ class Scheduler:
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
         self._staging: dict[int, Staging] = {}  # per instance, keyed by id(backend)
+        self._lock = threading.Lock()  # the queue and _running, shared with instance threads
+        pool.pull_from(self._pull)
 
     @property
     def queued(self) -> int:
@@ -148,13 +158,16 @@ class Scheduler:
             now + timeout_ns if timeout_ns else 0,
             _Ticket(future, inputs, self._seq),
         )
-        self.queue.push(item)
-        self._seq += 1
-        self._schedule()
+        with self._lock:
+            self.queue.push(item)
+            self._seq += 1
+            self._schedule_locked()
         try:
             return await future
         except asyncio.CancelledError:
-            if self.queue.remove(item):
+            with self._lock:
+                removed = self.queue.remove(item)
+            if removed:
                 self._deliver(item.handle, None)
                 self._check_drained()
             raise
@@ -162,6 +175,10 @@ class Scheduler:
     # Scheduling ------------------------------------------------------------------------
 
     def _schedule(self) -> None:
+        with self._lock:
+            self._schedule_locked()
+
+    def _schedule_locked(self) -> None:
         queue = self.queue
         now = time.perf_counter_ns()
         due = queue.next_timeout_ns()
@@ -207,15 +224,33 @@ class Scheduler:
     def _dispatch(self, batch: list[Pending]) -> None:
         self.queue.take(batch)
         self._running += 1
-        dispatched = time.perf_counter_ns()
+        self.pool.run(*self._job(batch, time.perf_counter_ns()))
+
+    def _job(self, batch: list[Pending], dispatched_ns: int) -> Job[_Executed]:
         inputs = [p.handle.inputs for p in batch]
         work = partial(_run_batch, self._staging, inputs, [p.rows for p in batch])
-        self.pool.run(work, partial(self._finished, batch, dispatched))
+        return work, partial(self._finished, batch, dispatched_ns)
+
+    def _pull(self) -> Job[_Executed] | None:
+        """On an instance thread that just finished a batch: the batch to run next, if due."""
+        queue = self.queue
+        if not queue.live:  # a stale read only sends the choice to the loop's _schedule
+            return None
+        with self._lock:
+            now = time.perf_counter_ns()
+            due = queue.next_timeout_ns()
+            if due and due <= now:
+                return None  # expired requests are answered on the loop first
+            plan = queue.plan(now)
+            if not plan.batch:
+                return None  # a delay to wait out: the loop arms its timer
+            queue.take(plan.batch)
+            self._running += 1
+        return self._job(plan.batch, now)
 
     def _finished(
         self, batch: list[Pending], dispatched_ns: int, result: _Executed | BaseException
     ) -> None:
-        self._running -= 1
         if isinstance(result, BaseException):
             for item in batch:
                 # A copy per request: callers may add context to their error's message.
@@ -244,7 +279,9 @@ class Scheduler:
                         timing,
                     ),
                 )
-        self._schedule()
+        with self._lock:
+            self._running -= 1
+            self._schedule_locked()
 
     # Delivery --------------------------------------------------------------------------
 
