@@ -50,6 +50,20 @@ def test_requests_with_different_shapes_never_share_a_batch() -> None:
     assert [p.key for p in queue.plan(0).batch] == ["5x4", "3x4"][:1]
 
 
+@pytest.mark.parametrize(
+    ("inputs", "vary"),
+    [
+        ('{ name: "A" data_type: TYPE_FP32 dims: [4] }', False),
+        ('{ name: "A" data_type: TYPE_FP32 dims: [-1] }', True),
+        ('{ name: "A" data_type: TYPE_FP32 dims: [4] optional: true }', True),
+    ],
+    ids=["static-dims", "variable-dim", "optional-input"],
+)
+def test_only_variable_dims_or_optional_inputs_need_a_shape_key(inputs: str, vary: bool) -> None:
+    policy = _policy(f"max_batch_size: 8 input [{inputs}] dynamic_batching {{}}")
+    assert policy.shapes_vary is vary
+
+
 def test_delay_holds_a_small_batch_until_the_oldest_request_has_waited() -> None:
     queue = BatchQueue(
         _policy("max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 500 }")

@@ -89,6 +89,9 @@ class BatchingPolicy:
     levels: tuple[QueuePolicy, ...] = (QueuePolicy(1024),)
     default_level: int = 0
     preserve_ordering: bool = False
+    # Whether two valid requests can differ in non-batch shapes or in which inputs they
+    # carry (variable dims, optional inputs); when not, every request has the same key.
+    shapes_vary: bool = True
 
     @property
     def max_preferred(self) -> int:
@@ -118,6 +121,7 @@ class BatchingPolicy:
             levels=levels,
             default_level=max(default_level - 1, 0),
             preserve_ordering=batching.preserve_ordering,
+            shapes_vary=not config.input or any(t.optional or -1 in t.dims for t in config.input),
         )
 
     def level_for(self, priority: int) -> int:

@@ -22,7 +22,7 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -148,7 +148,9 @@ class Scheduler:
         level = policy.level_for(priority)
         now = time.perf_counter_ns()
         timeout_ns = policy.levels[level].timeout_ns(timeout_us)
-        key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items())) if policy.dynamic else 0
+        key: Hashable = 0
+        if policy.dynamic and policy.shapes_vary:
+            key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items()))
         future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
         item = Pending(
             rows,

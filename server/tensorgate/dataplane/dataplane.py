@@ -172,7 +172,7 @@ class DataPlane:
             model_version=str(model.version),
             id=request.id,
             outputs=outputs,
-            datatypes={n: model.spec.outputs[n].datatype.name for n in outputs},
+            datatypes=model.spec.output_datatypes,
         )
 
     async def _run(

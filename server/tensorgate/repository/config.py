@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -59,6 +59,8 @@ class ModelSpec:
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    # The v2 datatype name of every output, built once: a response carries it per output.
+    output_datatypes: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
@@ -81,4 +83,5 @@ class ModelSpec:
         ):
             if len(names) != len(declared):
                 raise ModelLoadError(f"config declares the same {kind} name more than once")
-        return cls(config.name, config.max_batch_size, inputs, outputs)
+        output_datatypes = {name: t.datatype.name for name, t in outputs.items()}
+        return cls(config.name, config.max_batch_size, inputs, outputs, output_datatypes)
