@@ -1,0 +1,121 @@
+"""Two revisions of tensorgate side by side: did a change make the server faster?
+
+On this VM a server's speed drifts 20-40 % within minutes, so a figure from before a change
+and one from after it do not compare. This starts the working tree's server and a base
+revision's (its `server/` exported with `git archive`, put first on PYTHONPATH) on the
+same repository, and measures them in turn, round after round, with perf_analyzer on
+add_sub: HTTP c=8 and c=32, gRPC unary c=32. It prints each round's new ÷ base ratio and
+their median; only the ratios mean anything.
+usage: python benchmarks/compare_revisions.py [--base REV] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, _run, _wait_ready
+
+# (protocol, concurrency) rows; ports are (gRPC, HTTP) per side.
+ROWS = (("http", 8), ("http", 32), ("grpc", 32))
+PORTS = {"new": (18801, 18811), "base": (18802, 18812)}
+
+
+def _export(rev: str, into: Path) -> Path:
+    """The revision's server package under `into`, ready for PYTHONPATH."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "server/tensorgate"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    target = into / rev.replace("/", "_")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target / "server"
+
+
+def _start(
+    side: str, repository: Path, log: Path, pythonpath: Path | None
+) -> subprocess.Popen[bytes]:
+    grpc_port, http_port = PORTS[side]
+    env = None if pythonpath is None else {**os.environ, "PYTHONPATH": str(pythonpath)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(repository),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            "-1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    _wait_ready(f"127.0.0.1:{grpc_port}")
+    return process
+
+
+def _measure(side: str, protocol: str, conc: int) -> float | None:
+    grpc_port, http_port = PORTS[side]
+    port = http_port if protocol == "http" else grpc_port
+    out = _run(["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", "add_sub", str(conc), protocol])
+    match = ROW.search(out)
+    print(
+        f"  {side:4s} {protocol} c={conc:<3d} {match.group(0) if match else 'FAILED'}", flush=True
+    )
+    return float(match.group(1)) if match else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD~1", help="the revision to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/tensorgate-compare"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    # The peer benchmark's repository: same models and configs as every other figure.
+    repository = args.workdir / "tensorgate"
+    if not repository.exists():
+        builder = ROOT / "benchmarks" / "peer_repository.py"
+        _run([sys.executable, str(builder), str(PEERS_DIR / "models"), str(repository)])
+    base_path = _export(args.base, args.workdir)
+    servers = [
+        _start("new", repository, args.workdir / "new.log", None),
+        _start("base", repository, args.workdir / "base.log", base_path),
+    ]
+    ratios: dict[tuple[str, int], list[float]] = {}
+    try:
+        for index in range(args.rounds):
+            print(f"== round {index + 1} of {args.rounds}", flush=True)
+            for protocol, conc in ROWS:
+                new = _measure("new", protocol, conc)
+                base = _measure("base", protocol, conc)
+                if new and base:
+                    ratios.setdefault((protocol, conc), []).append(new / base)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(30)
+    print(f"new (working tree) ÷ base ({args.base}), round by round and median:")
+    for (protocol, conc), values in ratios.items():
+        rounds = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {protocol} c={conc}: {rounds}; median {statistics.median(values):.2f}×")
+
+
+if __name__ == "__main__":
+    main()
