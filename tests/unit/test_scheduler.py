@@ -290,3 +290,28 @@ def test_close_lets_queued_requests_finish_then_refuses_new_ones() -> None:
         assert backend.batches == [[1], [2]]
 
     _run(BATCHING, [backend], body)
+
+
+def test_instance_whose_next_job_lookup_fails_reports_its_result_and_stays_usable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+
+    def broken_next_job() -> None:
+        raise RuntimeError("scheduler bug")
+
+    async def main() -> None:
+        pool = InstancePool[object]("m", [backend])  # type: ignore[list-item]
+        pool.pull_from(broken_next_job)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        for value in (1.0, 2.0):
+            done: asyncio.Future[object] = loop.create_future()
+            pool.run(lambda b, v=value: b.execute(_x(v)), done.set_result)
+            result = await asyncio.wait_for(done, 5)
+            assert result["Y"].tolist() == [[2 * value]]  # type: ignore[index]
+            assert pool.idle == 1
+        await asyncio.to_thread(pool.close)
+
+    asyncio.run(main())
+    assert "could not take its next job" in caplog.text
