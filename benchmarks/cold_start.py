@@ -14,6 +14,7 @@ import sys
 import time
 
 import tritonclient.grpc as grpcclient
+from run_peer_bench import serve_command  # beside this script
 
 
 def once(repo: str) -> float:
@@ -22,22 +23,7 @@ def once(repo: str) -> float:
         port = sock.getsockname()[1]
     started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            repo,
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "-1",
-            "--metrics-port",
-            "-1",
-        ],
+        serve_command(repo, port, -1, -1),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -16,11 +16,10 @@ import io
 import os
 import statistics
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
-from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, _run, _wait_ready
+from run_peer_bench import PEERS, ROOT, ROW, _run, _wait_ready, ensure_repository, serve_command
 
 # (protocol, concurrency) rows; ports are (gRPC, HTTP) per side.
 ROWS = (("http", 8), ("http", 32), ("grpc", 32))
@@ -46,22 +45,7 @@ def _start(
     grpc_port, http_port = PORTS[side]
     env = None if pythonpath is None else {**os.environ, "PYTHONPATH": str(pythonpath)}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--metrics-port",
-            "-1",
-        ],
+        serve_command(repository, grpc_port, http_port, -1),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -90,9 +74,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     # The peer benchmark's repository: same models and configs as every other figure.
     repository = args.workdir / "tensorgate"
-    if not repository.exists():
-        builder = ROOT / "benchmarks" / "peer_repository.py"
-        _run([sys.executable, str(builder), str(PEERS_DIR / "models"), str(repository)])
+    ensure_repository(repository)
     base_path = _export(args.base, args.workdir)
     servers = [
         _start("new", repository, args.workdir / "new.log", None),

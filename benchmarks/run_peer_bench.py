@@ -77,6 +77,36 @@ def _run(cmd: list[str], timeout: float = 600) -> str:
     return done.stdout + done.stderr
 
 
+def serve_command(
+    repository: Path | str, grpc_port: int | str, http_port: int | str, metrics_port: int | str
+) -> list[str]:
+    """`tensorgate serve` on loopback with these ports (-1 turns one off)."""
+    return [
+        sys.executable,
+        "-m",
+        "tensorgate",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
+
+
+def ensure_repository(repository: Path, batching: bool = True) -> None:
+    """tensorgate's repository of the peers' benchmark models, built once per workdir."""
+    if repository.exists():
+        return
+    args = [str(PEERS_DIR / "models"), str(repository), *([] if batching else ["--no-batching"])]
+    _run([sys.executable, str(ROOT / "benchmarks" / "peer_repository.py"), *args])
+
+
 def _wait_ready(url: str, seconds: float = 120) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -101,29 +131,9 @@ class Running:
         port = server.grpc.rsplit(":", 1)[1]
         if server.name.startswith("tensorgate"):
             repo = workdir / server.name
-            if not repo.exists():
-                args = [str(PEERS_DIR / "models"), str(repo)]
-                if server.name.endswith("nobatch"):
-                    args.append("--no-batching")
-                _run([sys.executable, str(ROOT / "benchmarks" / "peer_repository.py"), *args])
+            ensure_repository(repo, batching=not server.name.endswith("nobatch"))
             self._spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "tensorgate",
-                    "serve",
-                    "--model-repository",
-                    str(repo),
-                    "--host",
-                    "127.0.0.1",
-                    "--grpc-port",
-                    port,
-                    "--http-port",
-                    str(int(port) + 10),
-                    "--metrics-port",
-                    str(int(port) + 20),
-                    *extra_args,
-                ],
+                [*serve_command(repo, port, int(port) + 10, int(port) + 20), *extra_args],
                 workdir / f"{server.name}.log",
             )
         elif server.name.startswith("bare-grpc"):

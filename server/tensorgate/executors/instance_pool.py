@@ -40,21 +40,22 @@ def _no_next_job() -> None:
 class _Instance(Generic[T]):
     """One backend instance and the thread that runs it."""
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    def __init__(self, backend: Backend, name: str, report: Report[T]) -> None:
         self.backend = backend
         self.next_job: NextJob[T] = _no_next_job
-        self._jobs: queue.SimpleQueue[tuple[Job[T], Callable[..., Any], Report[T]] | None]
+        self._report = report
+        self._jobs: queue.SimpleQueue[tuple[Job[T], Callable[..., Any]] | None]
         self._jobs = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job[T], call_back: Callable[..., Any], report: Report[T]) -> None:
-        self._jobs.put((job, call_back, report))
+    def submit(self, job: Job[T], call_back: Callable[..., Any]) -> None:
+        self._jobs.put((job, call_back))
 
     def _serve(self) -> None:
         while (given := self._jobs.get()) is not None:
             job: Job[T] | None
-            job, call_back, report = given
+            job, call_back = given
             while job is not None:
                 work, done = job
                 result: T | BaseException
@@ -68,7 +69,7 @@ class _Instance(Generic[T]):
                     log.exception("%s could not take its next job", self._thread.name)
                     job = None
                 try:
-                    call_back(report, self, done, result, job is not None)
+                    call_back(self._report, self, done, result, job is not None)
                 except RuntimeError:  # the loop closed under us at shutdown
                     log.debug("result of %s dropped: event loop closed", self._thread.name)
 
@@ -85,7 +86,8 @@ class InstancePool(Generic[T]):
     def __init__(self, name: str, backends: list[Backend]) -> None:
         self.name = name
         self._instances = [
-            _Instance[T](backend, f"tg-{name}-{i}") for i, backend in enumerate(backends)
+            _Instance[T](backend, f"tg-{name}-{i}", self._report)
+            for i, backend in enumerate(backends)
         ]
         self._idle = list(self._instances)
 
@@ -111,7 +113,7 @@ class InstancePool(Generic[T]):
     def run(self, work: Work[T], done: Done[T]) -> None:
         """Run `work(backend)` on an idle instance; `done(result or exception)` on the loop."""
         instance = self._idle.pop()
-        instance.submit((work, done), asyncio.get_running_loop().call_soon_threadsafe, self._report)
+        instance.submit((work, done), asyncio.get_running_loop().call_soon_threadsafe)
 
     def _report(self, instance: _Instance[T], done: Done[T], result: Any, busy: bool) -> None:
         if not busy:
