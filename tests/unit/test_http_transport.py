@@ -1,4 +1,5 @@
-"""The HTTP server's connection layer: joined writes and hearing that a client hung up.
+"""The HTTP server's connection layer: joined writes, whole responses, request bodies read
+without receive(), and hearing that a client hung up.
 
 uvicorn's own protocol machinery runs here for real over an in-memory transport that records
 what would reach the socket; the end-to-end suite covers the same paths over loopback.
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from tensorgate.transport.asgi import DISCONNECT_EXTENSION, HttpProtocol, _CoalescedWrites
+from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol, _CoalescedWrites
 from tensorgate.transport.rest.app import Disconnected, _unless_disconnected
 from uvicorn.server import ServerState
 
@@ -110,12 +111,129 @@ async def test_a_response_reaches_the_socket_as_a_single_write() -> None:
     )
 
 
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _responding_app(
+    status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"hello"
+) -> tuple[Any, list[bool]]:
+    """An app that answers through the connection's `respond`; records what it returned."""
+    answered: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        connection = scope["extensions"][CONNECTION_EXTENSION]
+        extra = [*headers, (b"content-length", str(len(body)).encode())]
+        done = connection.respond(scope, status, extra, body)
+        answered.append(done)
+        if not done:
+            await send({"type": "http.response.start", "status": status, "headers": extra})
+            await send({"type": "http.response.body", "body": body})
+
+    return app, answered
+
+
+@in_loop
+async def test_respond_sends_the_whole_response_in_one_write_and_keeps_the_connection() -> None:
+    app, answered = _responding_app(headers=((b"x-one", b"1"),))
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST)
+    await _settle()
+    protocol.data_received(REQUEST)
+    await _settle()
+    assert answered == [True, True] and len(transport.writes) == 2
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nx-one: 1\r\n" in head
+    assert b"content-length: 5" in head and body == b"hello"
+    assert not transport.closed
+
+
+@in_loop
+async def test_respond_with_connection_close_closes_after_the_write() -> None:
+    app, answered = _responding_app(413, ((b"connection", b"close"),))
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST)
+    await _settle()
+    assert answered == [True] and transport.closed
+    assert transport.writes[0].startswith(b"HTTP/1.1 413 ")
+    assert transport.writes[0].count(b"connection: close") == 1
+
+
+@in_loop
+async def test_respond_to_a_client_that_asked_to_close_says_so_and_closes() -> None:
+    app, answered = _responding_app()
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    await _settle()
+    assert answered == [True] and transport.closed
+    assert transport.writes[0].count(b"connection: close") == 1
+
+
+@in_loop
+async def test_respond_to_head_sends_the_headers_only() -> None:
+    app, answered = _responding_app()
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST.replace(b"GET", b"HEAD"))
+    await _settle()
+    assert answered == [True]
+    assert transport.writes[0].endswith(b"content-length: 5\r\n\r\n")
+
+
+@in_loop
+async def test_respond_leaves_a_client_that_stopped_reading_to_asgi_send() -> None:
+    app, answered = _responding_app()
+    protocol, transport = _connection(app)
+    protocol.pause_writing()  # the socket buffer is full: send waits for it to drain
+    protocol.data_received(REQUEST)
+    await _settle()
+    assert answered == [False] and transport.writes == []
+    protocol.resume_writing()
+    await _settle()
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(
+        b"hello"
+    )
+
+
+@in_loop
+async def test_respond_leaves_a_header_value_uvicorn_refuses_to_asgi_send() -> None:
+    app, answered = _responding_app(headers=((b"x-bad", b"a\x01b"),))
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST)
+    await _settle()
+    assert answered == [False]  # uvicorn's send then refuses it: a 500, nothing of the value
+    assert b"\x01" not in b"".join(transport.writes)
+
+
+@in_loop
+async def test_the_body_is_taken_from_the_connection_once_it_has_all_arrived() -> None:
+    seen: list[bytes | None] = []
+    arrived = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        connection = scope["extensions"][CONNECTION_EXTENSION]
+        seen.append(connection.body(scope))  # only the first half is here yet
+        await arrived.wait()
+        seen.append(connection.body(scope))
+        connection.respond(scope, 204, [(b"content-length", b"0")], b"")
+
+    protocol, transport = _connection(app)
+    head = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n"
+    protocol.data_received(head + b"abc")
+    await _settle()
+    protocol.data_received(b"def")
+    arrived.set()
+    await _settle()
+    assert seen == [None, b"abcdef"]
+    assert transport.writes[0].startswith(b"HTTP/1.1 204 ")
+
+
 @in_loop
 async def test_hang_up_cancels_the_waiting_request_through_the_scope_extension() -> None:
     outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        assert isinstance(scope["extensions"][DISCONNECT_EXTENSION], HttpProtocol)
+        assert isinstance(scope["extensions"][CONNECTION_EXTENSION], HttpProtocol)
         try:
             await _unless_disconnected(asyncio.sleep(30), scope, receive)
         except Disconnected:
@@ -135,7 +253,7 @@ async def test_hang_up_cancels_the_waiting_request_through_the_scope_extension()
 async def test_a_client_gone_before_the_wait_starts_cancels_it_at_once() -> None:
     protocol, _ = _connection(None)
     protocol.connection_lost(None)
-    scope = {"extensions": {DISCONNECT_EXTENSION: protocol}}
+    scope = {"extensions": {CONNECTION_EXTENSION: protocol}}
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("the extension answers; receive() is not needed")
@@ -147,7 +265,7 @@ async def test_a_client_gone_before_the_wait_starts_cancels_it_at_once() -> None
 @in_loop
 async def test_other_cancellations_pass_through_untouched() -> None:
     protocol, _ = _connection(None)
-    scope = {"extensions": {DISCONNECT_EXTENSION: protocol}}
+    scope = {"extensions": {CONNECTION_EXTENSION: protocol}}
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("not called")

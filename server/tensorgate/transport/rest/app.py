@@ -22,7 +22,7 @@ from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
 from tensorgate.observability.context import begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
-from tensorgate.transport.asgi import DISCONNECT_EXTENSION
+from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
 from tensorgate.transport.rest.routes import NoRoute, Route, Router
 from tensorgate.transport.rest.static import StaticFiles
@@ -175,6 +175,9 @@ class RestApp:
             call = begin_call(None)
         extra.append((b"x-request-id", call.request_id.encode("latin-1")))
         extra.append((b"content-length", str(len(payload)).encode()))
+        connection = _connection(scope)
+        if connection is not None and connection.respond(scope, status, extra, payload):
+            return
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
 
@@ -204,7 +207,7 @@ class RestApp:
             content, content_type = self.static.get(path)
             return 200, content, [(b"content-type", content_type), (b"cache-control", b"no-cache")]
         route, params = self.router.match(verb, path)
-        body = await self._read_body(receive, headers)
+        body = await self._read_body(scope, receive, headers)
         if route.method.name == "ModelInfer":
             return await self._infer(params, body, headers, scope, receive)
         return await self._call(route, params, body)
@@ -220,13 +223,23 @@ class RestApp:
             (b"access-control-max-age", b"600"),
         ]
 
-    async def _read_body(self, receive: Receive, headers: RequestHeaders) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive, headers: RequestHeaders) -> bytes:
         limit = self.max_body_bytes
         if headers.content_length > limit:
             raise PayloadTooLarge(
                 f"request body of {headers.content_length} bytes exceeds the limit of "
                 f"{limit} bytes (--http-max-body-bytes)"
             )
+        connection = _connection(scope)
+        arrived = connection.body(scope) if connection is not None else None
+        if arrived is not None:
+            # Content-Length was checked above and the parser stops at it; only a chunked
+            # body can be longer than its (absent) header says.
+            if len(arrived) > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            if headers.content_encoding:
+                return _decompress(arrived, headers.content_encoding, limit)
+            return arrived
         message = await receive()
         if message["type"] == "http.disconnect":
             raise Disconnected
@@ -351,6 +364,12 @@ def _compress(payload: bytes, accepted: bytes, headers: list[tuple[bytes, bytes]
     return compressor.compress(payload) + compressor.flush()
 
 
+def _connection(scope: Scope) -> HttpProtocol | None:
+    """The request's connection when tensorgate's own HTTP server runs the app."""
+    extensions = scope.get("extensions")
+    return extensions.get(CONNECTION_EXTENSION) if extensions else None
+
+
 async def _unless_disconnected(work: Awaitable[T], scope: Scope, receive: Receive) -> T:
     """Await `work`, cancelling it if the client disconnects first.
 
@@ -360,8 +379,7 @@ async def _unless_disconnected(work: Awaitable[T], scope: Scope, receive: Receiv
     """
     task = asyncio.current_task()
     assert task is not None
-    extensions = scope.get("extensions")
-    connection = extensions.get(DISCONNECT_EXTENSION) if extensions else None
+    connection: HttpProtocol | _ReceivedDisconnect | None = _connection(scope)
     if connection is None:
         connection = _ReceivedDisconnect(receive)
     connection.cancel_on_disconnect(task)
