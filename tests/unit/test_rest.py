@@ -165,6 +165,58 @@ def test_binary_data_size_must_be_a_non_negative_integer(size: Any, message: str
         decode_infer_request(body, length, "m", "")
 
 
+_BINARY_INPUT = {
+    "name": "X",
+    "shape": [1, 2],
+    "datatype": "FP32",
+    "parameters": {"binary_data_size": 8},
+}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "blob", "message"),
+    [
+        ([_BINARY_INPUT, _BINARY_INPUT], b"\0" * 16, "input 'X' appears more than once"),
+        ([_BINARY_INPUT], b"\0" * 4, "declares 8 bytes of binary data at offset 0, but the body"),
+        (
+            [{**_BINARY_INPUT, "shape": [1, 3]}],
+            b"\0" * 8,
+            r"has 8 bytes of raw content, but shape \[1, 3\] of FP32 needs 12",
+        ),
+        ([{**_BINARY_INPUT, "shape": [2, -1]}], b"\0" * 8, "negative dimension in shape"),
+        ([{**_BINARY_INPUT, "shape": [1.0, 2]}], b"\0" * 8, "shape must be an array of integ"),
+        ([{**_BINARY_INPUT, "datatype": "FP8"}], b"\0" * 8, "unknown datatype 'FP8'"),
+        (
+            [{**_BINARY_INPUT, "parameters": {"binary_data_size": 8, "a": [1]}}],
+            b"\0" * 8,
+            "parameters.a must be a boolean",
+        ),
+        ([_BINARY_INPUT], b"\0" * 12, "12 bytes of binary data but the inputs' binary_data_size"),
+    ],
+)
+def test_bad_binary_inputs_are_rejected_with_the_reason(
+    inputs: list[Any], blob: bytes, message: str
+) -> None:
+    body, length = _binary_body({"inputs": inputs}, blob)
+    with pytest.raises(InvalidArgument, match=message):
+        decode_infer_request(body, length, "m", "")
+
+
+def test_binary_inputs_with_extra_parameters_keep_them_and_decode_the_same() -> None:
+    plain = {"name": "A", "shape": [2], "datatype": "INT32", "parameters": {"binary_data_size": 8}}
+    extra = {**plain, "name": "B", "parameters": {"binary_data_size": 8, "note": "x"}}
+    blob = np.array([3, -4], np.int32).tobytes()
+    outputs = [{"name": "Y", "parameters": {"binary_data": False}}, {"name": "Z"}]
+    body, length = _binary_body({"inputs": [plain, extra], "outputs": outputs}, blob, blob)
+    decoded = decode_infer_request(body, length, "m", "")
+    request = decoded.request
+    for name in ("A", "B"):
+        np.testing.assert_array_equal(request.inputs[name], [3, -4])
+        assert request.inputs[name].dtype == np.int32 and request.datatypes[name] == "INT32"
+    assert request.requested_outputs == ["Y", "Z"]
+    assert decoded.binary_outputs == {"Y": False}
+
+
 def test_config_json_has_numbers_proto_names_and_defaults() -> None:
     config = mc.ModelConfig(name="m", max_batch_size=8)
     config.input.add(name="X", data_type=mc.TYPE_FP32, dims=[3, 2**40])

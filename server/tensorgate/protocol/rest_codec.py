@@ -162,6 +162,39 @@ def array_from_json(name: str, data: Any, datatype: datatypes.DataType, shape: l
     return probe.astype(datatype.numpy, copy=False).reshape(shape)
 
 
+def _binary_input(tensor: Any, binary: memoryview, offset: int, request: InferRequest) -> int:
+    """The common input, decoded with the fewest steps: -1 when it is anything else.
+
+    That is an object with a string name not seen before, a fixed-size datatype, a shape of
+    non-negative integers and `parameters` holding only a `binary_data_size` that matches
+    the shape and fits in the body. Everything else (JSON data, BYTES, every error) goes
+    through `_input`, which names what is wrong; both give the same result here.
+    """
+    if type(tensor) is not dict or "data" in tensor:
+        return -1
+    name, type_name, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    params = tensor.get("parameters")
+    if type(name) is not str or type(type_name) is not str or type(shape) is not list:
+        return -1
+    if type(params) is not dict or len(params) != 1 or name in request.inputs:
+        return -1
+    datatype = datatypes.BY_NAME.get(type_name)
+    size = params.get("binary_data_size")
+    if datatype is None or not datatype.itemsize or type(size) is not int:
+        return -1
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            return -1
+        count *= dim
+    end = offset + size
+    if count * datatype.itemsize != size or end > len(binary):
+        return -1
+    request.inputs[name] = np.frombuffer(binary[offset:end], datatype.numpy).reshape(shape)
+    request.datatypes[name] = type_name
+    return end
+
+
 def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: InferRequest) -> int:
     """Decode one input into `request`; returns the new offset into the binary section."""
     name, datatype, shape = _tensor_header(tensor, index)
@@ -215,6 +248,14 @@ def _outputs(value: Any, decoded: RestInferRequest) -> None:
         _expect(value, list, "outputs", "an array")
     names: list[str] = []
     for index, tensor in enumerate(value):
+        if type(tensor) is dict:  # the common entry, {"name", "parameters": {"binary_data"}}
+            name, params = tensor.get("name"), tensor.get("parameters")
+            if type(name) is str and type(params) is dict and len(params) == 1:
+                binary = params.get("binary_data")
+                if type(binary) is bool:
+                    decoded.binary_outputs[name] = binary
+                    names.append(name)
+                    continue
         name = _tensor_name(tensor, "outputs", index)
         params = tensor.get("parameters")
         if params:
@@ -265,7 +306,8 @@ def decode_infer_request(
         _expect(inputs, list, "inputs", "an array of input tensors")
     offset = 0
     for index, tensor in enumerate(inputs):
-        offset = _input(tensor, index, binary, offset, request)
+        end = _binary_input(tensor, binary, offset, request)
+        offset = end if end >= 0 else _input(tensor, index, binary, offset, request)
     if offset != len(binary):
         raise InvalidArgument(
             f"the body has {len(binary)} bytes of binary data but the inputs' "
