@@ -48,11 +48,17 @@ class Staging:
         return merged
 
     def detach(self, outputs: dict[str, Array]) -> dict[str, Array]:
-        """Outputs that do not share memory with the staging buffers."""
+        """Outputs that do not share memory with the staging buffers.
+
+        `may_share_memory` compares address ranges only; an output it cannot clear is
+        copied, which is never wrong. `shares_memory`'s exact answer cost more per batch than
+        the rare needless copy.
+        """
         buffers = self._buffers.values()
         return {
             name: array.copy()
-            if isinstance(array, np.ndarray) and any(np.shares_memory(array, b) for b in buffers)
+            if isinstance(array, np.ndarray)
+            and any(np.may_share_memory(array, b) for b in buffers)
             else array
             for name, array in outputs.items()
         }
