@@ -100,6 +100,19 @@ def test_requests_queued_behind_a_busy_instance_run_as_one_batch() -> None:
     _run(BATCHING, [backend], body)
 
 
+def test_requests_arriving_together_at_an_idle_instance_run_as_one_batch() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+
+    async def body(scheduler: Scheduler) -> None:
+        # Tasks started in one loop iteration, as uvicorn starts the requests of one read.
+        results = await asyncio.gather(*(scheduler.submit(_x(v), 1) for v in (1, 2, 3)))
+        assert [r.outputs["Y"].reshape(-1).tolist() for r in results] == [[2], [4], [6]]
+        assert backend.batches == [[1, 2, 3]]
+
+    _run(BATCHING, [backend], body)
+
+
 def _block_loop_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     """Hold the event loop (deliberately) while instance threads run, polling `condition`."""
     deadline = time.monotonic() + seconds

@@ -1,9 +1,15 @@
 """A model's scheduler: the asyncio side of the batching policy.
 
 Event-driven rather than a loop of its own: a batch is cut whenever something can change the
-answer (a request arrives, an instance finishes, a delay or timeout falls due), so an idle
-instance with a waiting request never costs an extra trip through the event loop. Requests
-are arrays plus their row count; the scheduler knows nothing of gRPC or HTTP.
+answer (a request arrives, an instance finishes, a delay or timeout falls due). Requests are
+arrays plus their row count; the scheduler knows nothing of gRPC or HTTP.
+
+An arriving request does not cut a batch at once: it asks for one cut at the end of the
+loop's current pass (`call_soon`, once however many arrive). Requests that arrive together
+(the HTTP requests of one socket read, the gRPC calls of one completion round) then leave as
+one batch, where cutting at once sent the first alone to an idle instance and the rest
+after it. Every batch costs two thread hand-offs whatever its size, so on add_sub this cut
+CPU per request by about a sixth. The wait is one pass of the loop, not a timer.
 
 A request whose caller is cancelled (client gone, deadline passed) leaves the queue and is
 never executed; if its batch is already running, its result is dropped.
@@ -126,6 +132,7 @@ class Scheduler:
         self._drained: asyncio.Future[None] | None = None
         self._staging: dict[int, Staging] = {}  # per instance, keyed by id(backend)
         self._lock = threading.Lock()  # the queue and _running, shared with instance threads
+        self._schedule_pending = False
         pool.pull_from(self._pull)
 
     @property
@@ -163,7 +170,9 @@ class Scheduler:
         with self._lock:
             self.queue.push(item)
             self._seq += 1
-            self._schedule_locked()
+        if not self._schedule_pending:
+            self._schedule_pending = True
+            asyncio.get_running_loop().call_soon(self._schedule_soon)
         try:
             return await future
         except asyncio.CancelledError:
@@ -179,6 +188,10 @@ class Scheduler:
     def _schedule(self) -> None:
         with self._lock:
             self._schedule_locked()
+
+    def _schedule_soon(self) -> None:
+        self._schedule_pending = False
+        self._schedule()
 
     def _schedule_locked(self) -> None:
         queue = self.queue
