@@ -57,8 +57,7 @@ class Staging:
         buffers = self._buffers.values()
         return {
             name: array.copy()
-            if isinstance(array, np.ndarray)
-            and any(np.may_share_memory(array, b) for b in buffers)
+            if isinstance(array, np.ndarray) and any(np.may_share_memory(array, b) for b in buffers)
             else array
             for name, array in outputs.items()
         }
