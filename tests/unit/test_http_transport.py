@@ -150,6 +150,18 @@ async def test_respond_sends_the_whole_response_in_one_write_and_keeps_the_conne
 
 
 @in_loop
+async def test_respond_sends_a_large_body_whole_after_its_head() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB: written beside the head, not joined to it
+    app, answered = _responding_app(body=body)
+    protocol, transport = _connection(app)
+    protocol.data_received(REQUEST)
+    await _settle()
+    sent = b"".join(transport.writes)
+    assert answered == [True] and sent.endswith(b"\r\n\r\n" + body)
+    assert b"content-length: 262144\r\n" in sent
+
+
+@in_loop
 async def test_respond_with_connection_close_closes_after_the_write() -> None:
     app, answered = _responding_app(413, ((b"connection", b"close"),))
     protocol, transport = _connection(app)
