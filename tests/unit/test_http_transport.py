@@ -134,14 +134,24 @@ def _responding_app(
     return app, answered
 
 
+async def _respond_once(
+    request: bytes = REQUEST, **app_kwargs: Any
+) -> tuple[list[bool], RecordingTransport]:
+    """One request on a fresh connection to `_responding_app(**app_kwargs)`, answered."""
+    app, answered = _responding_app(**app_kwargs)
+    protocol, transport = _connection(app)
+    protocol.data_received(request)
+    await _settle()
+    return answered, transport
+
+
 @in_loop
 async def test_respond_sends_the_whole_response_in_one_write_and_keeps_the_connection() -> None:
     app, answered = _responding_app(headers=((b"x-one", b"1"),))
     protocol, transport = _connection(app)
-    protocol.data_received(REQUEST)
-    await _settle()
-    protocol.data_received(REQUEST)
-    await _settle()
+    for _ in range(2):
+        protocol.data_received(REQUEST)
+        await _settle()
     assert answered == [True, True] and len(transport.writes) == 2
     head, _, body = transport.writes[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nx-one: 1\r\n" in head
@@ -152,10 +162,7 @@ async def test_respond_sends_the_whole_response_in_one_write_and_keeps_the_conne
 @in_loop
 async def test_respond_sends_a_large_body_whole_after_its_head() -> None:
     body = bytes(range(256)) * 1024  # 256 KiB: written beside the head, not joined to it
-    app, answered = _responding_app(body=body)
-    protocol, transport = _connection(app)
-    protocol.data_received(REQUEST)
-    await _settle()
+    answered, transport = await _respond_once(body=body)
     sent = b"".join(transport.writes)
     assert answered == [True] and sent.endswith(b"\r\n\r\n" + body)
     assert b"content-length: 262144\r\n" in sent
@@ -163,10 +170,7 @@ async def test_respond_sends_a_large_body_whole_after_its_head() -> None:
 
 @in_loop
 async def test_respond_with_connection_close_closes_after_the_write() -> None:
-    app, answered = _responding_app(413, ((b"connection", b"close"),))
-    protocol, transport = _connection(app)
-    protocol.data_received(REQUEST)
-    await _settle()
+    answered, transport = await _respond_once(status=413, headers=((b"connection", b"close"),))
     assert answered == [True] and transport.closed
     assert transport.writes[0].startswith(b"HTTP/1.1 413 ")
     assert transport.writes[0].count(b"connection: close") == 1
@@ -174,20 +178,16 @@ async def test_respond_with_connection_close_closes_after_the_write() -> None:
 
 @in_loop
 async def test_respond_to_a_client_that_asked_to_close_says_so_and_closes() -> None:
-    app, answered = _responding_app()
-    protocol, transport = _connection(app)
-    protocol.data_received(REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
-    await _settle()
+    answered, transport = await _respond_once(
+        REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
     assert answered == [True] and transport.closed
     assert transport.writes[0].count(b"connection: close") == 1
 
 
 @in_loop
 async def test_respond_to_head_sends_the_headers_only() -> None:
-    app, answered = _responding_app()
-    protocol, transport = _connection(app)
-    protocol.data_received(REQUEST.replace(b"GET", b"HEAD"))
-    await _settle()
+    answered, transport = await _respond_once(REQUEST.replace(b"GET", b"HEAD"))
     assert answered == [True]
     assert transport.writes[0].endswith(b"content-length: 5\r\n\r\n")
 
@@ -209,10 +209,7 @@ async def test_respond_leaves_a_client_that_stopped_reading_to_asgi_send() -> No
 
 @in_loop
 async def test_respond_leaves_a_header_value_uvicorn_refuses_to_asgi_send() -> None:
-    app, answered = _responding_app(headers=((b"x-bad", b"a\x01b"),))
-    protocol, transport = _connection(app)
-    protocol.data_received(REQUEST)
-    await _settle()
+    answered, transport = await _respond_once(headers=((b"x-bad", b"a\x01b"),))
     assert answered == [False]  # uvicorn's send then refuses it: a 500, nothing of the value
     assert b"\x01" not in b"".join(transport.writes)
 

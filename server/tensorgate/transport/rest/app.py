@@ -231,31 +231,11 @@ class RestApp:
                 f"{limit} bytes (--http-max-body-bytes)"
             )
         connection = _connection(scope)
-        arrived = connection.body(scope) if connection is not None else None
-        if arrived is not None:
-            # Content-Length was checked above and the parser stops at it; only a chunked
-            # body can be longer than its (absent) header says.
-            if len(arrived) > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            if headers.content_encoding:
-                return _decompress(arrived, headers.content_encoding, limit)
-            return arrived
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Disconnected
-        body: bytes = message.get("body", b"")
-        if message.get("more_body"):
-            chunks, size = [body], len(body)
-            while message.get("more_body"):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise Disconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
-            body = b"".join(chunks)
+        body = connection.body(scope) if connection is not None else None
+        if body is None:
+            body = await _received_body(receive, limit)
+        elif len(body) > limit:  # only a chunked body can outgrow its (absent) Content-Length
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         if headers.content_encoding:
             body = _decompress(body, headers.content_encoding, limit)
         return body
@@ -362,6 +342,27 @@ def _compress(payload: bytes, accepted: bytes, headers: list[tuple[bytes, bytes]
     else:
         return payload
     return compressor.compress(payload) + compressor.flush()
+
+
+async def _received_body(receive: Receive, limit: int) -> bytes:
+    """The body through ASGI `receive()`, refused as soon as it passes `limit` bytes."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    chunks, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _connection(scope: Scope) -> HttpProtocol | None:
