@@ -113,6 +113,64 @@ def test_requests_arriving_together_at_an_idle_instance_run_as_one_batch() -> No
     _run(BATCHING, [backend], body)
 
 
+class SlowWakePool(InstancePool[object]):
+    """Instances whose threads start only when the test says: a thread waiting for the GIL."""
+
+    def __init__(self, name: str, backends: list[Any]) -> None:
+        super().__init__(name, backends)
+        self.held: list[tuple[Any, Any]] = []
+
+    def run(self, work: Any, done: Any) -> None:
+        self.held.append((work, done))
+
+    def wake(self) -> None:
+        held, self.held = self.held, []
+        for work, done in held:
+            super().run(work, done)
+
+
+def test_requests_arriving_while_an_instance_wakes_join_its_batch() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    policy = BatchingPolicy.from_config(parse_config(BATCHING), 8)
+
+    async def main() -> None:
+        pool = SlowWakePool("m", [backend])
+        scheduler = Scheduler("m", policy, pool)  # type: ignore[arg-type]
+        first = asyncio.create_task(scheduler.submit(_x(1), 1))
+        await asyncio.sleep(0.01)
+        assert len(pool.held) == 1  # the instance is woken for X=1 but has not started
+        rest = [asyncio.create_task(scheduler.submit(_x(v), 1)) for v in (2, 3)]
+        await asyncio.sleep(0.01)
+        assert len(pool.held) == 1  # one wake at a time
+        pool.wake()
+        results = await asyncio.gather(first, *rest)
+        assert [r.outputs["Y"].tolist() for r in results] == [[[2]], [[4]], [[6]]]
+        assert backend.batches == [[1, 2, 3]]
+        await scheduler.close()
+
+    asyncio.run(main())
+
+
+def test_an_instance_that_leaves_requests_queued_gets_a_free_instance_woken() -> None:
+    backends = [GatedBackend(), GatedBackend()]
+
+    async def body(scheduler: Scheduler) -> None:
+        tasks = [asyncio.create_task(scheduler.submit(_x(v), 1)) for v in (1, 2, 3, 4)]
+        # Both gated instances must be running, two requests each (max_batch_size 2).
+        for backend in backends:
+            await _started(backend)
+        for backend in backends:
+            backend.gate.set()
+        await asyncio.gather(*tasks)
+        assert sorted(b for backend in backends for b in map(tuple, backend.batches)) == [
+            (1, 2),
+            (3, 4),
+        ]
+
+    _run("max_batch_size: 2 dynamic_batching {}", backends, body)
+
+
 def _block_loop_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     """Hold the event loop (deliberately) while instance threads run, polling `condition`."""
     deadline = time.monotonic() + seconds
