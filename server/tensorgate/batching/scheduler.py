@@ -19,8 +19,8 @@ the loop wakes it. A thread needs the GIL to start, and a busy loop lets go of i
 it runs out of work: under load a woken thread waits hundreds of microseconds, while
 requests keep arriving. Taken at the start, the batch holds them too; cut when the thread
 was woken, it held only those queued then, and the rest waited for another batch. On
-add_sub under HTTP load this doubled the average batch (3.3 to 6.7 requests at 8 clients,
-13 to 24 at 32). The loop wakes one instance at a time; one that takes its batch and
+add_sub under HTTP load this doubled the average batch (3.4 to 6.5 requests at 8 clients,
+13 to 22 at 32). The loop wakes one instance at a time; one that takes its batch and
 leaves requests behind asks the loop to wake another if one is free.
 
 An instance that finishes a batch cuts its next one itself, on its own thread, before it
@@ -241,7 +241,7 @@ class Scheduler:
                 self._waking = True
                 self._running += 1
                 self._loop = asyncio.get_running_loop()
-                pool.run(self._start, self._started)
+                pool.run(self._start, self._job_done)
             else:
                 wake = plan.wait_until_ns
         due = queue.next_timeout_ns()
@@ -283,7 +283,7 @@ class Scheduler:
             self._loop.call_soon_threadsafe(self._schedule)
         return _run_job(job, backend)
 
-    def _started(self, ran: _Ran | BaseException) -> None:
+    def _job_done(self, ran: _Ran | BaseException) -> None:
         """On the loop: an instance's job is over; deliver its batch's outcome."""
         if isinstance(ran, BaseException):  # _start itself failed: a bug, but keep serving
             log.error("model %s: an instance could not take its batch", self.name, exc_info=ran)
@@ -323,7 +323,7 @@ class Scheduler:
             if job is None:
                 return None
             self._running += 1
-        return partial(_run_job, job), self._started
+        return partial(_run_job, job), self._job_done
 
     def _finished(
         self, batch: list[Pending], dispatched_ns: int, result: _Executed | BaseException
