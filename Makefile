@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-compare clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ bench-http: $(INSTALLED)
 bench-http-cpu: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/http_inprocess.py
+
+# How long a batch waits between the event loop and its instance thread, under HTTP load.
+bench-handoff: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/handoff_latency.py
 
 # The working tree against a base revision (BASE, default HEAD~1), both serving at once and
 # measured in turn: did a change make the server faster? (about 7 minutes)
