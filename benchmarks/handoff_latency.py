@@ -109,8 +109,7 @@ def _serve(argv: list[str]) -> None:
     _instrument(Path(os.environ["HANDOFF_OUT"]))
     from tensorgate.cli import main
 
-    sys.argv = ["tensorgate", *argv]
-    main()
+    sys.exit(main(argv))
 
 
 def _summary(stats: dict[str, list[int]], seconds: float) -> dict[str, Any]:
