@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from run_peer_bench import PEERS_DIR, ensure_repository, serve_command
+from run_peer_bench import PEERS_DIR, _wait_ready, ensure_repository, serve_command
 
 PORTS = (18731, 18732, 18733)  # gRPC, HTTP, metrics
 
@@ -151,7 +151,7 @@ def _measure(
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready")
+            _wait_ready(f"127.0.0.1:{grpc_port}")
             load = subprocess.Popen(
                 [
                     str(PEERS_DIR / "bin" / "perf_analyzer"),
@@ -184,19 +184,6 @@ def _wait(ready: Callable[[], bool], seconds: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"not ready after {seconds} s")
         time.sleep(0.1)
-
-
-def _wait_http(url: str) -> None:
-    import urllib.request
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    _wait(ready, 120)
 
 
 def main() -> None:

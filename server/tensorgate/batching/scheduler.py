@@ -240,7 +240,7 @@ class Scheduler:
                 # The instance takes its batch when its thread starts, not now: see _start.
                 self._waking = True
                 self._running += 1
-                self._loop = asyncio.get_running_loop()
+                self._loop = self._loop or asyncio.get_running_loop()
                 pool.run(self._start, self._job_done)
             else:
                 wake = plan.wait_until_ns

@@ -347,10 +347,7 @@ def encode_infer_response(
         datatype = response.datatypes[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
         if binary_outputs.get(name, binary_by_default):
-            if datatype == "BYTES" or array.dtype != datatypes.BY_NAME[datatype].numpy:
-                blob = array_to_raw(array, datatypes.BY_NAME[datatype])
-            else:  # the common case, already in the wire's dtype: array_to_raw's one copy
-                blob = array.tobytes()
+            blob = array_to_raw(array, datatypes.BY_NAME[datatype])
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -55,7 +55,7 @@ def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:
         return serialize_bytes(array)
     if array.dtype != datatype.numpy:
         array = array.astype(datatype.numpy)
-    return array.tobytes(order="C")
+    return array.tobytes()  # C order, the default
 
 
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
