@@ -85,10 +85,11 @@ class Servers:
         self.grpc.health_changed()
 
     def _live_versions(self) -> list[tuple[str, int, int, int]]:
-        return [
-            (m.name, m.version, m.scheduler.queued, m.scheduler.running)
-            for m in self.dataplane.loaded_versions()
-        ]
+        live = []
+        for m in self.dataplane.loaded_versions():
+            status = m.runner.status()
+            live.append((m.name, m.version, status.queued, status.executing))
+        return live
 
     async def start(self) -> dict[str, int]:
         """Bind every port (PortInUse if one is busy); nothing is ready yet."""
@@ -108,7 +109,9 @@ class Servers:
         models loaded). Returns the models that failed."""
         settings, repository = self.settings, self.repository
         names = models_to_load(settings, repository.scan())
-        results = await asyncio.gather(*(repository.load(n) for n in names), return_exceptions=True)
+        results = await asyncio.gather(
+            *(repository.ensure_loaded(n) for n in names), return_exceptions=True
+        )
         failed = [
             (n, r) for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
         ]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import enum
 
+# What a client is told about a bug; the details go to the server log only.
+INTERNAL_MESSAGE = "internal error; the server log has the details"
+
 
 class ErrorKind(enum.Enum):
     """What went wrong, independent of the wire protocol that carries it."""

@@ -23,6 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.e2e.models import build_test_repository
+from tests.e2e.stream_models import build_stream_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,3 +161,18 @@ def client(server: Server) -> Iterator[grpcclient.InferenceServerClient]:
     client = grpcclient.InferenceServerClient(server.url)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def counter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the repeat model counts its generator's steps and closes."""
+    return tmp_path_factory.mktemp("counter") / "repeat.log"
+
+
+@pytest.fixture(scope="session")
+def stream_server(tmp_path_factory: pytest.TempPathFactory, counter: Path) -> Iterator[Server]:
+    """A server of the decoupled and sequence models (refused configs make it not ready)."""
+    root = tmp_path_factory.mktemp("stream_repo")
+    build_stream_repository(root, counter)
+    with serving(root, tmp_path_factory, "--no-strict-readiness") as server:
+        yield server

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tensorgate.dataplane.types import Array
 from tensorgate.proto import model_config_pb2 as mc
+
+if TYPE_CHECKING:
+    from tensorgate.dataplane.calls import ModelCalls
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,8 @@ class InstanceContext:
     config: mc.ModelConfig
     device: str  # "cpu" or "cuda:<id>"
     intra_op_threads: int
+    index: int = 0  # which instance of the version this is
+    calls: ModelCalls | None = None  # how model code calls other models (BLS)
 
 
 class Backend(Protocol):
@@ -65,3 +70,15 @@ class BackendFactory(Protocol):
     def create(self, context: InstanceContext) -> Backend:
         """Load one instance. Raises ModelLoadError with a reason the user can act on."""
         ...
+
+
+class ResponseSender(Protocol):
+    """Where a decoupled model pushes a request's responses, from any of its threads.
+
+    `send` blocks while the client is behind on reading (backpressure); once the client has
+    cancelled or gone away it returns at once and the response is dropped.
+    """
+
+    def send(self, outputs: dict[str, Array] | None, final: bool) -> None: ...
+
+    def is_cancelled(self) -> bool: ...

@@ -10,16 +10,24 @@ The contract is plain numpy in, numpy out:
         def unload(self):                   # optional
             ...
 
-BYTES tensors arrive as object arrays of `bytes`; outputs may hold bytes or str.
+BYTES tensors arrive as object arrays of `bytes`; outputs may hold bytes or str. A decoupled
+model (`model_transaction_policy { decoupled: true }`) makes `execute` a generator, or an
+async generator, of output dicts: each one is a response, sent as it is yielded.
+
+A `model.py` that defines Triton's `TritonPythonModel` instead is served by the Triton
+adapter (backends/triton_python.py), unchanged.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from types import ModuleType
 from typing import Any
 
+from tensorgate.backends import triton_utils
 from tensorgate.backends.base import InstanceContext, ModelSignature
+from tensorgate.backends.triton_python import TritonPythonInstance
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError
 
@@ -38,28 +46,35 @@ class PythonModel:
         """Release resources."""
 
 
+def import_model_file(context: InstanceContext) -> ModuleType:
+    """Import the version's model.py as a module of its own (Triton's utils importable)."""
+    if not context.config.input or not context.config.output:
+        raise ModelLoadError("a Python model needs a config.pbtxt listing inputs and outputs")
+    sys.modules.setdefault("triton_python_backend_utils", triton_utils)
+    module_name = f"tensorgate_models.{context.model_name}.v{context.version}"
+    spec = importlib.util.spec_from_file_location(module_name, context.model_file)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {context.model_file}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:  # user code may raise anything while importing
+        sys.modules.pop(module_name, None)
+        raise ModelLoadError(f"model.py failed to import: {type(exc).__name__}: {exc}") from None
+    return module
+
+
 class PythonInstance:
     """One instance of the user's Model class."""
 
-    def __init__(self, context: InstanceContext) -> None:
-        if not context.config.input or not context.config.output:
-            raise ModelLoadError("a Python model needs a config.pbtxt listing inputs and outputs")
-        module_name = f"tensorgate_models.{context.model_name}.v{context.version}"
-        spec = importlib.util.spec_from_file_location(module_name, context.model_file)
-        if spec is None or spec.loader is None:
-            raise ModelLoadError(f"cannot import {context.model_file}")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-        except Exception as exc:  # user code may raise anything while importing
-            sys.modules.pop(module_name, None)
-            raise ModelLoadError(
-                f"model.py failed to import: {type(exc).__name__}: {exc}"
-            ) from None
+    def __init__(self, module: ModuleType, context: InstanceContext) -> None:
         model_class = getattr(module, "Model", None)
         if model_class is None:
-            raise ModelLoadError("model.py defines no class named 'Model'")
+            raise ModelLoadError(
+                "model.py defines no class named 'Model' (tensorgate) or 'TritonPythonModel' "
+                "(Triton)"
+            )
         self._model: Any = model_class()
         load = getattr(self._model, "load", None)
         if load is not None:
@@ -85,5 +100,8 @@ class PythonFactory:
     name = "python"
     default_filename = "model.py"
 
-    def create(self, context: InstanceContext) -> PythonInstance:
-        return PythonInstance(context)
+    def create(self, context: InstanceContext) -> PythonInstance | TritonPythonInstance:
+        module = import_model_file(context)
+        if hasattr(module, "TritonPythonModel"):
+            return TritonPythonInstance(module, context)
+        return PythonInstance(module, context)

@@ -137,6 +137,21 @@ class BatchingPolicy:
         return priority - 1
 
 
+def queue_parameters(params: dict[str, Any]) -> tuple[int, int]:
+    """A request's `priority` and `timeout` (microseconds) parameters, as Triton reads them."""
+    if not params:
+        return 0, 0
+    values = []
+    for key in ("priority", "timeout"):
+        value = params.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(
+                f"parameter '{key}' must be a non-negative integer, got {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]
+
+
 def _check(config: mc.ModelConfig, count: int, default_level: int) -> None:
     batching = config.dynamic_batching
     if count and not 1 <= default_level <= count:

@@ -38,17 +38,24 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
-from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending
-from tensorgate.dataplane.types import Array
+from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queue_parameters
+from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import Done, InstancePool, Job
+from tensorgate.runners.base import (
+    BatchTiming,
+    RunnerStatus,
+    Scheduled,
+    Streamed,
+    one_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,35 +64,10 @@ ExecutionObserver = Callable[[int, int, int, int], None]
 
 
 @dataclass(slots=True)
-class BatchTiming:
-    """One executed batch, shared by the results of every request in it (perf_counter ns)."""
-
-    dispatched_ns: int
-    merged_ns: int
-    inferred_ns: int
-    finished_ns: int
-    rows: int
-    requests: int
-    traces: list[Any] = field(default_factory=list)  # traced requests in it (tracing on)
-
-
-@dataclass(slots=True)
-class Scheduled:
-    """One request's outputs and where its time went (nanoseconds)."""
-
-    outputs: dict[str, Array]
-    queue_ns: int
-    compute_input_ns: int
-    compute_infer_ns: int
-    compute_output_ns: int
-    batch: BatchTiming
-
-
-@dataclass(slots=True)
 class _Executed:
     """What an instance thread returns for one batch."""
 
-    parts: list[dict[str, Array]]
+    parts: list[Any]  # per request: its outputs, or the exception that failed it alone
     started_ns: int
     merged_ns: int
     inferred_ns: int
@@ -106,6 +88,10 @@ def _run_batch(
     staging: dict[int, Staging], inputs: list[dict[str, Array]], rows: list[int], backend: Backend
 ) -> _Executed:
     started = time.perf_counter_ns()
+    execute_requests = getattr(backend, "execute_requests", None)
+    if execute_requests is not None:  # it takes the batch's requests one by one, unmerged
+        parts = execute_requests(inputs)
+        return _Executed(parts, started, started, time.perf_counter_ns())
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
     merged = stage.merge(inputs)
     merged_at = time.perf_counter_ns()
@@ -131,7 +117,10 @@ def _run_job(job: Job[_Executed], backend: Backend) -> _Ran:
 
 
 class Scheduler:
-    """Queues one model version's requests and feeds batches to its instances."""
+    """The dynamic batcher: queues one model version's requests, feeds batches to its
+    instances. A `ModelRunner`."""
+
+    decoupled = False
 
     def __init__(
         self,
@@ -169,6 +158,20 @@ class Scheduler:
     def running(self) -> int:
         """Batches executing now."""
         return self._running
+
+    def run(self, request: InferRequest, rows: int) -> Awaitable[Scheduled]:
+        """The runner's entry: the request's queue parameters, then `submit`."""
+        priority, timeout_us = queue_parameters(request.parameters)
+        return self.submit(request.inputs, rows, priority, timeout_us)
+
+    def stream(self, request: InferRequest, rows: int) -> AsyncIterator[Streamed]:
+        return one_result(self.run(request, rows))
+
+    def status(self) -> RunnerStatus:
+        return RunnerStatus(self.queue.live, self._running, self.pool.size)
+
+    def discard(self) -> None:
+        self.pool.close()
 
     async def submit(
         self, inputs: dict[str, Array], rows: int, priority: int = 0, timeout_us: int = 0
@@ -345,6 +348,9 @@ class Scheduler:
                 dispatched_ns, result.merged_ns, result.inferred_ns, now, rows, len(batch)
             )
             for item, outputs in zip(batch, result.parts, strict=True):
+                if type(outputs) is not dict:  # one request's own error (execute_requests)
+                    self._deliver(item.handle, outputs)
+                    continue
                 self._deliver(
                     item.handle,
                     Scheduled(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator
 
 import numpy as np
 
 from tensorgate import __version__
-from tensorgate.batching.scheduler import Scheduled
+from tensorgate.dataplane.calls import ModelCalls
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
@@ -26,7 +27,8 @@ from tensorgate.errors import (
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol import datatypes
-from tensorgate.repository.manager import LOADING, UNAVAILABLE, ModelRepository, ModelVersion
+from tensorgate.repository.manager import LOADING, UNAVAILABLE, ModelRepository
+from tensorgate.runners.base import ModelVersion, Scheduled
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class DataPlane:
         tracing: Tracing | None = None,
     ) -> None:
         self.repository = repository
+        # Ensembles and model code (BLS) call models through here.
+        repository.builder.infer = self.infer
+        repository.builder.calls = self.calls = ModelCalls(self.infer, self.stream)
         self.explicit_control = explicit_control
         self.observer = observer or InferObserver(None, 0.0)
         self.strict_readiness = strict_readiness
@@ -148,6 +153,13 @@ class DataPlane:
         metrics = model.metrics
         if metrics is not None:
             metrics.in_flight += 1
+        if model.runner.decoupled:
+            error = InvalidArgument(
+                f"model '{model.name}' is decoupled (it may send any number of responses): "
+                "call it with ModelStreamInfer over gRPC, or /generate_stream over HTTP"
+            )
+            self.observer.finished(request, model, time.perf_counter_ns() - started, error=error)
+            raise error
         try:
             done, outputs = await self._run(model, request, started)
         except BaseException as exc:
@@ -157,7 +169,7 @@ class DataPlane:
             if metrics is not None:
                 metrics.in_flight -= 1
         elapsed = time.perf_counter_ns() - started
-        if request.trace is not None:
+        if request.trace is not None and done.batch is not None:
             request.trace.batch(done.batch, done.queue_ns)
         model.stats.record_success(
             elapsed,
@@ -179,24 +191,68 @@ class DataPlane:
         self, model: ModelVersion, request: InferRequest, started: int
     ) -> tuple[Scheduled, dict[str, Array]]:
         rows = validate_request(request, model.spec)
-        priority, timeout_us = _queue_parameters(request)
         try:
-            done = await model.scheduler.submit(request.inputs, rows, priority, timeout_us)
+            done = await model.runner.run(request, rows)
             return done, self._select_outputs(model, request, done.outputs)
         except asyncio.CancelledError:
             raise
-        except ModelExecutionError as exc:
-            model.stats.record_failure(time.perf_counter_ns() - started)
-            raise ModelExecutionError(f"model '{model.name}' failed: {exc.message}") from None
-        except TensorgateError:
-            model.stats.record_failure(time.perf_counter_ns() - started)
-            raise
         except Exception as exc:
             model.stats.record_failure(time.perf_counter_ns() - started)
-            log.warning("model %s raised %s: %s", model.name, type(exc).__name__, exc)
-            raise ModelExecutionError(
-                f"model '{model.name}' failed: {type(exc).__name__}: {exc}"
-            ) from None
+            raise _model_error(model, exc) from None
+
+    def is_decoupled(self, name: str, version: str = "") -> bool:
+        """Whether the model answers through `stream` only; False when it cannot be found
+        (the call that follows reports that)."""
+        try:
+            return self.repository.get(name, version).runner.decoupled
+        except TensorgateError:
+            return False
+
+    async def stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """A request's responses as the model produces them, the last flagged final.
+
+        A decoupled model may yield no response at all: then only a bare final flag comes
+        (a response with no outputs and `final` set). Closing the iterator early (the client
+        cancelled or went away) stops the model's generator.
+        """
+        started = time.perf_counter_ns()
+        try:
+            model = self.repository.get(request.model_name, request.model_version)
+        except TensorgateError as exc:
+            self.observer.finished(request, None, time.perf_counter_ns() - started, error=exc)
+            raise
+        metrics = model.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
+        try:
+            rows = validate_request(request, model.spec)
+            async for item in model.runner.stream(request, rows):
+                outputs = (
+                    self._select_outputs(model, request, item.outputs)
+                    if item.outputs is not None
+                    else {}
+                )
+                yield InferResponse(
+                    model_name=model.name,
+                    model_version=str(model.version),
+                    id=request.id,
+                    outputs=outputs,
+                    datatypes=model.spec.output_datatypes,
+                    final=item.final,
+                )
+        except BaseException as exc:
+            elapsed = time.perf_counter_ns() - started
+            if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                model.stats.record_failure(elapsed)
+                exc = _model_error(model, exc) if isinstance(exc, Exception) else exc
+            self.observer.finished(request, model, elapsed, error=exc)
+            raise exc from None
+        finally:
+            if metrics is not None:
+                metrics.in_flight -= 1
+        elapsed = time.perf_counter_ns() - started
+        model.stats.record_success(elapsed, 0, 0, 0, 0)
+        self.observer.finished(request, model, elapsed, 0)
 
     @staticmethod
     def _select_outputs(
@@ -218,17 +274,12 @@ class DataPlane:
         return outputs
 
 
-def _queue_parameters(request: InferRequest) -> tuple[int, int]:
-    """The request's `priority` and `timeout` (microseconds) parameters, as Triton reads them."""
-    params = request.parameters
-    if not params:
-        return 0, 0
-    values = []
-    for key in ("priority", "timeout"):
-        value = params.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(
-                f"parameter '{key}' must be a non-negative integer, got {value!r}"
-            )
-        values.append(value)
-    return values[0], values[1]
+def _model_error(model: ModelVersion, exc: Exception) -> TensorgateError:
+    """What the client is told when running the model failed: expected errors as they are,
+    the model's own failures with its name, anything else as a model failure."""
+    if isinstance(exc, ModelExecutionError):
+        return ModelExecutionError(f"model '{model.name}' failed: {exc.message}")
+    if isinstance(exc, TensorgateError):
+        return exc
+    log.warning("model %s raised %s: %s", model.name, type(exc).__name__, exc)
+    return ModelExecutionError(f"model '{model.name}' failed: {type(exc).__name__}: {exc}")

@@ -39,3 +39,5 @@ class InferResponse:
     outputs: dict[str, Array]
     datatypes: dict[str, str]
     parameters: dict[str, Any] = field(default_factory=dict)
+    # A decoupled model's responses: False on all but the last of a request's stream.
+    final: bool = True

@@ -14,7 +14,7 @@ from tensorgate.observability.metrics import MetricsStore
 
 if TYPE_CHECKING:
     from tensorgate.dataplane.types import InferRequest
-    from tensorgate.repository.manager import ModelVersion
+    from tensorgate.runners.base import ModelVersion
 
 SUCCESS = "success"
 

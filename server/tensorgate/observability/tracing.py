@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from tensorgate.batching.scheduler import BatchTiming
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import TensorgateError
 from tensorgate.observability.context import current_call
+from tensorgate.runners.base import BatchTiming
 
 
 class Tracing:

@@ -319,7 +319,7 @@ def decode_infer_request(
     return decoded
 
 
-def _json_data(name: str, array: Array, datatype: str) -> Any:
+def json_output_data(name: str, array: Array, datatype: str) -> Any:
     if datatype in _BINARY_ONLY:
         raise InvalidArgument(
             f"output '{name}' is {datatype}, which has no JSON form; request it with "
@@ -351,7 +351,7 @@ def encode_infer_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = _json_data(name, array, datatype)
+            tensor["data"] = json_output_data(name, array, datatype)
         outputs.append(tensor)
     doc: dict[str, Any] = {
         "model_name": response.model_name,

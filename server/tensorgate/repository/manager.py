@@ -13,38 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tensorgate.backends.base import InstanceContext
-from tensorgate.backends.registry import model_file, resolve_backend
-from tensorgate.batching.policy import BatchingPolicy
-from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
-from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
-from tensorgate.executors.instance_pool import InstancePool
-from tensorgate.observability.metrics import MetricsStore, ModelMetrics
+from tensorgate.observability.metrics import MetricsStore
 from tensorgate.proto import model_config_pb2 as mc
-from tensorgate.repository.autocomplete import complete_config
-from tensorgate.repository.config import ModelSpec, read_config
+from tensorgate.repository.config import read_config
 from tensorgate.repository.versions import available_versions, is_version_number, select_versions
+from tensorgate.runners.base import ModelVersion
+from tensorgate.runners.build import VersionBuilder
 from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
-
-
-@dataclass(slots=True)
-class ModelVersion:
-    """One loaded version of a model: its completed config and its instances."""
-
-    name: str
-    version: int
-    config: mc.ModelConfig
-    spec: ModelSpec
-    scheduler: Scheduler
-    stats: ModelStats
-    metrics: ModelMetrics | None = None  # None when Prometheus metrics are off
 
 
 @dataclass(slots=True)
@@ -59,24 +40,6 @@ class ModelRecord:
     loads: dict[str, int] = field(default_factory=dict)  # "success" / "failure" -> count
 
 
-def _instance_devices(config: mc.ModelConfig) -> list[str]:
-    groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
-    devices: list[str] = []
-    for group in groups:
-        count = group.count or 1
-        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
-            for gpu in group.gpus or [0]:
-                devices += [f"cuda:{gpu}"] * count
-        elif group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO):
-            devices += ["cpu"] * count
-        else:
-            raise ModelLoadError(
-                f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} "
-                "is not supported"
-            )
-    return devices
-
-
 class ModelRepository:
     """Owns every model record; all mutation happens on the event loop."""
 
@@ -89,6 +52,7 @@ class ModelRepository:
         self.root = settings.model_repository
         self.settings = settings
         self.metrics = metrics
+        self.builder = VersionBuilder(settings, metrics, self.get)
         self.records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # Called on the loop after any model's state changes (health status follows it).
@@ -114,13 +78,26 @@ class ModelRepository:
                 f"model '{name}' is not ready (state {record.state or 'UNAVAILABLE'}){reason}"
             )
         if not version:
-            return record.versions[max(record.versions)]
-        if not is_version_number(version) or int(version) not in record.versions:
+            model = record.versions[max(record.versions)]
+        elif not is_version_number(version) or int(version) not in record.versions:
             raise NotFound(
                 f"Request for unknown model: '{name}' version {version} is not found "
                 f"(loaded versions: {sorted(record.versions)})"
             )
-        return record.versions[int(version)]
+        else:
+            model = record.versions[int(version)]
+        if model.needs and (missing := self._missing_need(model)):
+            raise Unavailable(f"model '{name}' is not ready: {missing}")
+        return model
+
+    def _missing_need(self, model: ModelVersion) -> str:
+        """Why a model that calls others (an ensemble) cannot serve now; "" when it can."""
+        for need in model.needs:
+            record = self.records.get(need)
+            if record is None or record.state != READY or not record.versions:
+                state = record.state if record is not None and record.state else UNAVAILABLE
+                return f"its step model '{need}' is {state}"
+        return ""
 
     async def load(self, name: str) -> None:
         """Load or reload a model; on failure the record holds the reason and it is raised."""
@@ -135,7 +112,10 @@ class ModelRepository:
                 self._on_state_change()
             record.reason = ""
             started = time.perf_counter()
+            if self.builder.calls is not None:
+                self.builder.calls.bind(asyncio.get_running_loop())
             try:
+                await self._load_steps(name, model_dir)
                 versions = await asyncio.to_thread(self._load_blocking, name, model_dir)
             except Exception as exc:
                 reason = exc.message if isinstance(exc, TensorgateError) else repr(exc)
@@ -158,6 +138,29 @@ class ModelRepository:
                 },
             )
         await self._close_versions(previous)
+
+    async def _load_steps(self, name: str, model_dir: Path) -> None:
+        """An ensemble's step models load first (once; one already loading is awaited)."""
+        config = read_config(model_dir)
+        if config is None or config.platform != "ensemble":
+            return
+        for step in sorted({s.model_name for s in config.ensemble_scheduling.step} - {name}):
+            if not (self.root / step).is_dir():
+                continue  # the plan's check names the missing model
+            try:
+                await self.ensure_loaded(step)
+            except ModelLoadError:
+                continue  # likewise: the step's own load error is in its record
+
+    async def ensure_loaded(self, name: str) -> None:
+        """Load a model unless it is loaded or loading (start-up, an ensemble's steps)."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            async with lock:
+                pass
+        record = self.records.get(name)
+        if record is None or record.state != READY:
+            await self.load(name)
 
     def _finish_load(self, record: ModelRecord, started: float, outcome: str, state: str) -> None:
         record.load_seconds = time.perf_counter() - started
@@ -188,7 +191,7 @@ class ModelRepository:
     @staticmethod
     async def _close_versions(versions: dict[int, ModelVersion]) -> None:
         for version in versions.values():
-            await version.scheduler.close()
+            await version.runner.close()
 
     def _load_blocking(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
         config = read_config(model_dir) or mc.ModelConfig()
@@ -203,59 +206,12 @@ class ModelRepository:
         loaded: dict[int, ModelVersion] = {}
         try:
             for version in versions:
-                loaded[version] = self._load_version(name, model_dir, version, config)
+                loaded[version] = self.builder.build(name, model_dir, version, config)
         except BaseException:
             for done in loaded.values():
-                done.scheduler.pool.close()
+                done.runner.discard()
             raise
         return loaded
-
-    def _load_version(
-        self, name: str, model_dir: Path, version: int, base_config: mc.ModelConfig
-    ) -> ModelVersion:
-        config = mc.ModelConfig()
-        config.CopyFrom(base_config)
-        version_dir = model_dir / str(version)
-        factory = resolve_backend(config, version_dir)
-        path = model_file(config, factory, version_dir)
-        instances = []
-        try:
-            for index, device in enumerate(_instance_devices(config)):
-                context = InstanceContext(
-                    name,
-                    version,
-                    model_dir,
-                    path,
-                    config,
-                    device,
-                    self.settings.intra_op_threads,
-                )
-                instance = factory.create(context)
-                instances.append(instance)
-                if index == 0:
-                    complete_config(
-                        config, instance.signature(), self.settings.default_max_batch_size
-                    )
-            spec = ModelSpec.from_config(config)
-            policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
-        except BaseException:
-            for instance in instances:
-                instance.close()
-            raise
-        stats = ModelStats()
-        metrics = self.metrics.model(name, version) if self.metrics is not None else None
-        on_execution: ExecutionObserver = stats.record_execution
-        if metrics is not None:
-            record_stats, record_metrics = stats.record_execution, metrics.execution
-
-            def both(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-                record_stats(rows, input_ns, infer_ns, output_ns)
-                record_metrics(rows, input_ns, infer_ns, output_ns)
-
-            on_execution = both
-        pool = InstancePool[Any](f"{name}_{version}", instances)
-        scheduler = Scheduler(f"{name}", policy, pool, on_execution)
-        return ModelVersion(name, version, config, spec, scheduler, stats, metrics)
 
     def states(self) -> list[tuple[str, str, float, dict[str, int]]]:
         """(name, state, last load seconds, loads by outcome) per known model."""
@@ -272,9 +228,12 @@ class ModelRepository:
             if ready_only and record.state != READY:
                 continue
             if record.versions:
-                rows += [
-                    (name, str(v), record.state, record.reason) for v in sorted(record.versions)
-                ]
+                for v in sorted(record.versions):
+                    missing = self._missing_need(record.versions[v])
+                    state, reason = (
+                        (UNAVAILABLE, missing) if missing else (record.state, record.reason)
+                    )
+                    rows.append((name, str(v), state, reason))
             else:
                 rows.append((name, "", record.state, record.reason))
         return rows

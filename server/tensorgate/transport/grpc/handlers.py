@@ -17,7 +17,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from tensorgate.errors import InvalidArgument, TensorgateError
+from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
 from tensorgate.observability.context import begin_call
 from tensorgate.observability.logs import REQUEST_ID_HEADER
 from tensorgate.proto import grpc_service_pb2 as pb
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 STATUS_SERVICE = status_pb.DESCRIPTOR.services_by_name["ServerStatus"]
-INTERNAL_MESSAGE = "internal error; the server log has the details"
 
 
 def _begin(context: Any) -> None:

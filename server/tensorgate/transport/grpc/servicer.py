@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import grpc
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest
-from tensorgate.errors import InvalidArgument, TensorgateError, Unimplemented
+from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError, Unimplemented
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.proto import grpc_service_pb2 as pb
@@ -18,8 +20,16 @@ from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
 
-# Requests of one stream in flight at once; more wait, which pushes back on the client.
+log = logging.getLogger(__name__)
+
+# Requests of one stream in flight at once; more wait, which pushes back on the client. The
+# same bound holds the responses waiting to be written, so a decoupled model whose client
+# reads slowly is held back too.
 STREAM_MAX_IN_FLIGHT = 256
+# Triton's request parameter asking for a bare final response when a decoupled model ends
+# without one, and the response parameter that flags a stream's last response.
+EMPTY_FINAL_PARAMETER = "triton_enable_empty_final_response"
+FINAL_PARAMETER = "triton_final_response"
 _INFER = "inference.GRPCInferenceService/ModelInfer"
 _STREAM = "inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -151,28 +161,44 @@ class InferenceServicer:
                 response = await self.dataplane.infer(self._decode_streamed(request))
                 encoded = encode_infer_response(response)
             return pb.ModelStreamInferResponse(infer_response=encoded)
-        except TensorgateError as exc:
-            # The stream outlives a failed request: the error travels in the response.
-            return pb.ModelStreamInferResponse(
-                error_message=exc.message,
-                infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
-                ),
-            )
+        except Exception as exc:
+            return _stream_error(request, exc)
+
+    async def _stream_decoupled(
+        self,
+        request: pb.ModelInferRequest,
+        put: Callable[[pb.ModelStreamInferResponse], Awaitable[None]],
+    ) -> None:
+        """A decoupled model's responses to one request of the stream, each flagged final
+        or not; the bare final flag goes out only if the client asked for it, as Triton."""
+        try:
+            decoded = self._decode_streamed(request)
+            empty_final = decoded.parameters.get(EMPTY_FINAL_PARAMETER) is True
+            async with aclosing(self.dataplane.stream(decoded)) as responses:
+                async for response in responses:
+                    if response.final and not response.outputs and not empty_final:
+                        continue
+                    message = encode_infer_response(response)
+                    message.parameters[FINAL_PARAMETER].bool_param = response.final
+                    await put(pb.ModelStreamInferResponse(infer_response=message))
+        except Exception as exc:
+            await put(_stream_error(request, exc))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Any, parse: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of a stream run concurrently; responses go out as they complete."""
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        results: asyncio.Queue[pb.ModelStreamInferResponse | None]
+        results = asyncio.Queue(STREAM_MAX_IN_FLIGHT)
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
 
         async def run(request: pb.ModelInferRequest) -> None:
             try:
-                await results.put(await self._stream_one(request))
+                if self.dataplane.is_decoupled(request.model_name, request.model_version):
+                    await self._stream_decoupled(request, results.put)
+                else:
+                    await results.put(await self._stream_one(request))
             finally:
                 slots.release()
 
@@ -250,16 +276,33 @@ class StatusServicer:
     ) -> status_pb.SchedulerStatusResponse:
         response = status_pb.SchedulerStatusResponse()
         for model in self.dataplane.loaded_versions():
-            scheduler = model.scheduler
+            status = model.runner.status()
             response.models.add(
                 name=model.name,
                 version=str(model.version),
-                queued=scheduler.queued,
-                executing=scheduler.running,
-                instances=scheduler.pool.size,
+                queued=status.queued,
+                executing=status.executing,
+                instances=status.instances,
                 max_batch_size=model.spec.max_batch_size,
             )
         return response
+
+
+def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+    """A failed request of a stream: the error travels in a response and the stream goes on."""
+    if isinstance(exc, TensorgateError):
+        message = exc.message
+    else:  # a bug: the client gets the fixed message, the log the details
+        log.error("unexpected error in a ModelStreamInfer request", exc_info=exc)
+        message = INTERNAL_MESSAGE
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name,
+            model_version=request.model_version,
+            id=request.id,
+        ),
+    )
 
 
 def status_code(exc: TensorgateError) -> grpc.StatusCode:

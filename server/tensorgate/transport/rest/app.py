@@ -18,11 +18,12 @@ import orjson
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
-from tensorgate.errors import ErrorKind, InvalidArgument, TensorgateError
-from tensorgate.observability.context import begin_call
+from tensorgate.errors import INTERNAL_MESSAGE, ErrorKind, InvalidArgument, TensorgateError
+from tensorgate.observability.context import CallContext, begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
 from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol
+from tensorgate.transport.rest.generate import Generate, match_generate
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
 from tensorgate.transport.rest.routes import NoRoute, Route, Router
 from tensorgate.transport.rest.static import StaticFiles
@@ -35,13 +36,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 
-INTERNAL_MESSAGE = "internal error; the server log has the details"
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 _RETRY_AFTER = {429, 503}
 # Responses smaller than this go out uncompressed even when the client accepts gzip.
 _COMPRESS_MIN_BYTES = 1024
 _INFER_SPAN = "POST /v2/models/{model_name}/infer"
+_SENT = 0  # the handler has sent the response itself (a stream of events)
 
 
 class Disconnected(Exception):
@@ -134,6 +135,7 @@ class RestApp:
         self.max_body_bytes = max_body_bytes
         self.cors_origins = {o.encode() for o in cors_origins}
         self.static = StaticFiles()
+        self.generate = Generate(dataplane)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,7 +145,9 @@ class RestApp:
         try:
             headers = RequestHeaders(scope["headers"])
             call = begin_call(headers.request_id, headers.traceparent, headers.tracestate)
-            status, payload, extra = await self._dispatch(scope, receive, headers)
+            status, payload, extra = await self._dispatch(scope, receive, send, headers, call)
+            if status == _SENT:
+                return
         except Disconnected:
             return
         except PayloadTooLarge as exc:
@@ -169,17 +173,25 @@ class RestApp:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             status, payload = 500, orjson.dumps({"error": INTERNAL_MESSAGE})
             extra = [(b"content-type", _JSON)]
-        if headers is not None and headers.origin is not None:
-            extra.extend(self._cors(headers.origin))
         if call is None:  # the headers themselves were invalid
             call = begin_call(None)
-        extra.append((b"x-request-id", call.request_id.encode("latin-1")))
+        extra += self._common_headers(headers, call)
         extra.append((b"content-length", str(len(payload)).encode()))
         connection = _connection(scope)
         if connection is not None and connection.respond(scope, status, extra, payload):
             return
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
+
+    def _common_headers(
+        self, headers: RequestHeaders | None, call: CallContext
+    ) -> list[tuple[bytes, bytes]]:
+        """What every response carries: CORS headers for an allowed origin, the request id."""
+        common = []
+        if headers is not None and headers.origin is not None:
+            common = self._cors(headers.origin)
+        common.append((b"x-request-id", call.request_id.encode("latin-1")))
+        return common
 
     def _cors(self, origin: bytes) -> list[tuple[bytes, bytes]]:
         if b"*" in self.cors_origins:
@@ -195,7 +207,12 @@ class RestApp:
         ]
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, headers: RequestHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RequestHeaders,
+        call: CallContext,
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         verb: str = scope["method"]
         path: str = scope["path"]
@@ -206,6 +223,16 @@ class RestApp:
                 return 200, self.openapi, [(b"content-type", _JSON)]
             content, content_type = self.static.get(path)
             return 200, content, [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+        if verb == "POST" and (generate := match_generate(path)) is not None:
+            model, version, streaming = generate
+            body = await self._read_body(scope, receive, headers)
+            request = self.generate.decode(body, model, version)
+            if not streaming:
+                payload = await _unless_disconnected(self.generate.one(request), scope, receive)
+                return 200, payload, [(b"content-type", _JSON)]
+            common = self._common_headers(headers, call)
+            await _unless_disconnected(self.generate.events(request, send, common), scope, receive)
+            return _SENT, b"", []
         route, params = self.router.match(verb, path)
         body = await self._read_body(scope, receive, headers)
         if route.method.name == "ModelInfer":

@@ -1,0 +1,170 @@
+"""Triton Python-backend models served unchanged: `class TritonPythonModel` in model.py.
+
+The model's `initialize(args)`, `execute(requests)` and `finalize()` are called as Triton
+calls them, in process, on tensorgate's instance threads: `execute` gets the batch's
+requests one by one (each with its own batch dimension), not merged, and returns one
+response per request; a response with an error fails only its request. A decoupled model
+answers through each request's response sender. `async def execute` runs on the
+instance's own event loop. BLS calls go through the data plane (dataplane/calls.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from types import ModuleType
+from typing import Any
+
+from google.protobuf import json_format
+
+from tensorgate.backends import triton_utils as pb
+from tensorgate.backends.base import InstanceContext, ModelSignature, ResponseSender
+from tensorgate.dataplane.types import Array, InferRequest
+from tensorgate.errors import ModelExecutionError, ModelLoadError
+from tensorgate.executors.instance_threads import thread_event_loop
+from tensorgate.proto import model_config_pb2 as mc
+
+# Config fields Triton writes as JSON numbers that protobuf's JSON form writes as strings.
+_INT64_FIELDS = frozenset(
+    {
+        "dims",
+        "shape",
+        "versions",
+        "model_version",
+        "max_queue_delay_microseconds",
+        "max_sequence_idle_microseconds",
+        "default_timeout_microseconds",
+        "priority_levels",
+        "default_priority_level",
+    }
+)
+
+
+def config_dict(config: mc.ModelConfig) -> dict[str, Any]:
+    """The model config as the dict Triton hands Python models (JSON of the proto)."""
+    document = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return _numbers(document)  # type: ignore[no-any-return]
+
+
+def _numbers(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _numbers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v, key) for v in value]
+    if key in _INT64_FIELDS and isinstance(value, str):
+        return int(value)
+    return value
+
+
+class TritonPythonInstance:
+    """One instance of a Triton `TritonPythonModel`."""
+
+    def __init__(self, module: ModuleType, context: InstanceContext) -> None:
+        if context.calls is not None:
+            pb.InferenceRequest._calls = context.calls
+        config = context.config
+        self._name = context.model_name
+        self._outputs = [o.name for o in config.output]
+        self._model: Any = module.TritonPythonModel()
+        gpu = context.device.startswith("cuda")
+        args = {
+            "model_config": json.dumps(config_dict(config)),
+            "model_instance_kind": "GPU" if gpu else "CPU",
+            "model_instance_name": f"{context.model_name}_{context.index}",
+            "model_instance_device_id": context.device.split(":")[1] if gpu else "0",
+            "model_repository": str(context.model_dir),
+            "model_version": str(context.version),
+            "model_name": context.model_name,
+        }
+        initialize = getattr(self._model, "initialize", None)
+        if initialize is not None:
+            try:
+                _run(initialize(args))
+            except Exception as exc:  # user code may raise anything while loading
+                raise ModelLoadError(
+                    f"TritonPythonModel.initialize failed: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def signature(self) -> ModelSignature | None:
+        return None
+
+    def execute_requests(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
+        """The batch's requests as Triton passes them; one outputs dict (or error) each."""
+        requests = [self._received(inputs) for inputs in batch]
+        responses = _run(self._model.execute(requests))
+        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+            count = (
+                len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+            )
+            raise ModelExecutionError(
+                f"TritonPythonModel.execute returned {count} responses for {len(requests)} requests"
+            )
+        return [_outputs_or_error(response) for response in responses]
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        (outputs,) = self.execute_requests([inputs])
+        if isinstance(outputs, Exception):
+            raise outputs
+        return outputs
+
+    def execute_decoupled(self, request: InferRequest, sender: ResponseSender) -> None:
+        """A decoupled model: `execute` answers through the request's response sender."""
+        received = self._received(request.inputs, request)
+        received._sender = sender
+        responses = _run(self._model.execute([received]))
+        if responses:  # answered like an ordinary model: pass those on, then end
+            for response in responses:
+                sender.send(_outputs_for(response), False)
+            sender.send(None, True)
+
+    def _received(
+        self, inputs: dict[str, Array], request: InferRequest | None = None
+    ) -> pb.InferenceRequest:
+        params = dict(request.parameters) if request is not None else {}
+        corrid = params.pop("sequence_id", 0)
+        flags = 0
+        if params.pop("sequence_start", False):
+            flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+        if params.pop("sequence_end", False):
+            flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
+        wanted = request.requested_outputs if request is not None else None
+        return pb.InferenceRequest(
+            self._name,
+            [pb.Tensor(name, array) for name, array in inputs.items()],
+            wanted or self._outputs,
+            correlation_id=corrid if isinstance(corrid, int | str) else 0,
+            request_id=request.id if request is not None else "",
+            flags=flags,
+            parameters=params,
+        )
+
+    def close(self) -> None:
+        finalize = getattr(self._model, "finalize", None)
+        if finalize is not None:
+            _run(finalize())
+
+
+def _run(result: Any) -> Any:
+    """A model method's result, awaited on the instance's own loop when it is a coroutine."""
+    if inspect.isawaitable(result):
+        return thread_event_loop().run_until_complete(result)
+    return result
+
+
+def _outputs_for(response: Any) -> dict[str, Array]:
+    outputs = _outputs_or_error(response)
+    if isinstance(outputs, Exception):
+        raise outputs
+    return outputs
+
+
+def _outputs_or_error(response: Any) -> dict[str, Array] | Exception:
+    if not isinstance(response, pb.InferenceResponse):
+        return ModelExecutionError(
+            f"TritonPythonModel.execute returned a {type(response).__name__}, not an "
+            "InferenceResponse"
+        )
+    error = response.error()
+    if error is not None:
+        return ModelExecutionError(error.message())
+    return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}

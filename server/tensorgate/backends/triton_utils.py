@@ -1,0 +1,331 @@
+"""Triton's `triton_python_backend_utils` API over tensorgate's types.
+
+A Triton Python-backend `model.py` imports this module under Triton's name (the Python
+backend registers it in `sys.modules` before importing the file), so such files serve
+unchanged. Covered: `Tensor`, `InferenceRequest` (as received, and built for BLS with
+`exec` / `async_exec`, decoupled included), `InferenceResponse`, the response sender of
+decoupled models, `TritonError` / `TritonModelException`, the config helpers, `Logger`
+and the flag constants. Tensors live in CPU memory as numpy arrays: `to_dlpack` /
+`from_dlpack` go through numpy's DLPack support, and GPU tensors are not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from tensorgate.backends.base import ResponseSender
+from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.types import Array, InferRequest, InferResponse
+from tensorgate.errors import TensorgateError
+from tensorgate.protocol import datatypes
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
+TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+
+_log = logging.getLogger("tensorgate.models")
+
+
+class TritonError:
+    """An error a model reports in a response (`InferenceResponse(error=...)`)."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE = 0, 1, 2, 3, 4
+    UNSUPPORTED, ALREADY_EXISTS, CANCELLED = 5, 6, 7
+
+    def __init__(self, msg: str, code: int = INTERNAL) -> None:
+        self._message = msg
+        self._code = code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class TritonModelException(Exception):
+    """Raised by the API on misuse, and by BLS calls whose response failed."""
+
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Tensor:
+    """A named tensor: a numpy array in CPU memory."""
+
+    def __init__(self, name: str, data: Any) -> None:
+        self._name = name
+        self._array = np.asarray(data)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> Array:
+        return self._array
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> str:
+        return datatypes.from_numpy(self._array.dtype).name
+
+    def to_dlpack(self) -> Any:
+        return self._array.__dlpack__()
+
+    @classmethod
+    def from_dlpack(cls, name: str, capsule: Any) -> Tensor:
+        """From an object that offers `__dlpack__` (a torch CPU tensor, for one)."""
+        return cls(name, np.from_dlpack(capsule))
+
+
+class InferenceResponse:
+    """Output tensors for one request, or an error."""
+
+    def __init__(
+        self,
+        output_tensors: list[Tensor] | None = None,
+        error: TritonError | None = None,
+        parameters: dict[str, Any] | str | None = None,
+    ) -> None:
+        self._outputs = list(output_tensors or [])
+        self._error = error
+        self._parameters = (
+            parameters if isinstance(parameters, str) else json.dumps(parameters or {})
+        )
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+    def parameters(self) -> str:
+        return self._parameters
+
+
+class InferenceResponseSender:
+    """A decoupled model's way to answer a request any number of times."""
+
+    def __init__(self, sender: ResponseSender) -> None:
+        self._sender = sender
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        final = bool(flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if response is not None and response.has_error():
+            error = response.error()
+            raise TritonModelException(
+                f"a decoupled response carried an error: {error.message() if error else ''}"
+            )
+        outputs = _outputs_of(response) if response is not None else None
+        try:
+            self._sender.send(outputs, final)
+        except TensorgateError as exc:
+            raise TritonModelException(exc.message) from None
+
+    def is_cancelled(self) -> bool:
+        return self._sender.is_cancelled()
+
+
+class InferenceRequest:
+    """A request a model receives in `execute`, or one it builds to call a model (BLS)."""
+
+    # The server's model calls; the Python backend sets it when it loads a Triton model.
+    _calls: ModelCalls | None = None
+
+    def __init__(
+        self,
+        model_name: str = "",
+        inputs: list[Tensor] | None = None,
+        requested_output_names: list[str] | None = None,
+        model_version: int = -1,
+        correlation_id: int | str = 0,
+        request_id: str = "",
+        flags: int = 0,
+        timeout: int = 0,
+        parameters: dict[str, Any] | str | None = None,
+        **_: Any,
+    ) -> None:
+        self._model_name = model_name
+        self._inputs = list(inputs or [])
+        self._requested = list(requested_output_names or [])
+        self._model_version = model_version
+        self._correlation_id = correlation_id
+        self._request_id = request_id
+        self._flags = flags
+        self._timeout_us = timeout
+        if isinstance(parameters, str):
+            parameters = json.loads(parameters) if parameters else {}
+        self._parameters: dict[str, Any] = dict(parameters or {})
+        self._sender: ResponseSender | None = None
+
+    # As received --------------------------------------------------------------------
+
+    def inputs(self) -> list[Tensor]:
+        return self._inputs
+
+    def requested_output_names(self) -> list[str]:
+        return self._requested
+
+    def request_id(self) -> str:
+        return self._request_id
+
+    def correlation_id(self) -> int | str:
+        return self._correlation_id
+
+    def flags(self) -> int:
+        return self._flags
+
+    def model_name(self) -> str:
+        return self._model_name
+
+    def model_version(self) -> int:
+        return self._model_version
+
+    def timeout(self) -> int:
+        return self._timeout_us
+
+    def parameters(self) -> str:
+        return json.dumps(self._parameters)
+
+    def get_response_sender(self) -> InferenceResponseSender:
+        if self._sender is None:
+            raise TritonModelException(
+                "only requests to a decoupled model (model_transaction_policy "
+                "{ decoupled: true }) have a response sender"
+            )
+        return InferenceResponseSender(self._sender)
+
+    def is_cancelled(self) -> bool:
+        return self._sender is not None and self._sender.is_cancelled()
+
+    # BLS ----------------------------------------------------------------------------
+
+    def _as_request(self) -> InferRequest:
+        request = InferRequest(
+            self._model_name,
+            str(self._model_version) if self._model_version > 0 else "",
+            self._request_id,
+            protocol="bls",
+        )
+        for tensor in self._inputs:
+            request.inputs[tensor.name()] = tensor.as_numpy()
+            request.datatypes[tensor.name()] = tensor.triton_dtype()
+        if self._requested:
+            request.requested_outputs = list(self._requested)
+        params = dict(self._parameters)
+        if self._correlation_id:
+            params["sequence_id"] = self._correlation_id
+            params["sequence_start"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START)
+            params["sequence_end"] = bool(self._flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END)
+        request.parameters = params
+        return request
+
+    def _caller(self) -> ModelCalls:
+        if InferenceRequest._calls is None:
+            raise TritonModelException("BLS calls need a running tensorgate server")
+        return InferenceRequest._calls
+
+    def exec(self, decoupled: bool = False) -> Any:
+        """Call the model and wait; decoupled: an iterator of its responses."""
+        calls = self._caller()
+        if decoupled:
+            return _responses(calls.stream(self._as_request()))
+        try:
+            return _response_of(calls.infer(self._as_request(), self._timeout_s()))
+        except TensorgateError as exc:
+            return InferenceResponse(error=TritonError(exc.message))
+
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        """Call the model from `async def execute`."""
+        calls = self._caller()
+        if decoupled:
+            return _responses(calls.stream(self._as_request()))
+        try:
+            return _response_of(await calls.infer_async(self._as_request()))
+        except TensorgateError as exc:
+            return InferenceResponse(error=TritonError(exc.message))
+
+    def _timeout_s(self) -> float | None:
+        return self._timeout_us / 1e6 if self._timeout_us else None
+
+
+def _responses(stream: Iterator[InferResponse]) -> Iterator[InferenceResponse]:
+    try:
+        for response in stream:
+            yield _response_of(response)
+    except TensorgateError as exc:
+        yield InferenceResponse(error=TritonError(exc.message))
+
+
+def _response_of(response: InferResponse) -> InferenceResponse:
+    return InferenceResponse([Tensor(n, a) for n, a in response.outputs.items()])
+
+
+def _outputs_of(response: InferenceResponse) -> dict[str, Array]:
+    return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+
+def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    return next((t for t in request.inputs() if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("input", []) if t.get("name") == name), None)
+
+
+def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
+
+
+def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+def triton_string_to_numpy(triton_type: str) -> Any:
+    """`TYPE_FP32` (or `FP32`) → numpy.float32; BYTES / STRING → numpy.object_."""
+    name = triton_type.removeprefix("TYPE_")
+    row = datatypes.BY_CONFIG_NAME.get(f"TYPE_{name}") or datatypes.BY_NAME.get(name)
+    if row is None:
+        raise TritonModelException(f"unknown datatype {triton_type!r}")
+    return row.numpy.type if row.name != "BYTES" else np.object_
+
+
+def numpy_to_triton_type(dtype: Any) -> str:
+    return datatypes.from_numpy(np.dtype(dtype)).name
+
+
+class Logger:
+    """Triton's model logger, writing to tensorgate's log."""
+
+    @staticmethod
+    def log_info(message: str) -> None:
+        _log.info(message)
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        _log.warning(message)
+
+    @staticmethod
+    def log_error(message: str) -> None:
+        _log.error(message)
+
+    @staticmethod
+    def log_verbose(message: str) -> None:
+        _log.debug(message)
+
+    log = log_info

@@ -1,0 +1,117 @@
+"""Which config.pbtxt fields tensorgate implements; any other field fails the model's load.
+
+The check walks every field the config sets, so a field added to the schema later is
+refused by default until someone implements it and lists it here. docs/config-support.md is
+the same table for users.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from tensorgate.errors import ModelLoadError
+from tensorgate.proto import model_config_pb2 as mc
+
+# A field maps to ALL (every sub-field supported) or to the table of its supported sub-fields.
+ALL: dict[str, Any] = {"*": True}
+_QUEUE_POLICY = ALL
+
+SUPPORTED: dict[str, Any] = {
+    "name": ALL,
+    "platform": ALL,
+    "backend": ALL,
+    "version_policy": ALL,
+    "max_batch_size": ALL,
+    "input": {"name": ALL, "data_type": ALL, "format": ALL, "dims": ALL, "optional": ALL},
+    "output": {"name": ALL, "data_type": ALL, "dims": ALL},
+    "dynamic_batching": {
+        "preferred_batch_size": ALL,
+        "max_queue_delay_microseconds": ALL,
+        "preserve_ordering": ALL,
+        "priority_levels": ALL,
+        "default_priority_level": ALL,
+        "default_queue_policy": _QUEUE_POLICY,
+        "priority_queue_policy": _QUEUE_POLICY,
+    },
+    "sequence_batching": {
+        "max_sequence_idle_microseconds": ALL,
+        "control_input": ALL,
+        "direct": {},
+        "oldest": {"max_candidate_sequences": ALL},
+    },
+    "ensemble_scheduling": {
+        "step": {"model_name": ALL, "model_version": ALL, "input_map": ALL, "output_map": ALL}
+    },
+    "instance_group": {"name": ALL, "kind": ALL, "count": ALL, "gpus": ALL},
+    "default_model_filename": ALL,
+    "model_transaction_policy": {"decoupled": ALL},
+    # Handed to the backend and the model as Triton does; keys a backend reads are documented.
+    "parameters": ALL,
+}
+
+# Why a field is refused, for the ones users meet most; others get a generic reason.
+REASONS = {
+    "batch_input": "ragged batching inputs are not implemented",
+    "batch_output": "ragged batching outputs are not implemented",
+    "optimization": "optimization policies (graph level, CUDA graphs, accelerators such as "
+    "TensorRT, pinned memory) are not implemented",
+    "model_warmup": "model warmup is not implemented",
+    "model_operations": "model operations (op libraries) are not implemented",
+    "model_repository_agents": "repository agents are not implemented",
+    "response_cache": "the response cache is not implemented",
+    "cc_model_filenames": "per-compute-capability model files are not implemented",
+    "metric_tags": "custom metric labels are not implemented",
+    "runtime": "custom backend runtimes are not implemented",
+    "instance_group.rate_limiter": "the rate limiter is not implemented",
+    "instance_group.secondary_devices": "secondary devices are not supported",
+    "instance_group.profile": "optimization profiles are TensorRT's and not supported",
+    "instance_group.passive": "passive instances are not implemented",
+    "instance_group.host_policy": "host policies are not implemented",
+    "sequence_batching.state": "implicit sequence state is not implemented: keep the state "
+    "in the model, keyed by the CORRID control input",
+    "sequence_batching.iterative_sequence": "iterative sequences are not implemented",
+    "sequence_batching.direct.max_queue_delay_microseconds": "a queue delay for sequence "
+    "batches is not implemented (a batch goes as soon as its instance is free)",
+    "sequence_batching.oldest.max_queue_delay_microseconds": "a queue delay for sequence "
+    "batches is not implemented (a batch goes as soon as its instance is free)",
+    "sequence_batching.direct.minimum_slot_utilization": "minimum slot utilization is not "
+    "implemented",
+    "sequence_batching.oldest.preferred_batch_size": "preferred batch sizes for sequences are "
+    "not implemented",
+    "sequence_batching.oldest.preserve_ordering": "it is not implemented (each sequence's "
+    "requests are always answered in order)",
+    "input.reshape": "tensor reshape is not implemented",
+    "output.reshape": "tensor reshape is not implemented",
+    "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",
+    "output.is_shape_tensor": "shape tensors are TensorRT's and not supported",
+    "input.allow_ragged_batch": "ragged batching is not implemented",
+    "output.label_filename": "the classification extension is not implemented",
+}
+
+
+def check_supported(config: mc.ModelConfig) -> None:
+    """Raise ModelLoadError naming the first config field that tensorgate does not implement."""
+    _walk(config, SUPPORTED, "")
+
+
+def _walk(message: Any, table: dict[str, Any], prefix: str) -> None:
+    for descriptor, value in message.ListFields():
+        path = f"{prefix}{descriptor.name}"
+        allowed = table.get(descriptor.name)
+        if allowed is None:
+            reason = REASONS.get(path, "it is not implemented")
+            raise ModelLoadError(
+                f"config field '{path}' is not supported by tensorgate: {reason}; "
+                "remove it from config.pbtxt (docs/config-support.md lists what is)"
+            )
+        if allowed is ALL or descriptor.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if descriptor.message_type.GetOptions().map_entry:
+            continue
+        if descriptor.is_repeated:
+            for item in value:
+                _walk(item, allowed, f"{path}.")
+        else:
+            _walk(value, allowed, f"{path}.")

@@ -1,0 +1,186 @@
+"""How a model version is put together: config → backend instances → runner → counters.
+
+The repository decides what to load and tracks its state; this module is the one place that
+says what a loaded version is made of. Steps, in order:
+
+1. Refuse any config field tensorgate does not implement (repository/support.py).
+   An ensemble has no backend: its plan is checked against its (loaded) steps, done.
+2. Resolve the backend and create one instance per `instance_group` entry and count; the
+   first instance's signature completes and checks the config.
+3. Choose the runner the config asks for: the decoupled runner for
+   `model_transaction_policy { decoupled: true }`, the sequence batcher for
+   `sequence_batching`, else the dynamic batcher (with or
+   without `dynamic_batching`).
+4. Attach statistics and metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tensorgate.backends.base import Backend, InstanceContext, ModelSignature
+from tensorgate.backends.registry import model_file, resolve_backend
+from tensorgate.batching.policy import BatchingPolicy
+from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
+from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.statistics import ModelStats
+from tensorgate.errors import ModelLoadError
+from tensorgate.executors.instance_pool import InstancePool
+from tensorgate.executors.instance_threads import InstanceThreads
+from tensorgate.observability.metrics import MetricsStore, ModelMetrics
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository.autocomplete import complete_config
+from tensorgate.repository.config import ModelSpec
+from tensorgate.repository.support import check_supported
+from tensorgate.runners.base import ModelRunner, ModelVersion
+from tensorgate.runners.decoupled import DecoupledRunner
+from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Infer, Resolve
+from tensorgate.runners.sequence import SequenceRunner
+from tensorgate.settings import Settings
+
+ENSEMBLE = "ensemble"
+
+
+def instance_devices(config: mc.ModelConfig) -> list[str]:
+    """One device name per instance the config's instance groups ask for."""
+    groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
+    devices: list[str] = []
+    for group in groups:
+        count = group.count or 1
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            for gpu in group.gpus or [0]:
+                devices += [f"cuda:{gpu}"] * count
+        elif group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO):
+            devices += ["cpu"] * count
+        else:
+            raise ModelLoadError(
+                f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} "
+                "is not supported"
+            )
+    return devices
+
+
+class VersionBuilder:
+    """Builds loaded model versions with the server's settings and metrics store."""
+
+    def __init__(self, settings: Settings, metrics: MetricsStore | None, resolve: Resolve) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.resolve = resolve  # finds loaded models: an ensemble's steps
+        # How ensembles and model code call models: the data plane sets it (None: refused).
+        self.calls: ModelCalls | None = None
+        self.infer: Infer | None = None
+
+    def build(
+        self, name: str, model_dir: Path, version: int, base_config: mc.ModelConfig
+    ) -> ModelVersion:
+        """Blocking (backends load files): run it off the event loop."""
+        config = mc.ModelConfig()
+        config.CopyFrom(base_config)
+        check_supported(config)
+        if config.platform == ENSEMBLE:
+            return self._ensemble(name, version, config)
+        instances = self._instances(name, model_dir, version, config)
+        try:
+            spec = ModelSpec.from_config(config)
+            stats = ModelStats()
+            metrics = self.metrics.model(name, version) if self.metrics is not None else None
+            runner = self._runner(name, version, config, instances, stats, metrics)
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
+        return ModelVersion(name, version, config, spec, runner, stats, metrics)
+
+    def _ensemble(self, name: str, version: int, config: mc.ModelConfig) -> ModelVersion:
+        if self.infer is None:
+            raise ModelLoadError("ensembles need the data plane, which this server lacks")
+        if not config.input or not config.output:
+            raise ModelLoadError("an ensemble's config.pbtxt must list its input and output")
+        config.backend = ""
+        spec = ModelSpec.from_config(config)
+        plan = EnsemblePlan.from_config(config, self.resolve)
+        runner = EnsembleRunner(name, plan, spec, self.infer)
+        metrics = self.metrics.model(name, version) if self.metrics is not None else None
+        needs = tuple(sorted({step.model for step in plan.steps}))
+        return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)
+
+    def _instances(
+        self, name: str, model_dir: Path, version: int, config: mc.ModelConfig
+    ) -> list[Backend]:
+        version_dir = model_dir / str(version)
+        factory = resolve_backend(config, version_dir)
+        path = model_file(config, factory, version_dir)
+        instances: list[Backend] = []
+        try:
+            for index, device in enumerate(instance_devices(config)):
+                context = InstanceContext(
+                    name,
+                    version,
+                    model_dir,
+                    path,
+                    config,
+                    device,
+                    self.settings.intra_op_threads,
+                    index,
+                    self.calls,
+                )
+                instance = factory.create(context)
+                instances.append(instance)
+                if index == 0:
+                    signature = _without_controls(instance.signature(), config)
+                    complete_config(config, signature, self.settings.default_max_batch_size)
+        except BaseException:
+            for instance in instances:
+                instance.close()
+            raise
+        return instances
+
+    def _runner(
+        self,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        instances: list[Backend],
+        stats: ModelStats,
+        metrics: ModelMetrics | None,
+    ) -> ModelRunner:
+        observer = _execution_observer(stats, metrics)
+        sequences = config.WhichOneof("scheduling_choice") == "sequence_batching"
+        if sequences and config.model_transaction_policy.decoupled:
+            raise ModelLoadError("a decoupled model with sequence_batching is not supported")
+        if sequences:
+            threads = InstanceThreads(f"{name}_{version}", instances)
+            return SequenceRunner(name, config, threads, self.settings.max_queue_size, observer)
+        if config.model_transaction_policy.decoupled:
+            threads = InstanceThreads(f"{name}_{version}", instances)
+            return DecoupledRunner(name, threads, self.settings.max_queue_size, observer)
+        policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
+        pool = InstancePool[Any](f"{name}_{version}", instances)
+        return Scheduler(name, policy, pool, observer)
+
+
+def _without_controls(
+    signature: ModelSignature | None, config: mc.ModelConfig
+) -> ModelSignature | None:
+    """The model file's signature less the sequence batcher's control inputs, which the
+    batcher supplies and the config's `input` list does not name."""
+    controls = {c.name for c in config.sequence_batching.control_input}
+    if signature is None or not controls:
+        return signature
+    inputs = tuple(t for t in signature.inputs if t.name not in controls)
+    return ModelSignature(inputs, signature.outputs)
+
+
+def _execution_observer(stats: ModelStats, metrics: ModelMetrics | None) -> ExecutionObserver:
+    """Each executed batch goes to the statistics and, when on, to the metrics."""
+    if metrics is None:
+        return stats.record_execution
+    record_stats, record_metrics = stats.record_execution, metrics.execution
+
+    def both(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        record_stats(rows, input_ns, infer_ns, output_ns)
+        record_metrics(rows, input_ns, infer_ns, output_ns)
+
+    return both

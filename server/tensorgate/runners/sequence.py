@@ -1,0 +1,356 @@
+"""The sequence batcher: stateful models whose requests come in sequences.
+
+The slot policy (batching/sequences.py) decides which instance and slot a sequence holds
+and which requests run next; this runner reads each request's `sequence_id`,
+`sequence_start` and `sequence_end` parameters (tritonclient sets them), builds each batch
+with the control inputs the config declares (START, END, READY, CORRID), runs it on the
+sequence's instance, and hands each request its row of the outputs. An instance runs one
+batch at a time, so a sequence's requests run strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from tensorgate.backends.base import Backend
+from tensorgate.batching.scheduler import ExecutionObserver
+from tensorgate.batching.sequences import (
+    CorrelationId,
+    Sequence,
+    SequenceRequest,
+    SequenceSlots,
+)
+from tensorgate.dataplane.types import Array, InferRequest, ParameterValue
+from tensorgate.errors import InvalidArgument, ModelLoadError, TensorgateError, Unavailable
+from tensorgate.executors.instance_threads import InstanceThreads
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.protocol import datatypes
+from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, one_result
+
+Control = mc.ModelSequenceBatching.Control
+# Triton's default idle limit when the config sets none.
+DEFAULT_IDLE_US = 1_000_000
+_KINDS = {
+    Control.CONTROL_SEQUENCE_START: "start",
+    Control.CONTROL_SEQUENCE_END: "end",
+    Control.CONTROL_SEQUENCE_READY: "ready",
+    Control.CONTROL_SEQUENCE_CORRID: "corrid",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInput:
+    """One control tensor the batcher adds to every batch."""
+
+    name: str
+    kind: str  # start, end, ready or corrid
+    dtype: np.dtype[Any]
+    false_true: tuple[Any, Any] = (0, 1)
+
+
+def control_inputs(config: mc.ModelConfig) -> list[ControlInput]:
+    """The config's control inputs; a malformed one fails the load with its name."""
+    controls = []
+    for entry in config.sequence_batching.control_input:
+        if len(entry.control) != 1:
+            raise ModelLoadError(
+                f"control_input '{entry.name}' must hold exactly one control, "
+                f"it has {len(entry.control)}"
+            )
+        control = entry.control[0]
+        kind = _KINDS[control.kind]
+        if kind == "corrid":
+            type_name = mc.DataType.Name(control.data_type)
+            if type_name not in (
+                "TYPE_UINT64",
+                "TYPE_INT64",
+                "TYPE_UINT32",
+                "TYPE_INT32",
+                "TYPE_STRING",
+            ):
+                raise ModelLoadError(
+                    f"control_input '{entry.name}': CORRID data_type must be an integer type "
+                    f"or TYPE_STRING, got {type_name}"
+                )
+            dtype = datatypes.BY_CONFIG_NAME[type_name].numpy
+            controls.append(ControlInput(entry.name, kind, np.dtype(dtype)))
+            continue
+        pairs: list[tuple[np.dtype[Any], Any]] = [
+            (np.dtype(np.int32), control.int32_false_true),
+            (np.dtype(np.float32), control.fp32_false_true),
+            (np.dtype(np.bool_), control.bool_false_true),
+        ]
+        given = [(dtype, values) for dtype, values in pairs if len(values)]
+        if len(given) != 1 or len(given[0][1]) != 2:
+            raise ModelLoadError(
+                f"control_input '{entry.name}' needs one false/true pair: int32_false_true, "
+                "fp32_false_true or bool_false_true with two values"
+            )
+        dtype, values = given[0]
+        controls.append(ControlInput(entry.name, kind, dtype, (values[0], values[1])))
+    return controls
+
+
+def sequence_parameters(
+    params: dict[str, ParameterValue], model: str
+) -> tuple[CorrelationId, bool, bool]:
+    """The request's correlation id and its start and end flags."""
+    corrid = params.get("sequence_id", 0)
+    if isinstance(corrid, bool) or not isinstance(corrid, int | str) or corrid in (0, ""):
+        raise InvalidArgument(
+            f"model '{model}' is a sequence model: every request needs a sequence_id "
+            "parameter (a non-zero integer or a non-empty string)"
+        )
+    start, end = params.get("sequence_start", False), params.get("sequence_end", False)
+    if not isinstance(start, bool) or not isinstance(end, bool):
+        raise InvalidArgument("sequence_start and sequence_end must be booleans")
+    return corrid, start, end
+
+
+@dataclass(slots=True)
+class _Ticket:
+    future: asyncio.Future[Scheduled]
+    inputs: dict[str, Array]
+
+
+def _execute(backend: Backend, inputs: dict[str, Array]) -> tuple[dict[str, Array], int, int]:
+    started = time.perf_counter_ns()
+    outputs = backend.execute(inputs)
+    return outputs, started, time.perf_counter_ns()
+
+
+class SequenceRunner:
+    """Runs a stateful model's sequences, each on the instance and slot it holds."""
+
+    decoupled = False
+
+    def __init__(
+        self,
+        name: str,
+        config: mc.ModelConfig,
+        instances: InstanceThreads,
+        max_backlog: int,
+        on_execution: ExecutionObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.instances = instances
+        self.batched = config.max_batch_size > 0
+        self.controls = control_inputs(config)
+        batching = config.sequence_batching
+        direct = batching.WhichOneof("strategy_choice") != "oldest"
+        max_batch = max(config.max_batch_size, 1)
+        slots = max_batch if direct else max(batching.oldest.max_candidate_sequences, max_batch)
+        idle_us = batching.max_sequence_idle_microseconds or DEFAULT_IDLE_US
+        self.policy = SequenceSlots(
+            name, len(instances), slots, max_batch, idle_us * 1000, max_backlog, direct
+        )
+        self._on_execution = on_execution
+        self._busy = [False] * len(instances)
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def status(self) -> RunnerStatus:
+        queued = sum(len(s.pending) for s in self.policy.sequences.values())
+        return RunnerStatus(queued, sum(self._busy), len(self.instances))
+
+    def stream(self, request: InferRequest, rows: int) -> Any:
+        return one_result(self.run(request, rows))
+
+    async def run(self, request: InferRequest, rows: int) -> Scheduled:
+        if self._closing:
+            raise Unavailable(f"model '{self.name}' is being unloaded")
+        corrid, start, end = sequence_parameters(request.parameters, self.name)
+        if self.batched and rows != 1:
+            raise InvalidArgument(
+                f"sequence model '{self.name}' takes one row per request, got {rows}"
+            )
+        self._check_corrid_type(corrid)
+        now = time.perf_counter_ns()
+        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        item = SequenceRequest(start, end, now, _Ticket(future, request.inputs))
+        sequence = self.policy.add(corrid, item, now)
+        self._dispatch(sequence.instance)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.policy.drop(sequence, item)
+            raise
+
+    def _check_corrid_type(self, corrid: CorrelationId) -> None:
+        for control in self.controls:
+            if control.kind == "corrid" and isinstance(corrid, str) != (control.dtype.kind == "O"):
+                want = "a string" if control.dtype.kind == "O" else "an integer"
+                raise InvalidArgument(
+                    f"model '{self.name}' takes {want} sequence_id (its CORRID control input)"
+                )
+
+    # Batches ---------------------------------------------------------------------------
+
+    def _dispatch(self, instance: int) -> None:
+        """Start the instance's next batch if it is free and has requests ready."""
+        if instance < 0 or self._busy[instance]:
+            return
+        batch = self._matching(self.policy.ready(instance))
+        if not batch:
+            self._arm_expiry()
+            self._check_drained()
+            return
+        self.policy.taken(batch)
+        self._busy[instance] = True
+        rows = [s.slot for s in batch] if self.policy.direct else list(range(len(batch)))
+        inputs = self._assemble(batch, rows)
+        dispatched = time.perf_counter_ns()
+        worker = self.instances.instances[instance]
+        future = worker.call(_execute, worker.backend, inputs)
+        future.add_done_callback(partial(self._finished, instance, batch, rows, dispatched))
+
+    def _matching(self, ready: list[Sequence]) -> list[Sequence]:
+        """The ready sequences whose next inputs can share a batch with the first's."""
+        if not ready or not self.batched:
+            return ready[:1]
+        key = _shape_key(ready[0].pending[0].handle.inputs)
+        return [s for s in ready if _shape_key(s.pending[0].handle.inputs) == key]
+
+    def _assemble(self, batch: list[Sequence], rows: list[int]) -> dict[str, Array]:
+        heads = [s.pending[0] for s in batch]
+        if not self.batched:
+            inputs = dict(heads[0].handle.inputs)
+            for control in self.controls:
+                inputs[control.name] = _control_values(control, batch, heads, [0], 1).reshape(1)
+            return inputs
+        size = max(rows) + 1
+        inputs = {}
+        for name, first in heads[0].handle.inputs.items():
+            merged = np.zeros((size, *first.shape[1:]), dtype=first.dtype)
+            if first.dtype == np.object_:
+                merged[...] = b""
+            for head, row in zip(heads, rows, strict=True):
+                merged[row] = head.handle.inputs[name][0]
+            inputs[name] = merged
+        for control in self.controls:
+            inputs[control.name] = _control_values(control, batch, heads, rows, size)
+        return inputs
+
+    def _finished(
+        self,
+        instance: int,
+        batch: list[Sequence],
+        rows: list[int],
+        dispatched: int,
+        future: asyncio.Future[tuple[dict[str, Array], int, int]],
+    ) -> None:
+        now = time.perf_counter_ns()
+        heads = [s.pending[0] for s in batch]
+        error = future.exception()
+        if error is not None:
+            for head in heads:
+                _settle(head.handle.future, error)
+        else:
+            outputs, started, inferred = future.result()
+            timing = BatchTiming(dispatched, started, inferred, now, len(batch), len(batch))
+            if self._on_execution is not None:
+                self._on_execution(
+                    len(batch), started - dispatched, inferred - started, now - inferred
+                )
+            for head, row in zip(heads, rows, strict=True):
+                part = (
+                    outputs
+                    if not self.batched
+                    else {k: v[row : row + 1] for k, v in outputs.items()}
+                )
+                done = Scheduled(
+                    part,
+                    dispatched - head.enqueued_ns,
+                    started - dispatched,
+                    inferred - started,
+                    now - inferred,
+                    timing,
+                )
+                _settle(head.handle.future, done)
+        woken = self.policy.finished(batch, now)
+        self._busy[instance] = False
+        for index in {instance, *woken}:
+            self._dispatch(index)
+
+    # Idle sequences --------------------------------------------------------------------
+
+    def _arm_expiry(self) -> None:
+        due = self.policy.next_expiry_ns()
+        if not due or self._timer is not None:
+            return
+        delay = max(due - time.perf_counter_ns(), 0) / 1e9
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        for instance in self.policy.expire(time.perf_counter_ns()):
+            self._dispatch(instance)
+        self._arm_expiry()
+
+    # Unloading -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closing = True
+        if any(self._busy) or self.status().queued:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self._timer is not None:
+            self._timer.cancel()
+        await asyncio.to_thread(self.instances.close)
+
+    def discard(self) -> None:
+        self.instances.close()
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is None or drained.done() or any(self._busy) or self.status().queued:
+            return
+        drained.set_result(None)
+
+
+def _control_values(
+    control: ControlInput,
+    batch: list[Sequence],
+    heads: list[SequenceRequest],
+    rows: list[int],
+    size: int,
+) -> Array:
+    """A control tensor of `size` rows, one value per row ([size, 1])."""
+    if control.kind == "corrid":
+        values = np.zeros((size, 1), dtype=control.dtype)
+        if control.dtype.kind == "O":
+            values[...] = b""
+        for sequence, row in zip(batch, rows, strict=True):
+            corrid = sequence.corrid
+            values[row, 0] = corrid.encode() if isinstance(corrid, str) else corrid
+        return values
+    false, true = control.false_true
+    values = np.full((size, 1), false, dtype=control.dtype)
+    for head, row in zip(heads, rows, strict=True):
+        on = {"start": head.start, "end": head.end, "ready": True}[control.kind]
+        values[row, 0] = true if on else false
+    return values
+
+
+def _shape_key(inputs: dict[str, Array]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return tuple(sorted((name, array.shape) for name, array in inputs.items()))
+
+
+def _settle(future: asyncio.Future[Scheduled], outcome: Scheduled | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        # A copy per request: callers may add context to their error's message.
+        future.set_exception(
+            copy.copy(outcome) if isinstance(outcome, TensorgateError) else outcome
+        )
+    else:
+        future.set_result(outcome)

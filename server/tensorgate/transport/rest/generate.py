@@ -1,0 +1,108 @@
+"""The generate extension's routes: `/generate` answers with one JSON object, and
+`/generate_stream` with Server-Sent Events, one `data:` event per response.
+
+Both take the flat JSON document of protocol/generate_codec.py. `/generate` on a decoupled
+model collects its stream and answers when the model sent exactly one response, as Triton
+does; a model that streams is read with `/generate_stream`. Errors before the first
+response are ordinary JSON errors with their HTTP status; an error after the stream has
+begun is its last event, `data: {"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from typing import Any
+
+import orjson
+
+from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.dataplane.types import InferRequest, InferResponse
+from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
+from tensorgate.protocol.generate_codec import decode_generate_request, encode_generate_response
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(generate|generate_stream)")
+EVENT_STREAM = b"text/event-stream"
+
+
+def match_generate(path: str) -> tuple[str, str, bool] | None:
+    """(model, version, streaming) when `path` is a generate route."""
+    found = _PATH.fullmatch(path)
+    if found is None:
+        return None
+    model, version, route = found.groups()
+    return model, version or "", route == "generate_stream"
+
+
+class Generate:
+    """Both generate routes over the data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def decode(self, body: bytes, model: str, version: str) -> InferRequest:
+        spec = self.dataplane.model(model, version).spec
+        types = {name: tensor.datatype for name, tensor in spec.inputs.items()}
+        return decode_generate_request(body, model, version, types, spec.max_batch_size > 0)
+
+    async def one(self, request: InferRequest) -> bytes:
+        """`/generate`: the model's one response as a JSON object."""
+        if not self.dataplane.is_decoupled(request.model_name, request.model_version):
+            return orjson.dumps(encode_generate_response(await self.dataplane.infer(request)))
+        answers: list[InferResponse] = []
+        async with aclosing(self.dataplane.stream(request)) as responses:
+            async for response in responses:
+                if response.outputs:
+                    answers.append(response)
+                if len(answers) > 1:
+                    raise InvalidArgument(
+                        f"model '{request.model_name}' sent more than one response: read it "
+                        "with /generate_stream"
+                    )
+        if not answers:
+            raise InvalidArgument(f"model '{request.model_name}' sent no response")
+        return orjson.dumps(encode_generate_response(answers[0]))
+
+    async def events(
+        self, request: InferRequest, send: Send, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """`/generate_stream`: each response as an event, sent as the model produces it.
+
+        The head goes out with the first response, so a request that fails at once (unknown
+        model, bad input) gets its HTTP status. ASGI `send` waits while the client is not
+        reading, which holds the model's generator back.
+        """
+        async with aclosing(self.dataplane.stream(request)) as responses:
+            first = await anext(responses, None)
+            headers = [
+                (b"content-type", EVENT_STREAM),
+                (b"cache-control", b"no-cache"),
+                *headers,
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            try:
+                response = first
+                while response is not None:
+                    if response.outputs or not response.final:
+                        await send(_event(encode_generate_response(response)))
+                    response = await anext(responses, None)
+            except TensorgateError as exc:
+                await send(_event({"error": exc.message}))
+            except Exception:
+                log.exception("unexpected error in a generate_stream response")
+                await send(_event({"error": INTERNAL_MESSAGE}))
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _event(document: dict[str, Any]) -> MutableMapping[str, Any]:
+    return {
+        "type": "http.response.body",
+        "body": b"data: " + orjson.dumps(document) + b"\n\n",
+        "more_body": True,
+    }

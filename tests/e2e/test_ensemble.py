@@ -1,0 +1,98 @@
+"""Ensembles end to end: the DAG against its steps called one by one, load checks, readiness."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.conftest import Server, serving
+from tests.e2e.stream_models import BROKEN_ENSEMBLES, build_ensemble_models
+
+pytestmark = pytest.mark.slow
+
+
+def infer(client: grpcclient.InferenceServerClient, model: str, **tensors: np.ndarray) -> dict:
+    inputs = []
+    for name, array in tensors.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer(model, inputs)
+    return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+
+
+def test_pipeline_equals_its_three_models_called_one_by_one(stream_server: Server) -> None:
+    raw = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        pre = infer(client, "preprocess", RAW=raw)
+        mid = infer(client, "add_sub", INPUT0=pre["DOUBLED"], INPUT1=pre["SHIFTED"])
+        post = infer(client, "postprocess", SUM=mid["OUTPUT0"], DIFF=mid["OUTPUT1"])
+        whole = infer(client, "pipeline", RAW=raw)
+    assert list(whole) == ["RESULT"]
+    np.testing.assert_array_equal(whole["RESULT"], post["RESULT"])
+
+
+def test_pipeline_serves_over_http_too(stream_server: Server) -> None:
+    client = httpclient.InferenceServerClient(stream_server.http_url)
+    tensor = httpclient.InferInput("RAW", [1, 16], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+    result = client.infer("pipeline", [tensor]).as_numpy("RESULT")
+    client.close()
+    np.testing.assert_array_equal(result, np.zeros((1, 16), dtype=np.float32))  # (2+2)*(2-2)
+
+
+def test_a_failing_step_fails_the_request_naming_its_model(stream_server: Server) -> None:
+    with (
+        grpcclient.InferenceServerClient(stream_server.url) as client,
+        pytest.raises(InferenceServerException) as raised,
+    ):
+        infer(client, "pipeline", RAW=np.full((1, 16), -5000, dtype=np.float32))
+    assert raised.value.status() == "StatusCode.INTERNAL"
+    assert "step 1 ('preprocess')" in raised.value.message()
+    assert "RAW below -1000" in raised.value.message()
+
+
+@pytest.mark.parametrize("name", list(BROKEN_ENSEMBLES))
+def test_a_broken_ensemble_fails_its_load_with_a_reason(stream_server: Server, name: str) -> None:
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        index = client.get_model_repository_index(as_json=True)["models"]
+    entry = next(m for m in index if m["name"] == name)
+    assert entry["state"] == "UNAVAILABLE"
+    assert BROKEN_ENSEMBLES[name][1] in entry["reason"]
+
+
+@pytest.fixture(scope="module")
+def explicit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("ensemble_repo")
+    build_ensemble_models(root)
+    args = ("--model-control-mode", "explicit", "--load-model", "pipeline")
+    with serving(Path(root), tmp_path_factory, *args, wait_model="pipeline") as server:
+        yield server
+
+
+def test_loading_an_ensemble_loads_its_steps_and_unloading_one_makes_it_not_ready(
+    explicit_server: Server,
+) -> None:
+    with grpcclient.InferenceServerClient(explicit_server.url) as client:
+        for step in ("preprocess", "add_sub", "postprocess"):
+            assert client.is_model_ready(step)
+        client.unload_model("add_sub")
+        assert not client.is_model_ready("pipeline")
+        index = client.get_model_repository_index(as_json=True)["models"]
+        entry = next(m for m in index if m["name"] == "pipeline")
+        assert entry["state"] == "UNAVAILABLE"
+        assert "step model 'add_sub'" in entry["reason"]
+        with pytest.raises(InferenceServerException) as raised:
+            infer(client, "pipeline", RAW=np.ones((1, 16), dtype=np.float32))
+        assert raised.value.status() == "StatusCode.UNAVAILABLE"
+        client.load_model("add_sub")
+        assert client.is_model_ready("pipeline")
+        assert infer(client, "pipeline", RAW=np.ones((1, 16), dtype=np.float32))[
+            "RESULT"
+        ].shape == (1, 16)

@@ -1,0 +1,111 @@
+"""The sequence batcher's slot policy, without threads or an event loop."""
+
+from __future__ import annotations
+
+import pytest
+from tensorgate.batching.sequences import SequenceRequest, SequenceSlots
+from tensorgate.errors import InvalidArgument, ResourceExhausted
+
+MS = 1_000_000
+
+
+def slots(instances: int = 1, per_instance: int = 2, backlog: int = 2) -> SequenceSlots:
+    return SequenceSlots("m", instances, per_instance, per_instance, 100 * MS, backlog, True)
+
+
+def req(start: bool = False, end: bool = False, at: int = 0) -> SequenceRequest:
+    return SequenceRequest(start, end, at)
+
+
+def test_sequences_take_the_lowest_free_slot_and_free_it_at_their_end() -> None:
+    policy = slots()
+    a = policy.add(1, req(start=True), 0)
+    b = policy.add(2, req(start=True), 0)
+    assert (a.slot, b.slot) == (0, 1)
+    policy.taken([a])
+    policy.finished([a], 1)
+    policy.add(1, req(end=True), 2)
+    policy.taken([a])
+    policy.finished([a], 3)
+    c = policy.add(3, req(start=True), 4)
+    assert c.slot == 0 and 1 not in policy.sequences
+
+
+def test_a_batch_takes_one_request_per_sequence_in_slot_order() -> None:
+    policy = slots()
+    b = policy.add(2, req(start=True), 0)
+    a = policy.add(1, req(start=True), 1)
+    policy.add(1, req(), 2)
+    batch = policy.ready(0)
+    assert batch == [b, a]  # b started first and holds slot 0
+    policy.taken(batch)
+    assert policy.ready(0) == []  # a's second request waits for its first
+    policy.finished(batch, 3)
+    assert policy.ready(0) == [a]
+
+
+def test_sequences_spread_over_instances() -> None:
+    policy = slots(instances=2, per_instance=1)
+    a = policy.add(1, req(start=True), 0)
+    b = policy.add(2, req(start=True), 0)
+    assert {a.instance, b.instance} == {0, 1}
+
+
+def test_a_sequence_without_a_free_slot_waits_in_the_backlog_then_gets_one() -> None:
+    policy = slots(per_instance=1)
+    a = policy.add(1, req(start=True, end=True), 0)
+    waiting = policy.add(2, req(start=True), 0)
+    assert waiting.instance == -1 and policy.ready(0) == [a]
+    policy.taken([a])
+    assert policy.finished([a], 1) == [0]
+    assert waiting.instance == 0 and policy.ready(0) == [waiting]
+
+
+def test_a_full_backlog_refuses_new_sequences() -> None:
+    policy = slots(per_instance=1, backlog=1)
+    policy.add(1, req(start=True), 0)
+    policy.add(2, req(start=True), 0)
+    with pytest.raises(ResourceExhausted):
+        policy.add(3, req(start=True), 0)
+
+
+@pytest.mark.parametrize(
+    ("corrid", "request_", "reason"),
+    [
+        (1, req(start=True), "already running"),
+        (5, req(), "has not started"),
+    ],
+)
+def test_requests_that_break_a_sequence_are_invalid(
+    corrid: int, request_: SequenceRequest, reason: str
+) -> None:
+    policy = slots()
+    policy.add(1, req(start=True), 0)
+    with pytest.raises(InvalidArgument, match=reason):
+        policy.add(corrid, request_, 0)
+
+
+def test_no_request_is_taken_after_a_sequence_ends() -> None:
+    policy = slots()
+    policy.add(1, req(start=True, end=True), 0)
+    with pytest.raises(InvalidArgument, match="has ended"):
+        policy.add(1, req(), 0)
+
+
+def test_an_idle_sequence_expires_and_its_slot_goes_to_the_backlog() -> None:
+    policy = slots(per_instance=1)
+    a = policy.add(1, req(start=True), 0)
+    policy.taken([a])
+    policy.finished([a], 0)
+    waiting = policy.add(2, req(start=True), 1)
+    assert policy.next_expiry_ns() == 100 * MS
+    assert policy.expire(99 * MS) == []
+    assert policy.expire(100 * MS) == [0]
+    assert 1 not in policy.sequences and waiting.instance == 0
+
+
+def test_a_sequence_with_work_queued_never_expires() -> None:
+    policy = slots()
+    a = policy.add(1, req(start=True), 0)
+    policy.taken([a])
+    assert policy.expire(10_000 * MS) == [] and 1 in policy.sequences
