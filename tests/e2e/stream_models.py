@@ -95,8 +95,11 @@ def _write(root: Path, name: str, config: str, code: str) -> None:
 def build_stream_repository(root: Path, counter: Path) -> None:
     """The decoupled and sequence models, and one model per refused config field
     (`refused_<field>`)."""
+    from tests.e2e.triton_models import build_triton_models
+
     build_sequence_models(root)
     build_ensemble_models(root)
+    build_triton_models(root)
     _write(root, "repeat_int32", REPEAT_CONFIG.format(counter=counter), REPEAT_MODEL)
     _write(root, "words", WORDS_CONFIG, WORDS_MODEL)
     for field, text in REFUSED_FIELDS.items():

@@ -1,0 +1,106 @@
+"""Triton Python-backend model files served unchanged, driven by tritonclient."""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.conftest import Server
+
+pytestmark = pytest.mark.slow
+
+
+def pair(dtype: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
+    inputs = [
+        grpcclient.InferInput("INPUT0", list(a.shape), dtype),
+        grpcclient.InferInput("INPUT1", list(b.shape), dtype),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
+@pytest.mark.parametrize("model", ["triton_add_sub", "triton_bls", "triton_bls_async"])
+def test_add_sub_directly_and_through_bls(stream_server: Server, model: str) -> None:
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.float32)
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        result = client.infer(model, pair("FP32", a, b))
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+
+def test_an_error_response_fails_only_its_own_request(stream_server: Server) -> None:
+    good = np.ones((1, 16), dtype=np.float32)
+    bad = np.full((1, 16), np.nan, dtype=np.float32)
+
+    def call(a: np.ndarray) -> Any:
+        with grpcclient.InferenceServerClient(stream_server.url) as client:
+            try:
+                return client.infer("triton_add_sub", pair("FP32", a, good)).as_numpy("OUTPUT0")
+            except InferenceServerException as exc:
+                return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, [good, bad] * 8))
+    for index, result in enumerate(results):
+        if index % 2:
+            assert isinstance(result, InferenceServerException)
+            assert "INPUT0 holds NaN" in result.message()
+        else:
+            np.testing.assert_array_equal(result, good * 2)
+
+
+def test_string_model_like_the_simple_string_example(stream_server: Server) -> None:
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.int32)
+    encode = np.vectorize(lambda v: str(v).encode(), otypes=[object])
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        result = client.infer("simple_string", pair("BYTES", encode(a), encode(b)))
+    assert [int(v) for v in result.as_numpy("OUTPUT0")[0]] == list((a + b)[0])
+    assert [int(v) for v in result.as_numpy("OUTPUT1")[0]] == list((a - b)[0])
+
+
+def test_int8_model_with_explicit_int_contents(stream_server: Server) -> None:
+    # As Triton's explicit int8 content example: typed contents, no raw bytes.
+    request = service_pb2.ModelInferRequest(model_name="simple_int8")
+    for name, values in (("INPUT0", range(16)), ("INPUT1", [1] * 16)):
+        tensor = request.inputs.add(name=name, datatype="INT8", shape=[1, 16])
+        tensor.contents.int_contents.extend(values)
+    with grpc.insecure_channel(stream_server.url) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    outputs = {o.name: i for i, o in enumerate(response.outputs)}
+    raw = response.raw_output_contents
+    total = np.frombuffer(raw[outputs["OUTPUT0"]], dtype=np.int8)
+    difference = np.frombuffer(raw[outputs["OUTPUT1"]], dtype=np.int8)
+    assert list(total) == [v + 1 for v in range(16)]
+    assert list(difference) == [v - 1 for v in range(16)]
+
+
+def test_decoupled_model_answers_through_its_response_sender(stream_server: Server) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+    values = np.arange(10, 16, dtype=np.int32)
+    inputs = [
+        grpcclient.InferInput("IN", [6], "INT32"),
+        grpcclient.InferInput("DELAY", [6], "UINT32"),
+        grpcclient.InferInput("WAIT", [1], "UINT32"),
+    ]
+    inputs[0].set_data_from_numpy(values)
+    inputs[1].set_data_from_numpy(np.full(6, 5, dtype=np.uint32))
+    inputs[2].set_data_from_numpy(np.zeros(1, dtype=np.uint32))
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        client.async_stream_infer("triton_repeat_int32", inputs, enable_empty_final_response=True)
+        received = [results.get(timeout=30) for _ in range(7)]
+    outputs = [r.as_numpy("OUT") for r in received]
+    assert [int(o[0]) for o in outputs[:-1]] == list(values)
+    assert outputs[-1] is None
+    assert received[-1].get_response().parameters["triton_final_response"].bool_param
