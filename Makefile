@@ -7,9 +7,9 @@ REPO := model_repository
 GRPC_PORT ?= 8001
 HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
-EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/*)
+EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare clean
+.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ bench-http-cpu: $(INSTALLED)
 bench-handoff: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/handoff_latency.py
+
+# The pipeline ensemble against three client round trips, and a decoupled model's first
+# response against its last (about 2 minutes).
+bench-streams: $(INSTALLED)
+	$(BIN)/python benchmarks/stream_bench.py
 
 # The working tree against a base revision (BASE, default HEAD~1), both serving at once and
 # measured in turn: did a change make the server faster? (about 7 minutes)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import shutil
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -16,7 +19,7 @@ import sseclient
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import ROOT, Server
 from tests.e2e.stream_models import REFUSED_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -187,3 +190,29 @@ def test_unsupported_config_field_fails_the_load_naming_it(
     entry = next(m for m in index if m["name"] == name)
     assert entry["state"] == "UNAVAILABLE"
     assert f"config field '{field}' is not supported" in entry["reason"]
+
+
+def readme_stream_examples() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- stream-examples:begin -->")[1].split("<!-- stream-examples:end -->")[0]
+    script = block.split("```sh\n")[1].split("```")[0]
+    return ["curl " + c.strip() for c in re.split(r"^curl ", script, flags=re.M) if c.strip()]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
+def test_readme_stream_examples_run_and_answer(stream_server: Server) -> None:
+    outputs = []
+    for command in readme_stream_examples():
+        result = subprocess.run(
+            ["bash", "-c", command.replace("localhost:8000", stream_server.http_url)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (command, result.stderr)
+        outputs.append(result.stdout.strip())
+    assert len(outputs) == 3
+    events = [json.loads(line[len("data: ") :]) for line in outputs[0].splitlines() if line]
+    assert [e["text_output"] for e in events] == ["streamed", "word", "by", "word"]
+    assert json.loads(outputs[1])["text_output"] == "single"
+    assert json.loads(outputs[2])["outputs"][0]["name"] == "RESULT"

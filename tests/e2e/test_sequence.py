@@ -89,7 +89,7 @@ def test_interleaved_sequences_on_two_instances_keep_their_state_apart(
     for step in range(4):
         for sequence_id, v in ((7, 1), (8, 10)):
             result = client.infer(
-                "accumulator",
+                "accumulate",
                 [value(grpcclient, v)],
                 sequence_id=sequence_id,
                 sequence_start=step == 0,
@@ -101,15 +101,15 @@ def test_interleaved_sequences_on_two_instances_keep_their_state_apart(
 
 
 def test_a_sequence_waits_for_a_slot_and_runs_when_one_frees(stream_server: Server) -> None:
-    # accumulator has two instances of one slot each: a third sequence waits for one.
+    # accumulate has two instances of one slot each: a third sequence waits for one.
     client = grpcclient.InferenceServerClient(stream_server.url)
     for sequence_id in (21, 22):
         client.infer(
-            "accumulator", [value(grpcclient, 1)], sequence_id=sequence_id, sequence_start=True
+            "accumulate", [value(grpcclient, 1)], sequence_id=sequence_id, sequence_start=True
         )
     results: queue.Queue[Any] = queue.Queue()
     client.async_infer(
-        "accumulator",
+        "accumulate",
         [value(grpcclient, 5)],
         callback=lambda result, error: results.put(error or result),
         sequence_id=23,
@@ -118,11 +118,11 @@ def test_a_sequence_waits_for_a_slot_and_runs_when_one_frees(stream_server: Serv
     )
     time.sleep(0.3)
     assert results.empty()
-    client.infer("accumulator", [value(grpcclient, 1)], sequence_id=21, sequence_end=True)
+    client.infer("accumulate", [value(grpcclient, 1)], sequence_id=21, sequence_end=True)
     waited = results.get(timeout=30)
     assert not isinstance(waited, InferenceServerException), waited
     assert int(waited.as_numpy("OUTPUT")[0][0]) == 5
-    client.infer("accumulator", [value(grpcclient, 1)], sequence_id=22, sequence_end=True)
+    client.infer("accumulate", [value(grpcclient, 1)], sequence_id=22, sequence_end=True)
     client.close()
 
 

@@ -1,9 +1,14 @@
-"""Build the bundled example repository: add_sub (ONNX), cnn (TorchScript), text_stats (Python).
+"""Build the bundled example repository.
+
+add_sub (ONNX) and cnn (TorchScript) are made here; the Python models are copied from
+templates/: text_stats (BYTES in and out), words (decoupled: one response per word),
+accumulate (a sequence model), and the pipeline ensemble (preprocess → add_sub →
+postprocess).
 
 usage: python -m tensorgate.examples.build OUT_DIR
 
 Models are created here from code (no downloads): add_sub with the onnx helper API, the CNN
-with torch (traced to TorchScript), the Python model copied from templates/.
+with torch (traced to TorchScript).
 """
 
 from __future__ import annotations
@@ -83,15 +88,26 @@ def build_cnn(path: Path) -> None:
     traced.save(str(path))
 
 
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def copy_templates(out: Path) -> None:
+    """The template models under `out`; each gets a version directory 1/ even when it has
+    no files (an ensemble), which a package would not keep."""
+    for template in sorted(p for p in TEMPLATES.iterdir() if p.is_dir()):
+        shutil.rmtree(out / template.name, ignore_errors=True)
+        shutil.copytree(template, out / template.name)
+        (out / template.name / "1").mkdir(exist_ok=True)
+
+
 def build(out: Path) -> None:
-    """Write the three example models under `out` (replacing any previous build)."""
+    """Write the example models under `out` (replacing any previous build)."""
     out.mkdir(parents=True, exist_ok=True)
     build_add_sub(out / "add_sub" / "1" / "model.onnx")
     (out / "add_sub" / "config.pbtxt").write_text(ADD_SUB_CONFIG)
     build_cnn(out / "cnn" / "1" / "model.pt")
     (out / "cnn" / "config.pbtxt").write_text(CNN_CONFIG)
-    shutil.rmtree(out / "text_stats", ignore_errors=True)
-    shutil.copytree(Path(__file__).parent / "templates" / "text_stats", out / "text_stats")
+    copy_templates(out)
 
 
 if __name__ == "__main__":

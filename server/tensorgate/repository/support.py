@@ -100,6 +100,8 @@ def _walk(message: Any, table: dict[str, Any], prefix: str) -> None:
     for descriptor, value in message.ListFields():
         path = f"{prefix}{descriptor.name}"
         allowed = table.get(descriptor.name)
+        if allowed is None and _empty(descriptor, value):
+            continue  # `response_cache { }`: the defaults, which ask for nothing
         if allowed is None:
             reason = REASONS.get(path, "it is not implemented")
             raise ModelLoadError(
@@ -115,3 +117,8 @@ def _walk(message: Any, table: dict[str, Any], prefix: str) -> None:
                 _walk(item, allowed, f"{path}.")
         else:
             _walk(value, allowed, f"{path}.")
+
+
+def _empty(descriptor: FieldDescriptor, value: Any) -> bool:
+    single_message = descriptor.type == FieldDescriptor.TYPE_MESSAGE and not descriptor.is_repeated
+    return single_message and value.ByteSize() == 0

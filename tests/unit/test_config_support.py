@@ -1,0 +1,51 @@
+"""Config fields: what is not implemented is refused by name, and the docs table lists all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tensorgate.errors import ModelLoadError
+from tensorgate.examples.build import ADD_SUB_CONFIG, CNN_CONFIG, TEMPLATES
+from tensorgate.proto import model_config_pb2 as mc
+from tensorgate.repository.config import parse_config
+from tensorgate.repository.support import check_supported
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_config_field_has_a_row_in_the_support_table() -> None:
+    table = (ROOT / "docs" / "config-support.md").read_text()
+    missing = [f.name for f in mc.ModelConfig.DESCRIPTOR.fields if f"`{f.name}`" not in table]
+    assert missing == []
+
+
+def test_the_bundled_examples_use_only_supported_fields() -> None:
+    texts = [ADD_SUB_CONFIG, CNN_CONFIG]
+    texts += [p.read_text() for p in TEMPLATES.glob("*/config.pbtxt")]
+    for text in texts:
+        check_supported(parse_config(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("model_warmup [{ name: 'w' }]", "model_warmup"),
+        ("response_cache { enable: true }", "response_cache"),
+        ("optimization { cuda { graphs: true } }", "optimization"),
+        ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
+        ("input [{ name: 'x', reshape { shape: [1] } }]", "input.reshape"),
+        ("sequence_batching { state [{ input_name: 'a' }] }", "sequence_batching.state"),
+        (
+            "ensemble_scheduling { step [{ model_name: 'm', model_namespace: 'n' }] }",
+            "ensemble_scheduling.step.model_namespace",
+        ),
+    ],
+)
+def test_an_unimplemented_field_fails_the_load_naming_it(text: str, field: str) -> None:
+    with pytest.raises(ModelLoadError, match=f"config field '{field}' is not supported"):
+        check_supported(parse_config(text))
+
+
+def test_a_disabled_response_cache_is_the_default_and_passes() -> None:
+    check_supported(parse_config("response_cache { enable: false }"))
