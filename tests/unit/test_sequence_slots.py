@@ -109,3 +109,12 @@ def test_a_sequence_with_work_queued_never_expires() -> None:
     a = policy.add(1, req(start=True), 0)
     policy.taken([a])
     assert policy.expire(10_000 * MS) == [] and 1 in policy.sequences
+
+
+def test_oldest_batches_take_the_longest_waiting_requests_first() -> None:
+    policy = SequenceSlots("m", 1, 4, 2, 100 * MS, 4, direct=False)
+    a = policy.add(1, req(start=True, at=30), 30)
+    b = policy.add(2, req(start=True, at=10), 10)
+    c = policy.add(3, req(start=True, at=20), 20)
+    assert {a.slot, b.slot, c.slot} == {0, 1, 2}
+    assert policy.ready(0) == [b, c]  # the two oldest, up to max_batch 2

@@ -38,7 +38,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -164,7 +164,7 @@ class Scheduler:
         priority, timeout_us = queue_parameters(request.parameters)
         return self.submit(request.inputs, rows, priority, timeout_us)
 
-    def stream(self, request: InferRequest, rows: int) -> AsyncIterator[Streamed]:
+    def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         return one_result(self.run(request, rows))
 
     def status(self) -> RunnerStatus:

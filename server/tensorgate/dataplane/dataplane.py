@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import numpy as np
 
@@ -179,13 +180,7 @@ class DataPlane:
             done.compute_output_ns,
         )
         self.observer.finished(request, model, elapsed, done.queue_ns)
-        return InferResponse(
-            model_name=model.name,
-            model_version=str(model.version),
-            id=request.id,
-            outputs=outputs,
-            datatypes=model.spec.output_datatypes,
-        )
+        return _response(model, request, outputs, True)
 
     async def _run(
         self, model: ModelVersion, request: InferRequest, started: int
@@ -221,25 +216,23 @@ class DataPlane:
         except TensorgateError as exc:
             self.observer.finished(request, None, time.perf_counter_ns() - started, error=exc)
             raise
+        try:
+            rows = validate_request(request, model.spec)
+        except TensorgateError as exc:
+            self.observer.finished(request, model, time.perf_counter_ns() - started, error=exc)
+            raise
         metrics = model.metrics
         if metrics is not None:
             metrics.in_flight += 1
         try:
-            rows = validate_request(request, model.spec)
-            async for item in model.runner.stream(request, rows):
-                outputs = (
-                    self._select_outputs(model, request, item.outputs)
-                    if item.outputs is not None
-                    else {}
-                )
-                yield InferResponse(
-                    model_name=model.name,
-                    model_version=str(model.version),
-                    id=request.id,
-                    outputs=outputs,
-                    datatypes=model.spec.output_datatypes,
-                    final=item.final,
-                )
+            async with aclosing(model.runner.stream(request, rows)) as items:
+                async for item in items:
+                    outputs = (
+                        self._select_outputs(model, request, item.outputs)
+                        if item.outputs is not None
+                        else {}
+                    )
+                    yield _response(model, request, outputs, item.final)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - started
             if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
@@ -272,6 +265,19 @@ class DataPlane:
                 )
             outputs[name] = array
         return outputs
+
+
+def _response(
+    model: ModelVersion, request: InferRequest, outputs: dict[str, Array], final: bool
+) -> InferResponse:
+    return InferResponse(
+        model_name=model.name,
+        model_version=str(model.version),
+        id=request.id,
+        outputs=outputs,
+        datatypes=model.spec.output_datatypes,
+        final=final,
+    )
 
 
 def _model_error(model: ModelVersion, exc: Exception) -> TensorgateError:

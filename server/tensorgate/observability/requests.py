@@ -66,6 +66,6 @@ def _outcome(error: BaseException) -> str:
     kind = getattr(error, "kind", None)
     if kind is not None:
         return str(kind.grpc_status_name).lower()
-    if type(error).__name__ == "CancelledError":
+    if type(error).__name__ in ("CancelledError", "GeneratorExit"):  # the client left
         return "cancelled"
     return "internal"

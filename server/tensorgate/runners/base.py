@@ -9,7 +9,7 @@ zero or more, each flagged final or not (and an ordinary model's one result, fla
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,7 +74,7 @@ class ModelRunner(Protocol):
         """The one result of a request that has been validated (`rows` is its batch size)."""
         ...
 
-    def stream(self, request: InferRequest, rows: int) -> AsyncIterator[Streamed]:
+    def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         """The request's results as they are produced; closing it early cancels the rest."""
         ...
 
@@ -89,7 +89,7 @@ class ModelRunner(Protocol):
         ...
 
 
-async def one_result(run: Awaitable[Scheduled]) -> AsyncIterator[Streamed]:
+async def one_result(run: Awaitable[Scheduled]) -> AsyncGenerator[Streamed, None]:
     """An ordinary model's stream: its one result, flagged final."""
     done = await run
     yield Streamed(done.outputs, True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
@@ -143,7 +143,7 @@ class DecoupledRunner:
     def status(self) -> RunnerStatus:
         return RunnerStatus(0, self._streams, len(self.instances))
 
-    async def stream(self, request: InferRequest, rows: int) -> AsyncIterator[Streamed]:
+    async def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         if self._closing:
             raise Unavailable(f"model '{self.name}' is being unloaded")
         if self._streams >= self.max_streams:

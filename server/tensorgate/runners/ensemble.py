@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import ModelLoadError, TensorgateError, Unavailable
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.config import ModelSpec, TensorSpec
-from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, one_result
+from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, Streamed, one_result
 
 # Resolves a model version the way the data plane does (raises NOT_FOUND / UNAVAILABLE).
 Resolve = Callable[[str, str], ModelVersion]
@@ -199,7 +198,7 @@ class EnsembleRunner:
     def status(self) -> RunnerStatus:
         return RunnerStatus(0, self._running, 0)
 
-    def stream(self, request: InferRequest, rows: int) -> Any:
+    def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         return one_result(self.run(request, rows))
 
     async def run(self, request: InferRequest, rows: int) -> Scheduled:

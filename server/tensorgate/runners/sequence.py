@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,7 +33,7 @@ from tensorgate.errors import InvalidArgument, ModelLoadError, TensorgateError, 
 from tensorgate.executors.instance_threads import InstanceThreads
 from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.protocol import datatypes
-from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, one_result
+from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, Streamed, one_result
 
 Control = mc.ModelSequenceBatching.Control
 # Triton's default idle limit when the config sets none.
@@ -161,7 +162,7 @@ class SequenceRunner:
         queued = sum(len(s.pending) for s in self.policy.sequences.values())
         return RunnerStatus(queued, sum(self._busy), len(self.instances))
 
-    def stream(self, request: InferRequest, rows: int) -> Any:
+    def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         return one_result(self.run(request, rows))
 
     async def run(self, request: InferRequest, rows: int) -> Scheduled:

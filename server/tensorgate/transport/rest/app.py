@@ -187,11 +187,10 @@ class RestApp:
         self, headers: RequestHeaders | None, call: CallContext
     ) -> list[tuple[bytes, bytes]]:
         """What every response carries: CORS headers for an allowed origin, the request id."""
-        common = []
-        if headers is not None and headers.origin is not None:
-            common = self._cors(headers.origin)
-        common.append((b"x-request-id", call.request_id.encode("latin-1")))
-        return common
+        request_id = (b"x-request-id", call.request_id.encode("latin-1"))
+        if headers is None or headers.origin is None:
+            return [request_id]
+        return [*self._cors(headers.origin), request_id]
 
     def _cors(self, origin: bytes) -> list[tuple[bytes, bytes]]:
         if b"*" in self.cors_origins:

@@ -28,11 +28,14 @@ log = logging.getLogger(__name__)
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(generate|generate_stream)")
+_SUFFIXES = ("/generate", "/generate_stream")
 EVENT_STREAM = b"text/event-stream"
 
 
 def match_generate(path: str) -> tuple[str, str, bool] | None:
     """(model, version, streaming) when `path` is a generate route."""
+    if not path.endswith(_SUFFIXES):  # every infer request asks: keep the answer cheap
+        return None
     found = _PATH.fullmatch(path)
     if found is None:
         return None
