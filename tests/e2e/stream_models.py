@@ -81,6 +81,7 @@ def build_stream_repository(root: Path, counter: Path) -> None:
     build_sequence_models(root)
     build_ensemble_models(root)
     build_triton_models(root)
+    build_refused_combinations(root)
     _write(root, "repeat_int32", REPEAT_CONFIG.format(counter=counter), REPEAT_MODEL)
     for field, text in REFUSED_FIELDS.items():
         config = (
@@ -156,3 +157,25 @@ def build_ensemble_models(root: Path) -> None:
     for name, (config, _) in BROKEN_ENSEMBLES.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "config.pbtxt").write_text(config)
+
+
+def build_refused_combinations(root: Path) -> dict[str, str]:
+    """Configs whose parts the runner would have to ignore: name -> the reason to expect."""
+    words = (TEMPLATES / "words" / "config.pbtxt").read_text()
+    cases = {
+        "decoupled_batching": (
+            words.replace("max_batch_size: 0", "max_batch_size: 4\ndynamic_batching { }"),
+            "dynamic_batching on a decoupled model is not supported",
+        ),
+        "ensemble_instances": (
+            PIPELINE_CONFIG + "instance_group [ { count: 2 } ]\n",
+            "an ensemble takes no 'instance_group'",
+        ),
+    }
+    for name, (config, _) in cases.items():
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+        (root / name / "config.pbtxt").write_text(config)
+    if (root / "decoupled_batching").is_dir():
+        model = (TEMPLATES / "words" / "1" / "model.py").read_text()
+        (root / "decoupled_batching" / "1" / "model.py").write_text(model)
+    return {name: reason for name, (_, reason) in cases.items()}

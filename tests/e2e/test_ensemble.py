@@ -12,7 +12,11 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, serving
-from tests.e2e.stream_models import BROKEN_ENSEMBLES, build_ensemble_models
+from tests.e2e.stream_models import (
+    BROKEN_ENSEMBLES,
+    build_ensemble_models,
+    build_refused_combinations,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +69,18 @@ def test_a_broken_ensemble_fails_its_load_with_a_reason(stream_server: Server, n
     entry = next(m for m in index if m["name"] == name)
     assert entry["state"] == "UNAVAILABLE"
     assert BROKEN_ENSEMBLES[name][1] in entry["reason"]
+
+
+@pytest.mark.parametrize("name", ["decoupled_batching", "ensemble_instances"])
+def test_a_setting_the_runner_would_ignore_fails_the_load(
+    stream_server: Server, name: str, tmp_path: Path
+) -> None:
+    reasons = build_refused_combinations(tmp_path)
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        index = client.get_model_repository_index(as_json=True)["models"]
+    entry = next(m for m in index if m["name"] == name)
+    assert entry["state"] == "UNAVAILABLE"
+    assert reasons[name] in entry["reason"]
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,11 @@ class VersionBuilder:
             raise ModelLoadError("ensembles need the data plane, which this server lacks")
         if not config.input or not config.output:
             raise ModelLoadError("an ensemble's config.pbtxt must list its input and output")
+        if config.instance_group:  # batching is excluded already: it shares a oneof with it
+            raise ModelLoadError(
+                "an ensemble takes no 'instance_group': each step is placed by its own "
+                "model's config"
+            )
         config.backend = ""
         spec = ModelSpec.from_config(config)
         plan = EnsemblePlan.from_config(config, self.resolve)
@@ -154,6 +159,11 @@ class VersionBuilder:
             threads = InstanceThreads(f"{name}_{version}", instances)
             return SequenceRunner(name, config, threads, self.settings.max_queue_size, observer)
         if config.model_transaction_policy.decoupled:
+            if config.HasField("dynamic_batching"):
+                raise ModelLoadError(
+                    "dynamic_batching on a decoupled model is not supported: each request "
+                    "runs on its own, one generator step at a time"
+                )
             threads = InstanceThreads(f"{name}_{version}", instances)
             return DecoupledRunner(name, threads, self.settings.max_queue_size, observer)
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
