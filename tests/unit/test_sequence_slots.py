@@ -118,3 +118,16 @@ def test_oldest_batches_take_the_longest_waiting_requests_first() -> None:
     c = policy.add(3, req(start=True, at=20), 20)
     assert {a.slot, b.slot, c.slot} == {0, 1, 2}
     assert policy.ready(0) == [b, c]  # the two oldest, up to max_batch 2
+
+
+def test_a_running_request_whose_caller_left_stays_until_its_batch_finishes() -> None:
+    policy = slots()
+    first = req(start=True)
+    a = policy.add(1, first, 0)
+    second = req()
+    policy.add(1, second, 1)
+    policy.taken([a])
+    policy.drop(a, first)  # its caller left while it ran
+    assert list(a.pending) == [first, second]
+    policy.finished([a], 2)
+    assert list(a.pending) == [second]

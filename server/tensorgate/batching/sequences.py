@@ -151,7 +151,10 @@ class SequenceSlots:
 
     def drop(self, sequence: Sequence, request: SequenceRequest) -> None:
         """Forget a queued request whose caller left. The sequence stays (its client may go
-        on) and, left idle, expires; a dropped END reopens it for another END."""
+        on) and, left idle, expires; a dropped END reopens it for another END. A request
+        already running stays: its batch is under way, and `finished` takes it off."""
+        if sequence.running and sequence.pending and sequence.pending[0] is request:
+            return
         try:
             sequence.pending.remove(request)
         except ValueError:
