@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ check-protos: protos
 	  || { echo "generated stubs are stale: run 'make protos' and commit"; exit 1; }
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check server tests benchmarks clients
-	$(BIN)/ruff format --check server tests benchmarks clients
+	$(BIN)/ruff check server tests benchmarks clients docs
+	$(BIN)/ruff format --check server tests benchmarks clients docs
 	$(BIN)/mypy
 
 # perf_analyzer (from the tritonclient 2.41.0 wheel) and the system packages tests use.
@@ -62,7 +62,16 @@ test-e2e: $(INSTALLED) tools
 test-clients: $(REPO)/.built
 	cd clients/python && ../../$(BIN)/pytest -q tests
 
-test: check-protos lint test-unit test-e2e test-clients
+# The documentation site: `make docs` serves it on :8080, `make docs-build` builds it into
+# build/docs and fails on any broken link (part of `make test`).
+MKDOCS := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(CURDIR)/$(BIN)/mkdocs
+docs: $(INSTALLED)
+	cd docs && $(MKDOCS) serve -a 127.0.0.1:8080
+
+docs-build: $(INSTALLED)
+	cd docs && $(MKDOCS) build --strict
+
+test: check-protos lint docs-build test-unit test-e2e test-clients
 
 bench: $(INSTALLED) tools
 	bash benchmarks/run_protocol_bench.sh

