@@ -42,8 +42,8 @@ check-protos: protos
 	  || { echo "generated stubs are stale: run 'make protos' and commit"; exit 1; }
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check server tests benchmarks clients docs
-	$(BIN)/ruff format --check server tests benchmarks clients docs
+	$(BIN)/ruff check server tests benchmarks clients docs examples
+	$(BIN)/ruff format --check server tests benchmarks clients docs examples
 	$(BIN)/mypy
 
 # perf_analyzer (from the tritonclient 2.41.0 wheel) and the system packages tests use.

@@ -1,76 +1,29 @@
-"""Triton Python-backend model files, written as Triton's users write them, served as is."""
+"""Triton Python-backend model files, written as Triton's users write them, served as is.
+
+add_sub, the BLS model and the decoupled repeat model are the ones in
+examples/triton_repository; the others are test-only.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "triton_repository"
+# Triton's add_sub example shape: config read in initialize, one response per request, and
+# an error response for a request it refuses (any NaN), which fails only that request.
+ADD_SUB = (EXAMPLES / "add_sub" / "1" / "model.py").read_text()
+# BLS: calls add_sub through the server, synchronously.
+BLS = (EXAMPLES / "add_sub_bls" / "1" / "model.py").read_text()
+# Triton's decoupled repeat shape: a thread per request sends one response per element of IN
+# through the response sender, then the final flag alone.
+REPEAT = (EXAMPLES / "repeat_int32" / "1" / "model.py").read_text()
+
 # Triton's add_sub example shape: config read in initialize, one response per request, and
 # an error response for a request it refuses (here: any NaN), which fails only that request.
-ADD_SUB = """
-import json
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.model_config = json.loads(args["model_config"])
-        self.instance = args["model_instance_name"]
-        out0 = pb_utils.get_output_config_by_name(self.model_config, "OUTPUT0")
-        out1 = pb_utils.get_output_config_by_name(self.model_config, "OUTPUT1")
-        self.dtype0 = pb_utils.triton_string_to_numpy(out0["data_type"])
-        self.dtype1 = pb_utils.triton_string_to_numpy(out1["data_type"])
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
-            if np.isnan(in0).any():
-                error = pb_utils.TritonError("INPUT0 holds NaN")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            out0 = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(self.dtype0))
-            out1 = pb_utils.Tensor("OUTPUT1", (in0 - in1).astype(self.dtype1))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out0, out1]))
-        return responses
-
-    def finalize(self):
-        pb_utils.Logger.log_info("add_sub finalized")
-"""
 
 # BLS: calls the add_sub model above through the server, synchronously.
-BLS = """
-import triton_python_backend_utils as pb_utils
 
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            call = pb_utils.InferenceRequest(
-                model_name="triton_add_sub",
-                requested_output_names=["OUTPUT0", "OUTPUT1"],
-                inputs=[
-                    pb_utils.get_input_tensor_by_name(request, "INPUT0"),
-                    pb_utils.get_input_tensor_by_name(request, "INPUT1"),
-                ],
-            )
-            answer = call.exec()
-            if answer.has_error():
-                raise pb_utils.TritonModelException(answer.error().message())
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.get_output_tensor_by_name(answer, "OUTPUT0"),
-                        pb_utils.get_output_tensor_by_name(answer, "OUTPUT1"),
-                    ]
-                )
-            )
-        return responses
-"""
-
-# BLS from `async def execute`, both calls in flight at once.
+# BLS from `async def execute`, both calls to add_sub in flight at once.
 BLS_ASYNC = """
 import asyncio
 import numpy as np
@@ -87,7 +40,7 @@ class TritonPythonModel:
             ]
             calls = [
                 pb_utils.InferenceRequest(
-                    model_name="triton_add_sub",
+                    model_name="add_sub",
                     requested_output_names=[name],
                     inputs=inputs,
                 ).async_exec()
@@ -107,41 +60,6 @@ class TritonPythonModel:
 
 # Triton's decoupled repeat shape: a thread per request sends one response per element of
 # IN through the response sender, then the final flag alone.
-REPEAT = """
-import threading
-import time
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.threads = []
-
-    def execute(self, requests):
-        for request in requests:
-            thread = threading.Thread(target=self.respond, args=(request,), daemon=True)
-            thread.start()
-            self.threads.append(thread)
-        return None
-
-    def respond(self, request):
-        sender = request.get_response_sender()
-        values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
-        delays = pb_utils.get_input_tensor_by_name(request, "DELAY").as_numpy()
-        for index, value in enumerate(values):
-            time.sleep(int(delays[index]) / 1000)
-            if request.is_cancelled():
-                break
-            out = pb_utils.Tensor("OUT", np.array([value], np.int32))
-            idx = pb_utils.Tensor("IDX", np.array([index], np.uint32))
-            sender.send(pb_utils.InferenceResponse(output_tensors=[out, idx]))
-        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-    def finalize(self):
-        for thread in self.threads:
-            thread.join(5)
-"""
 
 # Triton's simple_string contract: INPUT0 and INPUT1 hold 16 integers as strings; OUTPUT0
 # is their sum and OUTPUT1 their difference, as strings.
@@ -175,20 +93,11 @@ def _config(dtype: str, batch: int = 8, extra: str = "") -> str:
     )
 
 
-REPEAT_CONFIG = """
-backend: "python"
-max_batch_size: 0
-model_transaction_policy { decoupled: true }
-input [
-  { name: "IN", data_type: TYPE_INT32, dims: [-1] },
-  { name: "DELAY", data_type: TYPE_UINT32, dims: [-1] },
-  { name: "WAIT", data_type: TYPE_UINT32, dims: [1] }
-]
-output [
-  { name: "OUT", data_type: TYPE_INT32, dims: [1] },
-  { name: "IDX", data_type: TYPE_UINT32, dims: [1] }
-]
-"""
+REPEAT_CONFIG = (
+    (EXAMPLES / "repeat_int32" / "config.pbtxt")
+    .read_text()
+    .replace('name: "repeat_int32"', 'name: "triton_repeat_int32"')
+)
 
 
 def build_triton_models(root: Path) -> None:

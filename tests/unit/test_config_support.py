@@ -49,3 +49,8 @@ def test_an_unimplemented_field_fails_the_load_naming_it(text: str, field: str) 
 
 def test_a_disabled_response_cache_is_the_default_and_passes() -> None:
     check_supported(parse_config("response_cache { enable: false }"))
+
+
+def test_the_examples_folder_configs_parse_and_use_only_supported_fields() -> None:
+    for path in (ROOT / "examples").rglob("config.pbtxt"):
+        check_supported(parse_config(path.read_text(), str(path)))
