@@ -24,6 +24,9 @@ class ErrorKind(enum.Enum):
     CANCELLED = ("CANCELLED", 499)
     UNIMPLEMENTED = ("UNIMPLEMENTED", 501)
     INTERNAL = ("INTERNAL", 500)
+    # HTTP's own: a route that takes other methods, a body over the size limit.
+    METHOD_NOT_ALLOWED = ("UNIMPLEMENTED", 405)
+    PAYLOAD_TOO_LARGE = ("RESOURCE_EXHAUSTED", 413)
 
     @property
     def grpc_status_name(self) -> str:

@@ -307,3 +307,20 @@ async def test_under_another_asgi_server_the_work_result_comes_back() -> None:
         return "done"
 
     assert await _unless_disconnected(work(), {}, receive) == "done"
+
+
+def test_uvicorn_is_the_version_the_protocol_subclass_is_written_against() -> None:
+    # HttpProtocol reaches into uvicorn's private httptools protocol (its request cycle, flow
+    # control, status lines), which may change in any minor release: pyproject.toml pins the
+    # minor, and the tests in this file run the subclass against exactly that version.
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    (pin,) = [Requirement(d) for d in dependencies if d.startswith("uvicorn")]
+    assert pin.specifier.contains(version("uvicorn")), (pin, version("uvicorn"))
+    assert any(spec.operator == "<" for spec in pin.specifier), "the pin needs an upper bound"

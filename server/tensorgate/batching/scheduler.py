@@ -1,4 +1,4 @@
-"""A model's scheduler: the asyncio side of the batching policy.
+"""The dynamic batcher: the asyncio side of the batching policy, a `ModelRunner`.
 
 Event-driven rather than a loop of its own: a batch is cut whenever something can change the
 answer (a request arrives, an instance finishes, a delay or timeout falls due). Requests are
@@ -8,8 +8,8 @@ An arriving request does not cut a batch at once: it asks for one cut at the end
 loop's current pass (`call_soon`, once however many arrive). Requests that arrive together
 (the HTTP requests of one socket read, the gRPC calls of one completion round) then leave as
 one batch, where cutting at once sent the first alone to an idle instance and the rest
-after it. Every batch costs two thread hand-offs whatever its size, so on add_sub this cut
-CPU per request by about a sixth. The wait is one pass of the loop, not a timer.
+after it: every batch costs two thread hand-offs whatever its size. The wait is one pass of
+the loop, not a timer.
 
 A request whose caller is cancelled (client gone, deadline passed) leaves the queue and is
 never executed; if its batch is already running, its result is dropped.
@@ -18,10 +18,10 @@ An instance takes its batch itself, on its own thread, when it starts (`_start`)
 the loop wakes it. A thread needs the GIL to start, and a busy loop lets go of it only when
 it runs out of work: under load a woken thread waits hundreds of microseconds, while
 requests keep arriving. Taken at the start, the batch holds them too; cut when the thread
-was woken, it held only those queued then, and the rest waited for another batch. On
-add_sub under HTTP load this doubled the average batch (3.4 to 6.5 requests at 8 clients,
-13 to 22 at 32). The loop wakes one instance at a time; one that takes its batch and
-leaves requests behind asks the loop to wake another if one is free.
+was woken, it held only those queued then, and the rest waited for another batch
+(benchmarks/RESULTS.md has the measurements). The loop wakes one instance at a time; one
+that takes its batch and leaves requests behind asks the loop to wake another if one is
+free.
 
 An instance that finishes a batch cuts its next one itself, on its own thread, before it
 reports back (`_pull`), so a loaded model's instance never sleeps between batches waiting

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from tensorgate.errors import ModelLoadError
 
 
@@ -86,8 +84,3 @@ class CudaStream:
     def context(self) -> Any:
         """`with stream.context():` runs torch work on this instance's stream."""
         return self._torch.cuda.stream(self.stream)
-
-    @staticmethod
-    def release(pinned: Any) -> np.ndarray:
-        """Copy a pinned output into ordinary memory, freeing the buffer for the next batch."""
-        return np.array(pinned.numpy(), copy=True)

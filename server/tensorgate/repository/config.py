@@ -32,11 +32,6 @@ def read_config(model_dir: Path) -> mc.ModelConfig | None:
     return parse_config(path.read_text(encoding="utf-8"), f"{model_dir.name}/{CONFIG_FILE}")
 
 
-def format_config(config: mc.ModelConfig) -> str:
-    """Config in the same text format users write."""
-    return str(text_format.MessageToString(config))
-
-
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output as the config declares it; dims exclude the batch dimension."""

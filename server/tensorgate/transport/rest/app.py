@@ -50,8 +50,9 @@ class Disconnected(Exception):
 
 
 class PayloadTooLarge(TensorgateError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, ErrorKind.INVALID_ARGUMENT)
+    """A request body over --http-max-body-bytes; the connection closes after the answer."""
+
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
 
 
 class RequestHeaders:
@@ -150,25 +151,9 @@ class RestApp:
                 return
         except Disconnected:
             return
-        except PayloadTooLarge as exc:
-            status, payload, extra = (
-                413,
-                orjson.dumps({"error": exc.message}),
-                [
-                    (b"content-type", _JSON),
-                    (b"connection", b"close"),
-                ],
-            )
-        except NoRoute as exc:
-            status, payload = (405 if exc.allowed else 404), orjson.dumps({"error": exc.message})
-            extra = [(b"content-type", _JSON)]
-            if exc.allowed:
-                extra.append((b"allow", ", ".join(exc.allowed).encode()))
         except TensorgateError as exc:
             status, payload = exc.kind.http_status, orjson.dumps({"error": exc.message})
-            extra = [(b"content-type", _JSON)]
-            if status in _RETRY_AFTER:
-                extra.append((b"retry-after", b"1"))
+            extra = [(b"content-type", _JSON), *_error_headers(exc)]
         except Exception:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
             status, payload = 500, orjson.dumps({"error": INTERNAL_MESSAGE})
@@ -356,6 +341,17 @@ class RestApp:
         else:
             document = message_to_json(response)
         return 200, orjson.dumps(document), [(b"content-type", _JSON)]
+
+
+def _error_headers(exc: TensorgateError) -> list[tuple[bytes, bytes]]:
+    """The headers an error's HTTP answer carries besides its body."""
+    if exc.kind.http_status in _RETRY_AFTER:
+        return [(b"retry-after", b"1")]
+    if isinstance(exc, NoRoute) and exc.allowed:
+        return [(b"allow", ", ".join(exc.allowed).encode())]
+    if isinstance(exc, PayloadTooLarge):
+        return [(b"connection", b"close")]
+    return []
 
 
 def _compress(payload: bytes, accepted: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -27,7 +27,7 @@ class NoRoute(TensorgateError):
     """No route has this path (404), or none with this method (405)."""
 
     def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
-        super().__init__(message, ErrorKind.NOT_FOUND)
+        super().__init__(message, ErrorKind.METHOD_NOT_ALLOWED if allowed else ErrorKind.NOT_FOUND)
         self.allowed = allowed
 
 
