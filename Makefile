@@ -11,10 +11,10 @@ EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/example
 
 .PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams clean
 
-$(INSTALLED): pyproject.toml clients/python/pyproject.toml
+$(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,torch,examples]' -e clients/python
+	$(BIN)/pip install -q -e protos/python -e '.[dev,torch,examples]' -e clients/python
 	touch $@
 
 venv: $(INSTALLED)
@@ -26,16 +26,12 @@ $(REPO)/.built: $(INSTALLED) $(EXAMPLES)
 serve: $(REPO)/.built
 	$(BIN)/tensorgate serve --model-repository $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
-# The generated stubs are committed; this is the only way they are written.
-# google/api/annotations.proto (the HTTP routes) comes from googleapis-common-protos.
+# The generated stubs (protos/python/tensorgate_protos, one set for server and client) are
+# committed; this is the only way they are written.
 protos: $(INSTALLED)
-	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos \
-	  -I "$$($(BIN)/python -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
-	  --python_out=server --grpc_python_out=server --mypy_out=quiet:server \
-	  --mypy_grpc_out=quiet:server $(PROTOS)
-	PATH=$(BIN):$$PATH $(BIN)/python clients/python/build_stubs.py
+	PATH=$(BIN):$$PATH $(BIN)/python protos/python/build_stubs.py
 
-STUBS := server/tensorgate/proto clients/python/tensorgate_client/proto
+STUBS := protos/python/tensorgate_protos
 check-protos: protos
 	@git diff --exit-code --stat -- $(STUBS) \
 	  && test -z "$$(git status --porcelain -- $(STUBS))" \

@@ -22,8 +22,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.proto import model_config_pb2 as mc
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import model_config_pb2 as mc
 
 SERVICE = "inference.GRPCInferenceService"
 SHAPE = [-1, 16]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import InvalidArgument
-from tensorgate.proto import grpc_service_pb2 as pb
 from tensorgate.protocol import datatypes
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.tensors import array_from_raw, array_to_raw, serialize_bytes
+from tensorgate_protos import grpc_service_pb2 as pb
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True]]),

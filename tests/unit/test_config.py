@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from tensorgate.backends.base import ModelSignature, TensorSignature
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec, parse_config
 from tensorgate.repository.versions import available_versions, select_versions
+from tensorgate_protos import model_config_pb2 as mc
 
 ADD_SUB = ModelSignature(
     inputs=(

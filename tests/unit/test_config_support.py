@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from tensorgate.errors import ModelLoadError
 from tensorgate.examples.build import ADD_SUB_CONFIG, CNN_CONFIG, TEMPLATES
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.config import parse_config
 from tensorgate.repository.support import check_supported
+from tensorgate_protos import model_config_pb2 as mc
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from google.protobuf import descriptor_pb2
-from tensorgate.proto import grpc_service_pb2, model_config_pb2
+from tensorgate_protos import grpc_service_pb2, model_config_pb2
 
 DUMP = """
 import sys

@@ -10,8 +10,6 @@ import orjson
 import pytest
 from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import InvalidArgument
-from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.protocol import datatypes
 from tensorgate.protocol.rest_codec import (
     array_from_json,
@@ -23,6 +21,8 @@ from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE
 from tensorgate.transport.rest.messages import json_to_message, message_to_json
 from tensorgate.transport.rest.openapi import build_openapi
 from tensorgate.transport.rest.routes import NoRoute, build_routes
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import model_config_pb2 as mc
 
 from tests.unit.test_codecs import SAMPLES
 

@@ -23,9 +23,9 @@ pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra: pip insta
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tensorgate.app import Servers
 from tensorgate.observability.tracing import Tracing
-from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.proto import grpc_service_pb2_grpc as pb_grpc
 from tensorgate.settings import Settings
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import grpc_service_pb2_grpc as pb_grpc
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -5,8 +5,9 @@
         outputs = client.infer("add_sub", {"INPUT0": a, "INPUT1": b})
 
 InferenceClient (gRPC, sync), AsyncInferenceClient (grpc.aio) and HttpInferenceClient (REST,
-binary tensors) share one API. The generated stubs under tensorgate_client.proto define the
-protobuf package `inference`, as tritonclient's do: the two cannot share one process.
+binary tensors) share one API. The generated stubs (the tensorgate-protos package, shared with
+the server) define the protobuf package `inference`, as tritonclient's do: the two cannot
+share one process.
 """
 
 from tensorgate_client.aio_client import AsyncInferenceClient

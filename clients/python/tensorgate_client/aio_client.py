@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import grpc_service_pb2_grpc as pb_grpc
 
 from tensorgate_client.grpc_client import rpc_error
 from tensorgate_client.messages import (
@@ -25,8 +27,6 @@ from tensorgate_client.options import (
     channel_options,
     new_request_id,
 )
-from tensorgate_client.proto import grpc_service_pb2 as pb
-from tensorgate_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 
 class AsyncInferenceClient:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from tensorgate_protos import grpc_service_pb2 as pb
 
-from tensorgate_client.proto import grpc_service_pb2 as pb
 from tensorgate_client.tensors import datatype_of, from_raw, to_raw
 
 Parameter = bool | int | float | str

@@ -10,8 +10,8 @@ import json
 import grpc
 import numpy as np
 from conftest import ROOT, Server
-from tensorgate_client.proto import grpc_service_pb2 as pb
 from tensorgate_client.tensors import from_raw
+from tensorgate_protos import grpc_service_pb2 as pb
 
 GHZ = ROOT / "clients" / "ghz"
 # The JSON keys of ghz's runner.Config (github.com/bojand/ghz, runner/config.go).

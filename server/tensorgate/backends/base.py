@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.dataplane.types import Array
-from tensorgate.proto import model_config_pb2 as mc
 
 if TYPE_CHECKING:
     from tensorgate.dataplane.calls import ModelCalls

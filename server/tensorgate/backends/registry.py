@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.backends.base import BackendFactory
 from tensorgate.backends.onnx_backend import OnnxFactory
 from tensorgate.backends.python_model import PythonFactory
 from tensorgate.backends.torch_backend import TorchFactory
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 
 FACTORIES: dict[str, BackendFactory] = {
     f.name: f for f in (OnnxFactory(), TorchFactory(), PythonFactory())

@@ -11,12 +11,12 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends.base import InstanceContext, ModelSignature
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelExecutionError, ModelLoadError
 from tensorgate.executors.cuda import CudaStream
-from tensorgate.proto import model_config_pb2 as mc
 
 
 class TorchInstance:

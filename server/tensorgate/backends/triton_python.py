@@ -16,13 +16,13 @@ from types import ModuleType
 from typing import Any
 
 from google.protobuf import json_format
+from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends import triton_utils as pb
 from tensorgate.backends.base import InstanceContext, ModelSignature, ResponseSender
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import ModelExecutionError, ModelLoadError
 from tensorgate.executors.instance_threads import thread_event_loop
-from tensorgate.proto import model_config_pb2 as mc
 
 # Config fields Triton writes as JSON numbers that protobuf's JSON form writes as strings.
 _INT64_FIELDS = frozenset(

@@ -28,8 +28,9 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.errors import InvalidArgument, ModelLoadError, ResourceExhausted
-from tensorgate.proto import model_config_pb2 as mc
 
 # Request states. Only QUEUED and DELAYED requests are in a queue; the others wait to be
 # dropped from the front of their deque.

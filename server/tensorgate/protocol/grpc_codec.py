@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from tensorgate_protos import grpc_service_pb2 as pb
 
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
-from tensorgate.proto import grpc_service_pb2 as pb
 from tensorgate.protocol import datatypes
 from tensorgate.protocol.tensors import array_from_raw, array_to_raw, check_shape, element_count
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tensorgate_protos import grpc_service_pb2 as pb
+
 from tensorgate.dataplane.statistics import Duration, ModelStats
-from tensorgate.proto import grpc_service_pb2 as pb
 
 
 def _duration(target: pb.StatisticDuration, source: Duration) -> None:

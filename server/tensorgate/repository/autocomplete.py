@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.backends.base import ModelSignature, TensorSignature
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 
 
 def _batchable(signature: ModelSignature) -> bool:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
+from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.protocol import datatypes
 
 CONFIG_FILE = "config.pbtxt"

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
 from tensorgate.observability.metrics import MetricsStore
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.config import read_config
 from tensorgate.repository.versions import available_versions, is_version_number, select_versions
 from tensorgate.runners.base import ModelVersion

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
+from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 
 # A field maps to ALL (every sub-field supported) or to the table of its supported sub-fields.
 ALL: dict[str, Any] = {"*": True}

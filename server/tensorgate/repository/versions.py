@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.errors import ModelLoadError
-from tensorgate.proto import model_config_pb2 as mc
 
 
 def is_version_number(text: str) -> bool:

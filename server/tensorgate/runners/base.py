@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tensorgate.dataplane.types import Array, InferRequest
 
 if TYPE_CHECKING:
+    from tensorgate_protos import model_config_pb2 as mc
+
     from tensorgate.dataplane.statistics import ModelStats
     from tensorgate.observability.metrics import ModelMetrics
-    from tensorgate.proto import model_config_pb2 as mc
     from tensorgate.repository.config import ModelSpec
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.backends.base import Backend, InstanceContext, ModelSignature
 from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
@@ -29,7 +31,6 @@ from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.executors.instance_threads import InstanceThreads
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec
 from tensorgate.repository.support import check_supported

@@ -17,9 +17,10 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import ModelLoadError, TensorgateError, Unavailable
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.repository.config import ModelSpec, TensorSpec
 from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, Streamed, one_result
 

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends.base import Backend
 from tensorgate.batching.scheduler import ExecutionObserver
@@ -31,7 +32,6 @@ from tensorgate.batching.sequences import (
 from tensorgate.dataplane.types import Array, InferRequest, ParameterValue
 from tensorgate.errors import InvalidArgument, ModelLoadError, TensorgateError, Unavailable
 from tensorgate.executors.instance_threads import InstanceThreads
-from tensorgate.proto import model_config_pb2 as mc
 from tensorgate.protocol import datatypes
 from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, Streamed, one_result
 

@@ -16,12 +16,12 @@ import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import server_status_pb2 as status_pb
 
 from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
 from tensorgate.observability.context import begin_call
 from tensorgate.observability.logs import REQUEST_ID_HEADER
-from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.transport.grpc.servicer import status_code
 
 log = logging.getLogger(__name__)

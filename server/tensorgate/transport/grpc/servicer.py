@@ -9,14 +9,14 @@ from contextlib import aclosing
 from typing import Any
 
 import grpc
+from tensorgate_protos import grpc_service_pb2 as pb
+from tensorgate_protos import server_status_pb2 as status_pb
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest
 from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError, Unimplemented
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
-from tensorgate.proto import grpc_service_pb2 as pb
-from tensorgate.proto import server_status_pb2 as status_pb
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tensorgate_client.proto import server_status_pb2 as tensorgate__client_dot_proto_dot_server__status__pb2
+from tensorgate_protos import server_status_pb2 as tensorgate__protos_dot_server__status__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in tensorgate_client/proto/server_status_pb2_grpc.py depends on'
+        + ' but the generated code in tensorgate_protos/server_status_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class ServerStatusStub:
         """
         self.SchedulerStatus = channel.unary_unary(
                 '/tensorgate.ServerStatus/SchedulerStatus',
-                request_serializer=tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
-                response_deserializer=tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusResponse.FromString,
+                request_serializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
+                response_deserializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_ServerStatusServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SchedulerStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.SchedulerStatus,
-                    request_deserializer=tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusRequest.FromString,
-                    response_serializer=tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusResponse.SerializeToString,
+                    request_deserializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.FromString,
+                    response_serializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class ServerStatus:
             request,
             target,
             '/tensorgate.ServerStatus/SchedulerStatus',
-            tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
-            tensorgate__client_dot_proto_dot_server__status__pb2.SchedulerStatusResponse.FromString,
+            tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
+            tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ and, through its google.api.http option, over HTTP by the same generic route tab
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from tensorgate.proto import server_status_pb2 as _server_status_pb2
+from tensorgate_protos import server_status_pb2 as _server_status_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

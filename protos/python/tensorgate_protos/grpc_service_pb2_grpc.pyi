@@ -17,7 +17,7 @@ Triton's; ModelStreamInfer has no HTTP form.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from tensorgate_client.proto import grpc_service_pb2 as _grpc_service_pb2
+from tensorgate_protos import grpc_service_pb2 as _grpc_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
