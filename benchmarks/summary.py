@@ -2,7 +2,8 @@
 
 Each row is one comparison the project is measured by: tensorgate against a peer or a bare
 baseline in the same run, on the machine the file names, with the command that produced it.
-The docs site's Benchmarks page includes this table; `python benchmarks/summary.py` prints it.
+The docs site's Benchmarks page includes this table; `python benchmarks/summary.py` prints it,
+and `--write` puts it at the top of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -137,6 +138,18 @@ def summary_markdown(results: Path) -> str:
     )
 
 
+def write_summary(results_md: Path, results: Path) -> None:
+    """Replace the summary between RESULTS.md's summary markers with a fresh one."""
+    begin, end = "<!-- summary:begin -->", "<!-- summary:end -->"
+    text = results_md.read_text()
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    results_md.write_text(f"{head}{begin}\n{summary_markdown(results)}{end}{tail}")
+
+
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parent / "results"
-    sys.stdout.write(summary_markdown(root))
+    here = Path(__file__).resolve().parent
+    if sys.argv[1:] == ["--write"]:
+        write_summary(here / "RESULTS.md", here / "results")
+    else:
+        sys.stdout.write(summary_markdown(here / "results"))

@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def add_sub_request() -> bytes:
+    """One serialized add_sub ModelInferRequest, as the Python client builds it."""
     inputs = {
         "INPUT0": np.arange(16, dtype=np.float32).reshape(1, 16),
         "INPUT1": np.ones((1, 16), dtype=np.float32),

@@ -52,26 +52,38 @@ class TensorgateError(Exception):
 
 
 class InvalidArgument(TensorgateError):
+    """The request is wrong: bad input, parameter or sequence."""
+
     kind = ErrorKind.INVALID_ARGUMENT
 
 
 class NotFound(TensorgateError):
+    """No such model, version or route."""
+
     kind = ErrorKind.NOT_FOUND
 
 
 class Unavailable(TensorgateError):
+    """The model cannot serve now: not ready, unloading, or its queue timed out."""
+
     kind = ErrorKind.UNAVAILABLE
 
 
 class ResourceExhausted(TensorgateError):
+    """A bounded queue is full: the request is shed."""
+
     kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
 class FailedPrecondition(TensorgateError):
+    """The server is not in the state the call needs (e.g. explicit model control)."""
+
     kind = ErrorKind.FAILED_PRECONDITION
 
 
 class Unimplemented(TensorgateError):
+    """An extension or parameter tensorgate does not implement."""
+
     kind = ErrorKind.UNIMPLEMENTED
 
 

@@ -52,6 +52,7 @@ class AsyncInferenceClient:
         self.last_request_id = ""
 
     async def close(self) -> None:
+        """Close the connection; calls after this fail."""
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncInferenceClient:
@@ -81,42 +82,52 @@ class AsyncInferenceClient:
                 await asyncio.sleep(delay)
 
     async def server_live(self, timeout: float | None = None) -> bool:
+        """Whether the server process serves (ServerLive)."""
         return bool((await self._call("ServerLive", pb.ServerLiveRequest(), timeout, None)).live)
 
     async def server_ready(self, timeout: float | None = None) -> bool:
+        """Whether the server is ready for inference (ServerReady)."""
         response = await self._call("ServerReady", pb.ServerReadyRequest(), timeout, None)
         return bool(response.ready)
 
     async def model_ready(self, model: str, version: str = "") -> bool:
+        """Whether a version of the model is loaded and ready (ModelReady)."""
         request = pb.ModelReadyRequest(name=model, version=version)
         return bool((await self._call("ModelReady", request, None, None)).ready)
 
     async def server_metadata(self) -> dict[str, Any]:
+        """The server's name, version and protocol extensions."""
         return to_dict(await self._call("ServerMetadata", pb.ServerMetadataRequest(), None, None))
 
     async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's versions, platform and input and output tensors."""
         request = pb.ModelMetadataRequest(name=model, version=version)
         return to_dict(await self._call("ModelMetadata", request, None, None))
 
     async def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's completed config.pbtxt, as a dict of its JSON form."""
         request = pb.ModelConfigRequest(name=model, version=version)
         return to_dict((await self._call("ModelConfig", request, None, None)).config)
 
     async def statistics(self, model: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's ModelStatistics for one model, or every loaded model."""
         request = pb.ModelStatisticsRequest(name=model, version=version)
         response = await self._call("ModelStatistics", request, None, None)
         return [to_dict(s) for s in response.model_stats]
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model in the repository with its state and, if any, the reason."""
         request = pb.RepositoryIndexRequest(ready=ready_only)
         response = await self._call("RepositoryIndex", request, None, None)
         return [to_dict(m) for m in response.models]
 
     async def load_model(self, model: str, timeout: float | None = None) -> None:
+        """Load or reload a model (the server must run in explicit model-control mode)."""
         request = pb.RepositoryModelLoadRequest(model_name=model)
         await self._call("RepositoryModelLoad", request, timeout, None)
 
     async def unload_model(self, model: str, timeout: float | None = None) -> None:
+        """Unload a model once its running requests finish (explicit mode)."""
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         await self._call("RepositoryModelUnload", request, timeout, None)
 
@@ -132,6 +143,7 @@ class AsyncInferenceClient:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
+        """Run one inference; the outputs by name (all of them unless `outputs` names some)."""
         request = infer_request(model, inputs, version, outputs, id, parameters)
         return infer_outputs(await self._call("ModelInfer", request, timeout, request_id))
 

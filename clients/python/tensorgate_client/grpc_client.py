@@ -29,6 +29,7 @@ from tensorgate_client.options import (
 
 
 def rpc_error(error: grpc.RpcError, request_id: str) -> InferenceServerError:
+    """An InferenceServerError from a grpc.RpcError, keeping its status and request id."""
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     return InferenceServerError(code.name if code else "UNKNOWN", details or "", request_id)
@@ -62,6 +63,7 @@ class InferenceClient:
         self.last_request_id = ""
 
     def close(self) -> None:
+        """Close the connection; calls after this fail."""
         self._channel.close()
 
     def __enter__(self) -> InferenceClient:
@@ -92,27 +94,34 @@ class InferenceClient:
     # Health and metadata ---------------------------------------------------------------
 
     def server_live(self, timeout: float | None = None) -> bool:
+        """Whether the server process serves (ServerLive)."""
         return bool(self._call("ServerLive", pb.ServerLiveRequest(), timeout, None).live)
 
     def server_ready(self, timeout: float | None = None) -> bool:
+        """Whether the server is ready for inference (ServerReady)."""
         return bool(self._call("ServerReady", pb.ServerReadyRequest(), timeout, None).ready)
 
     def model_ready(self, model: str, version: str = "", timeout: float | None = None) -> bool:
+        """Whether a version of the model is loaded and ready (ModelReady)."""
         request = pb.ModelReadyRequest(name=model, version=version)
         return bool(self._call("ModelReady", request, timeout, None).ready)
 
     def server_metadata(self) -> dict[str, Any]:
+        """The server's name, version and protocol extensions."""
         return to_dict(self._call("ServerMetadata", pb.ServerMetadataRequest(), None, None))
 
     def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's versions, platform and input and output tensors."""
         request = pb.ModelMetadataRequest(name=model, version=version)
         return to_dict(self._call("ModelMetadata", request, None, None))
 
     def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's completed config.pbtxt, as a dict of its JSON form."""
         request = pb.ModelConfigRequest(name=model, version=version)
         return to_dict(self._call("ModelConfig", request, None, None).config)
 
     def statistics(self, model: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's ModelStatistics for one model, or every loaded model."""
         request = pb.ModelStatisticsRequest(name=model, version=version)
         response = self._call("ModelStatistics", request, None, None)
         return [to_dict(s) for s in response.model_stats]
@@ -120,17 +129,20 @@ class InferenceClient:
     # Repository ------------------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model in the repository with its state and, if any, the reason."""
         response = self._call(
             "RepositoryIndex", pb.RepositoryIndexRequest(ready=ready_only), None, None
         )
         return [to_dict(m) for m in response.models]
 
     def load_model(self, model: str, timeout: float | None = None) -> None:
+        """Load or reload a model (the server must run in explicit model-control mode)."""
         self._call(
             "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name=model), timeout, None
         )
 
     def unload_model(self, model: str, timeout: float | None = None) -> None:
+        """Unload a model once its running requests finish (explicit mode)."""
         request = pb.RepositoryModelUnloadRequest(model_name=model)
         self._call("RepositoryModelUnload", request, timeout, None)
 

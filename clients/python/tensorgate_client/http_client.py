@@ -45,6 +45,7 @@ class HttpInferenceClient:
         self._connection: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
+        """Close the connection; calls after this fail."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -134,34 +135,44 @@ class HttpInferenceClient:
     # Health and metadata ---------------------------------------------------------------
 
     def server_live(self) -> bool:
+        """Whether the server process serves (ServerLive)."""
         return self._ok("/v2/health/live")
 
     def server_ready(self) -> bool:
+        """Whether the server is ready for inference (ServerReady)."""
         return self._ok("/v2/health/ready")
 
     def model_ready(self, model: str, version: str = "") -> bool:
+        """Whether a version of the model is loaded and ready (ModelReady)."""
         return self._ok(self._model_path(model, version) + "/ready")
 
     def server_metadata(self) -> dict[str, Any]:
+        """The server's name, version and protocol extensions."""
         return dict(self._json("GET", "/v2"))
 
     def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's versions, platform and input and output tensors."""
         return dict(self._json("GET", self._model_path(model, version)))
 
     def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        """The model's completed config.pbtxt, as a dict of its JSON form."""
         return dict(self._json("GET", self._model_path(model, version) + "/config"))
 
     def statistics(self, model: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's ModelStatistics for one model, or every loaded model."""
         path = self._model_path(model, version) + "/stats" if model else "/v2/models/stats"
         return list(self._json("GET", path)["model_stats"])
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Every model in the repository with its state and, if any, the reason."""
         return list(self._json("POST", "/v2/repository/index", {"ready": ready_only}))
 
     def load_model(self, model: str) -> None:
+        """Load or reload a model (the server must run in explicit model-control mode)."""
         self._json("POST", f"/v2/repository/models/{quote(model, safe='')}/load", {})
 
     def unload_model(self, model: str) -> None:
+        """Unload a model once its running requests finish (explicit mode)."""
         self._json("POST", f"/v2/repository/models/{quote(model, safe='')}/unload", {})
 
     # Inference -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class StreamResult:
 
 
 def set_parameter(target: Any, value: Parameter) -> None:
+    """Fill an InferParameter from a plain value (bool, int, float or str)."""
     if isinstance(value, bool):
         target.bool_param = value
     elif isinstance(value, int):

@@ -30,6 +30,7 @@ class RetryPolicy:
     multiplier: float = 2.0
 
     def delays(self) -> Iterator[float]:
+        """The waits before each retry: exponential backoff with jitter, capped."""
         delay = self.initial_backoff_s
         for _ in range(self.attempts - 1):
             yield delay * random.uniform(0.5, 1.0)
@@ -62,11 +63,13 @@ class TlsOptions:
     server_name: str | None = None
 
     def grpc_credentials(self) -> grpc.ChannelCredentials:
+        """These settings as gRPC channel credentials."""
         return grpc.ssl_channel_credentials(
             _pem(self.root_certificates), _pem(self.private_key), _pem(self.certificate_chain)
         )
 
     def ssl_context(self) -> ssl.SSLContext:
+        """These settings as an SSL context for HTTPS."""
         roots = _pem(self.root_certificates)
         context = ssl.create_default_context(cadata=roots.decode() if roots else None)
         if self.certificate_chain is not None:
@@ -78,6 +81,7 @@ class TlsOptions:
 
 
 def channel_options(max_message_bytes: int, tls: TlsOptions | None) -> list[tuple[str, object]]:
+    """gRPC channel options: message size limits, and the TLS name override if any."""
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -89,4 +93,5 @@ def channel_options(max_message_bytes: int, tls: TlsOptions | None) -> list[tupl
 
 
 def new_request_id() -> str:
+    """A fresh x-request-id."""
     return uuid.uuid4().hex

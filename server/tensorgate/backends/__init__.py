@@ -1,0 +1,1 @@
+"""Backends: onnxruntime, torch, Python and Triton Python-backend models, behind one interface."""

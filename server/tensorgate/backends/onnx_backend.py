@@ -134,6 +134,8 @@ def _parameter_int(context: InstanceContext, key: str, default: int) -> int:
 
 
 class OnnxFactory:
+    """Creates onnxruntime instances of `model.onnx` files."""
+
     name = "onnxruntime"
     default_filename = "model.onnx"
 

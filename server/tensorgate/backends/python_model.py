@@ -97,6 +97,8 @@ class PythonInstance:
 
 
 class PythonFactory:
+    """Creates instances of `model.py` files: tensorgate `Model` or Triton `TritonPythonModel`."""
+
     name = "python"
     default_filename = "model.py"
 

@@ -114,6 +114,8 @@ class TorchInstance:
 
 
 class TorchFactory:
+    """Creates torch instances of TorchScript (`model.pt`) and torch.export (`model.pt2`) files."""
+
     name = "pytorch"
     default_filename = "model.pt"
 

@@ -277,22 +277,27 @@ def _outputs_of(response: InferenceResponse) -> dict[str, Array]:
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    """The request input named `name`, or None."""
     return next((t for t in request.inputs() if t.name() == name), None)
 
 
 def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    """The response output named `name`, or None."""
     return next((t for t in response.output_tensors() if t.name() == name), None)
 
 
 def get_input_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The config entry (a dict) of the input named `name`, or None."""
     return next((t for t in model_config.get("input", []) if t.get("name") == name), None)
 
 
 def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The config entry (a dict) of the output named `name`, or None."""
     return next((t for t in model_config.get("output", []) if t.get("name") == name), None)
 
 
 def using_decoupled_model_transaction_policy(model_config: dict[str, Any]) -> bool:
+    """Whether the config makes the model decoupled."""
     return bool(model_config.get("model_transaction_policy", {}).get("decoupled", False))
 
 
@@ -306,6 +311,7 @@ def triton_string_to_numpy(triton_type: str) -> Any:
 
 
 def numpy_to_triton_type(dtype: Any) -> str:
+    """The v2 datatype name of a numpy dtype (`FP32`, `BYTES`...)."""
     return datatypes.from_numpy(np.dtype(dtype)).name
 
 

@@ -1,0 +1,1 @@
+"""Batching policies (pure) and the dynamic batcher around them."""

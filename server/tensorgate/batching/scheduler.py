@@ -19,7 +19,7 @@ the loop wakes it. A thread needs the GIL to start, and a busy loop lets go of i
 it runs out of work: under load a woken thread waits hundreds of microseconds, while
 requests keep arriving. Taken at the start, the batch holds them too; cut when the thread
 was woken, it held only those queued then, and the rest waited for another batch
-(benchmarks/RESULTS.md has the measurements). The loop wakes one instance at a time; one
+(benchmarks/NOTES.md has the measurements). The loop wakes one instance at a time; one
 that takes its batch and leaves requests behind asks the loop to wake another if one is
 free.
 

@@ -1,0 +1,1 @@
+"""The data plane: request types, validation, statistics, and model calls."""

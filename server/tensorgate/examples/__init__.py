@@ -1,0 +1,1 @@
+"""The bundled example repository and the templates it is built from."""

@@ -75,6 +75,7 @@ def _le(bound: float) -> str:
 
 
 def latency_histogram() -> Histogram:
+    """A histogram of durations in nanoseconds over the latency buckets."""
     return Histogram(LATENCY_BUCKETS_S, scale=1e-9)
 
 

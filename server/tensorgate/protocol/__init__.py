@@ -1,0 +1,1 @@
+"""Codecs between wire formats and the internal request and response types."""

@@ -320,6 +320,7 @@ def decode_infer_request(
 
 
 def json_output_data(name: str, array: Array, datatype: str) -> Any:
+    """An output as JSON data: a flat array, BYTES as UTF-8 strings (binary-only types refused)."""
     if datatype in _BINARY_ONLY:
         raise InvalidArgument(
             f"output '{name}' is {datatype}, which has no JSON form; request it with "

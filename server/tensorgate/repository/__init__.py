@@ -1,0 +1,1 @@
+"""The model repository: configs, versions, supported fields, loading and unloading."""

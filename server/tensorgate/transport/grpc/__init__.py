@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers, method handlers and the grpc.aio server."""

@@ -34,6 +34,7 @@ def build_app(
 def http_server(
     settings: Settings, dataplane: DataPlane, grace_s: float, log_control: LogControl | None = None
 ) -> AsgiServer:
+    """The HTTP server: the REST app built from the schema, on tensorgate's uvicorn protocol."""
     return AsgiServer(
         build_app(settings, dataplane, log_control),
         settings.host,
