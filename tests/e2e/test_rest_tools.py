@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server, doc_block, serving
+from tests.e2e.conftest import ROOT, Server, doc_block, serving
 
 
 def curl_commands(path: str, name: str) -> list[str]:
@@ -61,6 +61,31 @@ def test_readme_curl_examples_run_and_answer(server: Server) -> None:
     assert json.loads(outputs[0])["outputs"][0]["data"] == [float(v) for v in range(2, 18)]
     events = [json.loads(line[len("data: ") :]) for line in outputs[1].splitlines() if line]
     assert [e["text_output"] for e in events] == ["one", "word", "at", "a", "time"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (Debian package curl)")
+def test_quickstart_curl_example_runs_and_answers(server: Server) -> None:
+    (output,) = run_curl(curl_commands("docs/pages/quickstart.md", "quickstart-curl"), server)
+    assert json.loads(output)["outputs"][0]["data"] == [float(v) for v in range(2, 18)]
+
+
+@pytest.mark.parametrize(
+    ("page", "block"),
+    [("README.md", "readme-python"), ("docs/pages/quickstart.md", "quickstart-python")],
+)
+def test_first_inference_with_tritonclient_runs_as_written(
+    server: Server, page: str, block: str
+) -> None:
+    script = doc_block(page, block).replace(".venv/bin/python", sys.executable)
+    result = subprocess.run(
+        ["bash", "-c", script.replace("localhost:8001", server.url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[[" + " ".join(["3."] * 16) + "]]"
 
 
 @pytest.fixture(scope="module")
