@@ -1,0 +1,1 @@
+"""Language-model generation: paged KV cache, iteration-level scheduler, sampling, models."""

@@ -1,0 +1,124 @@
+"""The generation engine: one synchronous step at a time, scheduler → model → sampler.
+
+It owns the KV cache tensors, the block bookkeeping and the scheduler, and knows nothing of
+asyncio or the protocols: the generation runner drives `step()` off the event loop and
+streams what each step produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from tensorgate.generation.kv_blocks import BlockPool, KVCacheManager
+from tensorgate.generation.models import GPT2, KVCache, Llama, SequenceSlice, StepBatch
+from tensorgate.generation.sampling import Sampled, generator_for, sample
+from tensorgate.generation.scheduler import Scheduler, Sequence, StepPlan
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one step produced: a new token for some sequences, and who finished."""
+
+    tokens: list[tuple[Sequence, Sampled]] = field(default_factory=list)
+    finished: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    num_tokens: int = 0  # tokens computed (prefill and decode)
+
+
+class Engine:
+    """A model, its paged KV cache and its scheduler."""
+
+    def __init__(
+        self,
+        model: Llama | GPT2,
+        num_blocks: int,
+        block_size: int = 16,
+        prefix_caching: bool = True,
+        max_num_seqs: int = 64,
+        max_tokens_per_step: int = 512,
+        device: str = "cpu",
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.block_size = block_size
+        self.kv = KVCacheManager(BlockPool(num_blocks, block_size), prefix_caching)
+        self.cache = KVCache(model.shape, num_blocks, block_size, device)
+        self.scheduler = Scheduler(
+            self.kv, max_num_seqs, max_tokens_per_step, model.shape.max_positions
+        )
+        self._generators: dict[str, torch.Generator] = {}
+
+    def add(self, sequence: Sequence) -> None:
+        """Queue a sequence (InvalidArgument or ResourceExhausted when it cannot be)."""
+        self.scheduler.add(sequence)
+        self._generators[sequence.id] = generator_for(sequence.params.seed)
+
+    def abort(self, sequence: Sequence, reason: str = "abort") -> None:
+        """End a sequence now and free its blocks."""
+        self.scheduler.abort(sequence, reason)
+        self._generators.pop(sequence.id, None)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> StepResult:
+        """Plan a step, run the model on it, sample, and apply the results."""
+        plan = self.scheduler.schedule()
+        result = StepResult(preempted=list(plan.preempted), num_tokens=plan.num_tokens)
+        if not plan.chunks:
+            return result
+        sampling = [c.sequence for c in plan.chunks if c.samples]
+        with torch.inference_mode():
+            logits = self.model(self._batch(plan), self.cache)
+        picked = sample(logits, sampling, self._generators)
+        result.finished = self.scheduler.update(
+            plan, {s.id: p.token for s, p in zip(sampling, picked, strict=True)}
+        )
+        result.tokens = list(zip(sampling, picked, strict=True))
+        for sequence in result.finished:
+            self._generators.pop(sequence.id, None)
+        return result
+
+    def _batch(self, plan: StepPlan) -> StepBatch:
+        """The step's tokens packed in one batch, with their cache slots."""
+        size = self.block_size
+        token_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        parts: list[SequenceSlice] = []
+        sample_rows: list[int] = []
+        for chunk in plan.chunks:
+            sequence = chunk.sequence
+            table = self.kv.block_ids(sequence.id)
+            end = chunk.start + chunk.count
+            context = [table[p // size] * size + p % size for p in range(end)]
+            parts.append(
+                SequenceSlice(
+                    len(token_ids),
+                    chunk.count,
+                    torch.tensor(context, dtype=torch.long, device=self.device),
+                )
+            )
+            token_ids += sequence.tokens[chunk.start : end]
+            positions += range(chunk.start, end)
+            slots += context[chunk.start :]
+            if chunk.samples:
+                sample_rows.append(len(token_ids) - 1)
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+
+        return StepBatch(
+            tensor(token_ids), tensor(positions), tensor(slots), parts, tensor(sample_rows)
+        )
+
+    def generate(self, sequences: list[Sequence]) -> list[list[int]]:
+        """Run sequences to the end together (tests and offline use): their output tokens."""
+        for sequence in sequences:
+            self.add(sequence)
+        while self.has_work:
+            self.step()
+        return [s.output for s in sequences]
