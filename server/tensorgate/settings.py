@@ -42,6 +42,8 @@ HELP = {
     "model, open streams of a decoupled one) before RESOURCE_EXHAUSTED",
     "reuse_port": "bind with SO_REUSEPORT, so several servers can share the ports",
     "event_loop": "auto (uvloop where installed), uvloop or asyncio",
+    "kv_cache_bytes": "KV cache of each generation model, in bytes (a model's kv_cache_bytes "
+    "parameter wins); 0: half the free GPU memory on a GPU, 256 MiB on the CPU",
     "config": "TOML file of settings (keys as the flags, with underscores)",
 }
 
@@ -80,6 +82,8 @@ class Settings:
     access_log_rate: float = 0.01  # share of successful inferences logged; failures always
     trace_exporter: str = "none"  # none | console | otlp (needs the otel extra)
     trace_rate: float = 1.0  # share of root requests traced; a sampled traceparent wins
+    # Generation models' KV cache; 0: half the free memory of a GPU, 256 MiB on the CPU.
+    kv_cache_bytes: int = 0
     config: Path | None = None
 
 

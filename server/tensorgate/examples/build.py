@@ -3,7 +3,8 @@
 add_sub (ONNX) and cnn (TorchScript) are made here; the Python models are copied from
 templates/: text_stats (BYTES in and out), words (decoupled: one response per word),
 accumulate (a sequence model), and the pipeline ensemble (preprocess → add_sub →
-postprocess).
+postprocess). tiny_llama is a language model with random weights and a tokenizer trained
+here (examples/tiny_lm.py), served by the generation engine.
 
 usage: python -m tensorgate.examples.build OUT_DIR
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+
+from tensorgate.examples.tiny_lm import GENERATION_CONFIG, build_tiny_llama
 
 ADD_SUB_CONFIG = """\
 # Elementwise sum and difference of two FP32 vectors; batches up to 32 rows.
@@ -108,6 +111,8 @@ def build(out: Path) -> None:
     build_cnn(out / "cnn" / "1" / "model.pt")
     (out / "cnn" / "config.pbtxt").write_text(CNN_CONFIG)
     copy_templates(out)
+    build_tiny_llama(out / "tiny_llama" / "1")
+    (out / "tiny_llama" / "config.pbtxt").write_text(GENERATION_CONFIG)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The repository decides what to load and tracks its state; this module is the one
 says what a loaded version is made of. Steps, in order:
 
 1. Refuse any config field tensorgate does not implement (repository/support.py).
-   An ensemble has no backend: its plan is checked against its (loaded) steps, done.
+   An ensemble has no backend: its plan is checked against its (loaded) steps, done. A
+   generation model (`backend: "generation"`) is built by generation/build.py.
 2. Resolve the backend and create one instance per `instance_group` entry and count; the
    first instance's signature completes and checks the config.
 3. Choose the runner the config asks for: the decoupled runner for
@@ -41,6 +42,7 @@ from tensorgate.runners.sequence import SequenceRunner
 from tensorgate.settings import Settings
 
 ENSEMBLE = "ensemble"
+GENERATION = "generation"  # a language model served by tensorgate's generation engine
 
 
 def instance_devices(config: mc.ModelConfig) -> list[str]:
@@ -82,6 +84,8 @@ class VersionBuilder:
         check_supported(config)
         if config.platform == ENSEMBLE:
             return self._ensemble(name, version, config)
+        if config.backend == GENERATION:
+            return self._generation(name, model_dir / str(version), version, config)
         instances = self._instances(name, model_dir, version, config)
         try:
             spec = ModelSpec.from_config(config)
@@ -111,6 +115,16 @@ class VersionBuilder:
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
         needs = tuple(sorted({step.model for step in plan.steps}))
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)
+
+    def _generation(
+        self, name: str, version_dir: Path, version: int, config: mc.ModelConfig
+    ) -> ModelVersion:
+        from tensorgate.generation.build import build_generation
+
+        runner = build_generation(name, version_dir, config, self.settings.kv_cache_bytes)
+        spec = ModelSpec.from_config(config)
+        metrics = self.metrics.model(name, version) if self.metrics is not None else None
+        return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics)
 
     def _instances(
         self, name: str, model_dir: Path, version: int, config: mc.ModelConfig

@@ -25,6 +25,8 @@ from tensorgate.protocol import rest_codec
 from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol
 from tensorgate.transport.rest.generate import Generate, match_generate
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
+from tensorgate.transport.rest.openai import ROUTES as OPENAI_ROUTES
+from tensorgate.transport.rest.openai import OpenAIRoutes
 from tensorgate.transport.rest.routes import NoRoute, Route, Router
 from tensorgate.transport.rest.static import StaticFiles
 
@@ -137,6 +139,7 @@ class RestApp:
         self.cors_origins = {o.encode() for o in cors_origins}
         self.static = StaticFiles()
         self.generate = Generate(dataplane)
+        self.openai = OpenAIRoutes(dataplane)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,6 +205,8 @@ class RestApp:
         path: str = scope["path"]
         if verb == "OPTIONS":
             return 204, b"", self._preflight(scope)
+        if path.startswith("/v1/") and (verb, path) in OPENAI_ROUTES:
+            return await self._openai(verb, path, scope, receive, send, headers, call)
         if verb == "GET" and not path.startswith("/v2"):
             if path == "/openapi.json":
                 return 200, self.openapi, [(b"content-type", _JSON)]
@@ -222,6 +227,27 @@ class RestApp:
         if route.method.name == "ModelInfer":
             return await self._infer(params, body, headers, scope, receive)
         return await self._call(route, params, body)
+
+    async def _openai(
+        self,
+        verb: str,
+        path: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RequestHeaders,
+        call: CallContext,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if verb == "GET":
+            return self.openai.models()
+        body = await self._read_body(scope, receive, headers)
+        common = self._common_headers(headers, call)
+        answer = await _unless_disconnected(
+            self.openai.complete(body, path.endswith("/chat/completions"), send, common),
+            scope,
+            receive,
+        )
+        return answer if answer is not None else (_SENT, b"", [])
 
     def _preflight(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         requested = b""

@@ -1,0 +1,121 @@
+"""How a generation model version is put together: `backend: "generation"` in config.pbtxt,
+and the version directory in Hugging Face format (config.json, *.safetensors,
+tokenizer.json, tokenizer_config.json).
+
+The config's inputs and outputs are Triton's vLLM backend's, filled in when the config
+leaves them out: `text_input`, and optional `stream`, `sampling_parameters` (JSON) and
+`exclude_input_in_output`; `text_output`, plus `finish_reason`, `num_input_tokens` and
+`num_output_tokens`. The model is always decoupled. Engine settings are config parameters:
+`kv_cache_bytes`, `block_size` (16), `max_num_seqs` (64), `max_tokens_per_step` (512) and
+`prefix_caching` (true).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorgate_protos import model_config_pb2 as mc
+
+from tensorgate.errors import ModelLoadError
+from tensorgate.generation.engine import Engine
+from tensorgate.generation.models import KVCache, load_model
+from tensorgate.generation.runner import GenerationRunner
+from tensorgate.generation.tokenizer import Tokenizer
+
+CPU_KV_CACHE_BYTES = 256 * 2**20
+INPUTS = (
+    ("text_input", mc.TYPE_STRING, False),
+    ("stream", mc.TYPE_BOOL, True),
+    ("sampling_parameters", mc.TYPE_STRING, True),
+    ("exclude_input_in_output", mc.TYPE_BOOL, True),
+)
+OUTPUTS = (
+    ("text_output", mc.TYPE_STRING, [-1]),
+    ("finish_reason", mc.TYPE_STRING, [1]),
+    ("num_input_tokens", mc.TYPE_UINT32, [1]),
+    ("num_output_tokens", mc.TYPE_UINT32, [1]),
+)
+
+
+def complete_generation_config(config: mc.ModelConfig) -> None:
+    """Fill the standard inputs and outputs; refuse what a generation model cannot be."""
+    if config.max_batch_size:
+        raise ModelLoadError(
+            "a generation model batches its sequences itself: set max_batch_size: 0"
+        )
+    if config.WhichOneof("scheduling_choice") is not None:
+        raise ModelLoadError(
+            "a generation model schedules its sequences itself: remove "
+            f"{config.WhichOneof('scheduling_choice')}"
+        )
+    if not config.input:
+        for name, dtype, optional in INPUTS:
+            config.input.add(name=name, data_type=dtype, dims=[1], optional=optional)
+    if not config.output:
+        for name, dtype, dims in OUTPUTS:
+            config.output.add(name=name, data_type=dtype, dims=dims)
+    config.model_transaction_policy.decoupled = True
+
+
+def _parameter(config: mc.ModelConfig, key: str, default: int) -> int:
+    param = config.parameters.get(key)
+    if param is None or not param.string_value:
+        return default
+    try:
+        return int(param.string_value)
+    except ValueError:
+        raise ModelLoadError(
+            f"parameter {key} must be an integer, got {param.string_value!r}"
+        ) from None
+
+
+def _device(config: mc.ModelConfig) -> str:
+    groups = list(config.instance_group)
+    if len(groups) > 1 or (groups and groups[0].count > 1):
+        raise ModelLoadError("a generation model runs as one instance: one engine per version")
+    if groups and groups[0].kind == mc.ModelInstanceGroup.KIND_GPU:
+        return f"cuda:{groups[0].gpus[0] if groups[0].gpus else 0}"
+    return "cpu"
+
+
+def _kv_cache_bytes(config: mc.ModelConfig, server_default: int, device: str) -> int:
+    configured = _parameter(config, "kv_cache_bytes", server_default)
+    if configured:
+        return configured
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free // 2)
+    return CPU_KV_CACHE_BYTES
+
+
+def build_generation(
+    name: str, version_dir: Path, config: mc.ModelConfig, server_kv_cache_bytes: int
+) -> GenerationRunner:
+    """Blocking: load the weights and tokenizer, size the KV cache, start the engine."""
+    complete_generation_config(config)
+    device = _device(config)
+    if device.startswith("cuda"):
+        from tensorgate.executors.cuda import cuda_available
+
+        if not cuda_available():
+            raise ModelLoadError(f"instance_group asks for {device} but torch sees no CUDA device")
+    model = load_model(version_dir, device)
+    tokenizer = Tokenizer(version_dir)
+    block_size = _parameter(config, "block_size", 16)
+    budget = _kv_cache_bytes(config, server_kv_cache_bytes, device)
+    num_blocks = budget // KVCache.bytes_per_block(model.shape, block_size)
+    if num_blocks < 1:
+        raise ModelLoadError(f"kv_cache_bytes {budget} holds no block of {block_size} tokens")
+    prefix = config.parameters.get("prefix_caching")
+    engine = Engine(
+        model,
+        num_blocks=num_blocks,
+        block_size=block_size,
+        prefix_caching=prefix is None or prefix.string_value.lower() != "false",
+        max_num_seqs=_parameter(config, "max_num_seqs", 64),
+        max_tokens_per_step=_parameter(config, "max_tokens_per_step", 512),
+        device=device,
+    )
+    return GenerationRunner(name, engine, tokenizer)

@@ -1,0 +1,227 @@
+"""The OpenAI-compatible API's request and response shapes over generation models.
+
+`/v1/completions` and `/v1/chat/completions` requests become ordinary streamed inference
+requests of a generation model (`text_input`, or the messages for its chat template, and the
+sampling parameters), and the model's responses become OpenAI's objects and chunks. Fields
+the server does not implement are refused by name, never ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tensorgate.dataplane.types import InferRequest, InferResponse
+from tensorgate.errors import InvalidArgument
+
+# Request fields understood, and what each becomes among the sampling parameters.
+_SAMPLING = {
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "ignore_eos": "ignore_eos",
+}
+_ACCEPTED = {"model", "stream", "stream_options", "n", "user"}
+_NOT_YET = {
+    "logprobs": "log-probabilities in OpenAI responses are not implemented yet",
+    "top_logprobs": "log-probabilities in OpenAI responses are not implemented yet",
+    "response_format": "structured output (response_format) is not implemented yet",
+    "tools": "tool calls are not implemented",
+    "tool_choice": "tool calls are not implemented",
+    "functions": "function calls are not implemented",
+    "logit_bias": "logit_bias is not implemented",
+    "suffix": "suffix is not implemented",
+    "echo": "echo is not implemented",
+    "best_of": "best_of is not implemented",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRequest:
+    """A decoded OpenAI request: the inference request, and how to answer it."""
+
+    request: InferRequest
+    stream: bool
+    include_usage: bool
+    chat: bool
+    id: str
+    created: int
+
+
+def decode(body: bytes, chat: bool) -> OpenAIRequest:
+    """An OpenAI completions or chat request as a generation model's inference request."""
+    try:
+        document = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise InvalidArgument(f"malformed JSON body: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("'model' is required: the name of a generation model")
+    _check_fields(document, "messages" if chat else "prompt")
+    parameters: dict[str, Any] = {"stream": True, "exclude_input_in_output": True}
+    sampling = {_SAMPLING[k]: v for k, v in document.items() if k in _SAMPLING and v is not None}
+    stops = sampling.pop("stop", None)
+    parameters.update(sampling)
+    inputs = {"text_input": np.array([_prompt(document, chat, parameters)], dtype=np.object_)}
+    if stops is not None:  # a list cannot be a request parameter: it travels as JSON
+        stops = [stops] if isinstance(stops, str) else stops
+        encoded = json.dumps({"stop": stops}).encode()
+        inputs["sampling_parameters"] = np.array([encoded], dtype=np.object_)
+    request = InferRequest(
+        model,
+        inputs=inputs,
+        datatypes={name: "BYTES" for name in inputs},
+        parameters=parameters,
+        protocol="http",
+    )
+    options = document.get("stream_options") or {}
+    prefix = "chatcmpl" if chat else "cmpl"
+    return OpenAIRequest(
+        request,
+        bool(document.get("stream", False)),
+        bool(options.get("include_usage", False)) if isinstance(options, dict) else False,
+        chat,
+        f"{prefix}-{uuid.uuid4().hex}",
+        int(time.time()),
+    )
+
+
+def _check_fields(document: dict[str, Any], prompt_key: str) -> None:
+    for field, reason in _NOT_YET.items():
+        if document.get(field) not in (None, False, 0):
+            raise InvalidArgument(f"'{field}': {reason}")
+    unknown = sorted(set(document) - set(_SAMPLING) - _ACCEPTED - set(_NOT_YET) - {prompt_key})
+    if unknown:
+        raise InvalidArgument(f"unknown fields {unknown}")
+    if document.get("n", 1) != 1:
+        raise InvalidArgument("'n' must be 1: one choice per request")
+
+
+def _prompt(document: dict[str, Any], chat: bool, parameters: dict[str, Any]) -> bytes:
+    """The text_input (a chat's messages go to the chat template as a parameter)."""
+    if chat:
+        messages = document.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidArgument("'messages' must be a non-empty list")
+        parameters["chat_messages"] = json.dumps(messages)
+        return b""
+    prompt = document.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidArgument("'prompt' must be a string (one prompt per request)")
+    return prompt.encode("utf-8")
+
+
+def _text(response: InferResponse) -> str:
+    return bytes(response.outputs["text_output"].reshape(-1)[0]).decode("utf-8", "replace")
+
+
+def _finish(response: InferResponse) -> str | None:
+    if not response.final:
+        return None
+    reason = bytes(response.outputs["finish_reason"].reshape(-1)[0]).decode()
+    return {"abort": "stop"}.get(reason, reason) or "stop"
+
+
+def usage(response: InferResponse) -> dict[str, int]:
+    """Token counts of a final response."""
+    prompt = int(response.outputs["num_input_tokens"].reshape(-1)[0])
+    completion = int(response.outputs["num_output_tokens"].reshape(-1)[0])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class Answer:
+    """Turns one request's responses into OpenAI chunks, or into one final object."""
+
+    def __init__(self, decoded: OpenAIRequest, model: str) -> None:
+        self.decoded = decoded
+        self.model = model
+        self.text: list[str] = []
+        self.first = True
+
+    def _envelope(self, chunk: bool) -> dict[str, Any]:
+        kind = "chat.completion" if self.decoded.chat else "text_completion"
+        return {
+            "id": self.decoded.id,
+            "object": f"{kind}.chunk" if chunk and self.decoded.chat else kind,
+            "created": self.decoded.created,
+            "model": self.model,
+        }
+
+    def chunks(self, response: InferResponse) -> list[dict[str, Any]]:
+        """The stream chunks one model response makes."""
+        text, finish = _text(response), _finish(response)
+        out = []
+        if self.decoded.chat and self.first:
+            first = self._envelope(True)
+            first["choices"] = [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ]
+            out.append(first)
+        self.first = False
+        if text or finish:
+            chunk = self._envelope(True)
+            if self.decoded.chat:
+                delta = {"content": text} if text else {}
+                chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            else:
+                chunk["choices"] = [
+                    {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+                ]
+            out.append(chunk)
+        if response.final and self.decoded.include_usage:
+            last = self._envelope(True)
+            last["choices"] = []
+            last["usage"] = usage(response)
+            out.append(last)
+        return out
+
+    def add(self, response: InferResponse) -> None:
+        self.text.append(_text(response))
+
+    def whole(self, response: InferResponse) -> dict[str, Any]:
+        """The non-streamed answer, after the final response."""
+        document = self._envelope(False)
+        text = "".join(self.text)
+        finish = _finish(response)
+        if self.decoded.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        document["choices"] = [choice]
+        document["usage"] = usage(response)
+        return document
+
+
+def error_body(message: str, status: int) -> bytes:
+    """OpenAI's error object."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 404:
+        kind = "not_found_error"
+    return json.dumps(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    ).encode()

@@ -1,0 +1,264 @@
+"""The generation runner: a language model served as a decoupled model.
+
+One engine thread owns the engine (model, KV cache, scheduler) and runs step after step
+while any sequence is waiting or running; the event loop only queues commands (add, abort)
+and receives, once per step, the text each sequence produced. Tokenizing, the model and
+detokenizing all run on the engine thread, never on the loop.
+
+A request's responses: with `stream`, one per step that completed text (the last flagged
+final, with the finish reason and token counts); without, one final response with the whole
+text (after the prompt unless `exclude_input_in_output`). A client that leaves, cancels or
+passes its deadline aborts its sequence, whose blocks are free before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tensorgate.dataplane.types import Array, InferRequest
+from tensorgate.errors import InvalidArgument, TensorgateError, Unavailable
+from tensorgate.generation.engine import Engine
+from tensorgate.generation.requests import GenerationRequest, parse_request
+from tensorgate.generation.scheduler import Sequence
+from tensorgate.generation.tokenizer import IncrementalText, Tokenizer
+from tensorgate.runners.base import RunnerStatus, Scheduled, Streamed
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    """Counters the metrics read (updated on the engine thread; ints only)."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    first_token_ns: list[int] = field(default_factory=list)  # recent times to first token
+    inter_token_ns: list[int] = field(default_factory=list)  # recent gaps between tokens
+
+    def keep(self, values: list[int], value: int) -> None:
+        values.append(value)
+        if len(values) > 4096:
+            del values[:2048]
+
+
+@dataclass(slots=True, eq=False)
+class _Active:
+    """A request on its way through the engine."""
+
+    request: GenerationRequest
+    events: asyncio.Queue[tuple[dict[str, Array] | None, bool] | BaseException]
+    loop: asyncio.AbstractEventLoop
+    sequence: Sequence | None = None
+    text: IncrementalText | None = None
+    prompt_text: str = ""
+    pending: str = ""  # text not sent yet (held back by stop strings, or not streaming)
+    started_ns: int = 0
+    last_ns: int = 0
+    done: bool = False
+
+
+class GenerationRunner:
+    """Serves one generation model version: a ModelRunner over an Engine."""
+
+    decoupled = True
+
+    def __init__(self, name: str, engine: Engine, tokenizer: Tokenizer) -> None:
+        self.name = name
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.stats = GenerationStats()
+        self._commands: queue.SimpleQueue[tuple[str, _Active] | None] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._active: dict[str, _Active] = {}
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name=f"tg-{name}-engine", daemon=True)
+        self._thread.start()
+
+    # ModelRunner ------------------------------------------------------------------------
+
+    async def run(self, request: InferRequest, rows: int) -> Scheduled:
+        raise InvalidArgument(f"model '{self.name}' is decoupled: it answers through a stream")
+
+    def status(self) -> RunnerStatus:
+        scheduler = self.engine.scheduler
+        return RunnerStatus(len(scheduler.waiting), len(scheduler.running), 1)
+
+    async def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
+        if self._closing:
+            raise Unavailable(f"model '{self.name}' is being unloaded")
+        parsed = parse_request(request)
+        loop = asyncio.get_running_loop()
+        active = _Active(parsed, asyncio.Queue(), loop)
+        self._command("add", active)
+        try:
+            while True:
+                event = await active.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                outputs, final = event
+                yield Streamed(outputs, final)
+                if final:
+                    break
+        finally:
+            if not active.done:
+                active.done = True
+                self._command("abort", active)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._commands.put(None)
+        self._wake.set()
+        await asyncio.to_thread(self._thread.join)
+
+    def discard(self) -> None:
+        self._commands.put(None)
+        self._wake.set()
+        self._thread.join()
+
+    def _command(self, what: str, active: _Active) -> None:
+        self._commands.put((what, active))
+        self._wake.set()
+
+    # The engine thread ------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            if not self._drain_commands():
+                return
+            if not self.engine.has_work:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                result = self.engine.step()
+            except Exception as exc:  # a model failure fails every request in flight
+                log.exception("generation step failed for model %s", self.name)
+                self._fail_all(exc)
+                continue
+            now = time.perf_counter_ns()
+            for sequence, _ in result.tokens:
+                active = self._active.get(sequence.id)
+                if active is not None:
+                    self._advance(active, now)
+            for sequence in result.finished:
+                active = self._active.pop(sequence.id, None)
+                if active is not None and not active.done:
+                    self._finish(active)
+
+    def _drain_commands(self) -> bool:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            if command is None:
+                for active in list(self._active.values()):
+                    self._emit(active, Unavailable(f"model '{self.name}' is being unloaded"))
+                return False
+            what, active = command
+            if what == "add":
+                self._add(active)
+            elif active.sequence is not None and active.sequence.id in self._active:
+                self._active.pop(active.sequence.id)
+                self.engine.abort(active.sequence)
+
+    def _add(self, active: _Active) -> None:
+        request = active.request
+        try:
+            prompt = request.prompt
+            if request.messages is not None:
+                prompt = self.tokenizer.render_chat(request.messages)
+            assert prompt is not None
+            ids = self.tokenizer.encode(prompt)
+            sequence = Sequence(
+                f"{self.name}-{next(_ids)}", ids, request.params, self.tokenizer.eos_token_id
+            )
+            self.engine.add(sequence)
+        except TensorgateError as exc:
+            self._emit(active, exc)
+            return
+        except Exception as exc:  # a template or tokenizer error the client caused
+            self._emit(active, InvalidArgument(f"cannot prepare the prompt: {exc}"))
+            return
+        active.sequence = sequence
+        active.text = IncrementalText(self.tokenizer)
+        active.prompt_text = prompt
+        active.started_ns = active.last_ns = time.perf_counter_ns()
+        self.stats.prompt_tokens += len(ids)
+        self._active[sequence.id] = active
+
+    def _advance(self, active: _Active, now: int) -> None:
+        sequence, text = active.sequence, active.text
+        assert sequence is not None and text is not None
+        stats = self.stats
+        stats.generated_tokens += 1
+        if len(sequence.output) == 1:
+            stats.keep(stats.first_token_ns, now - active.started_ns)
+        else:
+            stats.keep(stats.inter_token_ns, now - active.last_ns)
+        active.last_ns = now
+        active.pending += text.add(sequence.output)
+        stops = sequence.params.stop
+        if stops:
+            cut = min((i for i in (active.pending.find(s) for s in stops) if i >= 0), default=-1)
+            if cut >= 0:
+                active.pending = active.pending[:cut]
+                self._active.pop(sequence.id, None)
+                self.engine.scheduler.finish([sequence], "stop")
+                self._finish(active)
+                return
+            # Hold back a tail that may be the start of a stop string.
+            hold = max(len(s) for s in stops) - 1
+            ready, active.pending = (
+                active.pending[: len(active.pending) - hold],
+                (active.pending[len(active.pending) - hold :] if hold else ""),
+            )
+        else:
+            ready, active.pending = active.pending, ""
+        if active.request.stream and ready:
+            self._emit(active, (self._outputs(ready, sequence, ""), False))
+        elif not active.request.stream:
+            active.pending = ready + active.pending
+
+    def _finish(self, active: _Active) -> None:
+        sequence = active.sequence
+        assert sequence is not None
+        text = active.pending
+        if not active.request.stream and not active.request.exclude_input:
+            text = active.prompt_text + text
+        reason = sequence.finish_reason or "stop"
+        active.done = True
+        self._emit(active, (self._outputs(text, sequence, reason), True))
+
+    def _outputs(self, text: str, sequence: Sequence, reason: str) -> dict[str, Array]:
+        return {
+            "text_output": np.array([text.encode("utf-8")], dtype=np.object_),
+            "finish_reason": np.array([reason.encode()], dtype=np.object_),
+            "num_input_tokens": np.array([len(sequence.prompt)], dtype=np.uint32),
+            "num_output_tokens": np.array([len(sequence.output)], dtype=np.uint32),
+        }
+
+    def _fail_all(self, exc: Exception) -> None:
+        error = TensorgateError(f"model '{self.name}' failed: {type(exc).__name__}: {exc}")
+        for key, active in list(self._active.items()):
+            if active.sequence is not None:
+                self.engine.abort(active.sequence)
+            self._active.pop(key, None)
+            self._emit(active, error)
+
+    @staticmethod
+    def _emit(active: _Active, event: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed at shutdown
+            active.loop.call_soon_threadsafe(active.events.put_nowait, event)
