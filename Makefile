@@ -14,7 +14,7 @@ EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/example
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e protos/python -e '.[dev,torch,examples]' -e clients/python
+	$(BIN)/pip install -q -e protos/python -e '.[dev,torch,generation,examples]' -e clients/python
 	touch $@
 
 venv: $(INSTALLED)

@@ -6,12 +6,14 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from tensorgate import __version__
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.errors import TensorgateError
+from tensorgate.observability.generation_metrics import GenerationCollector
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.metrics import MetricsStore, TensorgateCollector, build_registry
 from tensorgate.observability.metrics_server import MetricsApp
@@ -73,8 +75,9 @@ class Servers:
                 self.dataplane.server_ready,
                 __version__,
             )
+            generation = GenerationCollector(self._generation_snapshots)
             self.metrics_server = AsgiServer(
-                MetricsApp(build_registry(collector)),
+                MetricsApp(build_registry(collector, generation)),
                 settings.host,
                 settings.metrics_port,
                 "metrics",
@@ -83,6 +86,14 @@ class Servers:
 
     def _state_changed(self) -> None:
         self.grpc.health_changed()
+
+    def _generation_snapshots(self) -> list[tuple[str, int, Any]]:
+        snapshots = []
+        for m in self.dataplane.loaded_versions():
+            snapshot = getattr(m.runner, "generation_snapshot", None)
+            if snapshot is not None:
+                snapshots.append((m.name, m.version, snapshot()))
+        return snapshots
 
     def _live_versions(self) -> list[tuple[str, int, int, int]]:
         live = []

@@ -32,6 +32,7 @@ from tensorgate.generation.engine import Engine
 from tensorgate.generation.requests import GenerationRequest, parse_request
 from tensorgate.generation.scheduler import Sequence
 from tensorgate.generation.tokenizer import IncrementalText, Tokenizer
+from tensorgate.observability.metrics import Histogram, latency_histogram
 from tensorgate.runners.base import RunnerStatus, Scheduled, Streamed
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,26 @@ _ids = itertools.count()
 
 @dataclass(slots=True)
 class GenerationStats:
-    """Counters the metrics read (updated on the engine thread; ints only)."""
+    """Counters the metrics read at scrape time; written by the engine thread only."""
 
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    first_token_ns: list[int] = field(default_factory=list)  # recent times to first token
-    inter_token_ns: list[int] = field(default_factory=list)  # recent gaps between tokens
+    first_token: Histogram = field(default_factory=latency_histogram)  # request to 1st token
+    inter_token: Histogram = field(default_factory=latency_histogram)  # between tokens
 
-    def keep(self, values: list[int], value: int) -> None:
-        values.append(value)
-        if len(values) > 4096:
-            del values[:2048]
+
+@dataclass(frozen=True, slots=True)
+class GenerationSnapshot:
+    """The engine's state for the metrics: sequences, blocks, prefix cache, tokens."""
+
+    running: int
+    waiting: int
+    preemptions: int
+    blocks_used: int
+    blocks_free: int
+    prefix_queried: int
+    prefix_hit: int
+    stats: GenerationStats
 
 
 @dataclass(slots=True, eq=False)
@@ -94,6 +104,21 @@ class GenerationRunner:
     def status(self) -> RunnerStatus:
         scheduler = self.engine.scheduler
         return RunnerStatus(len(scheduler.waiting), len(scheduler.running), 1)
+
+    def generation_snapshot(self) -> GenerationSnapshot:
+        """What /metrics shows of this model's engine (read without stopping it)."""
+        engine = self.engine
+        pool, prefix = engine.kv.pool, engine.kv.stats
+        return GenerationSnapshot(
+            running=len(engine.scheduler.running),
+            waiting=len(engine.scheduler.waiting),
+            preemptions=engine.scheduler.preemptions,
+            blocks_used=len(pool.blocks) - pool.num_free,
+            blocks_free=pool.num_free,
+            prefix_queried=prefix.queried,
+            prefix_hit=prefix.hit,
+            stats=self.stats,
+        )
 
     async def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         if self._closing:
@@ -205,9 +230,9 @@ class GenerationRunner:
         stats = self.stats
         stats.generated_tokens += 1
         if len(sequence.output) == 1:
-            stats.keep(stats.first_token_ns, now - active.started_ns)
+            stats.first_token.observe(now - active.started_ns)
         else:
-            stats.keep(stats.inter_token_ns, now - active.last_ns)
+            stats.inter_token.observe(now - active.last_ns)
         active.last_ns = now
         active.pending += text.add(sequence.output)
         stops = sequence.params.stop
@@ -234,7 +259,9 @@ class GenerationRunner:
 
     def _finish(self, active: _Active) -> None:
         sequence = active.sequence
-        assert sequence is not None
+        assert sequence is not None and active.text is not None
+        if sequence.finish_reason != "stop" or not sequence.params.stop:
+            active.pending += active.text.flush(sequence.output)
         text = active.pending
         if not active.request.stream and not active.request.exclude_input:
             text = active.prompt_text + text

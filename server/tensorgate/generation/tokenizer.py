@@ -78,3 +78,10 @@ class IncrementalText:
         delta = text[len(self.text) :]
         self.text = text
         return delta
+
+    def flush(self, output_ids: list[int]) -> str:
+        """At the end: whatever is left, unfinished characters included (as U+FFFD)."""
+        text = self.tokenizer.decode(output_ids)
+        delta = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text = text
+        return delta

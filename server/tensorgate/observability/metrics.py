@@ -307,10 +307,12 @@ class GpuCollector(Collector):
         yield from (used, total, util)
 
 
-def build_registry(collector: TensorgateCollector) -> CollectorRegistry:
-    """Our collector plus process CPU/RSS, Python GC and platform, and GPUs where present."""
+def build_registry(collector: TensorgateCollector, *more: Collector) -> CollectorRegistry:
+    """Our collectors plus process CPU/RSS, Python GC and platform, and GPUs where present."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    for extra in more:
+        registry.register(extra)
     for standard in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
         registry.register(standard)
     gpu = GpuCollector.create()
