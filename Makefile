@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -103,6 +103,11 @@ bench-handoff: $(INSTALLED)
 # response against its last (about 2 minutes).
 bench-streams: $(INSTALLED)
 	$(BIN)/python benchmarks/stream_bench.py
+
+# Continuous against static batching, prefix caching on and off, on a small Llama served
+# four times (about 10 minutes).
+bench-generation: $(INSTALLED)
+	$(BIN)/python benchmarks/generation_bench.py
 
 # The working tree against a base revision (BASE, default HEAD~1), both serving at once and
 # measured in turn: did a change make the server faster? (about 7 minutes)

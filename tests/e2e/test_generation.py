@@ -140,11 +140,71 @@ def test_the_openai_client_completes_and_chats_streamed_and_not(
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.completions.create(model="tiny_llama", prompt="x", max_tokens=0)
     with pytest.raises(openai.BadRequestError, match="response_format"):
-        client.chat.completions.create(
-            messages=messages, response_format={"type": "json_object"}, **kwargs
-        )
+        client.chat.completions.create(messages=messages, response_format={"type": "xml"}, **kwargs)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "size": {"enum": ["small", "large"]},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name", "size", "ok"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_output_always_parses_and_validates(
+    generation: tuple[Server, dict[str, Path]],
+) -> None:
+    import jsonschema
+
+    server, _ = generation
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused")
+    response_format = {"type": "json_schema", "json_schema": {"name": "item", "schema": SCHEMA}}
+
+    def one(seed: int) -> str:
+        answer = client.chat.completions.create(
+            model="tiny_llama",
+            messages=[{"role": "user", "content": "Describe an item as JSON."}],
+            response_format=response_format,  # type: ignore[arg-type]
+            temperature=1.0,
+            max_tokens=150,
+            seed=seed,
+        )
+        assert answer.choices[0].finish_reason == "stop"
+        return str(answer.choices[0].message.content)
+
+    with ThreadPoolExecutor(16) as pool:
+        texts = list(pool.map(one, range(100)))
+    for text in texts:
+        jsonschema.validate(json.loads(text), SCHEMA)
+    assert len(set(texts)) > 1  # sampled, not one fixed answer
+
+
+def test_a_regex_constrains_generate_and_a_bad_schema_is_refused(
+    generation: tuple[Server, dict[str, Path]],
+) -> None:
+    server, _ = generation
+    answer = generate(
+        server,
+        "tiny_llama",
+        "Pick a code:",
+        guided_regex="[A-Z]{3}-[0-9]{2}",
+        max_tokens=40,
+        temperature=1.0,
+        seed=3,
+    )
+    assert re.fullmatch("[A-Z]{3}-[0-9]{2}", answer["text_output"]), answer
+    reply = requests.post(
+        f"http://{server.http_url}/v2/models/tiny_llama/generate",
+        json={"text_input": "x", "guided_json": "{not json"},
+        timeout=30,
+    )
+    assert reply.status_code == 400 and "guided_json" in reply.json()["error"]
 
 
 def test_tritonclient_streams_tokens_as_they_come(

@@ -141,3 +141,14 @@ def test_requests_that_cannot_fit_are_refused_at_once() -> None:
 def test_bad_sampling_parameters_are_invalid(params: dict[str, float]) -> None:
     with pytest.raises(InvalidArgument):
         SamplingParams(**params)  # type: ignore[arg-type]
+
+
+def test_static_batching_admits_no_one_while_a_batch_runs() -> None:
+    scheduler = Scheduler(manager(blocks=16), static=True)
+    scheduler.add(seq("a", [1, 2], max_tokens=2))
+    scheduler.update(scheduler.schedule(), {"a": 3})
+    scheduler.add(seq("b", [4, 5]))
+    plan = scheduler.schedule()
+    assert [c.sequence.id for c in plan.chunks] == ["a"]
+    scheduler.update(plan, {"a": 3})  # a finishes
+    assert [c.sequence.id for c in scheduler.schedule().chunks] == ["b"]

@@ -92,8 +92,16 @@ def _llama_weights(config: dict[str, int], seed: int) -> dict[str, object]:
     return weights
 
 
-def build_tiny_llama(out: Path, seed: int = 0) -> None:
-    """A two-layer Llama with grouped-query attention and its tokenizer, under `out`."""
+def build_tiny_llama(
+    out: Path,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    max_positions: int = 512,
+) -> None:
+    """A small Llama with grouped-query attention (two layers, 64 wide unless asked
+    otherwise) and its tokenizer, under `out`."""
     from safetensors.torch import save_file
 
     vocab = train_tokenizer(out)
@@ -104,12 +112,12 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "vocab_size": vocab,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads // 2,
+        "max_position_embeddings": max_positions,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,

@@ -6,8 +6,9 @@ The config's inputs and outputs are Triton's vLLM backend's, filled in when the 
 leaves them out: `text_input`, and optional `stream`, `sampling_parameters` (JSON) and
 `exclude_input_in_output`; `text_output`, plus `finish_reason`, `num_input_tokens` and
 `num_output_tokens`. The model is always decoupled. Engine settings are config parameters:
-`kv_cache_bytes`, `block_size` (16), `max_num_seqs` (64), `max_tokens_per_step` (512) and
-`prefix_caching` (true).
+`kv_cache_bytes`, `block_size` (16), `max_num_seqs` (64), `max_tokens_per_step` (512),
+`prefix_caching` (true) and `scheduling` (continuous; static admits a new batch only when
+none is running, for comparison).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.errors import ModelLoadError
+from tensorgate.generation.constraints import GrammarCompiler
 from tensorgate.generation.engine import Engine
 from tensorgate.generation.models import KVCache, load_model
 from tensorgate.generation.runner import GenerationRunner
@@ -90,6 +92,14 @@ def _kv_cache_bytes(config: mc.ModelConfig, server_default: int, device: str) ->
     return CPU_KV_CACHE_BYTES
 
 
+def _scheduling(config: mc.ModelConfig) -> str:
+    param = config.parameters.get("scheduling")
+    value = param.string_value if param is not None else "continuous"
+    if value not in ("continuous", "static"):
+        raise ModelLoadError(f"parameter scheduling must be continuous or static, got {value!r}")
+    return value
+
+
 def build_generation(
     name: str, version_dir: Path, config: mc.ModelConfig, server_kv_cache_bytes: int
 ) -> GenerationRunner:
@@ -117,5 +127,7 @@ def build_generation(
         max_num_seqs=_parameter(config, "max_num_seqs", 64),
         max_tokens_per_step=_parameter(config, "max_tokens_per_step", 512),
         device=device,
+        static=_scheduling(config) == "static",
+        grammars=GrammarCompiler(tokenizer.json_text, tokenizer.vocab_size, tokenizer.eos_token_id),
     )
     return GenerationRunner(name, engine, tokenizer)

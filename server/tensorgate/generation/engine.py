@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tensorgate.generation.constraints import Constraint, GrammarCompiler
 from tensorgate.generation.kv_blocks import BlockPool, KVCacheManager
 from tensorgate.generation.models import GPT2, KVCache, Llama, SequenceSlice, StepBatch
 from tensorgate.generation.sampling import Sampled, generator_for, sample
@@ -39,6 +40,8 @@ class Engine:
         max_num_seqs: int = 64,
         max_tokens_per_step: int = 512,
         device: str = "cpu",
+        static: bool = False,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -46,19 +49,26 @@ class Engine:
         self.kv = KVCacheManager(BlockPool(num_blocks, block_size), prefix_caching)
         self.cache = KVCache(model.shape, num_blocks, block_size, device)
         self.scheduler = Scheduler(
-            self.kv, max_num_seqs, max_tokens_per_step, model.shape.max_positions
+            self.kv, max_num_seqs, max_tokens_per_step, model.shape.max_positions, static=static
         )
         self._generators: dict[str, torch.Generator] = {}
+        self.grammars = grammars
+        self._constraints: dict[str, Constraint] = {}
 
     def add(self, sequence: Sequence) -> None:
         """Queue a sequence (InvalidArgument or ResourceExhausted when it cannot be)."""
+        constraint = None
+        if self.grammars is not None:
+            constraint = self.grammars.constraint(sequence.params, self.model.shape.vocab_size)
         self.scheduler.add(sequence)
         self._generators[sequence.id] = generator_for(sequence.params.seed)
+        if constraint is not None:
+            self._constraints[sequence.id] = constraint
 
     def abort(self, sequence: Sequence, reason: str = "abort") -> None:
         """End a sequence now and free its blocks."""
         self.scheduler.abort(sequence, reason)
-        self._generators.pop(sequence.id, None)
+        self._forget(sequence)
 
     @property
     def has_work(self) -> bool:
@@ -73,14 +83,30 @@ class Engine:
         sampling = [c.sequence for c in plan.chunks if c.samples]
         with torch.inference_mode():
             logits = self.model(self._batch(plan), self.cache)
-        picked = sample(logits, sampling, self._generators)
+        constraints = self._constraints
+        allowed = {s.id: constraints[s.id].allowed() for s in sampling if s.id in constraints}
+        picked = sample(logits, sampling, self._generators, allowed)
+        for sequence, choice in zip(sampling, picked, strict=True):
+            if sequence.id in constraints:
+                constraints[sequence.id].accept(choice.token)
         result.finished = self.scheduler.update(
             plan, {s.id: p.token for s, p in zip(sampling, picked, strict=True)}
         )
+        complete = [
+            s
+            for s in sampling
+            if s.id in constraints and constraints[s.id].complete and s not in result.finished
+        ]
+        self.scheduler.finish(complete, "stop")  # the grammar admits nothing more
+        result.finished += complete
         result.tokens = list(zip(sampling, picked, strict=True))
         for sequence in result.finished:
-            self._generators.pop(sequence.id, None)
+            self._forget(sequence)
         return result
+
+    def _forget(self, sequence: Sequence) -> None:
+        self._generators.pop(sequence.id, None)
+        self._constraints.pop(sequence.id, None)
 
     def _batch(self, plan: StepPlan) -> StepBatch:
         """The step's tokens packed in one batch, with their cache slots."""

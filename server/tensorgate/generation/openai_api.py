@@ -32,12 +32,14 @@ _SAMPLING = {
     "frequency_penalty": "frequency_penalty",
     "repetition_penalty": "repetition_penalty",
     "ignore_eos": "ignore_eos",
+    "guided_json": "guided_json",
+    "guided_regex": "guided_regex",
+    "guided_grammar": "guided_grammar",
 }
-_ACCEPTED = {"model", "stream", "stream_options", "n", "user"}
+_ACCEPTED = {"model", "stream", "stream_options", "n", "user", "response_format"}
 _NOT_YET = {
     "logprobs": "log-probabilities in OpenAI responses are not implemented yet",
     "top_logprobs": "log-probabilities in OpenAI responses are not implemented yet",
-    "response_format": "structured output (response_format) is not implemented yet",
     "tools": "tool calls are not implemented",
     "tool_choice": "tool calls are not implemented",
     "functions": "function calls are not implemented",
@@ -75,6 +77,11 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
     parameters: dict[str, Any] = {"stream": True, "exclude_input_in_output": True}
     sampling = {_SAMPLING[k]: v for k, v in document.items() if k in _SAMPLING and v is not None}
     stops = sampling.pop("stop", None)
+    if isinstance(sampling.get("guided_json"), dict):
+        sampling["guided_json"] = json.dumps(sampling["guided_json"])
+    schema = _response_format(document.get("response_format"))
+    if schema is not None:
+        sampling["guided_json"] = schema
     parameters.update(sampling)
     inputs = {"text_input": np.array([_prompt(document, chat, parameters)], dtype=np.object_)}
     if stops is not None:  # a list cannot be a request parameter: it travels as JSON
@@ -97,6 +104,26 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
         chat,
         f"{prefix}-{uuid.uuid4().hex}",
         int(time.time()),
+    )
+
+
+def _response_format(value: Any) -> str | None:
+    """The JSON schema (as text) that `response_format` asks the output to follow."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return json.dumps({"type": "object"})
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidArgument("response_format.json_schema.schema must be a JSON schema")
+        return json.dumps(schema)
+    raise InvalidArgument(
+        f"response_format.type {kind!r} is not supported: use text, json_object or json_schema"
     )
 
 

@@ -61,13 +61,18 @@ def sample(
     logits: torch.Tensor,
     sequences: list[Sequence],
     generators: dict[str, torch.Generator],
+    allowed: dict[str, torch.Tensor] | None = None,
 ) -> list[Sampled]:
-    """The next token of each sequence; row i of `logits` belongs to `sequences[i]`."""
+    """The next token of each sequence; row i of `logits` belongs to `sequences[i]`.
+    `allowed` masks the tokens a constrained sequence may choose (structured output)."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     results = []
     for row, sequence in enumerate(sequences):
         params = sequence.params
         scores = _penalize(logits[row].float().clone(), sequence)
+        if allowed and sequence.id in allowed:
+            mask = allowed[sequence.id].to(scores.device)
+            scores = scores.masked_fill(~mask, float("-inf"))
         if params.greedy:
             token = int(torch.argmax(scores))
         else:

@@ -23,6 +23,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # how many top alternatives to report with each token
+    # Structured output: at most one of a JSON schema (as JSON text), a regular expression,
+    # or a Lark grammar; decoding is constrained so the output always matches.
+    guided_json: str | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -37,6 +42,9 @@ class SamplingParams:
             raise InvalidArgument("repetition_penalty must be > 0")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidArgument("logprobs must be between 0 and 20")
+        guides = [g for g in (self.guided_json, self.guided_regex, self.guided_grammar) if g]
+        if len(guides) > 1:
+            raise InvalidArgument("give one of guided_json, guided_regex and guided_grammar")
 
     @property
     def greedy(self) -> bool:

@@ -94,8 +94,11 @@ class Scheduler:
         max_tokens_per_step: int = 2048,
         max_model_len: int = 2048,
         max_waiting: int = 1024,
+        static: bool = False,
     ) -> None:
         self.kv = kv
+        # Static batching, for comparison: a new batch is admitted only when none is running.
+        self.static = static
         self.max_num_seqs = max_num_seqs
         self.max_tokens_per_step = max_tokens_per_step
         self.max_model_len = max_model_len
@@ -158,7 +161,8 @@ class Scheduler:
             index += 1
         if plan.preempted:
             return plan  # no admissions while blocks are short
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        admitting = not (self.static and self.running)
+        while admitting and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             sequence = self.waiting[0]
             prefix = self.kv.cached_prefix(sequence.tokens) if sequence.computed == 0 else []
             start = len(prefix) * self.kv.block_size

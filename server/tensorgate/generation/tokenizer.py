@@ -32,7 +32,8 @@ class Tokenizer:
         path = directory / "tokenizer.json"
         if not path.is_file():
             raise ModelLoadError(f"{directory.name}/ has no tokenizer.json")
-        self._fast = FastTokenizer.from_file(str(path))
+        self.json_text = path.read_text()  # what llguidance builds its tokenizer from
+        self._fast = FastTokenizer.from_str(self.json_text)
         config_path = directory / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.chat_template: str | None = config.get("chat_template")
