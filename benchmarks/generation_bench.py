@@ -58,7 +58,7 @@ def _repository(root: Path) -> None:
     sys.path.insert(0, str(ROOT / "server"))
     from tensorgate.examples.tiny_lm import build_tiny_llama
 
-    weights = root / "_weights"
+    weights = root / ".weights"  # hidden: the repository skips it as a model
     build_tiny_llama(weights, hidden=256, layers=4, heads=8, max_positions=2048)
     for name, settings in MODELS.items():
         (root / name).mkdir(parents=True)

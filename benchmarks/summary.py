@@ -110,6 +110,26 @@ def _streams(doc: dict[str, Any]) -> Iterator[str]:
             )
 
 
+def _generation(doc: dict[str, Any]) -> Iterator[str]:
+    date = doc.get("date", "")
+    for row in doc["rows"]:
+        if row["case"] == "continuous vs static":
+            yield _row(
+                "generation",
+                f"tokens/s, continuous vs static batching, c={row['concurrency']}",
+                row["continuous"]["tokens_per_s"],
+                "static",
+                row["static"]["tokens_per_s"],
+                date,
+            )
+        elif row["case"].startswith("prefix caching"):
+            yield (
+                f"| generation | time to first token, 512-token shared prompt "
+                f"| {row['ttft_on_ms']} ms cached | {row['ttft_off_ms']} ms uncached "
+                f"| **{row['ratio_off_over_on']:.2f}×** | {date} |"
+            )
+
+
 def summary_markdown(results: Path) -> str:
     """The summary table and where each row's figures and commands come from."""
     sections = {
@@ -117,6 +137,7 @@ def summary_markdown(results: Path) -> str:
         "http": _http,
         "observability": _observability,
         "streams": _streams,
+        "generation": _generation,
     }
     rows: list[str] = []
     sources: list[str] = []

@@ -13,7 +13,14 @@ import torch
 
 from tensorgate.generation.constraints import Constraint, GrammarCompiler
 from tensorgate.generation.kv_blocks import BlockPool, KVCacheManager
-from tensorgate.generation.models import GPT2, KVCache, Llama, SequenceSlice, StepBatch
+from tensorgate.generation.models import (
+    GPT2,
+    DecodeGroup,
+    KVCache,
+    Llama,
+    SequenceSlice,
+    StepBatch,
+)
 from tensorgate.generation.sampling import Sampled, generator_for, sample
 from tensorgate.generation.scheduler import Scheduler, Sequence, StepPlan
 
@@ -109,36 +116,50 @@ class Engine:
         self._constraints.pop(sequence.id, None)
 
     def _batch(self, plan: StepPlan) -> StepBatch:
-        """The step's tokens packed in one batch, with their cache slots."""
-        size = self.block_size
+        """The step's tokens packed in one batch, with their cache slots; decoding sequences
+        (one token each) go into one padded group, prompt chunks one by one."""
+        size, device = self.block_size, self.device
+        offsets = torch.arange(size, device=device)
         token_ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
+        slots: list[torch.Tensor] = []
         parts: list[SequenceSlice] = []
+        decode_rows: list[int] = []
+        decode_slots: list[torch.Tensor] = []
         sample_rows: list[int] = []
         for chunk in plan.chunks:
             sequence = chunk.sequence
-            table = self.kv.block_ids(sequence.id)
             end = chunk.start + chunk.count
-            context = [table[p // size] * size + p % size for p in range(end)]
-            parts.append(
-                SequenceSlice(
-                    len(token_ids),
-                    chunk.count,
-                    torch.tensor(context, dtype=torch.long, device=self.device),
-                )
-            )
+            table = torch.tensor(self.kv.block_ids(sequence.id), dtype=torch.long, device=device)
+            context = (table[:, None] * size + offsets[None, :]).reshape(-1)[:end]
+            row = len(token_ids)
+            if chunk.count == 1 and chunk.start > 0:
+                decode_rows.append(row)
+                decode_slots.append(context)
+            else:
+                parts.append(SequenceSlice(row, chunk.count, context))
             token_ids += sequence.tokens[chunk.start : end]
             positions += range(chunk.start, end)
-            slots += context[chunk.start :]
+            slots.append(context[chunk.start :])
             if chunk.samples:
                 sample_rows.append(len(token_ids) - 1)
 
         def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=self.device)
+            return torch.tensor(values, dtype=torch.long, device=device)
 
+        decode = None
+        if decode_rows:
+            padded = torch.nn.utils.rnn.pad_sequence(decode_slots, batch_first=True)
+            lengths = tensor([len(c) for c in decode_slots])
+            valid = torch.arange(padded.shape[1], device=device)[None, :] < lengths[:, None]
+            decode = DecodeGroup(tensor(decode_rows), padded, valid)
         return StepBatch(
-            tensor(token_ids), tensor(positions), tensor(slots), parts, tensor(sample_rows)
+            tensor(token_ids),
+            tensor(positions),
+            torch.cat(slots),
+            parts,
+            tensor(sample_rows),
+            decode,
         )
 
     def generate(self, sequences: list[Sequence]) -> list[list[int]]:

@@ -49,14 +49,25 @@ class SequenceSlice:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """The step's one-token (decoding) sequences, attended together in one call per layer:
+    their rows, and their contexts' slots padded to the longest, with a validity mask."""
+
+    rows: torch.Tensor  # [B]
+    slots: torch.Tensor  # [B, C]
+    valid: torch.Tensor  # [B, C] bool
+
+
+@dataclass(slots=True)
 class StepBatch:
     """A step's packed tokens; `sample_rows` are the rows whose logits are wanted."""
 
     token_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     slots: torch.Tensor  # [T]: where each token's key and value go
-    sequences: list[SequenceSlice]
+    sequences: list[SequenceSlice]  # those not in `decode`: prompt chunks
     sample_rows: torch.Tensor  # [S]
+    decode: DecodeGroup | None = None
 
 
 class KVCache:
@@ -79,19 +90,33 @@ def _attend(
 ) -> torch.Tensor:
     """Each sequence's queries against its cached context, causally. q: [T, H, D]."""
     out = torch.empty_like(q)
+    group = batch.decode
+    if group is not None:
+        # One query each: a padded batch, one attention call for all of them.
+        keys = cache.keys[layer][group.slots]  # [B, C, KV, D]
+        values = cache.values[layer][group.slots]
+        attended = F.scaled_dot_product_attention(
+            q[group.rows][:, :, None, :],  # [B, H, 1, D]
+            keys.transpose(1, 2),  # [B, KV, C, D]: query heads share them (enable_gqa)
+            values.transpose(1, 2),
+            attn_mask=group.valid[:, None, None, :],
+            enable_gqa=groups > 1,
+        )
+        out[group.rows] = attended[:, :, 0, :]
     for part in batch.sequences:
         rows = slice(part.query_start, part.query_start + part.query_len)
         keys = cache.keys[layer, part.context_slots]  # [C, KV, D]
         values = cache.values[layer, part.context_slots]
-        if groups > 1:
-            keys = keys.repeat_interleave(groups, dim=1)
-            values = values.repeat_interleave(groups, dim=1)
         context = part.context_slots.numel()
         # Query j sits at position context - query_len + j and sees keys up to it.
         first = context - part.query_len
         mask = torch.ones(part.query_len, context, dtype=torch.bool, device=q.device).tril(first)
         attended = F.scaled_dot_product_attention(
-            q[rows].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask
+            q[rows].transpose(0, 1),
+            keys.transpose(0, 1),
+            values.transpose(0, 1),
+            attn_mask=mask,
+            enable_gqa=groups > 1,
         )
         out[rows] = attended.transpose(0, 1)
     return out
