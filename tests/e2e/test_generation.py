@@ -207,6 +207,41 @@ def test_a_regex_constrains_generate_and_a_bad_schema_is_refused(
     assert reply.status_code == 400 and "guided_json" in reply.json()["error"]
 
 
+def test_the_openai_client_gets_log_probabilities(
+    generation: tuple[Server, dict[str, Path]],
+) -> None:
+    server, _ = generation
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused")
+    completion = client.completions.create(
+        model="tiny_llama", prompt="Hello", max_tokens=5, temperature=0, logprobs=2
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens or []) == 5
+    assert all(lp <= 0 for lp in logprobs.token_logprobs or [])
+    # Greedy: each chosen token is the most likely one, so no alternative beats it. (Two
+    # tokens that decode to the same text share one key of OpenAI's dict.)
+    for chosen, top in zip(logprobs.token_logprobs or [], logprobs.top_logprobs or [], strict=True):
+        assert 1 <= len(top) <= 2 and max(top.values()) <= chosen + 1e-5
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny_llama",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=1,
+            stream=True,
+        )
+    )
+    content = [
+        item
+        for chunk in chunks
+        if chunk.choices and chunk.choices[0].logprobs is not None
+        for item in chunk.choices[0].logprobs.content or []
+    ]
+    assert len(content) == 4 and all(len(item.top_logprobs) == 1 for item in content)
+
+
 def test_tritonclient_streams_tokens_as_they_come(
     generation: tuple[Server, dict[str, Path]],
 ) -> None:

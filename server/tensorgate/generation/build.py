@@ -4,11 +4,11 @@ tokenizer.json, tokenizer_config.json).
 
 The config's inputs and outputs are Triton's vLLM backend's, filled in when the config
 leaves them out: `text_input`, and optional `stream`, `sampling_parameters` (JSON) and
-`exclude_input_in_output`; `text_output`, plus `finish_reason`, `num_input_tokens` and
-`num_output_tokens`. The model is always decoupled. Engine settings are config parameters:
-`kv_cache_bytes`, `block_size` (16), `max_num_seqs` (64), `max_tokens_per_step` (512),
-`prefix_caching` (true) and `scheduling` (continuous; static admits a new batch only when
-none is running, for comparison).
+`exclude_input_in_output`; `text_output`, plus `finish_reason`, `num_input_tokens`,
+`num_output_tokens` and `logprobs`. The model is always decoupled. Engine settings are
+config parameters: `kv_cache_bytes`, `block_size` (16), `max_num_seqs` (64),
+`max_tokens_per_step` (512), `prefix_caching` (true) and `scheduling` (continuous; static
+admits a new batch only when none is running, for comparison).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ OUTPUTS = (
     ("finish_reason", mc.TYPE_STRING, [1]),
     ("num_input_tokens", mc.TYPE_UINT32, [1]),
     ("num_output_tokens", mc.TYPE_UINT32, [1]),
+    # With the return_logprobs parameter: a JSON list, one entry per token since the last
+    # response ({"token", "logprob", "top": [[token, logprob], ...]}); else "[]".
+    ("logprobs", mc.TYPE_STRING, [1]),
 )
 
 

@@ -36,10 +36,11 @@ _SAMPLING = {
     "guided_regex": "guided_regex",
     "guided_grammar": "guided_grammar",
 }
-_ACCEPTED = {"model", "stream", "stream_options", "n", "user", "response_format"}
+_ACCEPTED = {
+    *("model", "stream", "stream_options", "n", "user", "response_format"),
+    *("logprobs", "top_logprobs"),
+}
 _NOT_YET = {
-    "logprobs": "log-probabilities in OpenAI responses are not implemented yet",
-    "top_logprobs": "log-probabilities in OpenAI responses are not implemented yet",
     "tools": "tool calls are not implemented",
     "tool_choice": "tool calls are not implemented",
     "functions": "function calls are not implemented",
@@ -83,6 +84,10 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
     if schema is not None:
         sampling["guided_json"] = schema
     parameters.update(sampling)
+    top = _logprobs(document, chat)
+    if top is not None:
+        parameters["logprobs"] = top
+        parameters["return_logprobs"] = True
     inputs = {"text_input": np.array([_prompt(document, chat, parameters)], dtype=np.object_)}
     if stops is not None:  # a list cannot be a request parameter: it travels as JSON
         stops = [stops] if isinstance(stops, str) else stops
@@ -105,6 +110,23 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
         f"{prefix}-{uuid.uuid4().hex}",
         int(time.time()),
     )
+
+
+def _logprobs(document: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives to report with each token; None: no log-probabilities."""
+    if chat:
+        if not document.get("logprobs"):
+            if document.get("top_logprobs"):
+                raise InvalidArgument("top_logprobs needs logprobs: true")
+            return None
+        top = document.get("top_logprobs") or 0
+    else:
+        top = document.get("logprobs")
+        if top is None:
+            return None
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+        raise InvalidArgument("the number of top log-probabilities must be 0 to 20")
+    return top
 
 
 def _response_format(value: Any) -> str | None:
@@ -165,6 +187,14 @@ def _finish(response: InferResponse) -> str | None:
     return {"abort": "stop"}.get(reason, reason) or "stop"
 
 
+def _entries(response: InferResponse) -> list[dict[str, Any]]:
+    array = response.outputs.get("logprobs")
+    if array is None:
+        return []
+    entries: list[dict[str, Any]] = json.loads(bytes(array.reshape(-1)[0]))
+    return entries
+
+
 def usage(response: InferResponse) -> dict[str, int]:
     """Token counts of a final response."""
     prompt = int(response.outputs["num_input_tokens"].reshape(-1)[0])
@@ -183,7 +213,40 @@ class Answer:
         self.decoded = decoded
         self.model = model
         self.text: list[str] = []
+        self.entries: list[dict[str, Any]] = []
+        self.offset = 0  # characters of text before the next token (completions' offsets)
         self.first = True
+        self.wants_logprobs = bool(decoded.request.parameters.get("return_logprobs"))
+
+    def _logprobs(self, entries: list[dict[str, Any]]) -> Any:
+        """These tokens' log-probabilities in OpenAI's shape, or None when not asked for."""
+        if not self.wants_logprobs:
+            return None
+        if self.decoded.chat:
+            return {
+                "content": [
+                    {
+                        "token": e["token"],
+                        "logprob": e["logprob"],
+                        "bytes": list(e["token"].encode()),
+                        "top_logprobs": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                            for t, lp in e["top"]
+                        ],
+                    }
+                    for e in entries
+                ]
+            }
+        offsets = []
+        for entry in entries:
+            offsets.append(self.offset)
+            self.offset += len(entry["token"])
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [dict(e["top"]) for e in entries],
+            "text_offset": offsets,
+        }
 
     def _envelope(self, chunk: bool) -> dict[str, Any]:
         kind = "chat.completion" if self.decoded.chat else "text_completion"
@@ -207,12 +270,15 @@ class Answer:
         self.first = False
         if text or finish:
             chunk = self._envelope(True)
+            logprobs = self._logprobs(_entries(response))
             if self.decoded.chat:
                 delta = {"content": text} if text else {}
-                chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+                chunk["choices"] = [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+                ]
             else:
                 chunk["choices"] = [
-                    {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+                    {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
                 ]
             out.append(chunk)
         if response.final and self.decoded.include_usage:
@@ -224,21 +290,23 @@ class Answer:
 
     def add(self, response: InferResponse) -> None:
         self.text.append(_text(response))
+        self.entries += _entries(response)
 
     def whole(self, response: InferResponse) -> dict[str, Any]:
         """The non-streamed answer, after the final response."""
         document = self._envelope(False)
         text = "".join(self.text)
         finish = _finish(response)
+        logprobs = self._logprobs(self.entries)
         if self.decoded.chat:
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": finish,
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         else:
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
         document["choices"] = [choice]
         document["usage"] = usage(response)
         return document

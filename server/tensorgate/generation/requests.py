@@ -43,6 +43,7 @@ class GenerationRequest:
     params: SamplingParams
     stream: bool
     exclude_input: bool
+    logprobs: bool = False  # answer each token's log-probability (`return_logprobs`)
 
 
 def _scalar(inputs: dict[str, Array], name: str) -> Any:
@@ -105,4 +106,7 @@ def parse_request(request: InferRequest) -> GenerationRequest:
     exclude = _scalar(inputs, "exclude_input_in_output")
     if exclude is None:
         exclude = params.get("exclude_input_in_output", False)
-    return GenerationRequest(prompt, messages, _sampling(raw), bool(stream), bool(exclude))
+    wants_logprobs = bool(params.get("return_logprobs", False))
+    return GenerationRequest(
+        prompt, messages, _sampling(raw), bool(stream), bool(exclude), wants_logprobs
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import InvalidArgument, TensorgateError, Unavailable
 from tensorgate.generation.engine import Engine
 from tensorgate.generation.requests import GenerationRequest, parse_request
+from tensorgate.generation.sampling import Sampled
 from tensorgate.generation.scheduler import Sequence
 from tensorgate.generation.tokenizer import IncrementalText, Tokenizer
 from tensorgate.observability.metrics import Histogram, latency_histogram
@@ -74,6 +76,7 @@ class _Active:
     text: IncrementalText | None = None
     prompt_text: str = ""
     pending: str = ""  # text not sent yet (held back by stop strings, or not streaming)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # tokens not sent yet
     started_ns: int = 0
     last_ns: int = 0
     done: bool = False
@@ -173,9 +176,11 @@ class GenerationRunner:
                 self._fail_all(exc)
                 continue
             now = time.perf_counter_ns()
-            for sequence, _ in result.tokens:
+            for sequence, sampled in result.tokens:
                 active = self._active.get(sequence.id)
                 if active is not None:
+                    if active.request.logprobs:
+                        active.logprobs.append(self._logprob_entry(sampled))
                     self._advance(active, now)
             for sequence in result.finished:
                 active = self._active.pop(sequence.id, None)
@@ -253,7 +258,7 @@ class GenerationRunner:
         else:
             ready, active.pending = active.pending, ""
         if active.request.stream and ready:
-            self._emit(active, (self._outputs(ready, sequence, ""), False))
+            self._emit(active, (self._outputs(ready, sequence, "", active), False))
         elif not active.request.stream:
             active.pending = ready + active.pending
 
@@ -267,10 +272,22 @@ class GenerationRunner:
             text = active.prompt_text + text
         reason = sequence.finish_reason or "stop"
         active.done = True
-        self._emit(active, (self._outputs(text, sequence, reason), True))
+        self._emit(active, (self._outputs(text, sequence, reason, active), True))
 
-    def _outputs(self, text: str, sequence: Sequence, reason: str) -> dict[str, Array]:
+    def _logprob_entry(self, sampled: Sampled) -> dict[str, Any]:
+        decode = self.tokenizer.decode
         return {
+            "token": decode([sampled.token]),
+            "logprob": sampled.logprob,
+            "top": [[decode([token]), logprob] for token, logprob in sampled.top],
+        }
+
+    def _outputs(
+        self, text: str, sequence: Sequence, reason: str, active: _Active
+    ) -> dict[str, Array]:
+        entries, active.logprobs = active.logprobs, []
+        return {
+            "logprobs": np.array([json.dumps(entries).encode()], dtype=np.object_),
             "text_output": np.array([text.encode("utf-8")], dtype=np.object_),
             "finish_reason": np.array([reason.encode()], dtype=np.object_),
             "num_input_tokens": np.array([len(sequence.prompt)], dtype=np.uint32),
