@@ -36,5 +36,5 @@ def begin_call(
 
 
 def current_call() -> CallContext | None:
-    """The call being served on this task, if any."""
+    """The call the current asyncio task serves, if any."""
     return _current.get()
