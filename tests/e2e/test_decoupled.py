@@ -99,6 +99,14 @@ def test_unary_infer_on_a_decoupled_model_names_the_stream_api(stream_server: Se
     )
     assert reply.status_code == 400
     assert "generate_stream" in reply.json()["error"]
+    # Refused before it entered the data plane: nothing is left counted in flight.
+    metrics = requests.get(stream_server.metrics_url, timeout=10).text
+    in_flight = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tensorgate_inflight_requests{") and 'model="repeat_int32"' in line
+    ]
+    assert in_flight and all(line.endswith(" 0.0") for line in in_flight), in_flight
 
 
 def test_generate_stream_sends_one_event_per_response(stream_server: Server) -> None:

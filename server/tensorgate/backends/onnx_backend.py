@@ -10,6 +10,7 @@ from tensorgate.backends.base import InstanceContext, ModelSignature, TensorSign
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import InvalidArgument, ModelLoadError
 from tensorgate.executors.cuda import CudaStream, cuda_available
+from tensorgate.repository.config import parameter_int
 
 _ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
@@ -51,9 +52,9 @@ class OnnxInstance:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        threads = _parameter_int(context, "intra_op_thread_count", context.intra_op_threads)
+        threads = parameter_int(context.config, "intra_op_thread_count", context.intra_op_threads)
         options.intra_op_num_threads = threads
-        options.inter_op_num_threads = _parameter_int(context, "inter_op_thread_count", 1)
+        options.inter_op_num_threads = parameter_int(context.config, "inter_op_thread_count", 1)
         providers: list[Any] = ["CPUExecutionProvider"]
         if context.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -119,18 +120,6 @@ def _cuda_options(device: str, stream: CudaStream | None) -> dict[str, str]:
         options["user_compute_stream"] = str(stream.handle)
         options["has_user_compute_stream"] = "1"
     return options
-
-
-def _parameter_int(context: InstanceContext, key: str, default: int) -> int:
-    param = context.config.parameters.get(key)
-    if param is None or not param.string_value:
-        return default
-    try:
-        return int(param.string_value)
-    except ValueError:
-        raise ModelLoadError(
-            f"parameter {key} must be an integer, got {param.string_value!r}"
-        ) from None
 
 
 class OnnxFactory:

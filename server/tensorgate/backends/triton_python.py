@@ -167,4 +167,4 @@ def _outputs_or_error(response: Any) -> dict[str, Array] | Exception:
     error = response.error()
     if error is not None:
         return ModelExecutionError(error.message())
-    return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+    return pb.outputs_of(response)

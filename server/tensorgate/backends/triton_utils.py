@@ -127,7 +127,7 @@ class InferenceResponseSender:
             raise TritonModelException(
                 f"a decoupled response carried an error: {error.message() if error else ''}"
             )
-        outputs = _outputs_of(response) if response is not None else None
+        outputs = outputs_of(response) if response is not None else None
         try:
             self._sender.send(outputs, final)
         except TensorgateError as exc:
@@ -272,7 +272,8 @@ def _response_of(response: InferResponse) -> InferenceResponse:
     return InferenceResponse([Tensor(n, a) for n, a in response.outputs.items()])
 
 
-def _outputs_of(response: InferenceResponse) -> dict[str, Array]:
+def outputs_of(response: InferenceResponse) -> dict[str, Array]:
+    """A response's output tensors as named arrays (tensorgate's side of the API)."""
     return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
 

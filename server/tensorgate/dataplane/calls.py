@@ -25,6 +25,7 @@ class ModelCalls:
     """The data plane's infer and stream, callable from model threads."""
 
     def __init__(self, infer: Infer, stream: Stream) -> None:
+        self.on_loop = infer  # for callers already on the server's loop (ensembles)
         self._infer = infer
         self._stream = stream
         self._loop: asyncio.AbstractEventLoop | None = None

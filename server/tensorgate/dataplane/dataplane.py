@@ -55,7 +55,6 @@ class DataPlane:
     ) -> None:
         self.repository = repository
         # Ensembles and model code (BLS) call models through here.
-        repository.builder.infer = self.infer
         repository.builder.calls = self.calls = ModelCalls(self.infer, self.stream)
         self.explicit_control = explicit_control
         self.observer = observer or InferObserver(None, 0.0)
@@ -151,9 +150,6 @@ class DataPlane:
         except TensorgateError as exc:
             self.observer.finished(request, None, time.perf_counter_ns() - started, error=exc)
             raise
-        metrics = model.metrics
-        if metrics is not None:
-            metrics.in_flight += 1
         if model.runner.decoupled:
             error = InvalidArgument(
                 f"model '{model.name}' is decoupled (it may send any number of responses): "
@@ -161,6 +157,9 @@ class DataPlane:
             )
             self.observer.finished(request, model, time.perf_counter_ns() - started, error=error)
             raise error
+        metrics = model.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
         try:
             done, outputs = await self._run(model, request, started)
         except BaseException as exc:

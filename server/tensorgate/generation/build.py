@@ -23,6 +23,7 @@ from tensorgate.generation.engine import Engine
 from tensorgate.generation.models import KVCache, load_model
 from tensorgate.generation.runner import GenerationRunner
 from tensorgate.generation.tokenizer import Tokenizer
+from tensorgate.repository.config import parameter_int
 
 CPU_KV_CACHE_BYTES = 256 * 2**20
 INPUTS = (
@@ -62,18 +63,6 @@ def complete_generation_config(config: mc.ModelConfig) -> None:
     config.model_transaction_policy.decoupled = True
 
 
-def _parameter(config: mc.ModelConfig, key: str, default: int) -> int:
-    param = config.parameters.get(key)
-    if param is None or not param.string_value:
-        return default
-    try:
-        return int(param.string_value)
-    except ValueError:
-        raise ModelLoadError(
-            f"parameter {key} must be an integer, got {param.string_value!r}"
-        ) from None
-
-
 def _device(config: mc.ModelConfig) -> str:
     groups = list(config.instance_group)
     if len(groups) > 1 or (groups and groups[0].count > 1):
@@ -84,7 +73,7 @@ def _device(config: mc.ModelConfig) -> str:
 
 
 def _kv_cache_bytes(config: mc.ModelConfig, server_default: int, device: str) -> int:
-    configured = _parameter(config, "kv_cache_bytes", server_default)
+    configured = parameter_int(config, "kv_cache_bytes", server_default)
     if configured:
         return configured
     if device.startswith("cuda"):
@@ -116,7 +105,7 @@ def build_generation(
             raise ModelLoadError(f"instance_group asks for {device} but torch sees no CUDA device")
     model = load_model(version_dir, device)
     tokenizer = Tokenizer(version_dir)
-    block_size = _parameter(config, "block_size", 16)
+    block_size = parameter_int(config, "block_size", 16)
     budget = _kv_cache_bytes(config, server_kv_cache_bytes, device)
     num_blocks = budget // KVCache.bytes_per_block(model.shape, block_size)
     if num_blocks < 1:
@@ -127,8 +116,8 @@ def build_generation(
         num_blocks=num_blocks,
         block_size=block_size,
         prefix_caching=prefix is None or prefix.string_value.lower() != "false",
-        max_num_seqs=_parameter(config, "max_num_seqs", 64),
-        max_tokens_per_step=_parameter(config, "max_tokens_per_step", 512),
+        max_num_seqs=parameter_int(config, "max_num_seqs", 64),
+        max_tokens_per_step=parameter_int(config, "max_tokens_per_step", 512),
         device=device,
         static=_scheduling(config) == "static",
         grammars=GrammarCompiler(tokenizer.json_text, tokenizer.vocab_size, tokenizer.eos_token_id),

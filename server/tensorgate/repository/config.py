@@ -32,6 +32,18 @@ def read_config(model_dir: Path) -> mc.ModelConfig | None:
     return parse_config(path.read_text(encoding="utf-8"), f"{model_dir.name}/{CONFIG_FILE}")
 
 
+def parameter_int(config: mc.ModelConfig, key: str, default: int) -> int:
+    """A config `parameters` entry read as an integer; absent or empty: `default`."""
+    param = config.parameters.get(key)
+    if param is None or not param.string_value:
+        return default
+    try:
+        return int(param.string_value)
+    except ValueError:
+        value = param.string_value
+        raise ModelLoadError(f"parameter {key} must be an integer, got {value!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output as the config declares it; dims exclude the batch dimension."""

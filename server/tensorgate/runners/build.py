@@ -37,7 +37,7 @@ from tensorgate.repository.config import ModelSpec
 from tensorgate.repository.support import check_supported
 from tensorgate.runners.base import ModelRunner, ModelVersion
 from tensorgate.runners.decoupled import DecoupledRunner
-from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Infer, Resolve
+from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Resolve
 from tensorgate.runners.sequence import SequenceRunner
 from tensorgate.settings import Settings
 
@@ -73,7 +73,6 @@ class VersionBuilder:
         self.resolve = resolve  # finds loaded models: an ensemble's steps
         # How ensembles and model code call models: the data plane sets it (None: refused).
         self.calls: ModelCalls | None = None
-        self.infer: Infer | None = None
 
     def build(
         self, name: str, model_dir: Path, version: int, base_config: mc.ModelConfig
@@ -99,7 +98,7 @@ class VersionBuilder:
         return ModelVersion(name, version, config, spec, runner, stats, metrics)
 
     def _ensemble(self, name: str, version: int, config: mc.ModelConfig) -> ModelVersion:
-        if self.infer is None:
+        if self.calls is None:
             raise ModelLoadError("ensembles need the data plane, which this server lacks")
         if not config.input or not config.output:
             raise ModelLoadError("an ensemble's config.pbtxt must list its input and output")
@@ -111,7 +110,7 @@ class VersionBuilder:
         config.backend = ""
         spec = ModelSpec.from_config(config)
         plan = EnsemblePlan.from_config(config, self.resolve)
-        runner = EnsembleRunner(name, plan, spec, self.infer)
+        runner = EnsembleRunner(name, plan, spec, self.calls.on_loop)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
         needs = tuple(sorted({step.model for step in plan.steps}))
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)

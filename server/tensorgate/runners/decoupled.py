@@ -47,7 +47,8 @@ class ResponseChannel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = WINDOW) -> None:
         self._loop = loop
-        self._items: asyncio.Queue[Streamed | BaseException] = asyncio.Queue()
+        # Unbounded as a queue, bounded by `_room`: a sender waits for room before it puts.
+        self._items: asyncio.Queue[Streamed] = asyncio.Queue()
         self._room = threading.Semaphore(capacity)
         self._cancelled = threading.Event()
         self._final_sent = False
@@ -72,8 +73,6 @@ class ResponseChannel:
     async def get(self) -> Streamed:
         item = await self._items.get()
         self._room.release()
-        if isinstance(item, BaseException):
-            raise item
         return item
 
 

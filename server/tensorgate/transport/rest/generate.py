@@ -10,11 +10,8 @@ begun is its last event, `data: {"error": "..."}`.
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import aclosing
-from typing import Any
 
 import orjson
 
@@ -22,14 +19,10 @@ from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
 from tensorgate.protocol.generate_codec import decode_generate_request, encode_generate_response
-
-log = logging.getLogger(__name__)
-
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from tensorgate.transport.rest.sse import Send, send_events
 
 _PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(generate|generate_stream)")
 _SUFFIXES = ("/generate", "/generate_stream")
-EVENT_STREAM = b"text/event-stream"
 
 
 def match_generate(path: str) -> tuple[str, str, bool] | None:
@@ -75,37 +68,14 @@ class Generate:
     async def events(
         self, request: InferRequest, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> None:
-        """`/generate_stream`: each response as an event, sent as the model produces it.
+        """`/generate_stream`: each response as an event (transport/rest/sse.py)."""
 
-        The head goes out with the first response, so a request that fails at once (unknown
-        model, bad input) gets its HTTP status. ASGI `send` waits while the client is not
-        reading, which holds the model's generator back.
-        """
-        async with aclosing(self.dataplane.stream(request)) as responses:
-            first = await anext(responses, None)
-            headers = [
-                (b"content-type", EVENT_STREAM),
-                (b"cache-control", b"no-cache"),
-                *headers,
-            ]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            try:
-                response = first
-                while response is not None:
-                    if response.outputs or not response.final:
-                        await send(_event(encode_generate_response(response)))
-                    response = await anext(responses, None)
-            except TensorgateError as exc:
-                await send(_event({"error": exc.message}))
-            except Exception:
-                log.exception("unexpected error in a generate_stream response")
-                await send(_event({"error": INTERNAL_MESSAGE}))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        def events(response: InferResponse) -> list[bytes]:
+            if not response.outputs and response.final:
+                return []  # the bare final flag of a decoupled model: the stream just ends
+            return [orjson.dumps(encode_generate_response(response))]
 
+        def error_event(exc: TensorgateError | None) -> bytes:
+            return orjson.dumps({"error": exc.message if exc is not None else INTERNAL_MESSAGE})
 
-def _event(document: dict[str, Any]) -> MutableMapping[str, Any]:
-    return {
-        "type": "http.response.body",
-        "body": b"data: " + orjson.dumps(document) + b"\n\n",
-        "more_body": True,
-    }
+        await send_events(self.dataplane.stream(request), send, headers, events, error_event)

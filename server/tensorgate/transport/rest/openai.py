@@ -9,18 +9,15 @@ HTTP code from the one error table, so the `openai` client raises its usual exce
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import aclosing
 from typing import Any
 
 from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import INTERNAL_MESSAGE, NotFound, TensorgateError
 from tensorgate.generation import openai_api
+from tensorgate.transport.rest.sse import Send, send_events
 
-log = logging.getLogger(__name__)
-
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ROUTES = {
     ("GET", "/v1/models"),
     ("POST", "/v1/completions"),
@@ -58,7 +55,16 @@ class OpenAIRoutes:
             answer = openai_api.Answer(decoded, model.name)
             responses = self.dataplane.stream(decoded.request)
             if decoded.stream:
-                await self._events(responses, answer, send, headers)
+
+                def events(response: InferResponse) -> list[bytes]:
+                    return [json.dumps(chunk).encode() for chunk in answer.chunks(response)]
+
+                def error_event(exc: TensorgateError | None) -> bytes:
+                    if exc is None:
+                        return openai_api.error_body(INTERNAL_MESSAGE, 500)
+                    return openai_api.error_body(exc.message, exc.kind.http_status)
+
+                await send_events(responses, send, headers, events, error_event, b"[DONE]")
                 return None
             async with aclosing(responses) as items:
                 async for response in items:
@@ -69,35 +75,6 @@ class OpenAIRoutes:
         except TensorgateError as exc:
             status = exc.kind.http_status
             return status, openai_api.error_body(exc.message, status), [(b"content-type", _JSON)]
-
-    async def _events(
-        self,
-        responses: Any,
-        answer: openai_api.Answer,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-    ) -> None:
-        async with aclosing(responses) as items:
-            first = await anext(items, None)  # errors before the stream keep their status
-            start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-            await send({"type": "http.response.start", "status": 200, "headers": start + headers})
-            try:
-                response = first
-                while response is not None:
-                    for chunk in answer.chunks(response):
-                        await send(_event(json.dumps(chunk).encode()))
-                    response = await anext(items, None)
-            except TensorgateError as exc:
-                await send(_event(openai_api.error_body(exc.message, exc.kind.http_status)))
-            except Exception:
-                log.exception("unexpected error in an OpenAI stream")
-                await send(_event(openai_api.error_body(INTERNAL_MESSAGE, 500)))
-        await send(_event(b"[DONE]"))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _event(data: bytes) -> MutableMapping[str, Any]:
-    return {"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True}
 
 
 def _unique(models: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,57 @@
+"""Server-sent events over ASGI: a request's responses, one `data:` event each, sent as the
+model produces them.
+
+The head goes out with the first response, so a request that fails at once (unknown model,
+bad input) still gets its HTTP status. An error after that is the stream's last event.
+ASGI `send` waits while the client is not reading, which holds the model back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from typing import Any
+
+from tensorgate.dataplane.types import InferResponse
+from tensorgate.errors import TensorgateError
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+# The event payloads of one response (none, one or several).
+Events = Callable[[InferResponse], list[bytes]]
+# The payload of an error event; None: an unexpected error (logged here).
+ErrorEvent = Callable[[TensorgateError | None], bytes]
+
+
+async def send_events(
+    responses: AsyncGenerator[InferResponse, None],
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+    events: Events,
+    error_event: ErrorEvent,
+    last: bytes | None = None,
+) -> None:
+    """Stream `responses` as events; `last`, when given, ends the stream (`[DONE]`)."""
+    async with aclosing(responses) as items:
+        response = await anext(items, None)
+        start = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": start + headers})
+        try:
+            while response is not None:
+                for data in events(response):
+                    await send(_event(data))
+                response = await anext(items, None)
+        except TensorgateError as exc:
+            await send(_event(error_event(exc)))
+        except Exception:
+            log.exception("unexpected error in a stream of server-sent events")
+            await send(_event(error_event(None)))
+    if last is not None:
+        await send(_event(last))
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _event(data: bytes) -> MutableMapping[str, Any]:
+    return {"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True}
