@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
@@ -75,7 +74,7 @@ class Servers:
                 self.dataplane.server_ready,
                 __version__,
             )
-            generation = GenerationCollector(self._generation_snapshots)
+            generation = GenerationCollector(self.dataplane.generation_snapshots)
             self.metrics_server = AsgiServer(
                 MetricsApp(build_registry(collector, generation)),
                 settings.host,
@@ -86,14 +85,6 @@ class Servers:
 
     def _state_changed(self) -> None:
         self.grpc.health_changed()
-
-    def _generation_snapshots(self) -> list[tuple[str, int, Any]]:
-        snapshots = []
-        for m in self.dataplane.loaded_versions():
-            snapshot = getattr(m.runner, "generation_snapshot", None)
-            if snapshot is not None:
-                snapshots.append((m.name, m.version, snapshot()))
-        return snapshots
 
     def _live_versions(self) -> list[tuple[str, int, int, int]]:
         live = []

@@ -1,5 +1,5 @@
 """The browser page in headless Chromium: it lists the models, sends an inference through the
-form, shows the result, and its live view follows the traffic.
+form, shows the result, and its live view follows the traffic, a language model's tokens too.
 
 Needs Debian's `chromium` and `chromium-driver` (installed by `make test` when run as root).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, serving
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -93,3 +93,42 @@ def test_page_shows_a_server_error_from_the_form(server: Server, browser: Any) -
     result = browser.find_element(By.ID, "result")
     assert "400" in result.text and "neither data nor" in result.text
     assert "error" in result.get_attribute("class")
+
+
+def test_live_view_shows_a_language_models_tokens_latencies_and_blocks(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    pytest.importorskip("torch")
+    import requests
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from tensorgate.examples.tiny_lm import GENERATION_CONFIG, build_tiny_llama
+
+    repo = tmp_path_factory.mktemp("browser_generation")
+    build_tiny_llama(repo / "tiny_llama" / "1")
+    (repo / "tiny_llama" / "config.pbtxt").write_text(GENERATION_CONFIG)
+    with serving(repo, tmp_path_factory) as server:
+        wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+        browser.get(f"http://{server.http_url}/")
+        row = "#gen-tiny_llama-v1"
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"{row} .blocks").text)
+        assert browser.find_element(By.CSS_SELECTOR, f"{row} .first").text == "\u2013"  # none yet
+        body = {"text_input": "Hello", "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+        url = f"http://{server.http_url}/v2/models/tiny_llama/generate"
+        for _ in range(3):
+            reply = requests.post(url, json=body, timeout=60)
+            assert reply.status_code == 200, reply.text
+
+        def shown(name: str) -> str:
+            return str(browser.find_element(By.CSS_SELECTOR, f"{row} .{name}").text)
+
+        # The next poll shows the 120 tokens, and the latencies measured since the last one.
+        wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, row).get_attribute("data-generated") == "120"
+        )
+        assert shown("first").endswith(" ms") and shown("inter").endswith(" ms")
+        assert shown("sequences") == "0 / 0"
+        used, total = (int(n) for n in shown("blocks").split(" / "))
+        assert used == 0 and total > 0
+        assert shown("prefix").endswith("%")  # the prompts were looked up in the cache

@@ -145,6 +145,93 @@ def test_the_openai_client_completes_and_chats_streamed_and_not(
         client.completions.create(model="nope", prompt="x")
 
 
+def test_n_choices_come_back_indexed_with_the_prompt_counted_once(
+    generation: tuple[Server, dict[str, Path]],
+) -> None:
+    server, _ = generation
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused")
+    kwargs: dict[str, Any] = {
+        "model": "tiny_llama",
+        "prompt": "Hello, how",
+        "max_tokens": 8,
+        "extra_body": {"ignore_eos": True},
+    }
+    whole = client.completions.create(n=3, seed=7, temperature=1.0, **kwargs)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" for c in whole.choices)
+    assert whole.usage is not None and whole.usage.completion_tokens == 3 * 8
+    single = client.completions.create(**kwargs)
+    assert single.usage is not None and whole.usage.prompt_tokens == single.usage.prompt_tokens
+    # Choice i samples with seed + i: the same request gives the same choices again.
+    again = client.completions.create(n=3, seed=7, temperature=1.0, **kwargs)
+    assert [c.text for c in again.choices] == [c.text for c in whole.choices]
+    assert len({c.text for c in whole.choices}) > 1
+    messages = [{"role": "user", "content": "What is the weather like?"}]
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny_llama",
+            messages=messages,
+            n=2,
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = {0: "", 1: ""}
+    finished = set()
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1}
+    assert texts[0] == texts[1]  # greedy: both choices are the same text
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    with pytest.raises(openai.BadRequestError, match="'n' must be"):
+        client.completions.create(model="tiny_llama", prompt="x", n=0)
+
+
+def test_a_deadline_ends_generation_early_with_finish_reason_deadline(
+    generation: tuple[Server, dict[str, Path]],
+) -> None:
+    server, _ = generation
+    long = {"max_tokens": 480, "temperature": 0, "ignore_eos": True}
+    # Triton's timeout parameter (microseconds) over the generate extension.
+    answer = generate(server, "tiny_llama", "Hello", timeout=300_000, **long)
+    assert answer["finish_reason"] == "deadline"
+    assert 0 <= answer["num_output_tokens"] < 480
+    # A timeout shorter than a step ends the request before its first token.
+    assert generate(server, "tiny_llama", "Hello", timeout=1, **long)["num_output_tokens"] == 0
+    # The OpenAI API takes seconds.
+    client = openai.OpenAI(base_url=f"http://{server.http_url}/v1", api_key="unused")
+    completion = client.completions.create(
+        model="tiny_llama",
+        prompt="Hello",
+        max_tokens=480,
+        temperature=0,
+        extra_body={"ignore_eos": True, "timeout": 0.3},
+    )
+    assert completion.choices[0].finish_reason == "deadline"
+    # The gRPC stream's own deadline: the last response comes before it, saying why.
+    results: queue.Queue[Any] = queue.Queue()
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([b"Hello"], dtype=np.object_))
+    params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
+    params.set_data_from_numpy(np.array([json.dumps(long).encode()], dtype=np.object_))
+    with grpcclient.InferenceServerClient(server.url) as client:
+        client.start_stream(
+            callback=lambda result, error: results.put(error or result), stream_timeout=0.5
+        )
+        client.async_stream_infer("tiny_llama", [text, params])
+        item = results.get(timeout=60)
+        client.stop_stream()
+    assert not isinstance(item, Exception), item
+    assert item.as_numpy("finish_reason")[0] == b"deadline"
+    assert int(item.as_numpy("num_output_tokens")[0]) < 480
+    assert metric(server, "tensorgate_generation_kv_blocks", model="tiny_llama", state="used") == 0
+
+
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -319,6 +406,7 @@ def test_generate_stream_events_and_cancellation_frees_blocks(
         ({"text_input": "x", "bogus_knob": 1}, "unknown sampling parameters"),
         ({"text_input": "word " * 600, "max_tokens": 4}, "exceeds the context"),
         ({"text_input": "x", "temperature": -1}, "temperature"),
+        ({"text_input": "x", "timeout": -5}, "timeout must be a number of microseconds"),
     ],
 )
 def test_bad_generation_requests_are_400_with_the_reason(

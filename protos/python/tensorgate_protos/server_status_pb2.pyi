@@ -52,6 +52,7 @@ class SchedulerStatusResponse(_message.Message):
         EXECUTING_FIELD_NUMBER: _builtins.int
         INSTANCES_FIELD_NUMBER: _builtins.int
         MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+        GENERATION_FIELD_NUMBER: _builtins.int
         name: _builtins.str
         version: _builtins.str
         queued: _builtins.int
@@ -61,6 +62,10 @@ class SchedulerStatusResponse(_message.Message):
         instances: _builtins.int
         max_batch_size: _builtins.int
         """Largest batch in rows; 0 when the model does not batch."""
+        @_builtins.property
+        def generation(self) -> Global___SchedulerStatusResponse.GenerationEngine:
+            """Set for generation models only."""
+
         def __init__(
             self,
             *,
@@ -70,10 +75,69 @@ class SchedulerStatusResponse(_message.Message):
             executing: _builtins.int = ...,
             instances: _builtins.int = ...,
             max_batch_size: _builtins.int = ...,
+            generation: Global___SchedulerStatusResponse.GenerationEngine | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["executing", b"executing", "generation", b"generation", "instances", b"instances", "max_batch_size", b"max_batch_size", "name", b"name", "queued", b"queued", "version", b"version"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class GenerationEngine(_message.Message):
+        """A generation model's engine: sequences, KV blocks and running totals, from which the
+        page derives tokens/s and mean latencies between two polls.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        RUNNING_FIELD_NUMBER: _builtins.int
+        WAITING_FIELD_NUMBER: _builtins.int
+        PREEMPTIONS_FIELD_NUMBER: _builtins.int
+        KV_BLOCKS_USED_FIELD_NUMBER: _builtins.int
+        KV_BLOCKS_FREE_FIELD_NUMBER: _builtins.int
+        PREFIX_CACHE_QUERIED_TOKENS_FIELD_NUMBER: _builtins.int
+        PREFIX_CACHE_HIT_TOKENS_FIELD_NUMBER: _builtins.int
+        PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+        GENERATED_TOKENS_FIELD_NUMBER: _builtins.int
+        FIRST_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+        FIRST_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
+        INTER_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+        INTER_TOKEN_SECONDS_FIELD_NUMBER: _builtins.int
+        running: _builtins.int
+        waiting: _builtins.int
+        preemptions: _builtins.int
+        kv_blocks_used: _builtins.int
+        kv_blocks_free: _builtins.int
+        prefix_cache_queried_tokens: _builtins.int
+        prefix_cache_hit_tokens: _builtins.int
+        prompt_tokens: _builtins.int
+        generated_tokens: _builtins.int
+        first_token_count: _builtins.int
+        """Count and sum of time to first token and of the time between tokens."""
+        first_token_seconds: _builtins.float
+        inter_token_count: _builtins.int
+        inter_token_seconds: _builtins.float
+        def __init__(
+            self,
+            *,
+            running: _builtins.int = ...,
+            waiting: _builtins.int = ...,
+            preemptions: _builtins.int = ...,
+            kv_blocks_used: _builtins.int = ...,
+            kv_blocks_free: _builtins.int = ...,
+            prefix_cache_queried_tokens: _builtins.int = ...,
+            prefix_cache_hit_tokens: _builtins.int = ...,
+            prompt_tokens: _builtins.int = ...,
+            generated_tokens: _builtins.int = ...,
+            first_token_count: _builtins.int = ...,
+            first_token_seconds: _builtins.float = ...,
+            inter_token_count: _builtins.int = ...,
+            inter_token_seconds: _builtins.float = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["executing", b"executing", "instances", b"instances", "max_batch_size", b"max_batch_size", "name", b"name", "queued", b"queued", "version", b"version"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["first_token_count", b"first_token_count", "first_token_seconds", b"first_token_seconds", "generated_tokens", b"generated_tokens", "inter_token_count", b"inter_token_count", "inter_token_seconds", b"inter_token_seconds", "kv_blocks_free", b"kv_blocks_free", "kv_blocks_used", b"kv_blocks_used", "preemptions", b"preemptions", "prefix_cache_hit_tokens", b"prefix_cache_hit_tokens", "prefix_cache_queried_tokens", b"prefix_cache_queried_tokens", "prompt_tokens", b"prompt_tokens", "running", b"running", "waiting", b"waiting"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

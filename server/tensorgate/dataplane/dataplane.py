@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,16 @@ class DataPlane:
             for name, record in sorted(self.repository.records.items())
             for v in sorted(record.versions)
         ]
+
+    def generation_snapshots(self) -> list[tuple[str, int, Any]]:
+        """(model, version, GenerationSnapshot) of every loaded generation model; found by
+        the method their runner offers, so nothing here imports torch."""
+        snapshots = []
+        for m in self.loaded_versions():
+            snapshot = getattr(m.runner, "generation_snapshot", None)
+            if snapshot is not None:
+                snapshots.append((m.name, m.version, snapshot()))
+        return snapshots
 
     def all_ready(self) -> bool:
         """No model is loading or failed; explicitly unloaded ones do not count."""

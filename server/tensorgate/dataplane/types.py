@@ -27,6 +27,9 @@ class InferRequest:
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     protocol: str = "grpc"  # which transport brought it: grpc, grpc_stream or http
     trace: Any = None  # observability.tracing.RequestTrace when this request is traced
+    # time.monotonic_ns() at which the caller stops waiting (a gRPC deadline); 0: none.
+    # Runners that can end early with a partial answer (generation) read it.
+    deadline_ns: int = 0
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import InvalidArgument
 
+MAX_N = 16  # choices per request
 # Request fields understood, and what each becomes among the sampling parameters.
 _SAMPLING = {
     "max_tokens": "max_tokens",
@@ -38,7 +39,7 @@ _SAMPLING = {
 }
 _ACCEPTED = {
     *("model", "stream", "stream_options", "n", "user", "response_format"),
-    *("logprobs", "top_logprobs"),
+    *("logprobs", "top_logprobs", "timeout"),
 }
 _NOT_YET = {
     "tools": "tool calls are not implemented",
@@ -61,6 +62,19 @@ class OpenAIRequest:
     chat: bool
     id: str
     created: int
+    n: int = 1  # choices: one sequence each
+
+    def choice_requests(self) -> list[InferRequest]:
+        """One inference request per choice; with a seed, choice i samples with seed + i so
+        the choices differ yet are reproducible."""
+        seed = self.request.parameters.get("seed")
+        requests = [self.request]
+        for index in range(1, self.n):
+            parameters = dict(self.request.parameters)
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                parameters["seed"] = seed + index
+            requests.append(replace(self.request, parameters=parameters))
+        return requests
 
 
 def decode(body: bytes, chat: bool) -> OpenAIRequest:
@@ -84,6 +98,11 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
     if schema is not None:
         sampling["guided_json"] = schema
     parameters.update(sampling)
+    timeout = document.get("timeout")
+    if timeout is not None:  # seconds: ends generation early with finish_reason "deadline"
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidArgument("'timeout' must be a positive number of seconds")
+        parameters["timeout"] = max(1, int(timeout * 1e6))
     top = _logprobs(document, chat)
     if top is not None:
         parameters["logprobs"] = top
@@ -109,6 +128,7 @@ def decode(body: bytes, chat: bool) -> OpenAIRequest:
         chat,
         f"{prefix}-{uuid.uuid4().hex}",
         int(time.time()),
+        document.get("n") or 1,
     )
 
 
@@ -150,14 +170,15 @@ def _response_format(value: Any) -> str | None:
 
 
 def _check_fields(document: dict[str, Any], prompt_key: str) -> None:
-    for field, reason in _NOT_YET.items():
-        if document.get(field) not in (None, False, 0):
-            raise InvalidArgument(f"'{field}': {reason}")
+    for name, reason in _NOT_YET.items():
+        if document.get(name) not in (None, False, 0):
+            raise InvalidArgument(f"'{name}': {reason}")
     unknown = sorted(set(document) - set(_SAMPLING) - _ACCEPTED - set(_NOT_YET) - {prompt_key})
     if unknown:
         raise InvalidArgument(f"unknown fields {unknown}")
-    if document.get("n", 1) != 1:
-        raise InvalidArgument("'n' must be 1: one choice per request")
+    n = document.get("n", 1)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N):
+        raise InvalidArgument(f"'n' must be an integer from 1 to {MAX_N}")
 
 
 def _prompt(document: dict[str, Any], chat: bool, parameters: dict[str, Any]) -> bytes:
@@ -206,19 +227,27 @@ def usage(response: InferResponse) -> dict[str, int]:
     }
 
 
+@dataclass(slots=True)
+class _Choice:
+    """What one choice has answered so far."""
+
+    text: list[str] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0  # characters of text before the next token (completions' offsets)
+    first: bool = True
+    final: InferResponse | None = None
+
+
 class Answer:
-    """Turns one request's responses into OpenAI chunks, or into one final object."""
+    """Turns the responses of a request's choices into OpenAI chunks, or one final object."""
 
     def __init__(self, decoded: OpenAIRequest, model: str) -> None:
         self.decoded = decoded
         self.model = model
-        self.text: list[str] = []
-        self.entries: list[dict[str, Any]] = []
-        self.offset = 0  # characters of text before the next token (completions' offsets)
-        self.first = True
+        self.choices = [_Choice() for _ in range(decoded.n)]
         self.wants_logprobs = bool(decoded.request.parameters.get("return_logprobs"))
 
-    def _logprobs(self, entries: list[dict[str, Any]]) -> Any:
+    def _logprobs(self, choice: _Choice, entries: list[dict[str, Any]]) -> Any:
         """These tokens' log-probabilities in OpenAI's shape, or None when not asked for."""
         if not self.wants_logprobs:
             return None
@@ -239,8 +268,8 @@ class Answer:
             }
         offsets = []
         for entry in entries:
-            offsets.append(self.offset)
-            self.offset += len(entry["token"])
+            offsets.append(choice.offset)
+            choice.offset += len(entry["token"])
         return {
             "tokens": [e["token"] for e in entries],
             "token_logprobs": [e["logprob"] for e in entries],
@@ -257,58 +286,81 @@ class Answer:
             "model": self.model,
         }
 
-    def chunks(self, response: InferResponse) -> list[dict[str, Any]]:
-        """The stream chunks one model response makes."""
+    def _usage(self) -> dict[str, int]:
+        """Token counts once every choice is final: the prompt once, all completions."""
+        finals = [c.final for c in self.choices if c.final is not None]
+        counts = [usage(f) for f in finals]
+        prompt = counts[0]["prompt_tokens"]
+        completion = sum(c["completion_tokens"] for c in counts)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def chunks(self, index: int, response: InferResponse) -> list[dict[str, Any]]:
+        """The stream chunks one model response of choice `index` makes."""
+        choice = self.choices[index]
         text, finish = _text(response), _finish(response)
         out = []
-        if self.decoded.chat and self.first:
+        if self.decoded.chat and choice.first:
             first = self._envelope(True)
             first["choices"] = [
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                {
+                    "index": index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": None,
+                }
             ]
             out.append(first)
-        self.first = False
+        choice.first = False
         if text or finish:
             chunk = self._envelope(True)
-            logprobs = self._logprobs(_entries(response))
+            logprobs = self._logprobs(choice, _entries(response))
             if self.decoded.chat:
                 delta = {"content": text} if text else {}
                 chunk["choices"] = [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+                    {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
                 ]
             else:
                 chunk["choices"] = [
-                    {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
+                    {"index": index, "text": text, "finish_reason": finish, "logprobs": logprobs}
                 ]
             out.append(chunk)
-        if response.final and self.decoded.include_usage:
-            last = self._envelope(True)
-            last["choices"] = []
-            last["usage"] = usage(response)
-            out.append(last)
+        if response.final:
+            choice.final = response
+            if self.decoded.include_usage and all(c.final for c in self.choices):
+                last = self._envelope(True)
+                last["choices"] = []
+                last["usage"] = self._usage()
+                out.append(last)
         return out
 
-    def add(self, response: InferResponse) -> None:
-        self.text.append(_text(response))
-        self.entries += _entries(response)
+    def add(self, index: int, response: InferResponse) -> None:
+        choice = self.choices[index]
+        choice.text.append(_text(response))
+        choice.entries += _entries(response)
+        if response.final:
+            choice.final = response
 
-    def whole(self, response: InferResponse) -> dict[str, Any]:
-        """The non-streamed answer, after the final response."""
+    def whole(self) -> dict[str, Any]:
+        """The non-streamed answer, after every choice's final response."""
         document = self._envelope(False)
-        text = "".join(self.text)
-        finish = _finish(response)
-        logprobs = self._logprobs(self.entries)
-        if self.decoded.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-                "logprobs": logprobs,
-            }
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
-        document["choices"] = [choice]
-        document["usage"] = usage(response)
+        choices: list[dict[str, Any]] = []
+        for index, choice in enumerate(self.choices):
+            assert choice.final is not None
+            text = "".join(choice.text)
+            finish = _finish(choice.final)
+            answer: dict[str, Any] = {"index": index}
+            if self.decoded.chat:
+                answer["message"] = {"role": "assistant", "content": text}
+            else:
+                answer["text"] = text
+            answer["finish_reason"] = finish
+            answer["logprobs"] = self._logprobs(choice, choice.entries)
+            choices.append(answer)
+        document["choices"] = choices
+        document["usage"] = self._usage()
         return document
 
 

@@ -6,11 +6,15 @@ The inputs follow Triton's vLLM backend: `text_input`, and optionally `stream`,
 come as request parameters (the generate extension puts every key that is not an input
 there), and `chat_messages` (a JSON list of messages) asks for the chat template. A key that
 is neither a sampling key nor one of Triton's request parameters is refused by name.
+
+Triton's `timeout` parameter (microseconds) and the transport's deadline bound the
+generation: it ends, with finish reason `deadline`, at the last step that completes before.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,6 +48,7 @@ class GenerationRequest:
     stream: bool
     exclude_input: bool
     logprobs: bool = False  # answer each token's log-probability (`return_logprobs`)
+    deadline_ns: int = 0  # time.monotonic_ns() by which to answer; 0: none
 
 
 def _scalar(inputs: dict[str, Array], name: str) -> Any:
@@ -108,5 +113,22 @@ def parse_request(request: InferRequest) -> GenerationRequest:
         exclude = params.get("exclude_input_in_output", False)
     wants_logprobs = bool(params.get("return_logprobs", False))
     return GenerationRequest(
-        prompt, messages, _sampling(raw), bool(stream), bool(exclude), wants_logprobs
+        prompt,
+        messages,
+        _sampling(raw),
+        bool(stream),
+        bool(exclude),
+        wants_logprobs,
+        _deadline(request),
     )
+
+
+def _deadline(request: InferRequest) -> int:
+    """The earlier of the transport's deadline and the `timeout` parameter, if any."""
+    timeout_us = request.parameters.get("timeout", 0)
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
+        raise InvalidArgument(f"timeout must be a number of microseconds, got {timeout_us!r}")
+    deadlines = [request.deadline_ns] if request.deadline_ns else []
+    if timeout_us:
+        deadlines.append(time.monotonic_ns() + timeout_us * 1000)
+    return min(deadlines, default=0)

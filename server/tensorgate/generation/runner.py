@@ -7,8 +7,10 @@ detokenizing all run on the engine thread, never on the loop.
 
 A request's responses: with `stream`, one per step that completed text (the last flagged
 final, with the finish reason and token counts); without, one final response with the whole
-text (after the prompt unless `exclude_input_in_output`). A client that leaves, cancels or
-passes its deadline aborts its sequence, whose blocks are free before the next step.
+text (after the prompt unless `exclude_input_in_output`). A client that leaves or cancels
+aborts its sequence, whose blocks are free before the next step. A request with a deadline
+ends at the last step that can complete before it, answered with the text so far and
+finish reason `deadline`, so the client gets an answer rather than a timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from tensorgate.runners.base import RunnerStatus, Scheduled, Streamed
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
+# Time kept back before a deadline for the answer to reach the client (a step may also run
+# longer than the one before it, which the horizon assumes).
+DEADLINE_MARGIN_NS = 50_000_000
 
 
 @dataclass(slots=True)
@@ -96,6 +101,7 @@ class GenerationRunner:
         self._wake = threading.Event()
         self._active: dict[str, _Active] = {}
         self._closing = False
+        self._step_ns = 0  # how long the last step took: the horizon for deadlines
         self._thread = threading.Thread(target=self._serve, name=f"tg-{name}-engine", daemon=True)
         self._thread.start()
 
@@ -169,8 +175,13 @@ class GenerationRunner:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            self._expire()
+            if not self.engine.has_work:
+                continue
+            started = time.monotonic_ns()
             try:
                 result = self.engine.step()
+                self._step_ns = time.monotonic_ns() - started
             except Exception as exc:  # a model failure fails every request in flight
                 log.exception("generation step failed for model %s", self.name)
                 self._fail_all(exc)
@@ -186,6 +197,19 @@ class GenerationRunner:
                 active = self._active.pop(sequence.id, None)
                 if active is not None and not active.done:
                     self._finish(active)
+
+    def _expire(self) -> None:
+        """End the sequences whose deadline falls before the next step would complete."""
+        horizon = time.monotonic_ns() + 2 * self._step_ns + DEADLINE_MARGIN_NS
+        expired = [
+            a for a in self._active.values() if 0 < a.request.deadline_ns <= horizon and not a.done
+        ]
+        for active in expired:
+            sequence = active.sequence
+            assert sequence is not None
+            self._active.pop(sequence.id)
+            self.engine.abort(sequence, "deadline")
+            self._finish(active)
 
     def _drain_commands(self) -> bool:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -168,11 +169,13 @@ class InferenceServicer:
         self,
         request: pb.ModelInferRequest,
         put: Callable[[pb.ModelStreamInferResponse], Awaitable[None]],
+        deadline_ns: int,
     ) -> None:
         """A decoupled model's responses to one request of the stream, each flagged final
         or not; the bare final flag goes out only if the client asked for it, as Triton."""
         try:
             decoded = self._decode_streamed(request)
+            decoded.deadline_ns = deadline_ns
             empty_final = decoded.parameters.get(EMPTY_FINAL_PARAMETER) is True
             async with aclosing(self.dataplane.stream(decoded)) as responses:
                 async for response in responses:
@@ -192,11 +195,13 @@ class InferenceServicer:
         results = asyncio.Queue(STREAM_MAX_IN_FLIGHT)
         slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        remaining_s = context.time_remaining()
+        deadline_ns = 0 if remaining_s is None else time.monotonic_ns() + int(remaining_s * 1e9)
 
         async def run(request: pb.ModelInferRequest) -> None:
             try:
                 if self.dataplane.is_decoupled(request.model_name, request.model_version):
-                    await self._stream_decoupled(request, results.put)
+                    await self._stream_decoupled(request, results.put, deadline_ns)
                 else:
                     await results.put(await self._stream_one(request))
             finally:
@@ -275,15 +280,35 @@ class StatusServicer:
         self, request: status_pb.SchedulerStatusRequest, context: Any
     ) -> status_pb.SchedulerStatusResponse:
         response = status_pb.SchedulerStatusResponse()
+        entries = {}
         for model in self.dataplane.loaded_versions():
             status = model.runner.status()
-            response.models.add(
+            entries[model.name, model.version] = response.models.add(
                 name=model.name,
                 version=str(model.version),
                 queued=status.queued,
                 executing=status.executing,
                 instances=status.instances,
                 max_batch_size=model.spec.max_batch_size,
+            )
+        for name, version, snap in self.dataplane.generation_snapshots():
+            stats = snap.stats
+            entries[name, version].generation.CopyFrom(
+                status_pb.SchedulerStatusResponse.GenerationEngine(
+                    running=snap.running,
+                    waiting=snap.waiting,
+                    preemptions=snap.preemptions,
+                    kv_blocks_used=snap.blocks_used,
+                    kv_blocks_free=snap.blocks_free,
+                    prefix_cache_queried_tokens=snap.prefix_queried,
+                    prefix_cache_hit_tokens=snap.prefix_hit,
+                    prompt_tokens=stats.prompt_tokens,
+                    generated_tokens=stats.generated_tokens,
+                    first_token_count=stats.first_token.count,
+                    first_token_seconds=stats.first_token.total * stats.first_token.scale,
+                    inter_token_count=stats.inter_token.count,
+                    inter_token_seconds=stats.inter_token.total * stats.inter_token.scale,
+                )
             )
         return response
 

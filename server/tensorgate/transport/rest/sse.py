@@ -11,25 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
-from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import TensorgateError
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-# The event payloads of one response (none, one or several).
-Events = Callable[[InferResponse], list[bytes]]
+Item = TypeVar("Item")  # what the stream yields: a response, or a response and its choice
 # The payload of an error event; None: an unexpected error (logged here).
 ErrorEvent = Callable[[TensorgateError | None], bytes]
 
 
 async def send_events(
-    responses: AsyncGenerator[InferResponse, None],
+    responses: AsyncGenerator[Item, None],
     send: Send,
     headers: list[tuple[bytes, bytes]],
-    events: Events,
+    events: Callable[[Item], list[bytes]],  # the event payloads of one item (none or more)
     error_event: ErrorEvent,
     last: bytes | None = None,
 ) -> None:

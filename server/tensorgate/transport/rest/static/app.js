@@ -3,6 +3,7 @@
 
 const $ = (selector) => document.querySelector(selector);
 const history = new Map(); // model -> {count, ns, time, rates: []}
+const tokenHistory = new Map(); // generation model -> the last poll's totals and rates
 let selected = null;
 
 async function api(path, options) {
@@ -181,9 +182,63 @@ async function poll() {
       row.querySelector(".executing").textContent = `${queue.executing} / ${queue.instances}`;
       row.querySelector(".batches").replaceChildren(bars(model.batch_stats));
     }
+    showGeneration(scheduler.models, now);
     $("#live").dataset.updated = String(Date.now());
   } catch (error) {
     $("#live-panel h2 small").textContent = `(${error.message})`;
+  }
+}
+
+// Mean of a latency between two polls, from the running count and sum of seconds.
+function meanMs(count, seconds, last, lastCount, lastSeconds) {
+  const done = count - lastCount;
+  return done > 0 ? ((seconds - lastSeconds) / done) * 1000 : last;
+}
+
+function showGeneration(models, now) {
+  const body = $("#generation tbody");
+  for (const model of models) {
+    const engine = model.generation;
+    if (!engine) continue;
+    $("#generation-panel").hidden = false;
+    const key = `${model.name}/${model.version}`;
+    const totals = {
+      generated: engine.generated_tokens || 0,
+      firstCount: engine.first_token_count || 0,
+      firstSeconds: engine.first_token_seconds || 0,
+      interCount: engine.inter_token_count || 0,
+      interSeconds: engine.inter_token_seconds || 0,
+    };
+    const last = tokenHistory.get(key) || { ...totals, time: now, rates: [], first: null, inter: null };
+    const seconds = Math.max(1e-3, (now - last.time) / 1000);
+    const rate = (totals.generated - last.generated) / seconds;
+    const rates = [...last.rates, rate].slice(-60);
+    const first = meanMs(totals.firstCount, totals.firstSeconds, last.first, last.firstCount, last.firstSeconds);
+    const inter = meanMs(totals.interCount, totals.interSeconds, last.inter, last.interCount, last.interSeconds);
+    tokenHistory.set(key, { ...totals, time: now, rates, first, inter });
+    const id = `gen-${model.name}-v${model.version}`;
+    let row = document.getElementById(id);
+    if (!row) {
+      row = body.insertRow();
+      row.id = id;
+      for (const name of ["model", "sequences", "rate", "spark", "first", "inter", "blocks", "prefix", "preempted"]) {
+        row.insertCell().className = name;
+      }
+      row.cells[0].textContent = key;
+    }
+    const used = engine.kv_blocks_used || 0;
+    const total = used + (engine.kv_blocks_free || 0);
+    const queried = engine.prefix_cache_queried_tokens || 0;
+    const hits = engine.prefix_cache_hit_tokens || 0;
+    row.querySelector(".sequences").textContent = `${engine.running || 0} / ${engine.waiting || 0}`;
+    row.querySelector(".rate").textContent = rate.toFixed(1);
+    row.querySelector(".spark").replaceChildren(sparkline(rates));
+    row.querySelector(".first").textContent = first == null ? "–" : `${first.toFixed(1)} ms`;
+    row.querySelector(".inter").textContent = inter == null ? "–" : `${inter.toFixed(1)} ms`;
+    row.querySelector(".blocks").textContent = `${used} / ${total}`;
+    row.querySelector(".prefix").textContent = queried ? `${((100 * hits) / queried).toFixed(0)} %` : "–";
+    row.querySelector(".preempted").textContent = String(engine.preemptions || 0);
+    row.dataset.generated = String(totals.generated);
   }
 }
 
