@@ -21,9 +21,11 @@ from tensorgate.observability.tracing import Tracing
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.settings import Settings
 from tensorgate.transport import PortInUse
+from tensorgate.transport.access import AccessCollector, build_policy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.server import GrpcServer
 from tensorgate.transport.rest.server import http_server
+from tensorgate.transport.tls import tls_files
 
 log = structlog.stdlib.get_logger("tensorgate")
 
@@ -59,9 +61,12 @@ class Servers:
             settings.strict_readiness,
             self.tracing,
         )
-        self.grpc = GrpcServer(settings, self.dataplane, log_control)
+        self.policy = build_policy(
+            settings.restrict, settings.auth_token_file, settings.auth_public
+        )
+        self.grpc = GrpcServer(settings, self.dataplane, log_control, self.policy)
         self.http = (
-            http_server(settings, self.dataplane, SHUTDOWN_GRACE_S, log_control)
+            http_server(settings, self.dataplane, SHUTDOWN_GRACE_S, log_control, self.policy)
             if settings.http_port >= 0
             else None
         )
@@ -75,12 +80,14 @@ class Servers:
                 __version__,
             )
             generation = GenerationCollector(self.dataplane.generation_snapshots)
+            registry = build_registry(collector, generation, AccessCollector(self.policy))
             self.metrics_server = AsgiServer(
-                MetricsApp(build_registry(collector, generation)),
+                MetricsApp(registry, self.policy),
                 settings.host,
                 settings.metrics_port,
                 "metrics",
                 settings.reuse_port,
+                tls=tls_files(settings),
             )
 
     def _state_changed(self) -> None:
@@ -143,8 +150,8 @@ async def serve(settings: Settings, log_control: LogControl | None = None) -> in
         return 2
     try:
         servers = Servers(settings, log_control)
-    except RuntimeError as exc:  # e.g. tracing asked for without the otel extra
-        log.error(str(exc))
+    except (RuntimeError, ValueError, OSError) as exc:  # tracing without its extra, a bad
+        log.error(str(exc))  # token file
         return 2
     try:
         ports = await servers.start()

@@ -23,6 +23,8 @@ class ErrorKind(enum.Enum):
     DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504)
     CANCELLED = ("CANCELLED", 499)
     UNIMPLEMENTED = ("UNIMPLEMENTED", 501)
+    UNAUTHENTICATED = ("UNAUTHENTICATED", 401)
+    PERMISSION_DENIED = ("PERMISSION_DENIED", 403)
     INTERNAL = ("INTERNAL", 500)
     # HTTP's own: a route that takes other methods, a body over the size limit.
     METHOD_NOT_ALLOWED = ("UNIMPLEMENTED", 405)
@@ -79,6 +81,18 @@ class FailedPrecondition(TensorgateError):
     """The server is not in the state the call needs (e.g. explicit model control)."""
 
     kind = ErrorKind.FAILED_PRECONDITION
+
+
+class Unauthenticated(TensorgateError):
+    """The call needs credentials it does not carry, or carries wrong ones."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(TensorgateError):
+    """The caller is known but may not call this, or the server forbids the change."""
+
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class Unimplemented(TensorgateError):

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TENSORGATE_"
+# A list setting's separator in a variable, where its items may hold commas themselves.
+_LIST_SEPARATORS = {"restrict": ";"}
 
 # What each setting does, for `--help` and the generated settings reference.
 HELP = {
@@ -33,6 +35,12 @@ HELP = {
     "tls_cert": "PEM certificate: serve gRPC and HTTP over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "restrict": "GROUP[,GROUP]:HEADER=VALUE: calls of those endpoint groups must carry the "
+    "header with that value (repeatable; in the variable, ';' between restrictions)",
+    "auth_token_file": "file of bearer tokens, one per line, each optionally followed by the "
+    "endpoint groups it grants; every group but --auth-public then needs one; re-read on change",
+    "auth_public": "endpoint groups that need no token when --auth-token-file is set",
+    "allow_log_updates": "let clients change log settings without explicit model-control mode",
     "default_max_batch_size": "max_batch_size given to a model whose config leaves it out "
     "and whose file batches (Triton's default, 4)",
     "max_message_bytes": "largest gRPC message sent or received",
@@ -75,6 +83,12 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Access control (transport/access.py): restricted endpoint groups, bearer tokens.
+    restrict: list[str] = field(default_factory=list)
+    auth_token_file: Path | None = None
+    auth_public: list[str] = field(default_factory=lambda: ["health"])
+    # Log settings are read-only to clients unless this, or explicit model-control mode.
+    allow_log_updates: bool = False
     # Like Triton: the server is ready only if every model it was asked to load is READY.
     strict_readiness: bool = True
     log_level: str = "INFO"
@@ -85,6 +99,11 @@ class Settings:
     # Generation models' KV cache; 0: half the free memory of a GPU, 256 MiB on the CPU.
     kv_cache_bytes: int = 0
     config: Path | None = None
+
+    @property
+    def log_updates_allowed(self) -> bool:
+        """Clients may change log settings: explicit model control, or the operator said so."""
+        return self.allow_log_updates or self.model_control_mode == "explicit"
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
@@ -97,7 +116,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if "float" in text:
             return float(value)
         if "list" in text:
-            return [v for v in value.split(",") if v]
+            return [v for v in value.split(_LIST_SEPARATORS.get(name, ",")) if v]
         if "Path" in text:
             return Path(value)
     if "Path" in text and value is not None:
@@ -143,6 +162,13 @@ def _check(settings: Settings) -> None:
         raise ValueError("tls_cert and tls_key go together")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    from tensorgate.transport.access import GROUPS, Restriction
+
+    for restriction in settings.restrict:
+        Restriction.parse(restriction)
+    for group in settings.auth_public:
+        if group not in GROUPS:
+            raise ValueError(f"auth_public: unknown endpoint group '{group}'")
     for name in ("access_log_rate", "trace_rate"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")

@@ -90,9 +90,15 @@ class Server:
 
 
 def start_server(
-    repo: Path, log: Path, *args: str, wait_ready: bool = True, wait_model: str | None = None
+    repo: Path,
+    log: Path,
+    *args: str,
+    wait_ready: bool = True,
+    wait_model: str | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> Server:
-    """Start `python -m tensorgate serve` and wait (bounded) until it answers."""
+    """Start `python -m tensorgate serve` and wait (bounded) until it answers;
+    `client_options` go to the gRPC client that waits (TLS files)."""
     port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
@@ -120,7 +126,7 @@ def start_server(
         cwd=ROOT,
     )
     server = Server(process, port, log, http_port, metrics_port)
-    client = grpcclient.InferenceServerClient(server.url)
+    client = grpcclient.InferenceServerClient(server.url, **(client_options or {}))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -132,3 +132,26 @@ def test_live_view_shows_a_language_models_tokens_latencies_and_blocks(
         used, total = (int(n) for n in shown("blocks").split(" / "))
         assert used == 0 and total > 0
         assert shown("prefix").endswith("%")  # the prompts were looked up in the cache
+
+
+def test_page_asks_for_a_token_and_then_shows_the_models(
+    test_repository: Path, browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import secrets
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = secrets.token_urlsafe(16)
+    tokens = tmp_path_factory.mktemp("browser_auth") / "tokens.txt"
+    tokens.write_text(token + "\n")
+    with serving(test_repository, tmp_path_factory, "--auth-token-file", str(tokens)) as server:
+        wait = WebDriverWait(browser, 20)
+        browser.get(f"http://{server.http_url}/")
+        wait.until(lambda d: "401" in d.find_element(By.ID, "server").text)
+        assert not browser.find_elements(By.CSS_SELECTOR, '#models tr[data-model="add_sub"]')
+        browser.find_element(By.ID, "token").send_keys(token, Keys.TAB)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#models tr[data-model="add_sub"]'))
+        wait.until(lambda d: d.find_elements(By.ID, "live-add_sub-v1"))
+        assert "tensorgate" in browser.find_element(By.ID, "server").text

@@ -73,7 +73,7 @@ def write_repository(root: Path, names: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     repo = write_repository(tmp_path_factory.mktemp("obs_repo"), ["batched", "plain"])
-    with serving(repo, tmp_path_factory, "--access-log-rate", "1") as server:
+    with serving(repo, tmp_path_factory, "--access-log-rate", "1", "--allow-log-updates") as server:
         yield server
 
 

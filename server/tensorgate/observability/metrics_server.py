@@ -11,24 +11,46 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, make_asgi_app
 
+from tensorgate.errors import TensorgateError
+from tensorgate.transport.access import WWW_AUTHENTICATE, AccessPolicy
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 class MetricsApp:
-    """prometheus_client's exposition (text or OpenMetrics, gzip) at /metrics, 404 elsewhere."""
+    """prometheus_client's exposition (text or OpenMetrics, gzip) at /metrics, 404 elsewhere.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    Under access control /metrics is in the `statistics` group (Prometheus sends a bearer
+    token with `authorization` in its scrape config)."""
+
+    def __init__(self, registry: CollectorRegistry, policy: AccessPolicy | None = None) -> None:
         self.exposition = make_asgi_app(registry)
+        self.policy = policy if policy is not None and policy.active else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["path"] in ("/metrics", "/metrics/"):
-            await self.exposition(scope, receive, send)
+        if scope["path"] not in ("/metrics", "/metrics/"):
+            await _plain(send, 404, b"not found: metrics are at /metrics\n")
             return
-        body = b"not found: metrics are at /metrics\n"
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 404, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if self.policy is not None:
+            try:
+                headers = self.policy.asgi_headers(scope["headers"])
+                self.policy.check("statistics", headers, "metrics", scope["path"])
+            except TensorgateError as exc:
+                status = exc.kind.http_status
+                extra = [(b"www-authenticate", WWW_AUTHENTICATE.encode())] if status == 401 else []
+                await _plain(send, status, exc.message.encode() + b"\n", extra)
+                return
+        await self.exposition(scope, receive, send)
+
+
+async def _plain(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    headers += extra or []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -16,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from tensorgate.transport import PortInUse
+from tensorgate.transport.tls import TlsFiles, harden, reload_forever
 
 # The scope extension that carries the request's connection (an HttpProtocol) to the app.
 CONNECTION_EXTENSION = "tensorgate.connection"
@@ -187,7 +187,7 @@ class AsgiServer:
         reuse_port: bool = False,
         max_connections: int | None = None,
         grace_s: float = 1.0,
-        tls: tuple[Path, Path, Path | None] | None = None,  # cert, key, client CA
+        tls: TlsFiles | None = None,
     ) -> None:
         self.host, self.port, self.what, self.reuse_port = host, port, what, reuse_port
         self.config = uvicorn.Config(
@@ -200,14 +200,16 @@ class AsgiServer:
             server_header=False,
             limit_concurrency=max_connections,
             timeout_graceful_shutdown=int(grace_s) or 1,
-            ssl_certfile=str(tls[0]) if tls else None,
-            ssl_keyfile=str(tls[1]) if tls else None,
-            ssl_ca_certs=str(tls[2]) if tls and tls[2] else None,
-            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls[2] else ssl.CERT_NONE,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
+            ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
+            ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
         )
+        self.tls = tls
         self.server = uvicorn.Server(self.config)
         self.sockets: list[socket.socket] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         host, port = self.host, self.port
@@ -227,6 +229,11 @@ class AsgiServer:
         sock.setblocking(False)
         self.sockets = [sock]
         self.config.load()
+        if self.tls is not None and self.config.ssl is not None:
+            harden(self.config.ssl)
+            self._reloader = asyncio.create_task(
+                reload_forever(self.tls, self.config.ssl, self.what)
+            )
         self.server.lifespan = self.config.lifespan_class(self.config)
         await self.server.startup(sockets=self.sockets)
         # uvicorn's tick refreshes the Date header once a second.
@@ -238,5 +245,7 @@ class AsgiServer:
         if self._ticker is None:
             return
         self.server.should_exit = True
+        if self._reloader is not None:
+            self._reloader.cancel()
         await self._ticker
         await self.server.shutdown(sockets=self.sockets)

@@ -22,15 +22,22 @@ from tensorgate.observability.logs import LogControl
 from tensorgate.repository.manager import READY
 from tensorgate.settings import Settings
 from tensorgate.transport import PortInUse
+from tensorgate.transport.access import AccessPolicy
+from tensorgate.transport.grpc.access import AccessInterceptor
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
+from tensorgate.transport.tls import grpc_credentials, tls_files
 
 
 class GrpcServer:
     """Owns the grpc.aio server and the health servicer whose status tracks readiness."""
 
     def __init__(
-        self, settings: Settings, dataplane: DataPlane, log_control: LogControl | None = None
+        self,
+        settings: Settings,
+        dataplane: DataPlane,
+        log_control: LogControl | None = None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.dataplane = dataplane
         options: list[tuple[str, Any]] = [
@@ -38,10 +45,12 @@ class GrpcServer:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ]
-        self.server = grpc.aio.server(options=options)
+        interceptors = [AccessInterceptor(policy)] if policy is not None and policy.active else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
+        inference = InferenceServicer(dataplane, log_control, settings.log_updates_allowed)
         self.server.add_generic_rpc_handlers(
             (
-                build_handler(InferenceServicer(dataplane, log_control)),
+                build_handler(inference),
                 build_handler(StatusServicer(dataplane), STATUS_SERVICE),
             )
         )
@@ -109,11 +118,5 @@ class GrpcServer:
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
+    files = tls_files(settings)
+    return grpc_credentials(files) if files is not None else None

@@ -15,7 +15,13 @@ from tensorgate_protos import server_status_pb2 as status_pb
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest
-from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError, Unimplemented
+from tensorgate.errors import (
+    INTERNAL_MESSAGE,
+    InvalidArgument,
+    PermissionDenied,
+    TensorgateError,
+    Unimplemented,
+)
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
@@ -38,9 +44,15 @@ _STREAM = "inference.GRPCInferenceService/ModelStreamInfer"
 class InferenceServicer:
     """One method per RPC; each receives the parsed request and returns the response."""
 
-    def __init__(self, dataplane: DataPlane, log_control: LogControl | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        log_control: LogControl | None = None,
+        log_updates_allowed: bool = False,
+    ) -> None:
         self.dataplane = dataplane
         self.log_control = log_control
+        self.log_updates_allowed = log_updates_allowed
 
     def _trace(self, name: str) -> RequestTrace | None:
         tracing = self.dataplane.tracing
@@ -248,6 +260,11 @@ class InferenceServicer:
             if choice is None:
                 raise InvalidArgument(f"log setting '{key}' has no value")
             changes[key] = getattr(value, choice)
+        if changes and not self.log_updates_allowed:
+            raise PermissionDenied(
+                "log settings are read-only: start the server with --allow-log-updates "
+                "or --model-control-mode explicit to change them"
+            )
         current = control.update(changes) if changes else control.settings()
         response = pb.LogSettingsResponse()
         for key, setting in current.items():

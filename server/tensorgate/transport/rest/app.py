@@ -19,9 +19,11 @@ import orjson
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import INTERNAL_MESSAGE, ErrorKind, InvalidArgument, TensorgateError
+from tensorgate.generation import openai_api
 from tensorgate.observability.context import CallContext, begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
+from tensorgate.transport.access import RPC_GROUPS, WWW_AUTHENTICATE, AccessPolicy
 from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol
 from tensorgate.transport.rest.generate import Generate, match_generate
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
@@ -131,8 +133,10 @@ class RestApp:
         openapi: bytes,
         max_body_bytes: int,
         cors_origins: list[str],
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.policy = policy if policy is not None and policy.active else None
         self.router = router
         self.openapi = openapi
         self.max_body_bytes = max_body_bytes
@@ -155,7 +159,11 @@ class RestApp:
         except Disconnected:
             return
         except TensorgateError as exc:
-            status, payload = exc.kind.http_status, orjson.dumps({"error": exc.message})
+            status = exc.kind.http_status
+            if scope["path"].startswith("/v1/"):  # the OpenAI routes answer OpenAI's shape
+                payload = openai_api.error_body(exc.message, status)
+            else:
+                payload = orjson.dumps({"error": exc.message})
             extra = [(b"content-type", _JSON), *_error_headers(exc)]
         except Exception:
             log.exception("unexpected error in %s %s", scope["method"], scope["path"])
@@ -203,16 +211,18 @@ class RestApp:
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         verb: str = scope["method"]
         path: str = scope["path"]
-        if verb == "OPTIONS":
+        if verb == "OPTIONS":  # a CORS preflight carries no credentials
             return 204, b"", self._preflight(scope)
         if path.startswith("/v1/") and (verb, path) in OPENAI_ROUTES:
+            self._authorize("metadata" if verb == "GET" else "inference", scope)
             return await self._openai(verb, path, scope, receive, send, headers, call)
-        if verb == "GET" and not path.startswith("/v2"):
+        if verb == "GET" and not path.startswith("/v2"):  # the page and the schema: public
             if path == "/openapi.json":
                 return 200, self.openapi, [(b"content-type", _JSON)]
             content, content_type = self.static.get(path)
             return 200, content, [(b"content-type", content_type), (b"cache-control", b"no-cache")]
         if verb == "POST" and (generate := match_generate(path)) is not None:
+            self._authorize("inference", scope)
             model, version, streaming = generate
             body = await self._read_body(scope, receive, headers)
             request = self.generate.decode(body, model, version)
@@ -223,10 +233,19 @@ class RestApp:
             await _unless_disconnected(self.generate.events(request, send, common), scope, receive)
             return _SENT, b"", []
         route, params = self.router.match(verb, path)
+        self._authorize(RPC_GROUPS[route.method.name], scope)
         body = await self._read_body(scope, receive, headers)
         if route.method.name == "ModelInfer":
             return await self._infer(params, body, headers, scope, receive)
         return await self._call(route, params, body)
+
+    def _authorize(self, group: str, scope: Scope) -> None:
+        """Access control, before the body is read (see transport/access.py)."""
+        policy = self.policy
+        if policy is None:
+            return
+        headers = policy.asgi_headers(scope["headers"])
+        policy.check(group, headers, "http", f"{scope['method']} {scope['path']}")
 
     async def _openai(
         self,
@@ -377,6 +396,8 @@ def _error_headers(exc: TensorgateError) -> list[tuple[bytes, bytes]]:
         return [(b"allow", ", ".join(exc.allowed).encode())]
     if isinstance(exc, PayloadTooLarge):
         return [(b"connection", b"close")]
+    if exc.kind is ErrorKind.UNAUTHENTICATED:
+        return [(b"www-authenticate", WWW_AUTHENTICATE.encode())]
     return []
 
 

@@ -33,6 +33,9 @@ _INTEGER = {
 }
 _ERROR_CODES = {
     "400": "Invalid request: wrong shape, datatype, size, name or malformed body",
+    "401": "Access control: missing or invalid credentials (see WWW-Authenticate)",
+    "403": "Access control: the token does not grant this endpoint's group, or the server "
+    "does not allow this change",
     "404": "Unknown model, version or route",
     "405": "The route exists for another method",
     "413": "The body exceeds --http-max-body-bytes",

@@ -7,43 +7,55 @@ import orjson
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.observability.logs import LogControl
 from tensorgate.settings import Settings
+from tensorgate.transport.access import AccessPolicy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
 from tensorgate.transport.rest.app import RestApp
 from tensorgate.transport.rest.openapi import build_openapi
 from tensorgate.transport.rest.routes import build_routes
+from tensorgate.transport.tls import tls_files
 
 
 def build_app(
-    settings: Settings, dataplane: DataPlane, log_control: LogControl | None = None
+    settings: Settings,
+    dataplane: DataPlane,
+    log_control: LogControl | None = None,
+    policy: AccessPolicy | None = None,
 ) -> RestApp:
     """The ASGI app over the same servicers (and so the same data plane) as gRPC."""
     router = build_routes(
         [
-            (SERVICE, InferenceServicer(dataplane, log_control)),
+            (SERVICE, InferenceServicer(dataplane, log_control, settings.log_updates_allowed)),
             (STATUS_SERVICE, StatusServicer(dataplane)),
         ]
     )
     openapi = orjson.dumps(build_openapi(router))
     return RestApp(
-        dataplane, router, openapi, settings.http_max_body_bytes, settings.cors_allow_origins
+        dataplane,
+        router,
+        openapi,
+        settings.http_max_body_bytes,
+        settings.cors_allow_origins,
+        policy,
     )
 
 
 def http_server(
-    settings: Settings, dataplane: DataPlane, grace_s: float, log_control: LogControl | None = None
+    settings: Settings,
+    dataplane: DataPlane,
+    grace_s: float,
+    log_control: LogControl | None = None,
+    policy: AccessPolicy | None = None,
 ) -> AsgiServer:
     """The HTTP server: the REST app built from the schema, on tensorgate's uvicorn protocol."""
     return AsgiServer(
-        build_app(settings, dataplane, log_control),
+        build_app(settings, dataplane, log_control, policy),
         settings.host,
         settings.http_port,
         "HTTP",
         settings.reuse_port,
         settings.http_max_connections,
         grace_s,
-        (settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-        if settings.tls_cert and settings.tls_key
-        else None,
+        tls_files(settings),
     )

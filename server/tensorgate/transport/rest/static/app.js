@@ -6,8 +6,16 @@ const history = new Map(); // model -> {count, ns, time, rates: []}
 const tokenHistory = new Map(); // generation model -> the last poll's totals and rates
 let selected = null;
 
+// A server with access control needs a bearer token: typed into the header, kept for the tab.
+function withToken(options) {
+  const token = sessionStorage.getItem("tensorgate-token");
+  if (!token) return options;
+  const headers = { ...((options && options.headers) || {}), Authorization: `Bearer ${token}` };
+  return { ...(options || {}), headers };
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(path, withToken(options));
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
   if (!response.ok) {
@@ -243,6 +251,13 @@ function showGeneration(models, now) {
 }
 
 $("#infer-form").addEventListener("submit", sendInference);
+$("#token").value = sessionStorage.getItem("tensorgate-token") || "";
+$("#token").addEventListener("change", () => {
+  sessionStorage.setItem("tensorgate-token", $("#token").value.trim());
+  $("#live-panel h2 small").textContent = "(polls /v2/models/stats and /v2/scheduler every second)";
+  loadServer();
+  loadModels().catch((error) => { $("#server").textContent = String(error); });
+});
 loadServer();
 loadModels().catch((error) => { $("#server").textContent = String(error); });
 poll();
