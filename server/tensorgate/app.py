@@ -18,6 +18,7 @@ from tensorgate.observability.metrics import MetricsStore, TensorgateCollector, 
 from tensorgate.observability.metrics_server import MetricsApp
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
+from tensorgate.protocol.tensors import LIMITS
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.settings import Settings
 from tensorgate.transport import PortInUse
@@ -49,6 +50,9 @@ class Servers:
         tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        # The codecs read these for every tensor (protocol/tensors.py).
+        LIMITS.max_elements = settings.max_tensor_elements
+        LIMITS.max_bytes_element = settings.max_bytes_element
         self.metrics = MetricsStore() if settings.metrics_port >= 0 else None
         self.repository = ModelRepository(settings, self.metrics, self._state_changed)
         self.tracing = tracing
@@ -93,11 +97,11 @@ class Servers:
     def _state_changed(self) -> None:
         self.grpc.health_changed()
 
-    def _live_versions(self) -> list[tuple[str, int, int, int]]:
+    def _live_versions(self) -> list[tuple[str, int, int, int, int]]:
         live = []
         for m in self.dataplane.loaded_versions():
             status = m.runner.status()
-            live.append((m.name, m.version, status.queued, status.executing))
+            live.append((m.name, m.version, status.queued, status.executing, status.abandoned))
         return live
 
     async def start(self) -> dict[str, int]:

@@ -83,6 +83,12 @@ class FailedPrecondition(TensorgateError):
     kind = ErrorKind.FAILED_PRECONDITION
 
 
+class DeadlineExceeded(TensorgateError):
+    """The work did not finish in the time allowed (a model past its timeout)."""
+
+    kind = ErrorKind.DEADLINE_EXCEEDED
+
+
 class Unauthenticated(TensorgateError):
     """The call needs credentials it does not carry, or carries wrong ones."""
 

@@ -41,6 +41,12 @@ HELP = {
     "endpoint groups it grants; every group but --auth-public then needs one; re-read on change",
     "auth_public": "endpoint groups that need no token when --auth-token-file is set",
     "allow_log_updates": "let clients change log settings without explicit model-control mode",
+    "max_tensor_elements": "elements one request tensor may hold (INVALID_ARGUMENT beyond, "
+    "checked before anything is allocated)",
+    "max_bytes_element": "bytes one BYTES element may hold (INVALID_ARGUMENT beyond)",
+    "model_timeout": "seconds a batch may run before its requests fail with DEADLINE_EXCEEDED "
+    "and its instance is replaced (dynamic-batcher models; a model's model_timeout parameter "
+    "wins); 0: no limit",
     "default_max_batch_size": "max_batch_size given to a model whose config leaves it out "
     "and whose file batches (Triton's default, 4)",
     "max_message_bytes": "largest gRPC message sent or received",
@@ -77,6 +83,9 @@ class Settings:
     max_message_bytes: int = 2**31 - 1
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
+    model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
+    max_tensor_elements: int = 2**31 - 1  # per request tensor
+    max_bytes_element: int = 128 * 2**20  # per BYTES element
     reuse_port: bool = False
     event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
     # TLS for gRPC and HTTP (PEM files); with a client CA, clients must present a certificate.
@@ -162,6 +171,17 @@ def _check(settings: Settings) -> None:
         raise ValueError("tls_cert and tls_key go together")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    _check_access(settings)
+    if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:
+        raise ValueError("max_tensor_elements must be >= 1 and max_bytes_element >= 0")
+    if not settings.model_timeout >= 0:
+        raise ValueError("model_timeout must be a number of seconds >= 0")
+    for name in ("access_log_rate", "trace_rate"):
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
+
+
+def _check_access(settings: Settings) -> None:
     from tensorgate.transport.access import GROUPS, Restriction
 
     for restriction in settings.restrict:
@@ -169,9 +189,6 @@ def _check(settings: Settings) -> None:
     for group in settings.auth_public:
         if group not in GROUPS:
             raise ValueError(f"auth_public: unknown endpoint group '{group}'")
-    for name in ("access_log_rate", "trace_rate"):
-        if not 0.0 <= getattr(settings, name) <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1")
 
 
 def reference_markdown() -> str:

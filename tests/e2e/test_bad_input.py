@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, serving
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -38,6 +41,13 @@ def expect(
         raw_call(server, message)
     assert info.value.code() == code, info.value.details()
     assert text in info.value.details()
+
+
+def _bytes_request(shape: list[int], raw: bytes) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="identity_bytes")
+    message.inputs.add(name="INPUT", datatype="BYTES", shape=shape)
+    message.raw_input_contents.append(raw)
+    return message
 
 
 def _mutate(fn):  # type: ignore[no-untyped-def]
@@ -106,6 +116,18 @@ CASES = [
         _mutate(lambda m: setattr(m.inputs[0], "datatype", "FLOAT32")),
         grpc.StatusCode.INVALID_ARGUMENT,
         "unknown datatype 'FLOAT32'",
+    ),
+    (
+        "shape product beyond the element limit",
+        _mutate(lambda m: m.inputs[0].shape.__setitem__(slice(None), [2**40, 2**40])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "over the limit of 2147483647 (--max-tensor-elements)",
+    ),
+    (
+        "BYTES element count beyond its content",
+        _bytes_request([2**30], b"\x01\0\0\0a"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "5 bytes of BYTES content cannot hold 1073741824 elements",
     ),
     (
         "malformed protobuf",
@@ -185,3 +207,49 @@ def test_large_message_within_the_default_limit_is_served(
     tensor = grpcclient.InferInput("TEXT", [8], "BYTES")
     tensor.set_data_from_numpy(text)
     assert client.infer("text_stats", [tensor]).as_numpy("LENGTH").tolist() == [1 << 20] * 8
+
+
+def test_tensor_limits_refuse_large_tensors_and_long_bytes_elements(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    limits = ("--max-tensor-elements", "64", "--max-bytes-element", "8")
+    with serving(test_repository, tmp_path_factory, *limits) as limited:
+        big = {
+            "inputs": [
+                {"name": n, "shape": [5, 16], "datatype": "FP32", "data": [1.0] * 80}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+        url = f"http://{limited.http_url}/v2/models"
+        reply = requests.post(f"{url}/add_sub/infer", json=big, timeout=30)
+        assert reply.status_code == 400
+        assert "80 elements, over the limit of 64" in reply.json()["error"]
+        long = {
+            "inputs": [
+                {
+                    "name": "INPUT",
+                    "shape": [1, 4],
+                    "datatype": "BYTES",
+                    "data": ["a", "b", "c", "nine bytes"],
+                }
+            ]
+        }
+        reply = requests.post(f"{url}/identity_bytes/infer", json=long, timeout=30)
+        assert reply.status_code == 400
+        assert "BYTES element 3 has 10 bytes, over the limit of 8" in reply.json()["error"]
+        expect(
+            limited, add_sub_request(5), grpc.StatusCode.INVALID_ARGUMENT, "over the limit of 64"
+        )
+        raw = b"".join(len(v).to_bytes(4, "little") + v for v in (b"a", b"b", b"c", b"123456789"))
+        expect(
+            limited,
+            _bytes_request([1, 4], raw),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "BYTES element 3 has 9 bytes, over the limit of 8",
+        )
+        contents = pb.ModelInferRequest(model_name="identity_bytes")
+        tensor = contents.inputs.add(name="INPUT", datatype="BYTES", shape=[1, 4])
+        tensor.contents.bytes_contents.extend([b"a", b"b", b"c", b"123456789"])
+        expect(limited, contents, grpc.StatusCode.INVALID_ARGUMENT, "over the limit of 8")
+        # Within the limits everything is served as before.
+        raw_call(limited, add_sub_request(4))

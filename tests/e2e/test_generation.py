@@ -97,11 +97,17 @@ def test_concurrent_greedy_text_equals_transformers_generate(
 ) -> None:
     server, dirs = generation
     params = {"max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True}
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        answers = list(pool.map(lambda p: generate(server, model, p, **params), PROMPTS))
-    assert [a["text_output"] for a in answers] == reference(dirs[model])
-    assert all(a["finish_reason"] == "length" for a in answers)
-    assert all(a["num_output_tokens"] == NEW_TOKENS for a in answers)
+    expected = reference(dirs[model])
+    # The tiny cache forces preemption only when the requests overlap enough; on a busy
+    # machine they may not in one round, so the rounds repeat (bounded) until one did.
+    for _ in range(5 if model == "small_cache" else 1):
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            answers = list(pool.map(lambda p: generate(server, model, p, **params), PROMPTS))
+        assert [a["text_output"] for a in answers] == expected
+        assert all(a["finish_reason"] == "length" for a in answers)
+        assert all(a["num_output_tokens"] == NEW_TOKENS for a in answers)
+        if metric(server, "tensorgate_generation_preemptions_total", model=model) > 0:
+            break
     if model == "small_cache":
         assert metric(server, "tensorgate_generation_preemptions_total", model=model) > 0
     if model == "tiny_llama":  # a prompt seen before reuses its cached blocks, same text

@@ -47,7 +47,7 @@ from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queue_parameters
 from tensorgate.dataplane.types import Array, InferRequest
-from tensorgate.errors import TensorgateError, Unavailable
+from tensorgate.errors import DeadlineExceeded, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import Done, InstancePool, Job
 from tensorgate.runners.base import (
     BatchTiming,
@@ -116,6 +116,17 @@ def _run_job(job: Job[_Executed], backend: Backend) -> _Ran:
         return done, exc
 
 
+class _Watched:
+    """A batch under a timeout: when it started, on which instance, and how to fail it."""
+
+    __slots__ = ("backend", "done", "started_ns")
+
+    def __init__(self, backend: Backend, done: Done[_Executed]) -> None:
+        self.started_ns = time.monotonic_ns()
+        self.backend = backend
+        self.done = done
+
+
 class Scheduler:
     """The dynamic batcher: queues one model version's requests, feeds batches to its
     instances. A `ModelRunner`."""
@@ -128,8 +139,13 @@ class Scheduler:
         policy: BatchingPolicy,
         pool: InstancePool[_Ran],
         on_execution: ExecutionObserver | None = None,
+        timeout_s: float = 0.0,
     ) -> None:
         self.name = name
+        # A batch running longer fails its requests and its instance is replaced; 0: never.
+        self.timeout_s = timeout_s
+        self._watched: dict[int, _Watched] = {}  # id(backend) -> its batch, with a timeout
+        self._watchdog: asyncio.TimerHandle | None = None
         self.policy = policy
         self.pool = pool
         self.queue = BatchQueue(policy)
@@ -148,6 +164,7 @@ class Scheduler:
         self._waking = False  # an instance was woken and has not taken its batch yet
         self._loop: asyncio.AbstractEventLoop | None = None
         pool.pull_from(self._pull)
+        pool.on_idle = self._schedule
 
     @property
     def queued(self) -> int:
@@ -168,7 +185,12 @@ class Scheduler:
         return one_result(self.run(request, rows))
 
     def status(self) -> RunnerStatus:
-        return RunnerStatus(self.queue.live, self._running, self.pool.size)
+        return RunnerStatus(self.queue.live, self._running, self.pool.size, self.pool.abandoned)
+
+    @property
+    def serving(self) -> bool:
+        """False while every instance was abandoned and none has replaced it yet."""
+        return self.pool.size > 0
 
     def discard(self) -> None:
         self.pool.close()
@@ -284,7 +306,7 @@ class Scheduler:
             return None
         if more and self._loop is not None:  # another instance is free for what is queued
             self._loop.call_soon_threadsafe(self._schedule)
-        return _run_job(job, backend)
+        return self._run(job, backend)
 
     def _job_done(self, ran: _Ran | BaseException) -> None:
         """On the loop: an instance's job is over; deliver its batch's outcome."""
@@ -326,7 +348,51 @@ class Scheduler:
             if job is None:
                 return None
             self._running += 1
-        return partial(_run_job, job), self._job_done
+        return partial(self._run, job), self._job_done
+
+    def _run(self, job: Job[_Executed], backend: Backend) -> _Ran:
+        """On an instance thread: run a batch, watched when the model has a timeout."""
+        if not self.timeout_s:
+            return _run_job(job, backend)
+        key = id(backend)
+        self._watched[key] = _Watched(backend, job[1])
+        if self._loop is not None and self._watchdog is None:
+            self._loop.call_soon_threadsafe(self._arm_watchdog)
+        try:
+            return _run_job(job, backend)
+        finally:
+            self._watched.pop(key, None)
+
+    # The timeout ----------------------------------------------------------------------
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None and self._watched:
+            # A quarter of the timeout: a hung batch is failed within 1.25 timeouts.
+            delay = max(self.timeout_s / 4, 0.01)
+            self._watchdog = asyncio.get_running_loop().call_later(delay, self._watch)
+
+    def _watch(self) -> None:
+        """On the loop: fail the batches running past the timeout, replace their instances."""
+        self._watchdog = None
+        limit_ns = int(self.timeout_s * 1e9)
+        now = time.monotonic_ns()
+        for key, watched in list(self._watched.items()):
+            if now - watched.started_ns < limit_ns or self._watched.pop(key, None) is None:
+                continue
+            self.pool.abandon(watched.backend)
+            log.error(
+                "model %s: a batch ran past the %.3g s timeout; its instance is abandoned "
+                "and a new one is being created",
+                self.name,
+                self.timeout_s,
+            )
+            watched.done(
+                DeadlineExceeded(
+                    f"model '{self.name}' did not finish within its {self.timeout_s:g} s "
+                    "timeout; the instance was replaced"
+                )
+            )
+        self._arm_watchdog()
 
     def _finished(
         self, batch: list[Pending], dispatched_ns: int, result: _Executed | BaseException
@@ -389,6 +455,8 @@ class Scheduler:
             await self._drained
         if self._timer is not None:
             self._timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await asyncio.to_thread(self.pool.close)
 
     def _check_drained(self) -> None:

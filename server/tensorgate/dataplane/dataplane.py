@@ -261,17 +261,28 @@ class DataPlane:
     def _select_outputs(
         model: ModelVersion, request: InferRequest, produced: dict[str, Array]
     ) -> dict[str, Array]:
-        names = request.requested_outputs or list(model.spec.outputs)
+        spec = model.spec
+        names = request.requested_outputs or list(spec.outputs)
         outputs: dict[str, Array] = {}
         for name in names:
             array = produced.get(name)
             if array is None:
                 raise ModelExecutionError(f"it returned no output '{name}'")
             array = np.asarray(array)
-            want = model.spec.outputs[name].datatype
+            declared = spec.outputs[name]
+            want = declared.datatype
             if array.dtype != want.numpy and (got := datatypes.from_numpy(array.dtype)) != want:
                 raise ModelExecutionError(
                     f"output '{name}' is {got.name} but the config declares {want.name}"
+                )
+            shape = array.shape[1:] if spec.max_batch_size > 0 else array.shape
+            dims = declared.dims
+            if len(shape) != len(dims) or any(
+                d >= 0 and d != n for d, n in zip(dims, shape, strict=True)
+            ):
+                raise ModelExecutionError(
+                    f"output '{name}' has shape {list(array.shape)} but the config declares "
+                    f"{list(declared.metadata_shape(spec.max_batch_size))}"
                 )
             outputs[name] = array
         return outputs

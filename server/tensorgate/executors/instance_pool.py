@@ -8,6 +8,11 @@ asks the scheduler for the next job (`pull_from`) and keeps running. Waking a sl
 thread from the loop costs tens of microseconds on a small VM, as much as the batch it
 carries; this way a loaded model pays it only when its queue runs dry. Results come back to
 the event loop with `call_soon_threadsafe`, one wake-up per batch rather than per request.
+
+An instance whose work hangs can be abandoned (`abandon`): it leaves the pool at once, its
+thread is left to finish on its own (then closes its backend and ends, its result dropped),
+and, when the pool was given a way to create instances, a new one is built off the loop and
+joins the pool when ready.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ def _no_next_job() -> None:
 class _Instance(Generic[T]):
     """One backend instance and the thread that runs it."""
 
-    def __init__(self, backend: Backend, name: str, report: Report[T]) -> None:
+    def __init__(self, backend: Backend, name: str, report: Report[T], index: int) -> None:
         self.backend = backend
+        self.index = index  # which of the config's instances: a replacement takes it over
+        self.abandoned = False  # set on the loop; the thread then ends after its job
         self.next_job: NextJob[T] = _no_next_job
         self._report = report
         self._jobs: queue.SimpleQueue[tuple[Job[T], Callable[..., Any]] | None]
@@ -63,6 +70,9 @@ class _Instance(Generic[T]):
                     result = work(self.backend)
                 except BaseException as exc:  # handed to the loop, which decides
                     result = exc
+                if self.abandoned:  # it ran past its timeout: nobody waits for this any more
+                    self._retire()
+                    return
                 try:
                     job = self.next_job()
                 except Exception:  # a scheduler bug must not kill the instance
@@ -79,17 +89,32 @@ class _Instance(Generic[T]):
         self._thread.join()
         self.backend.close()
 
+    def _retire(self) -> None:
+        log.warning("%s: an abandoned instance finished its work; releasing it", self._thread.name)
+        try:
+            self.backend.close()
+        except Exception:
+            log.exception("%s: closing an abandoned instance failed", self._thread.name)
+
 
 class InstancePool(Generic[T]):
     """The instances of one model version. Methods other than `close` run on the loop."""
 
-    def __init__(self, name: str, backends: list[Backend]) -> None:
+    def __init__(
+        self, name: str, backends: list[Backend], create: Callable[[int], Backend] | None = None
+    ) -> None:
         self.name = name
+        self._create = create  # builds instance i again (blocking); None: no replacements
         self._instances = [
-            _Instance[T](backend, f"tg-{name}-{i}", self._report)
+            _Instance[T](backend, f"tg-{name}-{i}", self._report, i)
             for i, backend in enumerate(backends)
         ]
         self._idle = list(self._instances)
+        self._next_job: NextJob[T] = _no_next_job
+        self.abandoned = 0  # instances given up on, since the load
+        self.on_idle: Callable[[], None] | None = None  # a replacement joined, idle
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def size(self) -> int:
@@ -107,8 +132,51 @@ class InstancePool(Generic[T]):
         its Done is called on the loop like any other. It must be thread-safe against the
         loop's own scheduling, and cheap: the instance's result waits for it.
         """
+        self._next_job = next_job
         for instance in self._instances:
             instance.next_job = next_job
+
+    def abandon(self, backend: Backend) -> None:
+        """On the loop: give up on the instance running `backend` (its work hangs), and
+        build its replacement when the pool can."""
+        for instance in self._instances:
+            if instance.backend is backend:
+                break
+        else:
+            return
+        instance.abandoned = True
+        instance.next_job = _no_next_job
+        self._instances.remove(instance)
+        if instance in self._idle:
+            self._idle.remove(instance)
+        self.abandoned += 1
+        if self._create is not None and not self._closed:
+            task = asyncio.get_running_loop().create_task(self._replace(instance.index))
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, index: int) -> None:
+        delay = 0.5
+        while not self._closed:
+            try:
+                backend = await asyncio.to_thread(self._create, index)  # type: ignore[arg-type]
+                break
+            except Exception:
+                log.exception("%s: building a replacement instance failed; retrying", self.name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        else:
+            return
+        if self._closed:
+            backend.close()
+            return
+        instance = _Instance[T](backend, f"tg-{self.name}-{index}r", self._report, index)
+        instance.next_job = self._next_job
+        self._instances.append(instance)
+        self._idle.append(instance)
+        log.info("%s: a replacement instance joined", self.name)
+        if self.on_idle is not None:
+            self.on_idle()
 
     def run(self, work: Work[T], done: Done[T]) -> None:
         """Run `work(backend)` on an idle instance; `done(result or exception)` on the loop."""
@@ -116,11 +184,17 @@ class InstancePool(Generic[T]):
         instance.submit((work, done), asyncio.get_running_loop().call_soon_threadsafe)
 
     def _report(self, instance: _Instance[T], done: Done[T], result: Any, busy: bool) -> None:
+        if instance.abandoned:  # its job was failed already, when it was given up on
+            return
         if not busy:
             self._idle.append(instance)
         done(result)
 
     def close(self) -> None:
-        """Blocking: wait for running work, stop the threads, release every backend."""
-        for instance in self._instances:
+        """Blocking: wait for running work, stop the threads, release every backend.
+        Abandoned instances are not waited for."""
+        self._closed = True
+        for task in list(self._replacing):
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        for instance in list(self._instances):
             instance.stop()

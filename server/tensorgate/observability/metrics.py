@@ -132,7 +132,8 @@ class MetricsStore:
 
 
 ModelState = tuple[str, str, float, dict[str, int]]  # name, state, load seconds, loads by outcome
-LiveVersion = tuple[str, int, int, int]  # name, version, queued requests, executing batches
+# name, version, queued requests, executing batches, instances abandoned since the load
+LiveVersion = tuple[str, int, int, int, int]
 
 
 class TensorgateCollector(Collector):
@@ -227,13 +228,20 @@ class TensorgateCollector(Collector):
             "Requests inside the data plane now (queued, executing or being answered).",
             labels=labels,
         )
-        for name, version, depth, running in self.live_versions():
+        abandoned = CounterMetricFamily(
+            "tensorgate_instances_abandoned",
+            "Model instances given up on since the load: a batch ran past the model's "
+            "timeout (each is replaced by a new instance).",
+            labels=labels,
+        )
+        for name, version, depth, running, given_up in self.live_versions():
             key = [name, str(version)]
             queued.add_metric(key, depth)
             executing.add_metric(key, running)
+            abandoned.add_metric(key, given_up)
             metrics = self.store.models.get((name, version))
             in_flight.add_metric(key, metrics.in_flight if metrics else 0)
-        yield from (queued, executing, in_flight)
+        yield from (queued, executing, in_flight, abandoned)
 
     def _models(self) -> Iterator[Metric]:
         state = GaugeMetricFamily(

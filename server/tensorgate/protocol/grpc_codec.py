@@ -11,7 +11,13 @@ from tensorgate_protos import grpc_service_pb2 as pb
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
 from tensorgate.protocol import datatypes
-from tensorgate.protocol.tensors import array_from_raw, array_to_raw, check_shape, element_count
+from tensorgate.protocol.tensors import (
+    LIMITS,
+    array_from_raw,
+    array_to_raw,
+    check_bytes_element,
+    check_shape,
+)
 
 
 def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
@@ -45,14 +51,13 @@ def _array_from_contents(
     tensor: pb.ModelInferRequest.InferInputTensor, datatype: datatypes.DataType
 ) -> Array:
     shape = list(tensor.shape)
-    check_shape(tensor.name, shape)
+    count = check_shape(tensor.name, shape)
     if datatype.contents_field is None:
         raise InvalidArgument(
             f"input '{tensor.name}': {datatype.name} has no typed contents field; "
             "send it in raw_input_contents"
         )
     values = getattr(tensor.contents, datatype.contents_field)
-    count = element_count(shape)
     if len(values) != count:
         raise InvalidArgument(
             f"input '{tensor.name}' has {len(values)} elements in "
@@ -60,6 +65,9 @@ def _array_from_contents(
             f", but shape {shape} needs {count}"
         )
     if datatype.name == "BYTES":
+        for index, value in enumerate(values):
+            if len(value) > LIMITS.max_bytes_element:
+                check_bytes_element(tensor.name, index, len(value))
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)

@@ -10,7 +10,6 @@ as binary.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,13 @@ import orjson
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
 from tensorgate.protocol import datatypes
-from tensorgate.protocol.tensors import array_from_raw, array_to_raw, check_shape
+from tensorgate.protocol.tensors import (
+    LIMITS,
+    array_from_raw,
+    array_to_raw,
+    check_bytes_element,
+    check_shape,
+)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _BINARY_ONLY = frozenset({"FP16", "BF16"})
@@ -111,7 +116,10 @@ def _bytes_from_json(name: str, data: Any, count: int) -> Array:
                 f"input '{name}': BYTES data must be strings, element {index} is "
                 f"{type(item).__name__}"
             )
-        array[index] = item.encode("utf-8")
+        encoded = item.encode("utf-8")
+        if len(encoded) > LIMITS.max_bytes_element:
+            check_bytes_element(name, index, len(encoded))
+        array[index] = encoded
     return array
 
 
@@ -129,8 +137,7 @@ def _uint64_from_json(name: str, data: Any) -> Array:
 
 def array_from_json(name: str, data: Any, datatype: datatypes.DataType, shape: list[int]) -> Array:
     """A JSON `data` value (nested or flat, row-major) as an array of `shape` and `datatype`."""
-    check_shape(name, shape)
-    count = math.prod(shape)
+    count = check_shape(name, shape)
     if datatype.name in _BINARY_ONLY:
         raise InvalidArgument(
             f"input '{name}': {datatype.name} has no JSON form; send it as binary data "
@@ -188,7 +195,7 @@ def _binary_input(tensor: Any, binary: memoryview, offset: int, request: InferRe
             return -1
         count *= dim
     end = offset + size
-    if count * datatype.itemsize != size or end > len(binary):
+    if count * datatype.itemsize != size or end > len(binary) or count > LIMITS.max_elements:
         return -1
     request.inputs[name] = np.frombuffer(binary[offset:end], datatype.numpy).reshape(shape)
     request.datatypes[name] = type_name

@@ -3,12 +3,18 @@
 Fixed-size datatypes are little-endian, row-major buffers viewed with `numpy.frombuffer`
 (no copy). BYTES tensors are a sequence of elements, each a 4-byte little-endian length
 followed by that many bytes.
+
+Every decoder checks a tensor's size against `LIMITS` before it allocates anything for it:
+elements per tensor (`--max-tensor-elements`) and bytes per BYTES element
+(`--max-bytes-element`). A shape whose product is huge is an INVALID_ARGUMENT, never a
+MemoryError.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,15 +24,47 @@ from tensorgate.protocol.datatypes import DataType
 _LENGTH = np.dtype("<u4")
 
 
+@dataclass(slots=True)
+class TensorLimits:
+    """What one request's tensor may hold; the server sets them from its settings at start."""
+
+    max_elements: int = 2**31 - 1
+    max_bytes_element: int = 128 * 2**20
+
+
+LIMITS = TensorLimits()
+
+
 def element_count(shape: Sequence[int]) -> int:
     """Number of elements in a tensor of this shape."""
     return math.prod(shape)
 
 
-def check_shape(name: str, shape: Sequence[int]) -> None:
-    """Reject negative dimensions before they reach a size computation."""
+def check_shape(name: str, shape: Sequence[int]) -> int:
+    """Reject negative dimensions and oversized tensors before anything is allocated;
+    returns the element count."""
     if any(dim < 0 for dim in shape):
         raise InvalidArgument(f"input '{name}' has a negative dimension in shape {list(shape)}")
+    return _counted(name, shape)
+
+
+def _counted(name: str, shape: Sequence[int]) -> int:
+    count = math.prod(shape)  # Python integers: a huge product does not wrap around
+    if count > LIMITS.max_elements:
+        raise InvalidArgument(
+            f"input '{name}' has shape {list(shape)}: {count} elements, over the limit of "
+            f"{LIMITS.max_elements} (--max-tensor-elements)"
+        )
+    return count
+
+
+def check_bytes_element(name: str, index: int, length: int) -> None:
+    """Reject a BYTES element over --max-bytes-element."""
+    if length > LIMITS.max_bytes_element:
+        raise InvalidArgument(
+            f"input '{name}': BYTES element {index} has {length} bytes, over the limit of "
+            f"{LIMITS.max_bytes_element} (--max-bytes-element)"
+        )
 
 
 def array_from_raw(
@@ -36,7 +74,7 @@ def array_from_raw(
     shape = tuple(shape)
     if shape and min(shape) < 0:
         check_shape(name, shape)
-    count = math.prod(shape)
+    count = _counted(name, shape)
     itemsize = datatype.itemsize
     if not itemsize:  # BYTES
         return deserialize_bytes(name, raw, count).reshape(shape)
@@ -60,9 +98,14 @@ def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:
 
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """Split length-prefixed BYTES content into an object array of `count` bytes elements."""
-    out = np.empty(count, dtype=np.object_)
     view = memoryview(raw)
     offset, size = 0, len(view)
+    if count * 4 > size:  # every element has its length prefix: refuse before allocating
+        raise InvalidArgument(
+            f"input '{name}': {size} bytes of BYTES content cannot hold {count} elements "
+            "(each needs a 4-byte length)"
+        )
+    out = np.empty(count, dtype=np.object_)
     for index in range(count):
         if offset + 4 > size:
             raise InvalidArgument(
@@ -71,6 +114,8 @@ def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndar
             )
         length = int.from_bytes(view[offset : offset + 4], "little")
         offset += 4
+        if length > LIMITS.max_bytes_element:
+            check_bytes_element(name, index, length)
         if offset + length > size:
             raise InvalidArgument(
                 f"input '{name}': BYTES element {index} declares {length} bytes "

@@ -89,6 +89,11 @@ class ModelRepository:
             model = record.versions[int(version)]
         if model.needs and (missing := self._missing_need(model)):
             raise Unavailable(f"model '{name}' is not ready: {missing}")
+        if not getattr(model.runner, "serving", True):
+            raise Unavailable(
+                f"model '{name}' is not ready: every instance ran past the model's timeout "
+                "and new ones are still being created"
+            )
         return model
 
     def _missing_need(self, model: ModelVersion) -> str:

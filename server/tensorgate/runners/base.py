@@ -63,6 +63,7 @@ class RunnerStatus:
     queued: int  # requests waiting to run
     executing: int  # batches (or streams, or sequences) running
     instances: int  # model instances behind the runner; 0 for an ensemble
+    abandoned: int = 0  # instances given up on (past the model's timeout) since the load
 
 
 class ModelRunner(Protocol):

@@ -17,6 +17,7 @@ says what a loaded version is made of. Steps, in order:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ ENSEMBLE = "ensemble"
 GENERATION = "generation"  # a language model served by tensorgate's generation engine
 
 
+# The config parameter that sets a model's execution timeout, in seconds.
+TIMEOUT_PARAMETER = "model_timeout"
+
+
 def instance_devices(config: mc.ModelConfig) -> list[str]:
     """One device name per instance the config's instance groups ask for."""
     groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
@@ -62,6 +67,23 @@ def instance_devices(config: mc.ModelConfig) -> list[str]:
                 "is not supported"
             )
     return devices
+
+
+def model_timeout(config: mc.ModelConfig, server_default: float) -> float:
+    """Seconds a batch may run: the model's parameter, else the server's; 0: no limit."""
+    param = config.parameters.get(TIMEOUT_PARAMETER)
+    if param is None or not param.string_value:
+        return server_default
+    try:
+        seconds = float(param.string_value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ModelLoadError(
+            f"parameter {TIMEOUT_PARAMETER} must be a number of seconds >= 0, "
+            f"got {param.string_value!r}"
+        )
+    return seconds
 
 
 class VersionBuilder:
@@ -85,12 +107,12 @@ class VersionBuilder:
             return self._ensemble(name, version, config)
         if config.backend == GENERATION:
             return self._generation(name, model_dir / str(version), version, config)
-        instances = self._instances(name, model_dir, version, config)
+        instances, create = self._instances(name, model_dir, version, config)
         try:
             spec = ModelSpec.from_config(config)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
-            runner = self._runner(name, version, config, instances, stats, metrics)
+            runner = self._runner(name, version, config, instances, create, stats, metrics)
         except BaseException:
             for instance in instances:
                 instance.close()
@@ -127,25 +149,31 @@ class VersionBuilder:
 
     def _instances(
         self, name: str, model_dir: Path, version: int, config: mc.ModelConfig
-    ) -> list[Backend]:
+    ) -> tuple[list[Backend], Callable[[int], Backend]]:
+        """The config's instances, and how to create instance i again (a replacement)."""
         version_dir = model_dir / str(version)
         factory = resolve_backend(config, version_dir)
         path = model_file(config, factory, version_dir)
+        devices = instance_devices(config)
+
+        def create(index: int) -> Backend:
+            context = InstanceContext(
+                name,
+                version,
+                model_dir,
+                path,
+                config,
+                devices[index],
+                self.settings.intra_op_threads,
+                index,
+                self.calls,
+            )
+            return factory.create(context)
+
         instances: list[Backend] = []
         try:
-            for index, device in enumerate(instance_devices(config)):
-                context = InstanceContext(
-                    name,
-                    version,
-                    model_dir,
-                    path,
-                    config,
-                    device,
-                    self.settings.intra_op_threads,
-                    index,
-                    self.calls,
-                )
-                instance = factory.create(context)
+            for index in range(len(devices)):
+                instance = create(index)
                 instances.append(instance)
                 if index == 0:
                     signature = _without_controls(instance.signature(), config)
@@ -154,7 +182,7 @@ class VersionBuilder:
             for instance in instances:
                 instance.close()
             raise
-        return instances
+        return instances, create
 
     def _runner(
         self,
@@ -162,11 +190,19 @@ class VersionBuilder:
         version: int,
         config: mc.ModelConfig,
         instances: list[Backend],
+        create: Callable[[int], Backend],
         stats: ModelStats,
         metrics: ModelMetrics | None,
     ) -> ModelRunner:
         observer = _execution_observer(stats, metrics)
         sequences = config.WhichOneof("scheduling_choice") == "sequence_batching"
+        if (sequences or config.model_transaction_policy.decoupled) and (
+            TIMEOUT_PARAMETER in config.parameters
+        ):
+            raise ModelLoadError(
+                f"parameter {TIMEOUT_PARAMETER} is implemented for models served by the "
+                "dynamic batcher only, not for sequence or decoupled models"
+            )
         if sequences and config.model_transaction_policy.decoupled:
             raise ModelLoadError("a decoupled model with sequence_batching is not supported")
         if sequences:
@@ -181,8 +217,9 @@ class VersionBuilder:
             threads = InstanceThreads(f"{name}_{version}", instances)
             return DecoupledRunner(name, threads, self.settings.max_queue_size, observer)
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
-        pool = InstancePool[Any](f"{name}_{version}", instances)
-        return Scheduler(name, policy, pool, observer)
+        pool = InstancePool[Any](f"{name}_{version}", instances, create)
+        timeout = model_timeout(config, self.settings.model_timeout)
+        return Scheduler(name, policy, pool, observer, timeout)
 
 
 def _without_controls(
