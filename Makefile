@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +67,14 @@ docs: $(INSTALLED)
 docs-build: $(INSTALLED)
 	cd docs && $(MKDOCS) build --strict
 
-test: check-protos lint docs-build test-unit test-e2e test-clients
+test: check-protos lint docs-build test-unit test-fuzz test-e2e test-clients
+
+# The parsers under hypothesis: a few hundred inputs each in `make test`, hours in `make fuzz`.
+test-fuzz: $(INSTALLED)
+	$(BIN)/pytest -q tests/fuzz
+
+fuzz: $(INSTALLED)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q tests/fuzz
 
 bench: $(INSTALLED) tools
 	bash benchmarks/run_protocol_bench.sh

@@ -92,6 +92,7 @@ class Servers:
                 "metrics",
                 settings.reuse_port,
                 tls=tls_files(settings),
+                header_timeout_s=settings.http_header_timeout,
             )
 
     def _state_changed(self) -> None:

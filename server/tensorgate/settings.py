@@ -24,6 +24,8 @@ HELP = {
     "strict_readiness": "ready only when every model loaded (default true)",
     "http_port": "port of the REST shim and browser page; -1 disables HTTP",
     "http_max_body_bytes": "largest HTTP request body accepted (413 beyond)",
+    "http_header_timeout": "seconds a client has to send a request's head, from connecting or "
+    "from its first byte; then 408 and the connection closes",
     "http_max_connections": "concurrent HTTP connections and requests before 503",
     "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
     "metrics_port": "port of Prometheus /metrics; -1 disables metrics",
@@ -73,6 +75,7 @@ class Settings:
     http_port: int = 8000  # REST shim; -1 turns it off
     http_max_body_bytes: int = 128 * 2**20
     http_max_connections: int = 2048  # beyond this uvicorn answers 503
+    http_header_timeout: float = 10.0  # slow or silent clients lose their connection
     cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
     model_control_mode: str = "none"  # none | explicit
@@ -172,10 +175,16 @@ def _check(settings: Settings) -> None:
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
     _check_access(settings)
+    _check_numbers(settings)
+
+
+def _check_numbers(settings: Settings) -> None:
     if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:
         raise ValueError("max_tensor_elements must be >= 1 and max_bytes_element >= 0")
     if not settings.model_timeout >= 0:
         raise ValueError("model_timeout must be a number of seconds >= 0")
+    if not settings.http_header_timeout > 0:
+        raise ValueError("http_header_timeout must be a number of seconds > 0")
     for name in ("access_log_rate", "trace_rate"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} must be between 0 and 1")

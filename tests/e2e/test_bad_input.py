@@ -223,7 +223,7 @@ def test_tensor_limits_refuse_large_tensors_and_long_bytes_elements(
         url = f"http://{limited.http_url}/v2/models"
         reply = requests.post(f"{url}/add_sub/infer", json=big, timeout=30)
         assert reply.status_code == 400
-        assert "80 elements, over the limit of 64" in reply.json()["error"]
+        assert "80 elements, or a dimension, over the limit of 64" in reply.json()["error"]
         long = {
             "inputs": [
                 {

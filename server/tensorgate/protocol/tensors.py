@@ -50,10 +50,11 @@ def check_shape(name: str, shape: Sequence[int]) -> int:
 
 def _counted(name: str, shape: Sequence[int]) -> int:
     count = math.prod(shape)  # Python integers: a huge product does not wrap around
-    if count > LIMITS.max_elements:
+    # One huge dimension beside a zero is no elements, yet numpy refuses the shape.
+    if count > LIMITS.max_elements or (shape and max(shape) > LIMITS.max_elements):
         raise InvalidArgument(
-            f"input '{name}' has shape {list(shape)}: {count} elements, over the limit of "
-            f"{LIMITS.max_elements} (--max-tensor-elements)"
+            f"input '{name}' has shape {list(shape)}: {count} elements, or a dimension, over "
+            f"the limit of {LIMITS.max_elements} (--max-tensor-elements)"
         )
     return count
 

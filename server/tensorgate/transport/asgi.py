@@ -19,6 +19,10 @@ from tensorgate.transport.tls import TlsFiles, harden, reload_forever
 
 # The scope extension that carries the request's connection (an HttpProtocol) to the app.
 CONNECTION_EXTENSION = "tensorgate.connection"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+    b"content-length: 39\r\n\r\nthe request head did not arrive in time"
+)
 # Larger bodies go out with writev beside the head instead of being copied to join it.
 _JOIN_MAX_BYTES = 64 * 1024
 
@@ -44,13 +48,50 @@ class HttpProtocol(HttpToolsProtocol):
 
     client_gone = False
     _watcher: asyncio.Task[Any] | None = None
+    # A request's head must arrive within this many seconds of the connection opening or of
+    # its first byte, and its body may pause no longer than this between bytes, or the
+    # connection is closed with 408: slow or silent clients (slowloris) cannot hold
+    # connections. AsgiServer sets it per server.
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+    _in_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+        self._arm_header_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {CONNECTION_EXTENSION: self}  # type: ignore[dict-item]
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._arm_header_timer()  # from now on, for the body's pauses
+        self._in_body = True
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_body:
+            self._arm_header_timer()
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().on_message_complete()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_late)
+
+    def _header_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
 
     def body(self, scope: Any) -> bytes | None:
         """The request's whole body if it has arrived, else None (then use `receive()`)."""
@@ -118,6 +159,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_gone = True
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         super().connection_lost(exc)
         if self._watcher is not None:
             self._watcher.cancel()
@@ -188,11 +232,13 @@ class AsgiServer:
         max_connections: int | None = None,
         grace_s: float = 1.0,
         tls: TlsFiles | None = None,
+        header_timeout_s: float = 10.0,
     ) -> None:
         self.host, self.port, self.what, self.reuse_port = host, port, what, reuse_port
         self.config = uvicorn.Config(
             app,
-            http=HttpProtocol,
+            # A class of this server's own, to carry its header timeout to each connection.
+            http=type("HttpProtocol", (HttpProtocol,), {"header_timeout_s": header_timeout_s}),
             lifespan="off",
             access_log=False,
             log_config=None,

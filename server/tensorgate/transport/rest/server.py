@@ -58,4 +58,5 @@ def http_server(
         settings.http_max_connections,
         grace_s,
         tls_files(settings),
+        settings.http_header_timeout,
     )
