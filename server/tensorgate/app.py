@@ -133,6 +133,12 @@ class Servers:
         await self.grpc.refresh_health()
         return failed
 
+    def in_flight(self) -> int | None:
+        """Requests inside the data plane now; None without metrics (which count them)."""
+        if self.metrics is None:
+            return None
+        return sum(m.in_flight for _, m in self.metrics.snapshot())
+
     async def stop(self, grace_s: float) -> None:
         """Readiness off, then drain every server, then release the models."""
         self.dataplane.draining = True
@@ -190,8 +196,9 @@ async def serve(settings: Settings, log_control: LogControl | None = None) -> in
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining", grace_s=SHUTDOWN_GRACE_S)
+    log.info("shutting down: draining", grace_s=SHUTDOWN_GRACE_S, in_flight=servers.in_flight())
     await servers.stop(SHUTDOWN_GRACE_S)
+    log.info("stopped", unfinished=servers.in_flight())
     return 0
 
 

@@ -56,6 +56,9 @@ HELP = {
     "default",
     "max_queue_size": "waiting requests per model version (and waiting sequences of a sequence "
     "model, open streams of a decoupled one) before RESOURCE_EXHAUSTED",
+    "max_queue_wait": "seconds of expected queue wait beyond which a request is shed at once "
+    "with RESOURCE_EXHAUSTED (dynamic-batcher models; keeps accepted latency low under "
+    "overload); 0: off",
     "reuse_port": "bind with SO_REUSEPORT, so several servers can share the ports",
     "event_loop": "auto (uvloop where installed), uvloop or asyncio",
     "kv_cache_bytes": "KV cache of each generation model, in bytes (a model's kv_cache_bytes "
@@ -87,6 +90,7 @@ class Settings:
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
+    max_queue_wait: float = 0.0  # shed when the expected wait is longer; 0: off
     max_tensor_elements: int = 2**31 - 1  # per request tensor
     max_bytes_element: int = 128 * 2**20  # per BYTES element
     reuse_port: bool = False
@@ -181,8 +185,8 @@ def _check(settings: Settings) -> None:
 def _check_numbers(settings: Settings) -> None:
     if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:
         raise ValueError("max_tensor_elements must be >= 1 and max_bytes_element >= 0")
-    if not settings.model_timeout >= 0:
-        raise ValueError("model_timeout must be a number of seconds >= 0")
+    if not (settings.model_timeout >= 0 and settings.max_queue_wait >= 0):
+        raise ValueError("model_timeout and max_queue_wait must be numbers of seconds >= 0")
     if not settings.http_header_timeout > 0:
         raise ValueError("http_header_timeout must be a number of seconds > 0")
     for name in ("access_log_rate", "trace_rate"):

@@ -1,5 +1,6 @@
 """Fuzzing profiles: `make test` runs a few hundred examples per target (seconds); `make fuzz`
-runs the `fuzz` profile, long (HYPOTHESIS_PROFILE=fuzz), and prints the failing input of
+runs the `fuzz` profile, long (HYPOTHESIS_PROFILE=fuzz; FUZZ_EXAMPLES inputs per target,
+200 000 unless set), and prints the failing input of
 anything it finds, which then becomes an `@example` in the target: a regression test."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "fuzz",
-    max_examples=200_000,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200000")),
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

@@ -47,7 +47,7 @@ from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queue_parameters
 from tensorgate.dataplane.types import Array, InferRequest
-from tensorgate.errors import DeadlineExceeded, TensorgateError, Unavailable
+from tensorgate.errors import DeadlineExceeded, ResourceExhausted, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import Done, InstancePool, Job
 from tensorgate.runners.base import (
     BatchTiming,
@@ -58,6 +58,8 @@ from tensorgate.runners.base import (
 )
 
 log = logging.getLogger(__name__)
+# Weight of the newest batch in the averages of batch time and size.
+_AVERAGING = 0.1
 
 # (batch rows, compute_input ns, compute_infer ns, compute_output ns) of one execution.
 ExecutionObserver = Callable[[int, int, int, int], None]
@@ -140,11 +142,17 @@ class Scheduler:
         pool: InstancePool[_Ran],
         on_execution: ExecutionObserver | None = None,
         timeout_s: float = 0.0,
+        max_wait_s: float = 0.0,
     ) -> None:
         self.name = name
+        # Shed a request whose expected queue wait is longer (latency under overload); 0: off.
+        self.max_wait_ns = int(max_wait_s * 1e9)
         # A batch running longer fails its requests and its instance is replaced; 0: never.
         self.timeout_s = timeout_s
         self._watched: dict[int, _Watched] = {}  # id(backend) -> its batch, with a timeout
+        # Recent batches, averaged (the expected queue wait of deadline-aware admission).
+        self._batch_ns = 0.0
+        self._batch_requests = 1.0
         self._watchdog: asyncio.TimerHandle | None = None
         self.policy = policy
         self.pool = pool
@@ -179,7 +187,35 @@ class Scheduler:
     def run(self, request: InferRequest, rows: int) -> Awaitable[Scheduled]:
         """The runner's entry: the request's queue parameters, then `submit`."""
         priority, timeout_us = queue_parameters(request.parameters)
+        if self.queue.live and (request.deadline_ns or self.max_wait_ns):
+            self._admit(request.deadline_ns)
         return self.submit(request.inputs, rows, priority, timeout_us)
+
+    def expected_wait_ns(self) -> int:
+        """How long a request queued now would wait for its batch to start, from the
+        recent batches' duration and size: 0 before any batch ran."""
+        if not self._batch_ns:
+            return 0
+        instances = max(1, self.pool.size)
+        batches_ahead = self.queue.live / max(1.0, self._batch_requests) / instances
+        return int(-(-batches_ahead // 1) * self._batch_ns)
+
+    def _admit(self, deadline_ns: int) -> None:
+        """Refuse at once a request that would wait longer than --max-queue-wait, or whose
+        deadline comes before its batch would start."""
+        wait_ns = self.expected_wait_ns()
+        if self.max_wait_ns and wait_ns > self.max_wait_ns:
+            raise ResourceExhausted(
+                f"model '{self.name}' has {self.queue.live} requests queued, about "
+                f"{wait_ns / 1e6:.0f} ms of waiting, more than --max-queue-wait allows"
+            )
+        left_ns = deadline_ns - time.monotonic_ns()
+        if deadline_ns and wait_ns > left_ns:
+            raise DeadlineExceeded(
+                f"model '{self.name}' has {self.queue.live} requests queued, about "
+                f"{wait_ns / 1e6:.0f} ms of waiting; the request's deadline is "
+                f"{max(left_ns, 0) / 1e6:.0f} ms away"
+            )
 
     def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
         return one_result(self.run(request, rows))
@@ -413,6 +449,12 @@ class Scheduler:
             timing = BatchTiming(
                 dispatched_ns, result.merged_ns, result.inferred_ns, now, rows, len(batch)
             )
+            took = now - dispatched_ns
+            if self._batch_ns:
+                self._batch_ns += _AVERAGING * (took - self._batch_ns)
+                self._batch_requests += _AVERAGING * (len(batch) - self._batch_requests)
+            else:
+                self._batch_ns, self._batch_requests = float(took), float(len(batch))
             for item, outputs in zip(batch, result.parts, strict=True):
                 if type(outputs) is not dict:  # one request's own error (execute_requests)
                     self._deliver(item.handle, outputs)

@@ -219,7 +219,7 @@ class VersionBuilder:
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
         pool = InstancePool[Any](f"{name}_{version}", instances, create)
         timeout = model_timeout(config, self.settings.model_timeout)
-        return Scheduler(name, policy, pool, observer, timeout)
+        return Scheduler(name, policy, pool, observer, timeout, self.settings.max_queue_wait)
 
 
 def _without_controls(

@@ -153,7 +153,11 @@ class InferenceServicer:
                 self.dataplane.infer,
                 encode_infer_response,
             )
-        response = await self.dataplane.infer(decode_infer_request(request))
+        decoded = decode_infer_request(request)
+        remaining_s = context.time_remaining()
+        if remaining_s is not None:  # deadline-aware admission reads it
+            decoded.deadline_ns = time.monotonic_ns() + int(remaining_s * 1e9)
+        response = await self.dataplane.infer(decoded)
         return encode_infer_response(response)
 
     def _decode_streamed(self, request: pb.ModelInferRequest) -> InferRequest:

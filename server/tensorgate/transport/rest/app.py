@@ -18,7 +18,13 @@ import orjson
 
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
-from tensorgate.errors import INTERNAL_MESSAGE, ErrorKind, InvalidArgument, TensorgateError
+from tensorgate.errors import (
+    INTERNAL_MESSAGE,
+    ErrorKind,
+    InvalidArgument,
+    TensorgateError,
+    Unavailable,
+)
 from tensorgate.generation import openai_api
 from tensorgate.observability.context import CallContext, begin_call
 from tensorgate.observability.tracing import RequestTrace, traced_infer
@@ -213,6 +219,8 @@ class RestApp:
         path: str = scope["path"]
         if verb == "OPTIONS":  # a CORS preflight carries no credentials
             return 204, b"", self._preflight(scope)
+        if verb == "POST" and self.dataplane.draining:  # requests in flight finish; no new
+            raise Unavailable("the server is shutting down")
         if path.startswith("/v1/") and (verb, path) in OPENAI_ROUTES:
             self._authorize("metadata" if verb == "GET" else "inference", scope)
             return await self._openai(verb, path, scope, receive, send, headers, call)
