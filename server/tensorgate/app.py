@@ -6,8 +6,10 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
 import structlog
+from prometheus_client import generate_latest
 
 from tensorgate import __version__
 from tensorgate.dataplane.dataplane import DataPlane
@@ -27,6 +29,8 @@ from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.server import GrpcServer
 from tensorgate.transport.rest.server import http_server
 from tensorgate.transport.tls import tls_files
+from tensorgate.workers.role import WorkerRole
+from tensorgate.workers.siblings import Siblings
 
 log = structlog.stdlib.get_logger("tensorgate")
 
@@ -48,6 +52,7 @@ class Servers:
         settings: Settings,
         log_control: LogControl | None = None,
         tracing: Tracing | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self.settings = settings
         # The codecs read these for every tensor (protocol/tensors.py).
@@ -68,13 +73,8 @@ class Servers:
         self.policy = build_policy(
             settings.restrict, settings.auth_token_file, settings.auth_public
         )
-        self.grpc = GrpcServer(settings, self.dataplane, log_control, self.policy)
-        self.http = (
-            http_server(settings, self.dataplane, SHUTDOWN_GRACE_S, log_control, self.policy)
-            if settings.http_port >= 0
-            else None
-        )
-        self.metrics_server: AsgiServer | None = None
+        self.role = role
+        registry = None
         if self.metrics is not None:
             collector = TensorgateCollector(
                 self.metrics,
@@ -85,6 +85,32 @@ class Servers:
             )
             generation = GenerationCollector(self.dataplane.generation_snapshots)
             registry = build_registry(collector, generation, AccessCollector(self.policy))
+        metrics_text = partial(generate_latest, registry) if registry is not None else None
+        siblings = Siblings(role) if role is not None else None
+        self.grpc = GrpcServer(
+            settings, self.dataplane, log_control, self.policy, metrics_text, siblings
+        )
+        # A worker also listens on its own socket, for its siblings and the supervisor.
+        self.private = (
+            GrpcServer(
+                settings,
+                self.dataplane,
+                log_control,
+                metrics_text=metrics_text,
+                private_address=role.address(role.index),
+            )
+            if role is not None
+            else None
+        )
+        self.http = (
+            http_server(
+                settings, self.dataplane, SHUTDOWN_GRACE_S, log_control, self.policy, siblings
+            )
+            if settings.http_port >= 0
+            else None
+        )
+        self.metrics_server: AsgiServer | None = None
+        if registry is not None and role is None:  # a supervisor serves the workers' metrics
             self.metrics_server = AsgiServer(
                 MetricsApp(registry, self.policy),
                 settings.host,
@@ -118,11 +144,18 @@ class Servers:
             raise
         return ports
 
+    async def start_private(self) -> None:
+        """A worker's own socket (siblings and the supervisor call it from the start)."""
+        assert self.private is not None
+        await self.private.start()
+
     async def load(self) -> list[tuple[str, BaseException]]:
         """Start-up loading; the server turns ready when it is done (and, strictly, all
         models loaded). Returns the models that failed."""
         settings, repository = self.settings, self.repository
         names = models_to_load(settings, repository.scan())
+        if self.role is not None and settings.model_control_mode == "explicit":
+            names = sorted(set(names) | set(await self._loaded_by_siblings()))
         results = await asyncio.gather(
             *(repository.ensure_loaded(n) for n in names), return_exceptions=True
         )
@@ -132,6 +165,16 @@ class Servers:
         self.dataplane.started = True
         await self.grpc.refresh_health()
         return failed
+
+    async def _loaded_by_siblings(self) -> list[str]:
+        """What the other workers have loaded (a restarted worker catches up with them)."""
+        from tensorgate_protos import grpc_service_pb2 as pb
+
+        assert self.role is not None
+        indexes = await Siblings(self.role).gather(
+            "RepositoryIndex", pb.RepositoryIndexRequest(ready=True)
+        )
+        return [m.name for index in indexes for m in index.models if m.state == "READY"]
 
     def in_flight(self) -> int | None:
         """Requests inside the data plane now; None without metrics (which count them)."""
@@ -145,6 +188,7 @@ class Servers:
         await self.grpc.refresh_health()
         await asyncio.gather(
             self.grpc.stop(grace_s),
+            *([self.private.stop(grace_s)] if self.private is not None else []),
             *(s.stop() for s in (self.http, self.metrics_server) if s is not None),
         )
         await self.repository.close()
@@ -152,31 +196,45 @@ class Servers:
             self.tracing.shutdown()
 
 
-async def serve(settings: Settings, log_control: LogControl | None = None) -> int:
-    """Run the server until a signal arrives; returns the process exit code."""
+async def serve(
+    settings: Settings, log_control: LogControl | None = None, role: WorkerRole | None = None
+) -> int:
+    """Run the server until a signal arrives; returns the process exit code. With `role`,
+    this process is one worker of several (workers/supervisor.py)."""
     started = time.perf_counter()
     root = settings.model_repository
     if not root.is_dir():
         log.error(f"model repository {root} does not exist or is not a directory")
         return 2
     try:
-        servers = Servers(settings, log_control)
+        servers = Servers(settings, log_control, role=role)
     except (RuntimeError, ValueError, OSError) as exc:  # tracing without its extra, a bad
         log.error(str(exc))  # token file
         return 2
     try:
-        ports = await servers.start()
+        # A worker takes connections only once its models are loaded: until then the kernel
+        # sends every connection to its siblings, whose readiness is not in doubt.
+        ports = await servers.start() if role is None else {}
+        if role is not None:
+            await servers.start_private()
     except PortInUse as exc:  # start() has already closed whatever it had opened
         log.error(str(exc))
         return 2
     log.info(
-        "listening (not ready until models load)",
+        "listening (not ready until models load)" if role is None else "loading",
         host=settings.host,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **ports,
     )
 
     failed = await servers.load()
+    if role is not None:
+        try:
+            ports = await servers.start()
+        except PortInUse as exc:
+            log.error(str(exc))
+            await servers.stop(0)
+            return 2
     for name, error in failed:
         message = error.message if isinstance(error, TensorgateError) else repr(error)
         log.error("model is unavailable", model=name, reason=message)
@@ -189,11 +247,13 @@ async def serve(settings: Settings, log_control: LogControl | None = None) -> in
         models=len(servers.dataplane.loaded_versions()),
         failed=len(failed),
         seconds=round(time.perf_counter() - started, 2),
+        **ports,
     )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # A worker leaves Ctrl-C to its supervisor, which sends it SIGTERM.
+    for sig in (signal.SIGINT, signal.SIGTERM) if role is None else (signal.SIGTERM,):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining", grace_s=SHUTDOWN_GRACE_S, in_flight=servers.in_flight())
@@ -223,12 +283,23 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(settings: Settings) -> int:
-    """Configure logging and run the server's event loop."""
+    """Configure logging and run the server's event loop (or, with --workers, the
+    supervisor of worker processes)."""
     log_control = LogControl(settings.log_level, settings.dev)
     try:
         factory = loop_factory(settings.event_loop)
     except RuntimeError as exc:
         log.error(str(exc))
         return 2
+    if settings.workers != "1":
+        from tensorgate.workers.supervisor import supervise, worker_count
+
+        if not settings.model_repository.is_dir():
+            log.error(f"model repository {settings.model_repository} is not a directory")
+            return 2
+        count = worker_count(settings)
+        if count > 1:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                return runner.run(supervise(settings, count))
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(serve(settings, log_control))

@@ -59,6 +59,8 @@ HELP = {
     "max_queue_wait": "seconds of expected queue wait beyond which a request is shed at once "
     "with RESOURCE_EXHAUSTED (dynamic-batcher models; keeps accepted latency low under "
     "overload); 0: off",
+    "workers": "worker processes sharing the ports: a number, or auto (one per core, one when "
+    "a model holds a GPU or a KV cache); instance_group counts are per worker",
     "reuse_port": "bind with SO_REUSEPORT, so several servers can share the ports",
     "event_loop": "auto (uvloop where installed), uvloop or asyncio",
     "kv_cache_bytes": "KV cache of each generation model, in bytes (a model's kv_cache_bytes "
@@ -93,6 +95,7 @@ class Settings:
     max_queue_wait: float = 0.0  # shed when the expected wait is longer; 0: off
     max_tensor_elements: int = 2**31 - 1  # per request tensor
     max_bytes_element: int = 128 * 2**20  # per BYTES element
+    workers: str = "1"  # processes sharing the ports; "auto": one per core
     reuse_port: bool = False
     event_loop: str = "auto"  # auto (uvloop where installed) | uvloop | asyncio
     # TLS for gRPC and HTTP (PEM files); with a client CA, clients must present a certificate.
@@ -183,6 +186,8 @@ def _check(settings: Settings) -> None:
 
 
 def _check_numbers(settings: Settings) -> None:
+    if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers)):
+        raise ValueError(f"workers must be a positive number or auto, got {settings.workers!r}")
     if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:
         raise ValueError("max_tensor_elements must be >= 1 and max_bytes_element >= 0")
     if not (settings.model_timeout >= 0 and settings.max_queue_wait >= 0):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tensorgate_protos/server_status.proto\x12\ntensorgate\x1a\x1cgoogle/api/annotations.proto\"\x18\n\x16SchedulerStatusRequest\"\x8a\x05\n\x17SchedulerStatusResponse\x12\x42\n\x06models\x18\x01 \x03(\x0b\x32\x32.tensorgate.SchedulerStatusResponse.ModelScheduler\x1a\xc7\x01\n\x0eModelScheduler\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06queued\x18\x03 \x01(\x04\x12\x11\n\texecuting\x18\x04 \x01(\x04\x12\x11\n\tinstances\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12H\n\ngeneration\x18\x07 \x01(\x0b\x32\x34.tensorgate.SchedulerStatusResponse.GenerationEngine\x1a\xe0\x02\n\x10GenerationEngine\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x13\n\x0bpreemptions\x18\x03 \x01(\x04\x12\x16\n\x0ekv_blocks_used\x18\x04 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x05 \x01(\r\x12#\n\x1bprefix_cache_queried_tokens\x18\x06 \x01(\x04\x12\x1f\n\x17prefix_cache_hit_tokens\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12\x19\n\x11\x66irst_token_count\x18\n \x01(\x04\x12\x1b\n\x13\x66irst_token_seconds\x18\x0b \x01(\x01\x12\x19\n\x11inter_token_count\x18\x0c \x01(\x04\x12\x1b\n\x13inter_token_seconds\x18\r \x01(\x01\x32\x81\x01\n\x0cServerStatus\x12q\n\x0fSchedulerStatus\x12\".tensorgate.SchedulerStatusRequest\x1a#.tensorgate.SchedulerStatusResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v2/schedulerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tensorgate_protos/server_status.proto\x12\ntensorgate\x1a\x1cgoogle/api/annotations.proto\"\x10\n\x0eMetricsRequest\"\x1f\n\x0fMetricsResponse\x12\x0c\n\x04text\x18\x01 \x01(\x0c\"\x18\n\x16SchedulerStatusRequest\"\x8a\x05\n\x17SchedulerStatusResponse\x12\x42\n\x06models\x18\x01 \x03(\x0b\x32\x32.tensorgate.SchedulerStatusResponse.ModelScheduler\x1a\xc7\x01\n\x0eModelScheduler\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06queued\x18\x03 \x01(\x04\x12\x11\n\texecuting\x18\x04 \x01(\x04\x12\x11\n\tinstances\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12H\n\ngeneration\x18\x07 \x01(\x0b\x32\x34.tensorgate.SchedulerStatusResponse.GenerationEngine\x1a\xe0\x02\n\x10GenerationEngine\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x13\n\x0bpreemptions\x18\x03 \x01(\x04\x12\x16\n\x0ekv_blocks_used\x18\x04 \x01(\r\x12\x16\n\x0ekv_blocks_free\x18\x05 \x01(\r\x12#\n\x1bprefix_cache_queried_tokens\x18\x06 \x01(\x04\x12\x1f\n\x17prefix_cache_hit_tokens\x18\x07 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x08 \x01(\x04\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12\x19\n\x11\x66irst_token_count\x18\n \x01(\x04\x12\x1b\n\x13\x66irst_token_seconds\x18\x0b \x01(\x01\x12\x19\n\x11inter_token_count\x18\x0c \x01(\x04\x12\x1b\n\x13inter_token_seconds\x18\r \x01(\x01\x32\xc7\x01\n\x0cServerStatus\x12q\n\x0fSchedulerStatus\x12\".tensorgate.SchedulerStatusRequest\x1a#.tensorgate.SchedulerStatusResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v2/scheduler\x12\x44\n\x07Metrics\x12\x1a.tensorgate.MetricsRequest\x1a\x1b.tensorgate.MetricsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVERSTATUS'].methods_by_name['SchedulerStatus']._loaded_options = None
   _globals['_SERVERSTATUS'].methods_by_name['SchedulerStatus']._serialized_options = b'\202\323\344\223\002\017\022\r/v2/scheduler'
-  _globals['_SCHEDULERSTATUSREQUEST']._serialized_start=83
-  _globals['_SCHEDULERSTATUSREQUEST']._serialized_end=107
-  _globals['_SCHEDULERSTATUSRESPONSE']._serialized_start=110
-  _globals['_SCHEDULERSTATUSRESPONSE']._serialized_end=760
-  _globals['_SCHEDULERSTATUSRESPONSE_MODELSCHEDULER']._serialized_start=206
-  _globals['_SCHEDULERSTATUSRESPONSE_MODELSCHEDULER']._serialized_end=405
-  _globals['_SCHEDULERSTATUSRESPONSE_GENERATIONENGINE']._serialized_start=408
-  _globals['_SCHEDULERSTATUSRESPONSE_GENERATIONENGINE']._serialized_end=760
-  _globals['_SERVERSTATUS']._serialized_start=763
-  _globals['_SERVERSTATUS']._serialized_end=892
+  _globals['_METRICSREQUEST']._serialized_start=83
+  _globals['_METRICSREQUEST']._serialized_end=99
+  _globals['_METRICSRESPONSE']._serialized_start=101
+  _globals['_METRICSRESPONSE']._serialized_end=132
+  _globals['_SCHEDULERSTATUSREQUEST']._serialized_start=134
+  _globals['_SCHEDULERSTATUSREQUEST']._serialized_end=158
+  _globals['_SCHEDULERSTATUSRESPONSE']._serialized_start=161
+  _globals['_SCHEDULERSTATUSRESPONSE']._serialized_end=811
+  _globals['_SCHEDULERSTATUSRESPONSE_MODELSCHEDULER']._serialized_start=257
+  _globals['_SCHEDULERSTATUSRESPONSE_MODELSCHEDULER']._serialized_end=456
+  _globals['_SCHEDULERSTATUSRESPONSE_GENERATIONENGINE']._serialized_start=459
+  _globals['_SCHEDULERSTATUSRESPONSE_GENERATIONENGINE']._serialized_end=811
+  _globals['_SERVERSTATUS']._serialized_start=814
+  _globals['_SERVERSTATUS']._serialized_end=1013
 # @@protoc_insertion_point(module_scope)

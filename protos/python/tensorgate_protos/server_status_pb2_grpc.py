@@ -39,6 +39,11 @@ class ServerStatusStub:
                 request_serializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
                 response_deserializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/tensorgate.ServerStatus/Metrics',
+                request_serializer=tensorgate__protos_dot_server__status__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=tensorgate__protos_dot_server__status__pb2.MetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ServerStatusServicer:
@@ -50,6 +55,14 @@ class ServerStatusServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """This process's Prometheus exposition: how a supervisor of worker processes gathers
+        every worker's series into one /metrics. No HTTP route: /metrics is the HTTP form.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServerStatusServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_ServerStatusServicer_to_server(servicer, server):
                     servicer.SchedulerStatus,
                     request_deserializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.FromString,
                     response_serializer=tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=tensorgate__protos_dot_server__status__pb2.MetricsRequest.FromString,
+                    response_serializer=tensorgate__protos_dot_server__status__pb2.MetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class ServerStatus:
             '/tensorgate.ServerStatus/SchedulerStatus',
             tensorgate__protos_dot_server__status__pb2.SchedulerStatusRequest.SerializeToString,
             tensorgate__protos_dot_server__status__pb2.SchedulerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgate.ServerStatus/Metrics',
+            tensorgate__protos_dot_server__status__pb2.MetricsRequest.SerializeToString,
+            tensorgate__protos_dot_server__status__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

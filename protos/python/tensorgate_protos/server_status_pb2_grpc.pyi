@@ -35,11 +35,19 @@ class ServerStatusStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ServerStatusAsyncStub: ...
     SchedulerStatus: _grpc.UnaryUnaryMultiCallable[_server_status_pb2.SchedulerStatusRequest, _server_status_pb2.SchedulerStatusResponse]
+    Metrics: _grpc.UnaryUnaryMultiCallable[_server_status_pb2.MetricsRequest, _server_status_pb2.MetricsResponse]
+    """This process's Prometheus exposition: how a supervisor of worker processes gathers
+    every worker's series into one /metrics. No HTTP route: /metrics is the HTTP form.
+    """
 
 @_typing.type_check_only
 class ServerStatusAsyncStub(ServerStatusStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SchedulerStatus: _aio.UnaryUnaryMultiCallable[_server_status_pb2.SchedulerStatusRequest, _server_status_pb2.SchedulerStatusResponse]  # type: ignore[assignment]
+    Metrics: _aio.UnaryUnaryMultiCallable[_server_status_pb2.MetricsRequest, _server_status_pb2.MetricsResponse]  # type: ignore[assignment]
+    """This process's Prometheus exposition: how a supervisor of worker processes gathers
+    every worker's series into one /metrics. No HTTP route: /metrics is the HTTP form.
+    """
 
 class ServerStatusServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +56,15 @@ class ServerStatusServicer(metaclass=_abc_1.ABCMeta):
         request: _server_status_pb2.SchedulerStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_server_status_pb2.SchedulerStatusResponse, _abc.Awaitable[_server_status_pb2.SchedulerStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Metrics(
+        self,
+        request: _server_status_pb2.MetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_server_status_pb2.MetricsResponse, _abc.Awaitable[_server_status_pb2.MetricsResponse]]:
+        """This process's Prometheus exposition: how a supervisor of worker processes gathers
+        every worker's series into one /metrics. No HTTP route: /metrics is the HTTP form.
+        """
 
 def add_ServerStatusServicer_to_server(servicer: ServerStatusServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

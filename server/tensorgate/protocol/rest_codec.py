@@ -191,7 +191,7 @@ def _binary_input(tensor: Any, binary: memoryview, offset: int, request: InferRe
         return -1
     count = 1
     for dim in shape:
-        if type(dim) is not int or dim < 0:
+        if type(dim) is not int or dim < 0 or dim > LIMITS.max_elements:
             return -1
         count *= dim
     end = offset + size

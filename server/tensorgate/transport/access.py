@@ -71,6 +71,7 @@ RPC_GROUPS = {
     "RepositoryModelUnload": "model-repository",
     "ModelStatistics": "statistics",
     "SchedulerStatus": "statistics",
+    "Metrics": "statistics",
     "TraceSetting": "trace",
     "LogSettings": "logging",
     "SystemSharedMemoryStatus": "shared-memory",

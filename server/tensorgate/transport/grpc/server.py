@@ -11,6 +11,7 @@ Health (grpc.health.v1, Check and Watch) answers for these service names:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from tensorgate.transport.grpc.access import AccessInterceptor
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
 from tensorgate.transport.tls import grpc_credentials, tls_files
+from tensorgate.workers.siblings import Siblings
 
 
 class GrpcServer:
@@ -38,20 +40,29 @@ class GrpcServer:
         dataplane: DataPlane,
         log_control: LogControl | None = None,
         policy: AccessPolicy | None = None,
+        metrics_text: Callable[[], bytes] | None = None,
+        siblings: Siblings | None = None,
+        private_address: str | None = None,
     ) -> None:
+        """`private_address`: a worker's own unix socket for its siblings and supervisor,
+        plain and unrestricted (the socket's directory is the process owner's only)."""
         self.dataplane = dataplane
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+            ("grpc.so_reuseport", 1 if settings.reuse_port and not private_address else 0),
         ]
-        interceptors = [AccessInterceptor(policy)] if policy is not None and policy.active else []
+        interceptors = []
+        if policy is not None and policy.active and private_address is None:
+            interceptors.append(AccessInterceptor(policy))
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
-        inference = InferenceServicer(dataplane, log_control, settings.log_updates_allowed)
+        inference = InferenceServicer(
+            dataplane, log_control, settings.log_updates_allowed, siblings
+        )
         self.server.add_generic_rpc_handlers(
             (
                 build_handler(inference),
-                build_handler(StatusServicer(dataplane), STATUS_SERVICE),
+                build_handler(StatusServicer(dataplane, metrics_text), STATUS_SERVICE),
             )
         )
         self.health = health.aio.HealthServicer()
@@ -65,8 +76,8 @@ class GrpcServer:
             ),
             self.server,
         )
-        self.address = f"{settings.host}:{settings.grpc_port}"
-        self.credentials = _server_credentials(settings)
+        self.address = private_address or f"{settings.host}:{settings.grpc_port}"
+        self.credentials = None if private_address else _server_credentials(settings)
         self._published: dict[str, int] = {}
         self._refreshes: set[asyncio.Task[None]] = set()
 

@@ -26,6 +26,7 @@ from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
+from tensorgate.workers.siblings import Siblings, merge_index, merge_statistics
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,14 @@ class InferenceServicer:
         dataplane: DataPlane,
         log_control: LogControl | None = None,
         log_updates_allowed: bool = False,
+        siblings: Siblings | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.log_control = log_control
         self.log_updates_allowed = log_updates_allowed
+        # Other worker processes of this server (--workers): statistics, the index, control
+        # and log settings answer for all of them. None: this process is the whole server.
+        self.siblings = siblings
 
     def _trace(self, name: str) -> RequestTrace | None:
         tracing = self.dataplane.tracing
@@ -121,6 +126,9 @@ class InferenceServicer:
             encode_model_statistics(
                 response.model_stats.add(), model.name, model.version, model.stats
             )
+        if self.siblings is not None:
+            others = await self.siblings.gather("ModelStatistics", request)
+            return merge_statistics([response, *others])
         return response
 
     async def RepositoryIndex(
@@ -129,18 +137,25 @@ class InferenceServicer:
         response = pb.RepositoryIndexResponse()
         for name, version, state, reason in self.dataplane.repository_index(request.ready):
             response.models.add(name=name, version=version, state=state, reason=reason)
+        if self.siblings is not None:
+            others = await self.siblings.gather("RepositoryIndex", request)
+            return merge_index([response, *others])
         return response
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
         await self.dataplane.load_model(request.model_name, list(request.parameters))
+        if self.siblings is not None:  # every worker has it before the caller hears back
+            await self.siblings.gather("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
         await self.dataplane.unload_model(request.model_name)
+        if self.siblings is not None:
+            await self.siblings.gather("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(
@@ -270,6 +285,8 @@ class InferenceServicer:
                 "or --model-control-mode explicit to change them"
             )
         current = control.update(changes) if changes else control.settings()
+        if changes and self.siblings is not None:
+            await self.siblings.gather("LogSettings", request)
         response = pb.LogSettingsResponse()
         for key, setting in current.items():
             target = response.settings[key]
@@ -292,10 +309,19 @@ class InferenceServicer:
 
 
 class StatusServicer:
-    """tensorgate.ServerStatus: the schedulers' state, for the browser page's live view."""
+    """tensorgate.ServerStatus: the schedulers' state, for the browser page's live view, and
+    this process's metrics, for the supervisor of worker processes."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(
+        self, dataplane: DataPlane, metrics_text: Callable[[], bytes] | None = None
+    ) -> None:
         self.dataplane = dataplane
+        self.metrics_text = metrics_text
+
+    async def Metrics(self, request: status_pb.MetricsRequest, context: Any) -> Any:
+        if self.metrics_text is None:
+            raise Unimplemented("metrics are off in this process (--metrics-port -1)")
+        return status_pb.MetricsResponse(text=self.metrics_text())
 
     async def SchedulerStatus(
         self, request: status_pb.SchedulerStatusRequest, context: Any

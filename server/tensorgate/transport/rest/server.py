@@ -15,6 +15,7 @@ from tensorgate.transport.rest.app import RestApp
 from tensorgate.transport.rest.openapi import build_openapi
 from tensorgate.transport.rest.routes import build_routes
 from tensorgate.transport.tls import tls_files
+from tensorgate.workers.siblings import Siblings
 
 
 def build_app(
@@ -22,11 +23,15 @@ def build_app(
     dataplane: DataPlane,
     log_control: LogControl | None = None,
     policy: AccessPolicy | None = None,
+    siblings: Siblings | None = None,
 ) -> RestApp:
     """The ASGI app over the same servicers (and so the same data plane) as gRPC."""
     router = build_routes(
         [
-            (SERVICE, InferenceServicer(dataplane, log_control, settings.log_updates_allowed)),
+            (
+                SERVICE,
+                InferenceServicer(dataplane, log_control, settings.log_updates_allowed, siblings),
+            ),
             (STATUS_SERVICE, StatusServicer(dataplane)),
         ]
     )
@@ -47,10 +52,11 @@ def http_server(
     grace_s: float,
     log_control: LogControl | None = None,
     policy: AccessPolicy | None = None,
+    siblings: Siblings | None = None,
 ) -> AsgiServer:
     """The HTTP server: the REST app built from the schema, on tensorgate's uvicorn protocol."""
     return AsgiServer(
-        build_app(settings, dataplane, log_control, policy),
+        build_app(settings, dataplane, log_control, policy, siblings),
         settings.host,
         settings.http_port,
         "HTTP",

@@ -1,0 +1,1 @@
+"""Worker processes: a supervisor and the workers that share the server's ports."""

@@ -1,0 +1,245 @@
+"""`--workers 2`: two processes share the ports; clients, metrics, statistics and repository
+control see one server, and a worker killed under load is replaced while the other serves."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.conftest import Server, serving
+from tests.e2e.test_tools import PERF_ANALYZER
+
+pytestmark = pytest.mark.slow
+
+
+def _inputs() -> list[grpcclient.InferInput]:
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        tensor = grpcclient.InferInput(name, [1, 16], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+        inputs.append(tensor)
+    return inputs
+
+
+HTTP_BODY = {
+    "inputs": [
+        {"name": n, "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}
+        for n in ("INPUT0", "INPUT1")
+    ]
+}
+
+
+def _metric(server: Server, pattern: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    found = re.search(pattern + r" (\S+)", text)
+    assert found, (pattern, text[-3000:])
+    return float(found.group(1))
+
+
+def _workers(server: Server) -> list[int]:
+    """The worker processes' pids: the supervisor's children that run a worker (not
+    multiprocessing's resource tracker)."""
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if re.search(rf"^PPid:\s+{server.process.pid}$", text, re.M) and b"spawn_main" in command:
+            children.append(int(status.parent.name))
+    return sorted(children)
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    with serving(
+        test_repository, tmp_path_factory, "--workers", "2", "--access-log-rate", "1"
+    ) as server:
+        yield server
+
+
+def test_two_workers_serve_as_one_server_in_metrics_and_statistics(two_workers: Server) -> None:
+    sent = 0
+    for _ in range(30):  # a connection each: the kernel spreads them over both workers
+        reply = requests.post(
+            f"http://{two_workers.http_url}/v2/models/add_sub/infer",
+            json=HTTP_BODY,
+            headers={"connection": "close"},
+            timeout=30,
+        )
+        assert reply.status_code == 200
+        sent += 1
+    for _ in range(10):
+        with grpcclient.InferenceServerClient(two_workers.url) as client:
+            for _ in range(3):
+                client.infer("add_sub", _inputs())
+                sent += 1
+    served_by = {r.get("worker") for r in two_workers.log_records() if r["event"] == "infer"}
+    assert served_by == {0, 1}
+    http = _metric(
+        two_workers,
+        r'tensorgate_requests_total\{model="add_sub",outcome="success",protocol="http",version="1"\}',
+    )
+    grpc_count = _metric(
+        two_workers,
+        r'tensorgate_requests_total\{model="add_sub",outcome="success",protocol="grpc",version="1"\}',
+    )
+    assert (http, grpc_count) == (30, 30)  # exact: summed over the workers
+    with grpcclient.InferenceServerClient(two_workers.url) as client:
+        stats = client.get_inference_statistics("add_sub").model_stats[0]
+        assert stats.inference_stats.success.count == sent
+    assert _metric(two_workers, r'tensorgate_workers\{state="serving"\}') == 2
+    assert (
+        'process_resident_memory_bytes{worker="1"}'
+        in urllib.request.urlopen(two_workers.metrics_url, timeout=10).read().decode()
+    )
+
+
+def test_perf_analyzer_measures_two_workers(two_workers: Server) -> None:
+    if not PERF_ANALYZER.exists():
+        pytest.skip(f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools'")
+    result = subprocess.run(
+        [
+            str(PERF_ANALYZER),
+            "-m",
+            "add_sub",
+            "-i",
+            "grpc",
+            "-u",
+            two_workers.url,
+            "--concurrency-range",
+            "4",
+            "--measurement-interval",
+            "1000",
+            "--max-trials",
+            "5",
+            "--stability-percentage",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Throughput:" in result.stdout and "Server:" in result.stdout
+
+
+def test_an_explicit_load_and_unload_reach_every_worker(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with serving(
+        test_repository, tmp_path_factory, "--workers", "2", "--model-control-mode", "explicit"
+    ) as server:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            client.load_model("add_sub")
+        for _ in range(20):  # fresh connections land on both workers
+            with grpcclient.InferenceServerClient(server.url) as client:
+                assert client.is_model_ready("add_sub")
+                client.infer("add_sub", _inputs())
+        with grpcclient.InferenceServerClient(server.url) as client:
+            index = client.get_model_repository_index(as_json=True)["models"]
+            assert {"name": "add_sub", "version": "1", "state": "READY"} in index
+            client.unload_model("add_sub")
+        for _ in range(20):
+            with grpcclient.InferenceServerClient(server.url) as client:
+                assert not client.is_model_ready("add_sub")
+        # A worker that restarts loads what its siblings have loaded.
+        with grpcclient.InferenceServerClient(server.url) as client:
+            client.load_model("add_sub")
+        victim = _workers(server)[0]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            len(_workers(server)) == 2
+            and victim not in _workers(server)
+            and _metric(server, r'tensorgate_workers\{state="serving"\}') == 2
+        ):
+            time.sleep(0.2)
+        for _ in range(20):
+            with grpcclient.InferenceServerClient(server.url) as client:
+                client.infer("add_sub", _inputs())
+
+
+def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
+    two_workers: Server,
+) -> None:
+    stop = threading.Event()
+    outcomes = {"ok": 0, "failed": 0, "not ready": 0, "ready": 0, "probe reset": 0}
+    lock = threading.Lock()
+
+    def load() -> None:
+        while not stop.is_set():
+            with grpcclient.InferenceServerClient(two_workers.url) as client:
+                for _ in range(20):
+                    try:
+                        client.infer("add_sub", _inputs(), client_timeout=10)
+                        key = "ok"
+                    except InferenceServerException as exc:
+                        # The connection to the killed worker breaks; nothing else may fail.
+                        assert exc.status() == "StatusCode.UNAVAILABLE", exc
+                        key = "failed"
+                    with lock:
+                        outcomes[key] += 1
+
+    def probe() -> None:
+        while not stop.is_set():
+            try:
+                reply = requests.get(
+                    f"http://{two_workers.http_url}/v2/health/ready",
+                    headers={"connection": "close"},
+                    timeout=10,
+                )
+                key = "ready" if reply.status_code == 200 else "not ready"
+            except requests.ConnectionError:  # a probe the killed worker held
+                key = "probe reset"
+            with lock:
+                outcomes[key] += 1
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=load) for _ in range(4)] + [threading.Thread(target=probe)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        victim = _workers(two_workers)[0]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _metric(two_workers, r'tensorgate_workers\{state="serving"\}') == 2 and (
+                victim not in _workers(two_workers)
+            ):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    print(f"\nkilled worker {victim} under load: {outcomes}")
+    assert outcomes["not ready"] == 0 and outcomes["ready"] > 10
+    # What the dead worker held (a request per load thread, a probe), and at most one call
+    # per thread made while its channel found that its connection was gone.
+    assert outcomes["failed"] <= 8 and outcomes["probe reset"] <= 1
+    assert outcomes["ok"] > 100
+    restarts = sum(
+        float(v)
+        for v in re.findall(
+            r"tensorgate_worker_restarts_total\{worker=\"\d\"\} (\S+)",
+            urllib.request.urlopen(two_workers.metrics_url, timeout=10).read().decode(),
+        )
+    )
+    assert restarts == 1
