@@ -1,0 +1,90 @@
+"""Worker processes side by side: unary add_sub at c=32 against tensorgate `--workers 1`,
+`--workers 2` and Triton, in one run on one machine, in alternating rounds (the machine's
+speed drifts between minutes; each round measures every server once).
+
+Every row is measured with perf_analyzer (`../shared/peers/pa.sh`) and with the tritonclient
+aio closed-loop generator (`loadgen.py`). Results: benchmarks/results/workers.json.
+
+usage: python benchmarks/workers_bench.py [--rounds 2] [--seconds 6] [--workers 1,2]
+Needs `bash ../shared/peers/setup.sh` once (peers' venvs, perf_analyzer, models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_peer_bench import RESULTS, SERVERS, Running, _measure
+
+MODEL, CONCURRENCY = "add_sub", 32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--no-triton", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/tensorgate-workers-bench"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = SERVERS["tensorgate"]
+    servers = [
+        (f"tensorgate --workers {n}", replace(base, models=(MODEL,)), ("--workers", n))
+        for n in args.workers.split(",")
+    ]
+    if not args.no_triton:
+        servers.append(("triton", replace(SERVERS["triton"], models=(MODEL,)), ()))
+    rows = []
+    for round_index in range(args.rounds):
+        print(f"== round {round_index + 1}", flush=True)
+        for label, server, extra in servers:
+            running = Running(server, workdir, extra)
+            try:
+                for tool in ("loadgen", "pa"):
+                    row = _measure(server, MODEL, CONCURRENCY, tool, args.seconds)
+                    if row is not None:
+                        record = asdict(row)
+                        record.update(server=label, round=round_index + 1)
+                        rows.append(record)
+            finally:
+                running.stop()
+    summary = {}
+    for label, _, _ in servers:
+        for tool in ("loadgen", "pa"):
+            values = [r["infer_per_s"] for r in rows if r["server"] == label and r["tool"] == tool]
+            if values:
+                summary[f"{label} {tool}"] = statistics.median(values)
+    one = [k for k in summary if "--workers 1 " in k]
+    for key in list(summary):
+        tool = key.rsplit(" ", 1)[1]
+        base_key = next((k for k in one if k.endswith(tool)), None)
+        if base_key:
+            print(
+                f"{key:32s} {summary[key]:9.1f} infer/s  {summary[key] / summary[base_key]:.2f}x"
+                " of --workers 1"
+            )
+    RESULTS.mkdir(exist_ok=True)
+    out = {
+        "machine": {
+            "cores": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "command": "python benchmarks/workers_bench.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+        "median_infer_per_s": summary,
+    }
+    (RESULTS / "workers.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
