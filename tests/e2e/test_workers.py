@@ -243,3 +243,8 @@ def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
         )
     )
     assert restarts == 1
+    health = requests.get(f"http://127.0.0.1:{two_workers.metrics_port}/health", timeout=10)
+    assert health.status_code == 200, health.text
+    workers = health.json()["workers"]
+    assert [w["up"] for w in workers] == [True, True]
+    assert sum(w["restarts"] for w in workers) == 1 and not any(w["crash_looping"] for w in workers)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import multiprocessing
 import os
 import shutil
@@ -255,6 +256,25 @@ class Supervisor:
             restarts.add_metric([str(slot.role.index)], slot.restarts)
         yield restarts
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Each worker: up or down, its restarts, and whether it is crash looping."""
+        now = time.monotonic()
+        workers = []
+        for slot in self.slots:
+            recent = [t for t in slot.recent if now - t < HEALTHY_AFTER_S]
+            alive = slot.process is not None and slot.process.exitcode is None
+            workers.append(
+                {
+                    "worker": slot.role.index,
+                    "pid": slot.process.pid if alive else None,
+                    "up": alive,
+                    "restarts": slot.restarts,
+                    "crash_looping": len(recent) >= CRASH_LOOP_RESTARTS,
+                }
+            )
+        healthy = all(w["up"] and not w["crash_looping"] for w in workers)
+        return healthy, {"healthy": healthy, "workers": workers}
+
     def close(self) -> None:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
@@ -263,7 +283,8 @@ Scope = MutableMapping[str, Any]
 
 
 class _MetricsApp:
-    """GET /metrics on the supervisor: the workers' series merged."""
+    """GET /metrics on the supervisor: the workers' series merged; GET /health: the
+    workers' state as JSON, 200 while none is down or crash looping, else 503."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
@@ -274,7 +295,11 @@ class _MetricsApp:
         if scope["type"] != "http":
             return
         status, body, extra = 200, b"", [(b"content-type", b"text/plain; version=0.0.4")]
-        if scope["path"] not in ("/metrics", "/metrics/"):
+        if scope["path"] == "/health":
+            healthy, document = self.supervisor.health()
+            status, body = (200 if healthy else 503), json.dumps(document).encode()
+            extra = [(b"content-type", b"application/json")]
+        elif scope["path"] not in ("/metrics", "/metrics/"):
             status, body = 404, b"not found: metrics are at /metrics\n"
         else:
             try:
