@@ -52,7 +52,7 @@ output [
 # Config fields tensorgate refuses, each on an otherwise valid Python model.
 REFUSED_FIELDS = {
     "response_cache": "response_cache { enable: true }",
-    "model_warmup": 'model_warmup [{ name: "w", batch_size: 1 }]',
+    "model_operations": 'model_operations { op_library_filename: ["ops.so"] }',
     "model_repository_agents": 'model_repository_agents { agents [{ name: "checksum" }] }',
     "instance_group.rate_limiter": (
         "instance_group [{ count: 1, kind: KIND_CPU, rate_limiter { priority: 2 } }]"

@@ -49,6 +49,7 @@ SUPPORTED: dict[str, Any] = {
     "model_transaction_policy": {"decoupled": ALL},
     # Handed to the backend and the model as Triton does; keys a backend reads are documented.
     "parameters": ALL,
+    "model_warmup": ALL,
 }
 
 # Why a field is refused, for the ones users meet most; others get a generic reason.
@@ -57,7 +58,6 @@ REASONS = {
     "batch_output": "ragged batching outputs are not implemented",
     "optimization": "optimization policies (graph level, CUDA graphs, accelerators such as "
     "TensorRT, pinned memory) are not implemented",
-    "model_warmup": "model warmup is not implemented",
     "model_operations": "model operations (op libraries) are not implemented",
     "model_repository_agents": "repository agents are not implemented",
     "response_cache": "the response cache is not implemented",

@@ -40,6 +40,7 @@ from tensorgate.runners.base import ModelRunner, ModelVersion
 from tensorgate.runners.decoupled import DecoupledRunner
 from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Resolve
 from tensorgate.runners.sequence import SequenceRunner
+from tensorgate.runners.warmup import warm_up
 from tensorgate.settings import Settings
 
 ENSEMBLE = "ensemble"
@@ -103,12 +104,18 @@ class VersionBuilder:
         config = mc.ModelConfig()
         config.CopyFrom(base_config)
         check_supported(config)
+        if config.model_warmup and (config.platform == ENSEMBLE or config.backend == GENERATION):
+            raise ModelLoadError(
+                "model_warmup is implemented for models with instances, not for ensembles or "
+                "generation models"
+            )
         if config.platform == ENSEMBLE:
             return self._ensemble(name, version, config)
         if config.backend == GENERATION:
             return self._generation(name, model_dir / str(version), version, config)
         instances, create = self._instances(name, model_dir, version, config)
         try:
+            warm_up(config, instances, model_dir)
             spec = ModelSpec.from_config(config)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
