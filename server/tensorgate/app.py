@@ -10,9 +10,11 @@ from functools import partial
 
 import structlog
 from prometheus_client import generate_latest
+from prometheus_client.registry import Collector
 
 from tensorgate import __version__
 from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.dataplane.response_cache import ResponseCache, ResponseCacheCollector
 from tensorgate.errors import TensorgateError
 from tensorgate.observability.generation_metrics import GenerationCollector
 from tensorgate.observability.logs import LogControl
@@ -63,12 +65,14 @@ class Servers:
         self.tracing = tracing
         if tracing is None and settings.trace_exporter != "none":
             self.tracing = Tracing(settings.trace_exporter, settings.trace_rate)
+        self.cache = ResponseCache(settings.cache_size) if settings.cache_size else None
         self.dataplane = DataPlane(
             self.repository,
             settings.model_control_mode == "explicit",
             InferObserver(self.metrics, settings.access_log_rate),
             settings.strict_readiness,
             self.tracing,
+            self.cache,
         )
         self.policy = build_policy(
             settings.restrict, settings.auth_token_file, settings.auth_public
@@ -84,7 +88,10 @@ class Servers:
                 __version__,
             )
             generation = GenerationCollector(self.dataplane.generation_snapshots)
-            registry = build_registry(collector, generation, AccessCollector(self.policy))
+            extra: list[Collector] = [AccessCollector(self.policy)]
+            if self.cache is not None:
+                extra.append(ResponseCacheCollector(self.cache))
+            registry = build_registry(collector, generation, *extra)
         metrics_text = partial(generate_latest, registry) if registry is not None else None
         siblings = Siblings(role) if role is not None else None
         self.grpc = GrpcServer(

@@ -51,7 +51,9 @@ output [
 
 # Config fields tensorgate refuses, each on an otherwise valid Python model.
 REFUSED_FIELDS = {
-    "response_cache": "response_cache { enable: true }",
+    "batch_input": (
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT, target_name: ["N"], data_type: TYPE_INT32 }]'
+    ),
     "model_operations": 'model_operations { op_library_filename: ["ops.so"] }',
     "model_repository_agents": 'model_repository_agents { agents [{ name: "checksum" }] }',
     "instance_group.rate_limiter": (

@@ -30,7 +30,6 @@ def test_the_bundled_examples_use_only_supported_fields() -> None:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("response_cache { enable: true }", "response_cache"),
         ("optimization { cuda { graphs: true } }", "optimization"),
         ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
         ("input [{ name: 'x', reshape { shape: [1] } }]", "input.reshape"),

@@ -17,6 +17,7 @@ import numpy as np
 
 from tensorgate import __version__
 from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.response_cache import ResponseCache
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
@@ -53,8 +54,10 @@ class DataPlane:
         observer: InferObserver | None = None,
         strict_readiness: bool = True,
         tracing: Tracing | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.repository = repository
+        self.cache = cache  # the response cache (--cache-size); models opt in by config
         # Ensembles and model code (BLS) call models through here.
         repository.builder.calls = self.calls = ModelCalls(self.infer, self.stream)
         self.explicit_control = explicit_control
@@ -168,6 +171,13 @@ class DataPlane:
             )
             self.observer.finished(request, model, time.perf_counter_ns() - started, error=error)
             raise error
+        cache = self.cache if model.cached else None
+        if cache is not None:
+            key = cache.key(model.name, model.version, request)
+            hit = cache.get(key)
+            looked_up = time.perf_counter_ns()
+            if hit is not None:
+                return self._cache_hit(model, request, hit, started, looked_up)
         metrics = model.metrics
         if metrics is not None:
             metrics.in_flight += 1
@@ -190,6 +200,25 @@ class DataPlane:
             done.compute_output_ns,
         )
         self.observer.finished(request, model, elapsed, done.queue_ns)
+        if cache is not None:
+            inserting = time.perf_counter_ns()
+            cache.put(key, outputs)
+            model.stats.cache_miss.add(looked_up - started + time.perf_counter_ns() - inserting)
+        return _response(model, request, outputs, True)
+
+    def _cache_hit(
+        self,
+        model: ModelVersion,
+        request: InferRequest,
+        outputs: dict[str, Array],
+        started: int,
+        looked_up: int,
+    ) -> InferResponse:
+        """A cached answer: no queue, no execution; counted as a success and a cache hit."""
+        elapsed = time.perf_counter_ns() - started
+        model.stats.success.add(elapsed)
+        model.stats.cache_hit.add(looked_up - started)
+        self.observer.finished(request, model, elapsed, 0)
         return _response(model, request, outputs, True)
 
     async def _run(

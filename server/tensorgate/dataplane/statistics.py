@@ -37,6 +37,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # lookups that answered
+    cache_miss: Duration = field(default_factory=Duration)  # lookup and insert, when not
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0

@@ -22,7 +22,16 @@ def encode_model_statistics(
     target.inference_count = stats.inference_count
     target.execution_count = stats.execution_count
     inference = target.inference_stats
-    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+    for field in (
+        "success",
+        "fail",
+        "queue",
+        "compute_input",
+        "compute_infer",
+        "compute_output",
+        "cache_hit",
+        "cache_miss",
+    ):
         _duration(getattr(inference, field), getattr(stats, field))
     for size in sorted(stats.batches):
         batch = stats.batches[size]

@@ -50,6 +50,7 @@ SUPPORTED: dict[str, Any] = {
     # Handed to the backend and the model as Triton does; keys a backend reads are documented.
     "parameters": ALL,
     "model_warmup": ALL,
+    "response_cache": ALL,
 }
 
 # Why a field is refused, for the ones users meet most; others get a generic reason.
@@ -60,7 +61,6 @@ REASONS = {
     "TensorRT, pinned memory) are not implemented",
     "model_operations": "model operations (op libraries) are not implemented",
     "model_repository_agents": "repository agents are not implemented",
-    "response_cache": "the response cache is not implemented",
     "cc_model_filenames": "per-compute-capability model files are not implemented",
     "metric_tags": "custom metric labels are not implemented",
     "runtime": "custom backend runtimes are not implemented",

@@ -110,3 +110,4 @@ class ModelVersion:
     metrics: ModelMetrics | None = None  # None when Prometheus metrics are off
     # Models this one calls (an ensemble's steps): it is ready only while they are.
     needs: tuple[str, ...] = ()
+    cached: bool = False  # its answers go through the response cache

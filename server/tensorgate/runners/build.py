@@ -104,6 +104,13 @@ class VersionBuilder:
         config = mc.ModelConfig()
         config.CopyFrom(base_config)
         check_supported(config)
+        if config.response_cache.enable and (
+            config.platform == ENSEMBLE or config.backend == GENERATION
+        ):
+            raise ModelLoadError(
+                "response_cache is implemented for models with instances, not for ensembles "
+                "or generation models"
+            )
         if config.model_warmup and (config.platform == ENSEMBLE or config.backend == GENERATION):
             raise ModelLoadError(
                 "model_warmup is implemented for models with instances, not for ensembles or "
@@ -124,7 +131,24 @@ class VersionBuilder:
             for instance in instances:
                 instance.close()
             raise
-        return ModelVersion(name, version, config, spec, runner, stats, metrics)
+        cached = self._cached(config)
+        return ModelVersion(name, version, config, spec, runner, stats, metrics, cached=cached)
+
+    def _cached(self, config: mc.ModelConfig) -> bool:
+        """Whether the model's answers may be cached (`response_cache { enable: true }`)."""
+        if not config.response_cache.enable:
+            return False
+        if not self.settings.cache_size:
+            raise ModelLoadError(
+                "response_cache is enabled but the server has no cache: start it with "
+                "--cache-size BYTES"
+            )
+        if config.model_transaction_policy.decoupled or config.HasField("sequence_batching"):
+            raise ModelLoadError(
+                "response_cache is implemented for models that answer each request once and "
+                "keep no state, not for decoupled or sequence models"
+            )
+        return True
 
     def _ensemble(self, name: str, version: int, config: mc.ModelConfig) -> ModelVersion:
         if self.calls is None:
