@@ -199,6 +199,7 @@ class Servers:
             *(s.stop() for s in (self.http, self.metrics_server) if s is not None),
         )
         await self.repository.close()
+        self.dataplane.shared_memory.close()
         if self.tracing is not None:
             self.tracing.shutdown()
 

@@ -152,7 +152,7 @@ def test_statistics_load_unload_and_unsupported_extensions(
         http.load_model("add_sub")
     assert info.value.status() == "400"
     with pytest.raises(InferenceServerException, match="not supported") as info:
-        http.get_system_shared_memory_status()
+        http.get_cuda_shared_memory_status()
     assert info.value.status() == "501"
 
 

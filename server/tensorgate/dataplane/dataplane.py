@@ -18,6 +18,7 @@ import numpy as np
 from tensorgate import __version__
 from tensorgate.dataplane.calls import ModelCalls
 from tensorgate.dataplane.response_cache import ResponseCache
+from tensorgate.dataplane.shared_memory import SharedMemoryRegistry
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.dataplane.validation import validate_request
 from tensorgate.errors import (
@@ -41,6 +42,7 @@ EXTENSIONS = (
     "statistics",
     "parameters",
     "logging",
+    "system_shared_memory",
 )
 
 
@@ -58,6 +60,7 @@ class DataPlane:
     ) -> None:
         self.repository = repository
         self.cache = cache  # the response cache (--cache-size); models opt in by config
+        self.shared_memory = SharedMemoryRegistry()  # system shared-memory regions
         # Ensembles and model code (BLS) call models through here.
         repository.builder.calls = self.calls = ModelCalls(self.infer, self.stream)
         self.explicit_control = explicit_control

@@ -30,6 +30,8 @@ class InferRequest:
     # time.monotonic_ns() at which the caller stops waiting (a gRPC deadline); 0: none.
     # Runners that can end early with a partial answer (generation) read it.
     deadline_ns: int = 0
+    # Outputs to write into shared-memory regions (Placement by output name); None: none.
+    output_regions: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

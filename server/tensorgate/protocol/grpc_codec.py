@@ -8,6 +8,14 @@ from typing import Any
 import numpy as np
 from tensorgate_protos import grpc_service_pb2 as pb
 
+from tensorgate.dataplane.shared_memory import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
+    Placement,
+    SharedMemoryRegistry,
+    placement,
+)
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
 from tensorgate.protocol import datatypes
@@ -74,14 +82,19 @@ def _array_from_contents(
     return np.array(values, dtype=datatype.numpy).reshape(shape)
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """Decode a ModelInferRequest; raw contents become read-only views, never copies."""
+def decode_infer_request(
+    message: pb.ModelInferRequest, shm: SharedMemoryRegistry | None = None
+) -> InferRequest:
+    """Decode a ModelInferRequest; raw contents become read-only views, never copies, and
+    inputs in shared memory views of their region."""
     raw = message.raw_input_contents
     tensors = message.inputs
-    if raw and len(raw) != len(tensors):
+    in_shm = sum(1 for t in tensors if t.parameters and REGION in t.parameters)
+    if raw and len(raw) != len(tensors) - in_shm:
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has "
-            f"{len(tensors)} inputs; when raw contents are used every input needs one"
+            f"{len(tensors) - in_shm} inputs outside shared memory; when raw contents are "
+            "used every such input needs one"
         )
     params = message.parameters
     request = InferRequest(
@@ -91,33 +104,72 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         parameters=decode_parameters(params) if params else {},
     )
     inputs, declared = request.inputs, request.datatypes
-    for index, tensor in enumerate(tensors):
+    index = 0  # the next raw entry
+    for tensor in tensors:
         name = tensor.name
         if name in inputs:
             raise InvalidArgument(f"input '{name}' appears more than once")
         datatype = datatypes.BY_NAME.get(tensor.datatype) or datatypes.from_name(tensor.datatype)
-        if raw:
+        if in_shm and tensor.parameters and REGION in tensor.parameters:
+            inputs[name] = _array_from_shm(tensor, datatype, shm)
+        elif raw:
             if tensor.HasField("contents"):
                 raise InvalidArgument(
                     f"input '{name}' has both typed contents and raw_input_contents"
                 )
             inputs[name] = array_from_raw(name, raw[index], datatype, tensor.shape)
+            index += 1
         else:
             inputs[name] = _array_from_contents(tensor, datatype)
         declared[name] = datatype.name
-    outputs = message.outputs
-    if outputs:
-        request.requested_outputs = [out.name for out in outputs]
-        for out in outputs:
-            if out.parameters and "classification" in out.parameters:
-                raise InvalidArgument(
-                    f"output '{out.name}': the classification extension is not supported"
-                )
+    if message.outputs:
+        _requested_outputs(message, request, shm)
     return request
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
-    """Encode a response with every output in raw_output_contents (one copy per tensor)."""
+def _requested_outputs(
+    message: pb.ModelInferRequest, request: InferRequest, shm: SharedMemoryRegistry | None
+) -> None:
+    outputs = message.outputs
+    request.requested_outputs = [out.name for out in outputs]
+    for out in outputs:
+        if not out.parameters:
+            continue
+        if "classification" in out.parameters:
+            raise InvalidArgument(
+                f"output '{out.name}': the classification extension is not supported"
+            )
+        place = placement(decode_parameters(out.parameters), f"output '{out.name}'")
+        if place is not None:
+            if shm is None:
+                raise InvalidArgument("this server takes no shared memory")
+            request.output_regions = request.output_regions or {}
+            request.output_regions[out.name] = place
+
+
+def _array_from_shm(
+    tensor: pb.ModelInferRequest.InferInputTensor,
+    datatype: datatypes.DataType,
+    shm: SharedMemoryRegistry | None,
+) -> Array:
+    where = f"input '{tensor.name}'"
+    if tensor.HasField("contents"):
+        raise InvalidArgument(f"{where} has both typed contents and shared memory")
+    if shm is None:
+        raise InvalidArgument("this server takes no shared memory")
+    place = placement(decode_parameters(tensor.parameters), where)
+    assert place is not None
+    return array_from_raw(tensor.name, shm.read(place, where), datatype, tensor.shape)
+
+
+def encode_infer_response(
+    response: InferResponse,
+    regions: dict[str, Placement] | None = None,
+    shm: SharedMemoryRegistry | None = None,
+) -> pb.ModelInferResponse:
+    """Encode a response with every output in raw_output_contents (one copy per tensor), or,
+    for outputs asked for in shared memory, written there (their raw entry left empty, so
+    the others keep their places)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
@@ -128,7 +180,16 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
     raw_outputs: list[bytes] = []
     for name, array in response.outputs.items():
         datatype = datatypes.BY_NAME[response.datatypes[name]]
-        message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
+        output = message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
+        if regions is not None and name in regions:
+            assert shm is not None
+            place = regions[name]
+            shm.write(place, array_to_raw(array, datatype), f"output '{name}'")
+            output.parameters[REGION].string_param = place.region
+            output.parameters[OFFSET].int64_param = place.offset
+            output.parameters[BYTE_SIZE].int64_param = place.byte_size
+            raw_outputs.append(b"")
+            continue
         raw_outputs.append(array_to_raw(array, datatype))
     message.raw_output_contents.extend(raw_outputs)
     return message

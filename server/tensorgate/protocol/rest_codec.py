@@ -17,6 +17,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tensorgate.dataplane.shared_memory import (
+    BYTE_SIZE,
+    OFFSET,
+    REGION,
+    Placement,
+    SharedMemoryRegistry,
+    placement,
+)
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
 from tensorgate.protocol import datatypes
@@ -202,11 +210,30 @@ def _binary_input(tensor: Any, binary: memoryview, offset: int, request: InferRe
     return end
 
 
-def _input(tensor: Any, index: int, binary: memoryview, offset: int, request: InferRequest) -> int:
+def _input(
+    tensor: Any,
+    index: int,
+    binary: memoryview,
+    offset: int,
+    request: InferRequest,
+    shm: SharedMemoryRegistry | None = None,
+) -> int:
     """Decode one input into `request`; returns the new offset into the binary section."""
     name, datatype, shape = _tensor_header(tensor, index)
     if name in request.inputs:
         raise InvalidArgument(f"input '{name}' appears more than once")
+    params = tensor.get("parameters")
+    if type(params) is dict and REGION in params:
+        where = f"input '{name}'"
+        place = placement(_parameters(params, f"{where} parameters"), where)
+        assert place is not None
+        if shm is None:
+            raise InvalidArgument("this server takes no shared memory")
+        if "data" in tensor:
+            raise InvalidArgument(f"{where} has both data and shared memory")
+        request.inputs[name] = array_from_raw(name, shm.read(place, where), datatype, shape)
+        request.datatypes[name] = datatype.name
+        return offset
     size = _binary_size(tensor, name)
     if size is not None:
         end = offset + size
@@ -266,7 +293,12 @@ def _outputs(value: Any, decoded: RestInferRequest) -> None:
         name = _tensor_name(tensor, "outputs", index)
         params = tensor.get("parameters")
         if params:
-            _parameters(params, f"output '{name}' parameters")
+            checked = _parameters(params, f"output '{name}' parameters")
+            place = placement(checked, f"output '{name}'")
+            if place is not None:
+                request = decoded.request
+                request.output_regions = request.output_regions or {}
+                request.output_regions[name] = place
             if "classification" in params:
                 raise InvalidArgument(
                     f"output '{name}': the classification extension is not supported"
@@ -278,7 +310,11 @@ def _outputs(value: Any, decoded: RestInferRequest) -> None:
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str
+    body: bytes,
+    header_length: int | None,
+    model_name: str,
+    model_version: str,
+    shm: SharedMemoryRegistry | None = None,
 ) -> RestInferRequest:
     """Decode a REST inference body; `header_length` is Inference-Header-Content-Length."""
     view = memoryview(body)
@@ -314,7 +350,7 @@ def decode_infer_request(
     offset = 0
     for index, tensor in enumerate(inputs):
         end = _binary_input(tensor, binary, offset, request)
-        offset = end if end >= 0 else _input(tensor, index, binary, offset, request)
+        offset = end if end >= 0 else _input(tensor, index, binary, offset, request, shm)
     if offset != len(binary):
         raise InvalidArgument(
             f"the body has {len(binary)} bytes of binary data but the inputs' "
@@ -323,6 +359,8 @@ def decode_infer_request(
     outputs = doc.get("outputs")
     if outputs is not None or "outputs" in doc:
         _outputs(outputs, decoded)
+        if request.output_regions and shm is None:
+            raise InvalidArgument("this server takes no shared memory")
     return decoded
 
 
@@ -346,15 +384,29 @@ def json_output_data(name: str, array: Array, datatype: str) -> Any:
 
 
 def encode_infer_response(
-    response: InferResponse, binary_outputs: Mapping[str, bool], binary_by_default: bool
+    response: InferResponse,
+    binary_outputs: Mapping[str, bool],
+    binary_by_default: bool,
+    regions: Mapping[str, Placement] | None = None,
+    shm: SharedMemoryRegistry | None = None,
 ) -> tuple[bytes, int | None]:
-    """The response body and, when it carries binary outputs, the JSON part's length."""
+    """The response body and, when it carries binary outputs, the JSON part's length.
+    Outputs asked for in shared memory are written there and carry no data here."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, array in response.outputs.items():
         datatype = response.datatypes[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
-        if binary_outputs.get(name, binary_by_default):
+        if regions is not None and name in regions:
+            assert shm is not None
+            place = regions[name]
+            shm.write(place, array_to_raw(array, datatypes.BY_NAME[datatype]), f"output '{name}'")
+            tensor["parameters"] = {
+                REGION: place.region,
+                OFFSET: place.offset,
+                BYTE_SIZE: place.byte_size,
+            }
+        elif binary_outputs.get(name, binary_by_default):
             blob = array_to_raw(array, datatypes.BY_NAME[datatype])
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)

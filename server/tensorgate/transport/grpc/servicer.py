@@ -14,7 +14,7 @@ from tensorgate_protos import grpc_service_pb2 as pb
 from tensorgate_protos import server_status_pb2 as status_pb
 
 from tensorgate.dataplane.dataplane import DataPlane
-from tensorgate.dataplane.types import InferRequest
+from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import (
     INTERNAL_MESSAGE,
     InvalidArgument,
@@ -161,37 +161,49 @@ class InferenceServicer:
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        shm = self.dataplane.shared_memory
         if self.dataplane.tracing is not None and (trace := self._trace(_INFER)) is not None:
-            return await traced_infer(
-                trace,
-                lambda: decode_infer_request(request),
-                self.dataplane.infer,
-                encode_infer_response,
-            )
-        decoded = decode_infer_request(request)
+            return await self._traced(trace, request, "grpc")
+        decoded = decode_infer_request(request, shm)
         remaining_s = context.time_remaining()
         if remaining_s is not None:  # deadline-aware admission reads it
             decoded.deadline_ns = time.monotonic_ns() + int(remaining_s * 1e9)
         response = await self.dataplane.infer(decoded)
-        return encode_infer_response(response)
+        return encode_infer_response(response, decoded.output_regions, shm)
+
+    async def _traced(
+        self, trace: RequestTrace, request: pb.ModelInferRequest, protocol: str
+    ) -> pb.ModelInferResponse:
+        shm = self.dataplane.shared_memory
+        decoded: InferRequest | None = None
+
+        def decode() -> InferRequest:
+            nonlocal decoded
+            decoded = decode_infer_request(request, shm)
+            decoded.protocol = protocol
+            return decoded
+
+        def encode(response: InferResponse) -> pb.ModelInferResponse:
+            assert decoded is not None
+            return encode_infer_response(response, decoded.output_regions, shm)
+
+        return await traced_infer(trace, decode, self.dataplane.infer, encode)
 
     def _decode_streamed(self, request: pb.ModelInferRequest) -> InferRequest:
-        decoded = decode_infer_request(request)
+        decoded = decode_infer_request(request, self.dataplane.shared_memory)
         decoded.protocol = "grpc_stream"
         return decoded
 
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         try:
             if self.dataplane.tracing is not None and (trace := self._trace(_STREAM)) is not None:
-                encoded = await traced_infer(
-                    trace,
-                    lambda: self._decode_streamed(request),
-                    self.dataplane.infer,
-                    encode_infer_response,
-                )
+                encoded = await self._traced(trace, request, "grpc_stream")
             else:
-                response = await self.dataplane.infer(self._decode_streamed(request))
-                encoded = encode_infer_response(response)
+                decoded = self._decode_streamed(request)
+                response = await self.dataplane.infer(decoded)
+                encoded = encode_infer_response(
+                    response, decoded.output_regions, self.dataplane.shared_memory
+                )
             return pb.ModelStreamInferResponse(infer_response=encoded)
         except Exception as exc:
             return _stream_error(request, exc)
@@ -298,12 +310,37 @@ class InferenceServicer:
                 target.string_param = setting
         return response
 
-    async def _unsupported(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("shared memory and trace settings are not supported by tensorgate")
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name):
+            status = response.regions[region.name]
+            status.name, status.key = region.name, region.key
+            status.offset, status.byte_size = region.offset, region.byte_size
+        return response
 
-    SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = (
-        _unsupported
-    )
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        if self.siblings is not None:  # whichever worker serves the requests reads it
+            await self.siblings.gather("SystemSharedMemoryRegister", request)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister(request.name)
+        if self.siblings is not None:
+            await self.siblings.gather("SystemSharedMemoryUnregister", request)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def _unsupported(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("CUDA shared memory and trace settings are not supported by tensorgate")
+
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
     TraceSetting = _unsupported
 

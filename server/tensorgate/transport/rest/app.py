@@ -321,13 +321,20 @@ class RestApp:
                 trace, body, headers, model, version, scope, receive
             )
         else:
-            decoded = rest_codec.decode_infer_request(body, headers.header_length, model, version)
+            shm = self.dataplane.shared_memory
+            decoded = rest_codec.decode_infer_request(
+                body, headers.header_length, model, version, shm
+            )
             decoded.request.protocol = "http"
             response = await _unless_disconnected(
                 self.dataplane.infer(decoded.request), scope, receive
             )
             payload, json_length = rest_codec.encode_infer_response(
-                response, decoded.binary_outputs, decoded.binary_by_default
+                response,
+                decoded.binary_outputs,
+                decoded.binary_by_default,
+                decoded.request.output_regions,
+                shm,
             )
         if json_length is None:
             extra = [(b"content-type", _JSON)]
@@ -354,7 +361,9 @@ class RestApp:
 
         def decode() -> InferRequest:
             nonlocal decoded
-            decoded = rest_codec.decode_infer_request(body, headers.header_length, model, version)
+            decoded = rest_codec.decode_infer_request(
+                body, headers.header_length, model, version, self.dataplane.shared_memory
+            )
             decoded.request.protocol = "http"
             return decoded.request
 
@@ -364,7 +373,11 @@ class RestApp:
         def encode(response: InferResponse) -> tuple[bytes, int | None]:
             assert decoded is not None
             return rest_codec.encode_infer_response(
-                response, decoded.binary_outputs, decoded.binary_by_default
+                response,
+                decoded.binary_outputs,
+                decoded.binary_by_default,
+                decoded.request.output_regions,
+                self.dataplane.shared_memory,
             )
 
         return await traced_infer(trace, decode, infer, encode)
