@@ -32,6 +32,7 @@ from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.executors.instance_threads import InstanceThreads
+from tensorgate.executors.process_instance import ProcessInstance
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec
@@ -49,6 +50,8 @@ GENERATION = "generation"  # a language model served by tensorgate's generation 
 
 # The config parameter that sets a model's execution timeout, in seconds.
 TIMEOUT_PARAMETER = "model_timeout"
+# The config parameter that places a model's instances in threads or processes.
+EXECUTION_PARAMETER = "execution"
 
 
 def instance_devices(config: mc.ModelConfig) -> list[str]:
@@ -68,6 +71,25 @@ def instance_devices(config: mc.ModelConfig) -> list[str]:
                 "is not supported"
             )
     return devices
+
+
+def execution(config: mc.ModelConfig, server_default: str) -> str:
+    """Where the model's instances run: `thread` (in the server) or `process` (each its
+    own), from the model's `execution` parameter, else the server's --execution."""
+    param = config.parameters.get(EXECUTION_PARAMETER)
+    chosen = param.string_value if param is not None and param.string_value else server_default
+    if chosen not in ("thread", "process"):
+        raise ModelLoadError(
+            f"parameter {EXECUTION_PARAMETER} must be thread or process, got {chosen!r}"
+        )
+    if chosen == "process" and config.model_transaction_policy.decoupled:
+        if param is not None and param.string_value:
+            raise ModelLoadError(
+                "execution: process is not implemented for decoupled models (their "
+                "responses are generated step by step on the instance)"
+            )
+        return "thread"  # the server's default does not apply to what it cannot run
+    return chosen
 
 
 def model_timeout(config: mc.ModelConfig, server_default: float) -> float:
@@ -186,6 +208,7 @@ class VersionBuilder:
         factory = resolve_backend(config, version_dir)
         path = model_file(config, factory, version_dir)
         devices = instance_devices(config)
+        in_process = execution(config, self.settings.execution) == "process"
 
         def create(index: int) -> Backend:
             context = InstanceContext(
@@ -199,6 +222,8 @@ class VersionBuilder:
                 index,
                 self.calls,
             )
+            if in_process:
+                return ProcessInstance(context)
             return factory.create(context)
 
         instances: list[Backend] = []
