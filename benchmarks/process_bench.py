@@ -1,0 +1,202 @@
+"""A pure-Python model that computes for 20 ms per call, loaded by perf_analyzer at c=8, with
+gRPC health checks beside it: their latency with the model's instance in a thread of the
+server and in a process of its own, in one run (alternating rounds).
+
+Goal: health-check p99 beside it at most 5 ms. Results: benchmarks/results/process.json.
+
+usage: python benchmarks/process_bench.py [--rounds 2] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
+
+SPIN = """
+import time
+
+class Model:
+    def execute(self, inputs):
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:  # pure Python: holds the GIL throughout
+            pass
+        return {"OUTPUT": inputs["INPUT"]}
+"""
+
+
+def _repository(execution: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="process-bench-"))
+    (root / "spin" / "1").mkdir(parents=True)
+    (root / "spin" / "1" / "model.py").write_text(SPIN)
+    (root / "spin" / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]\n'
+        'output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]\n'
+        f'parameters {{ key: "execution" value {{ string_value: "{execution}" }} }}\n'
+    )
+    return root
+
+
+def _health_latencies(address: str, stop: threading.Event) -> list[float]:
+    found: list[float] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while not stop.is_set():
+            started = time.perf_counter()
+            stub.Check(health_pb2.HealthCheckRequest(service="readiness"), timeout=10)
+            found.append((time.perf_counter() - started) * 1e3)
+            time.sleep(0.01)
+    return found
+
+
+def _one(execution: str, seconds: float) -> dict[str, float]:
+    repo = _repository(execution)
+    port = 18950
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+            "--access-log-rate",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service="spin"), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        idle_stop = threading.Event()
+        timer = threading.Timer(2.0, idle_stop.set)
+        timer.start()
+        idle = _health_latencies(address, idle_stop)
+        load = subprocess.Popen(
+            [
+                str(PERF_ANALYZER),
+                "-m",
+                "spin",
+                "-u",
+                address,
+                "-i",
+                "grpc",
+                "--concurrency-range",
+                "8",
+                "--measurement-interval",
+                str(int(seconds * 1000)),
+                "--max-trials",
+                "1",
+                "--stability-percentage",
+                "100",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(1.0)
+        stop = threading.Event()
+        timer = threading.Timer(seconds - 1.5, stop.set)
+        timer.start()
+        loaded = _health_latencies(address, stop)
+        output = load.communicate(timeout=120)[0]
+        throughput = next(
+            (
+                float(line.split("throughput:")[1].split()[0])
+                for line in output.splitlines()
+                if "throughput:" in line
+            ),
+            float("nan"),
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(repo, ignore_errors=True)
+
+    def pct(values: list[float], share: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    return {
+        "idle_p50_ms": statistics.median(idle),
+        "idle_p99_ms": pct(idle, 0.99),
+        "loaded_p50_ms": statistics.median(loaded),
+        "loaded_p99_ms": pct(loaded, 0.99),
+        "loaded_max_ms": max(loaded),
+        "model_infer_per_s": throughput,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    rows = []
+    for round_index in range(args.rounds):
+        for execution in ("thread", "process"):
+            row = {
+                "round": round_index + 1,
+                "execution": execution,
+                **_one(execution, args.seconds),
+            }
+            rows.append(row)
+            print(
+                f"{execution:8s} health p50 {row['loaded_p50_ms']:6.2f} ms  p99 "
+                f"{row['loaded_p99_ms']:6.2f} ms  max {row['loaded_max_ms']:6.2f} ms "
+                f"(idle p99 {row['idle_p99_ms']:.2f} ms); model "
+                f"{row['model_infer_per_s']:.1f} infer/s",
+                flush=True,
+            )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "process.json").write_text(
+        json.dumps(
+            {
+                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                "command": "python benchmarks/process_bench.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
