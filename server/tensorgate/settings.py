@@ -48,8 +48,11 @@ HELP = {
     "max_bytes_element": "bytes one BYTES element may hold (INVALID_ARGUMENT beyond)",
     "cache_size": "bytes of the response cache that models with response_cache { enable: true } "
     "share; 0: no cache",
-    "execution": "where model instances run: thread (in the server) or process (each in its "
-    "own process, tensors through shared memory); a model's execution parameter wins",
+    "execution": "where model batches run: thread (instance threads), process (each instance "
+    "its own process, tensors through shared memory), inline (on the event loop) or auto "
+    "(inline while batches stay under --inline-max-us); a model's execution parameter wins",
+    "inline_max_us": "execution auto: longest batch, in microseconds, that may run on the "
+    "event loop",
     "model_timeout": "seconds a batch may run before its requests fail with DEADLINE_EXCEEDED "
     "and its instance is replaced (dynamic-batcher models; a model's model_timeout parameter "
     "wins); 0: no limit",
@@ -97,7 +100,8 @@ class Settings:
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
     cache_size: int = 0  # response cache bytes; 0: none
-    execution: str = "thread"  # thread | process: where model instances run
+    execution: str = "thread"  # thread | process | inline | auto
+    inline_max_us: int = 200  # execution auto: batches longer than this leave the loop
     max_queue_wait: float = 0.0  # shed when the expected wait is longer; 0: off
     max_tensor_elements: int = 2**31 - 1  # per request tensor
     max_bytes_element: int = 128 * 2**20  # per BYTES element
@@ -194,8 +198,8 @@ def _check(settings: Settings) -> None:
 def _check_numbers(settings: Settings) -> None:
     if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers)):
         raise ValueError(f"workers must be a positive number or auto, got {settings.workers!r}")
-    if settings.execution not in ("thread", "process"):
-        raise ValueError("execution must be 'thread' or 'process'")
+    if settings.execution not in ("thread", "process", "inline", "auto"):
+        raise ValueError("execution must be thread, process, inline or auto")
     if settings.cache_size < 0:
         raise ValueError("cache_size must be a number of bytes >= 0")
     if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:

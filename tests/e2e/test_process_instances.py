@@ -76,3 +76,38 @@ def test_a_process_instance_serves_heals_and_cleans_up(
         np.testing.assert_array_equal(again, small)
     assert _shm_segments() <= before
     assert re.search(r"restarting process instance", server.output())
+
+
+def test_inline_execution_serves_an_onnx_model_and_is_refused_for_python_code(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import shutil
+
+    root = tmp_path_factory.mktemp("inline")
+    shutil.copytree(test_repository / "add_sub", root / "add_sub")
+    config = root / "add_sub" / "config.pbtxt"
+    config.write_text(
+        config.read_text() + 'parameters { key: "execution" value { string_value: "inline" } }\n'
+    )
+    (root / "python_inline" / "1").mkdir(parents=True)
+    (root / "python_inline" / "1" / "model.py").write_text(MODEL)
+    (root / "python_inline" / "config.pbtxt").write_text(CONFIG.replace('"process"', '"inline"'))
+    with (
+        serving(root, tmp_path_factory, wait_model="add_sub") as server,
+        grpcclient.InferenceServerClient(server.url) as client,
+    ):
+        inputs = []
+        for name in ("INPUT0", "INPUT1"):
+            tensor = grpcclient.InferInput(name, [1, 16], "FP32")
+            tensor.set_data_from_numpy(np.ones((1, 16), np.float32))
+            inputs.append(tensor)
+        result = client.infer("add_sub", inputs)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2.0))
+        deadline = time.monotonic() + 30
+        reason = ""
+        while time.monotonic() < deadline and not reason:
+            index = client.get_model_repository_index(as_json=True)["models"]
+            reason = next((m.get("reason", "") for m in index if m["name"] == "python_inline"), "")
+            time.sleep(0.1)
+        assert "execution: inline is not possible" in reason
+        assert "Python model code would hold the event loop" in reason

@@ -386,3 +386,51 @@ def test_instance_whose_next_job_lookup_fails_reports_its_result_and_stays_usabl
 
     asyncio.run(main())
     assert "could not take its next job" in caplog.text
+
+
+class TimedBackend:
+    """Doubles X, taking `seconds` per batch; records on which thread each batch ran."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.threads: list[str] = []
+
+    def signature(self) -> ModelSignature | None:
+        return None
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        return {"Y": inputs["X"] * 2}
+
+    def close(self) -> None:
+        pass
+
+
+def _placed(execution: str, seconds: float, requests: int) -> list[str]:
+    backend = TimedBackend(seconds)
+    policy = BatchingPolicy.from_config(parse_config("max_batch_size: 8"), 8)
+
+    async def main() -> None:
+        pool = InstancePool[object]("m", [backend])  # type: ignore[list-item]
+        scheduler = Scheduler("m", policy, pool, None, execution=execution, inline_max_us=500)
+        try:
+            for value in range(requests):
+                done = await scheduler.submit(_x(value), 1)
+                np.testing.assert_array_equal(done.outputs["Y"], [[2 * value]])
+        finally:
+            await scheduler.close()
+
+    asyncio.run(main())
+    return backend.threads
+
+
+def test_inline_batches_run_on_the_event_loop_thread() -> None:
+    assert set(_placed("inline", 0.0, 5)) == {"MainThread"}
+    assert set(_placed("thread", 0.0, 5)) == {"tg-m-0"}
+
+
+def test_auto_leaves_the_loop_at_the_first_batch_over_the_bound() -> None:
+    assert set(_placed("auto", 0.0, 5)) == {"MainThread"}
+    slow = _placed("auto", 0.002, 4)  # 2 ms batches against a 500 us bound
+    assert slow == ["MainThread", "tg-m-0", "tg-m-0", "tg-m-0"]

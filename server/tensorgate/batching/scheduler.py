@@ -38,6 +38,7 @@ import copy
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
@@ -143,8 +144,17 @@ class Scheduler:
         on_execution: ExecutionObserver | None = None,
         timeout_s: float = 0.0,
         max_wait_s: float = 0.0,
+        execution: str = "thread",
+        inline_max_us: int = 200,
     ) -> None:
         self.name = name
+        # Where batches run: "thread" (an instance's thread), "inline" (on the event loop,
+        # at the end of its pass) or "auto" (inline while the recent batches all took less
+        # than `inline_max_us`, in threads from the first one that did not).
+        self.execution = execution
+        self._inline_max_ns = inline_max_us * 1000
+        self._inline = execution in ("inline", "auto")
+        self._recent_ns: deque[int] = deque(maxlen=64)
         # Shed a request whose expected queue wait is longer (latency under overload); 0: off.
         self.max_wait_ns = int(max_wait_s * 1e9)
         # A batch running longer fails its requests and its instance is replaced; 0: never.
@@ -302,7 +312,10 @@ class Scheduler:
                 self._waking = True
                 self._running += 1
                 self._loop = self._loop or asyncio.get_running_loop()
-                pool.run(self._start, self._job_done)
+                if self._inline:
+                    self._loop.call_soon(self._run_inline)
+                else:
+                    pool.run(self._start, self._job_done)
             else:
                 wake = plan.wait_until_ns
         due = queue.next_timeout_ns()
@@ -343,6 +356,19 @@ class Scheduler:
         if more and self._loop is not None:  # another instance is free for what is queued
             self._loop.call_soon_threadsafe(self._schedule)
         return self._run(job, backend)
+
+    def _run_inline(self) -> None:
+        """On the loop, outside the lock: take the due batch and run it here."""
+        started = time.perf_counter_ns()
+        self.pool.run_inline(self._start, self._job_done)
+        took = time.perf_counter_ns() - started
+        if self.execution == "auto" and took > self._inline_max_ns:
+            self._inline = False  # at once: longer batches must not hold the loop
+            log.info(
+                "model %s: a batch took %d us inline, over --inline-max-us; running in threads",
+                self.name,
+                took // 1000,
+            )
 
     def _job_done(self, ran: _Ran | BaseException) -> None:
         """On the loop: an instance's job is over; deliver its batch's outcome."""
@@ -450,6 +476,14 @@ class Scheduler:
                 dispatched_ns, result.merged_ns, result.inferred_ns, now, rows, len(batch)
             )
             took = now - dispatched_ns
+            if self.execution == "auto" and not self._inline:
+                # Back inline once the last batches all ran well under the bound.
+                self._recent_ns.append(compute_infer)
+                if len(self._recent_ns) == self._recent_ns.maxlen and (
+                    max(self._recent_ns) < self._inline_max_ns // 2
+                ):
+                    self._inline = True
+                    self._recent_ns.clear()
             if self._batch_ns:
                 self._batch_ns += _AVERAGING * (took - self._batch_ns)
                 self._batch_requests += _AVERAGING * (len(batch) - self._batch_requests)

@@ -183,6 +183,17 @@ class InstancePool(Generic[T]):
         instance = self._idle.pop()
         instance.submit((work, done), asyncio.get_running_loop().call_soon_threadsafe)
 
+    def run_inline(self, work: Work[T], done: Done[T]) -> None:
+        """Run `work` on an idle instance's backend here, on the event loop: for batches
+        shorter than the hand-off to a thread and back (see Scheduler's execution)."""
+        instance = self._idle.pop()
+        try:
+            result: T | BaseException = work(instance.backend)
+        except BaseException as exc:  # handed to `done`, like a thread's result
+            result = exc
+        self._idle.append(instance)
+        done(result)
+
     def _report(self, instance: _Instance[T], done: Done[T], result: Any, busy: bool) -> None:
         if instance.abandoned:  # its job was failed already, when it was given up on
             return

@@ -52,6 +52,7 @@ GENERATION = "generation"  # a language model served by tensorgate's generation 
 TIMEOUT_PARAMETER = "model_timeout"
 # The config parameter that places a model's instances in threads or processes.
 EXECUTION_PARAMETER = "execution"
+EXECUTIONS = ("thread", "process", "inline", "auto")
 
 
 def instance_devices(config: mc.ModelConfig) -> list[str]:
@@ -74,22 +75,37 @@ def instance_devices(config: mc.ModelConfig) -> list[str]:
 
 
 def execution(config: mc.ModelConfig, server_default: str) -> str:
-    """Where the model's instances run: `thread` (in the server) or `process` (each its
-    own), from the model's `execution` parameter, else the server's --execution."""
+    """Where the model's batches run: `thread` (an instance thread of the server),
+    `process` (each instance its own process), `inline` (on the event loop) or `auto`
+    (inline while batches are short, else threads); the model's `execution` parameter,
+    else the server's --execution. What a model cannot run is refused when the model asks
+    for it, and falls back to threads when it comes from the server's default."""
     param = config.parameters.get(EXECUTION_PARAMETER)
-    chosen = param.string_value if param is not None and param.string_value else server_default
-    if chosen not in ("thread", "process"):
+    asked = param is not None and bool(param.string_value)
+    chosen = param.string_value if param is not None and asked else server_default
+    if chosen not in EXECUTIONS:
         raise ModelLoadError(
-            f"parameter {EXECUTION_PARAMETER} must be thread or process, got {chosen!r}"
+            f"parameter {EXECUTION_PARAMETER} must be one of {', '.join(EXECUTIONS)}, "
+            f"got {chosen!r}"
         )
+    why = _cannot_run(config, chosen)
+    if why and asked:
+        raise ModelLoadError(f"execution: {chosen} is not possible for this model: {why}")
+    return "thread" if why else chosen
+
+
+def _cannot_run(config: mc.ModelConfig, chosen: str) -> str:
+    stateful = config.model_transaction_policy.decoupled or config.HasField("sequence_batching")
     if chosen == "process" and config.model_transaction_policy.decoupled:
-        if param is not None and param.string_value:
-            raise ModelLoadError(
-                "execution: process is not implemented for decoupled models (their "
-                "responses are generated step by step on the instance)"
-            )
-        return "thread"  # the server's default does not apply to what it cannot run
-    return chosen
+        return "its responses are generated step by step on the instance"
+    if chosen in ("inline", "auto"):
+        if stateful:
+            return "decoupled and sequence models run on their instance threads"
+        if config.backend == "python":
+            return "Python model code would hold the event loop"
+        if any(d.startswith("cuda") for d in instance_devices(config)):
+            return "GPU instances wait on their CUDA stream"
+    return ""
 
 
 def model_timeout(config: mc.ModelConfig, server_default: float) -> float:
@@ -275,7 +291,17 @@ class VersionBuilder:
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
         pool = InstancePool[Any](f"{name}_{version}", instances, create)
         timeout = model_timeout(config, self.settings.model_timeout)
-        return Scheduler(name, policy, pool, observer, timeout, self.settings.max_queue_wait)
+        placement = execution(config, self.settings.execution)
+        return Scheduler(
+            name,
+            policy,
+            pool,
+            observer,
+            timeout,
+            self.settings.max_queue_wait,
+            placement if placement in ("inline", "auto") else "thread",
+            self.settings.inline_max_us,
+        )
 
 
 def _without_controls(
