@@ -1,0 +1,82 @@
+"""Where batches run, side by side: unary add_sub at c=32 against tensorgate with
+`--execution thread`, `inline` and `auto`, and the bare grpc.aio handler (the ceiling of a
+Python gRPC server), in alternating rounds of one run. perf_analyzer and the tritonclient
+aio generator measure each.
+
+Goal: add_sub unary c=32 at 0.85x the bare handler or more. Results:
+benchmarks/results/execution.json.
+
+usage: python benchmarks/execution_bench.py [--rounds 2] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_peer_bench import RESULTS, SERVERS, Running, _measure
+
+MODEL, CONCURRENCY = "add_sub", 32
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    workdir = Path(os.environ.get("BENCH_WORKDIR", "/tmp/tensorgate-execution-bench"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = replace(SERVERS["tensorgate"], models=(MODEL,))
+    servers = [
+        (f"tensorgate --execution {e}", base, ("--execution", e))
+        for e in ("thread", "inline", "auto")
+    ]
+    servers.append(("bare grpc.aio", SERVERS["bare-grpc"], ()))
+    rows = []
+    for round_index in range(args.rounds):
+        print(f"== round {round_index + 1}", flush=True)
+        for label, server, extra in servers:
+            running = Running(server, workdir, extra)
+            try:
+                for tool in ("loadgen", "pa"):
+                    row = _measure(server, MODEL, CONCURRENCY, tool, args.seconds)
+                    if row is not None:
+                        rows.append({**asdict(row), "server": label, "round": round_index + 1})
+            finally:
+                running.stop()
+    summary = {}
+    for label, _, _ in servers:
+        for tool in ("loadgen", "pa"):
+            values = [r["infer_per_s"] for r in rows if r["server"] == label and r["tool"] == tool]
+            if values:
+                summary[f"{label} {tool}"] = statistics.median(values)
+    for key, value in summary.items():
+        tool = key.rsplit(" ", 1)[1]
+        bare = summary.get(f"bare grpc.aio {tool}")
+        ratio = f"  {value / bare:.2f}x bare" if bare else ""
+        print(f"{key:36s} {value:9.1f} infer/s{ratio}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "execution.json").write_text(
+        json.dumps(
+            {
+                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+                "command": "python benchmarks/execution_bench.py " + " ".join(sys.argv[1:]),
+                "rows": rows,
+                "median_infer_per_s": summary,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
