@@ -73,6 +73,13 @@ def _serve(repo: Path, port: int, cache: bool) -> subprocess.Popen[bytes]:
     raise RuntimeError("server not ready")
 
 
+def _server_time(port: int) -> tuple[int, int]:
+    """Requests answered and their total time inside the server (ModelStatistics)."""
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        success = client.get_inference_statistics("cnn").model_stats[0].inference_stats.success
+    return success.count, success.ns
+
+
 def _load(port: int, same: bool, clients: int, seconds: float) -> tuple[float, float]:
     """Requests per second, and median latency in ms."""
     latencies: list[float] = []
@@ -119,7 +126,10 @@ def main() -> None:
             try:
                 _load(18901, same, 1, 1.0)  # warm up
                 for clients in (1, 8):
+                    before = _server_time(18901)
                     rate, p50 = _load(18901, same, clients, args.seconds)
+                    after = _server_time(18901)
+                    server_ms = (after[1] - before[1]) / max(1, after[0] - before[0]) / 1e6
                     rows.append(
                         {
                             "round": round_index + 1,
@@ -127,10 +137,12 @@ def main() -> None:
                             "clients": clients,
                             "infer_per_s": rate,
                             "p50_ms": p50,
+                            "server_ms": server_ms,
                         }
                     )
                     print(
-                        f"{label:9s} c={clients}: {rate:8.1f} infer/s  p50 {p50:6.2f} ms",
+                        f"{label:9s} c={clients}: {rate:8.1f} infer/s  p50 {p50:6.2f} ms  "
+                        f"in the server {server_ms:6.3f} ms",
                         flush=True,
                     )
             finally:
@@ -144,6 +156,8 @@ def main() -> None:
         )
 
     summary = {
+        "hit_vs_miss_server_time_c1": median("misses", 1, "server_ms")
+        / median("hits", 1, "server_ms"),
         "hit_vs_miss_latency_c1": median("misses", 1, "p50_ms") / median("hits", 1, "p50_ms"),
         "hit_vs_miss_throughput_c8": median("hits", 8, "infer_per_s")
         / median("misses", 8, "infer_per_s"),

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -120,9 +121,9 @@ def _one(execution: str, seconds: float) -> dict[str, float]:
                 "--concurrency-range",
                 "8",
                 "--measurement-interval",
-                str(int(seconds * 1000)),
+                str(int(seconds * 1000 / 3)),
                 "--max-trials",
-                "1",
+                "3",
                 "--stability-percentage",
                 "100",
             ],
@@ -136,14 +137,8 @@ def _one(execution: str, seconds: float) -> dict[str, float]:
         timer.start()
         loaded = _health_latencies(address, stop)
         output = load.communicate(timeout=120)[0]
-        throughput = next(
-            (
-                float(line.split("throughput:")[1].split()[0])
-                for line in output.splitlines()
-                if "throughput:" in line
-            ),
-            float("nan"),
-        )
+        found = re.search(r"Throughput: ([\d.]+) infer/sec", output)
+        throughput = float(found.group(1)) if found else float("nan")
     finally:
         server.terminate()
         server.wait(30)

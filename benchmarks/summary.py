@@ -130,6 +130,81 @@ def _generation(doc: dict[str, Any]) -> Iterator[str]:
             )
 
 
+def _workers(doc: dict[str, Any]) -> Iterator[str]:
+    median = doc["median_infer_per_s"]
+    for tool, label in (("loadgen", "loadgen"), ("pa", "perf_analyzer")):
+        one, two = (
+            median.get(f"tensorgate --workers 1 {tool}"),
+            median.get(f"tensorgate --workers 2 {tool}"),
+        )
+        if one and two:
+            yield _row(
+                "workers",
+                f"add_sub unary c=32, {label}",
+                two,
+                "--workers 1",
+                one,
+                doc.get("date", ""),
+            )
+        triton = median.get(f"triton {tool}")
+        if two and triton:
+            yield _row(
+                "workers",
+                f"add_sub unary c=32 --workers 2, {label}",
+                two,
+                "triton",
+                triton,
+                doc.get("date", ""),
+            )
+
+
+def _execution(doc: dict[str, Any]) -> Iterator[str]:
+    median = doc["median_infer_per_s"]
+    for mode in ("thread", "inline", "auto"):
+        ours, bare = median.get(f"tensorgate --execution {mode} pa"), median.get("bare grpc.aio pa")
+        if ours and bare:
+            yield _row(
+                "execution",
+                f"add_sub unary c=32, --execution {mode}",
+                ours,
+                "bare grpc.aio",
+                bare,
+                doc.get("date", ""),
+            )
+
+
+def _cache(doc: dict[str, Any]) -> Iterator[str]:
+    summary, date = doc["summary"], doc.get("date", "")
+    yield (
+        f"| cache | CNN, time in the server: miss / hit, c=1 | | "
+        f"| **{summary['hit_vs_miss_server_time_c1']:.2f}×** | {date} |"
+    )
+    yield (
+        f"| cache | CNN throughput, 0 % hits vs no cache, c=8 | | "
+        f"| **{summary['miss_vs_no_cache_throughput_c8']:.2f}×** | {date} |"
+    )
+
+
+def _process(doc: dict[str, Any]) -> Iterator[str]:
+    date = doc.get("date", "")
+    p99 = {
+        mode: statistics.median(r["loaded_p99_ms"] for r in doc["rows"] if r["execution"] == mode)
+        for mode in ("thread", "process")
+    }
+    yield (
+        f"| process | health-check p99 beside a 20 ms pure-Python model at c=8 (goal 5 ms) "
+        f"| {p99['process']:.1f} ms, instance in a process | {p99['thread']:.1f} ms in a thread "
+        f"| **{p99['thread'] / p99['process']:.2f}×** | {date} |"
+    )
+
+
+def _shared_memory(doc: dict[str, Any]) -> Iterator[str]:
+    rows, date = doc["rows"], doc.get("date", "")
+    shm = statistics.median(r["infer_per_s"] for r in rows if r["shared_memory"])
+    raw = statistics.median(r["infer_per_s"] for r in rows if not r["shared_memory"])
+    yield _row("shared memory", "16 MB FP32 identity, c=4", shm, "raw contents", raw, date)
+
+
 def summary_markdown(results: Path) -> str:
     """The summary table and where each row's figures and commands come from."""
     sections = {
@@ -138,6 +213,11 @@ def summary_markdown(results: Path) -> str:
         "observability": _observability,
         "streams": _streams,
         "generation": _generation,
+        "workers": _workers,
+        "execution": _execution,
+        "cache": _cache,
+        "process": _process,
+        "shared_memory": _shared_memory,
     }
     rows: list[str] = []
     sources: list[str] = []
