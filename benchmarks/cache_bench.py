@@ -12,9 +12,6 @@ usage: python benchmarks/cache_bench.py [--seconds 5] [--rounds 2]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,11 +21,13 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import numpy as np
 import tritonclient.grpc as grpcclient
+from bench_results import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _repository(cached: bool) -> Path:
@@ -166,19 +165,7 @@ def main() -> None:
     }
     for key, value in summary.items():
         print(f"{key}: {value:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cache.json").write_text(
-        json.dumps(
-            {
-                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                "command": "python benchmarks/cache_bench.py " + " ".join(sys.argv[1:]),
-                "rows": rows,
-                "summary": summary,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_results("cache", rows=rows, summary=summary)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ usage: python benchmarks/execution_bench.py [--rounds 2] [--seconds 6]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 from dataclasses import asdict, replace
@@ -22,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_peer_bench import RESULTS, SERVERS, Running, _measure
+from bench_results import write_results
+from run_peer_bench import SERVERS, Running, _measure
 
 MODEL, CONCURRENCY = "add_sub", 32
 
@@ -63,19 +62,7 @@ def main() -> None:
         bare = summary.get(f"bare grpc.aio {tool}")
         ratio = f"  {value / bare:.2f}x bare" if bare else ""
         print(f"{key:36s} {value:9.1f} infer/s{ratio}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "execution.json").write_text(
-        json.dumps(
-            {
-                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                "command": "python benchmarks/execution_bench.py " + " ".join(sys.argv[1:]),
-                "rows": rows,
-                "median_infer_per_s": summary,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_results("execution", rows=rows, median_infer_per_s=summary)
 
 
 if __name__ == "__main__":

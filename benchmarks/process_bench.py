@@ -10,9 +10,7 @@ usage: python benchmarks/process_bench.py [--rounds 2] [--seconds 8]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -23,11 +21,13 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import grpc
+from bench_results import write_results
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
 
 SPIN = """
@@ -179,18 +179,7 @@ def main() -> None:
                 f"{row['model_infer_per_s']:.1f} infer/s",
                 flush=True,
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "process.json").write_text(
-        json.dumps(
-            {
-                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                "command": "python benchmarks/process_bench.py " + " ".join(sys.argv[1:]),
-                "rows": rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_results("process", rows=rows)
 
 
 if __name__ == "__main__":

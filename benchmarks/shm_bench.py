@@ -11,9 +11,7 @@ usage: python benchmarks/shm_bench.py [--rounds 2]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -23,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_results import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
 ELEMENTS = 4 * 2**20  # 16 MB of FP32
 
@@ -134,19 +135,7 @@ def main() -> None:
         statistics.median(r["infer_per_s"] for r in rows if not r["shared_memory"])
     )
     print(f"shared memory / raw contents: {ratio:.2f}x")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shared_memory.json").write_text(
-        json.dumps(
-            {
-                "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
-                "command": "python benchmarks/shm_bench.py " + " ".join(sys.argv[1:]),
-                "rows": rows,
-                "throughput_ratio": ratio,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    write_results("shared_memory", rows=rows, throughput_ratio=ratio)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ Needs `bash ../shared/peers/setup.sh` once (peers' venvs, perf_analyzer, models)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 from dataclasses import asdict, replace
@@ -22,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_peer_bench import RESULTS, SERVERS, Running, _measure
+from bench_results import write_results
+from run_peer_bench import SERVERS, Running, _measure
 
 MODEL, CONCURRENCY = "add_sub", 32
 
@@ -72,18 +71,7 @@ def main() -> None:
                 f"{key:32s} {summary[key]:9.1f} infer/s  {summary[key] / summary[base_key]:.2f}x"
                 " of --workers 1"
             )
-    RESULTS.mkdir(exist_ok=True)
-    out = {
-        "machine": {
-            "cores": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
-        "command": "python benchmarks/workers_bench.py " + " ".join(sys.argv[1:]),
-        "rows": rows,
-        "median_infer_per_s": summary,
-    }
-    (RESULTS / "workers.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_results("workers", rows=rows, median_infer_per_s=summary)
 
 
 if __name__ == "__main__":

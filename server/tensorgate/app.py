@@ -19,7 +19,7 @@ from tensorgate.errors import TensorgateError
 from tensorgate.observability.generation_metrics import GenerationCollector
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.metrics import MetricsStore, TensorgateCollector, build_registry
-from tensorgate.observability.metrics_server import MetricsApp
+from tensorgate.observability.metrics_server import MetricsApp, metrics_server
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol.tensors import LIMITS
@@ -30,7 +30,6 @@ from tensorgate.transport.access import AccessCollector, build_policy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.server import GrpcServer
 from tensorgate.transport.rest.server import http_server
-from tensorgate.transport.tls import tls_files
 from tensorgate.workers.role import WorkerRole
 from tensorgate.workers.siblings import Siblings
 
@@ -118,15 +117,7 @@ class Servers:
         )
         self.metrics_server: AsgiServer | None = None
         if registry is not None and role is None:  # a supervisor serves the workers' metrics
-            self.metrics_server = AsgiServer(
-                MetricsApp(registry, self.policy),
-                settings.host,
-                settings.metrics_port,
-                "metrics",
-                settings.reuse_port,
-                tls=tls_files(settings),
-                header_timeout_s=settings.http_header_timeout,
-            )
+            self.metrics_server = metrics_server(MetricsApp(registry, self.policy), settings)
 
     def _state_changed(self) -> None:
         self.grpc.health_changed()

@@ -12,7 +12,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from tensorgate.errors import TensorgateError
+from tensorgate.settings import Settings
 from tensorgate.transport.access import WWW_AUTHENTICATE, AccessPolicy
+from tensorgate.transport.asgi import AsgiServer
+from tensorgate.transport.tls import tls_files
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -54,3 +57,16 @@ async def _plain(
     headers += extra or []
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def metrics_server(app: Any, settings: Settings) -> AsgiServer:
+    """The metrics port's server: TLS and the slow-client timeout as the other ports."""
+    return AsgiServer(
+        app,
+        settings.host,
+        settings.metrics_port,
+        "metrics",
+        settings.reuse_port,
+        tls=tls_files(settings),
+        header_timeout_s=settings.http_header_timeout,
+    )

@@ -12,6 +12,19 @@ def _duration(target: pb.StatisticDuration, source: Duration) -> None:
     target.ns = source.ns
 
 
+# The durations of ModelStatistics.inference_stats, each a count and nanoseconds.
+INFERENCE_DURATIONS = (
+    "success",
+    "fail",
+    "queue",
+    "compute_input",
+    "compute_infer",
+    "compute_output",
+    "cache_hit",
+    "cache_miss",
+)
+
+
 def encode_model_statistics(
     target: pb.ModelStatistics, name: str, version: int, stats: ModelStats
 ) -> None:
@@ -22,16 +35,7 @@ def encode_model_statistics(
     target.inference_count = stats.inference_count
     target.execution_count = stats.execution_count
     inference = target.inference_stats
-    for field in (
-        "success",
-        "fail",
-        "queue",
-        "compute_input",
-        "compute_infer",
-        "compute_output",
-        "cache_hit",
-        "cache_miss",
-    ):
+    for field in INFERENCE_DURATIONS:
         _duration(getattr(inference, field), getattr(stats, field))
     for size in sorted(stats.batches):
         batch = stats.batches[size]

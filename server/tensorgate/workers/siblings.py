@@ -17,6 +17,7 @@ from tensorgate_protos import grpc_service_pb2 as pb
 from tensorgate_protos import grpc_service_pb2_grpc as pb_grpc
 
 from tensorgate.errors import TensorgateError
+from tensorgate.protocol.model_stats import INFERENCE_DURATIONS
 from tensorgate.workers.role import WorkerRole
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,7 @@ def merge_statistics(responses: list[pb.ModelStatisticsResponse]) -> pb.ModelSta
             target.last_inference = max(target.last_inference, stats.last_inference)
             target.inference_count += stats.inference_count
             target.execution_count += stats.execution_count
-            for field in (
-                "success",
-                "fail",
-                "queue",
-                "compute_input",
-                "compute_infer",
-                "compute_output",
-                "cache_hit",
-                "cache_miss",
-            ):
+            for field in INFERENCE_DURATIONS:
                 _add(getattr(target.inference_stats, field), getattr(stats.inference_stats, field))
             sizes = {b.batch_size: b for b in target.batch_stats}
             for batch in stats.batch_stats:

@@ -41,12 +41,12 @@ from tensorgate_protos import server_status_pb2_grpc as status_grpc
 
 from tensorgate.errors import TensorgateError
 from tensorgate.observability.logs import LogControl
+from tensorgate.observability.metrics_server import metrics_server
 from tensorgate.repository.config import read_config
 from tensorgate.settings import Settings
 from tensorgate.transport import PortInUse
 from tensorgate.transport.access import WWW_AUTHENTICATE, AccessPolicy, build_policy
 from tensorgate.transport.asgi import AsgiServer
-from tensorgate.transport.tls import tls_files
 from tensorgate.workers import metrics_merge
 from tensorgate.workers.role import WorkerRole
 
@@ -136,15 +136,7 @@ class Supervisor:
         )
         self.metrics_server: AsgiServer | None = None
         if settings.metrics_port >= 0:
-            self.metrics_server = AsgiServer(
-                _MetricsApp(self),
-                settings.host,
-                settings.metrics_port,
-                "metrics",
-                settings.reuse_port,
-                tls=tls_files(settings),
-                header_timeout_s=settings.http_header_timeout,
-            )
+            self.metrics_server = metrics_server(_MetricsApp(self), settings)
         self._stubs: dict[int, status_grpc.ServerStatusStub] = {}
 
     # Workers ----------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""Writing a benchmark's results: the JSON file in benchmarks/results/ that the summary table
+(summary.py) reads, with the machine, the date and the exact command."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """The machine in words: cores, processor, Python and the libraries that matter."""
+    versions = []
+    for module in ("onnxruntime", "grpc"):
+        with contextlib.suppress(ImportError):
+            versions.append(f"{module} {__import__(module).__version__}")
+    processor = platform.processor() or platform.machine()
+    return (
+        f"{os.cpu_count()} cores ({processor}), Python {platform.python_version()}, "
+        f"{', '.join(versions)}; clients on the same cores"
+    )
+
+
+def write_results(name: str, **content: Any) -> Path:
+    """benchmarks/results/NAME.json with `content` beside the machine, date and command."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    document = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": "python " + " ".join(["benchmarks/" + Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **content,
+    }
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    return path
