@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,30 @@ def write_results(name: str, **content: Any) -> Path:
     }
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
+
+
+def start_server(repo: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`tensorgate serve` on loopback: gRPC on `port`, no HTTP or metrics, no access log."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorgate",
+            "serve",
+            "--model-repository",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+            "--access-log-rate",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from bench_results import write_results
+from bench_results import start_server, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,27 +40,7 @@ def _repository(cached: bool) -> Path:
 
 
 def _serve(repo: Path, port: int, cache: bool) -> subprocess.Popen[bytes]:
-    args = [
-        sys.executable,
-        "-m",
-        "tensorgate",
-        "serve",
-        "--model-repository",
-        str(repo),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(port),
-        "--http-port",
-        "-1",
-        "--metrics-port",
-        "-1",
-        "--access-log-rate",
-        "0",
-    ]
-    if cache:
-        args += ["--cache-size", str(256 * 2**20)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_server(repo, port, *(["--cache-size", str(256 * 2**20)] if cache else []))
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
     for _ in range(600):
         try:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
-from bench_results import write_results
+from bench_results import start_server, write_results
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,28 +70,7 @@ def _health_latencies(address: str, stop: threading.Event) -> list[float]:
 def _one(execution: str, seconds: float) -> dict[str, float]:
     repo = _repository(execution)
     port = 18950
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "-1",
-            "--metrics-port",
-            "-1",
-            "--access-log-rate",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_server(repo, port)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

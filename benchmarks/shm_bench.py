@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_results import write_results
+from bench_results import start_server, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
@@ -88,28 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     repo = _repository()
     port = 18960
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorgate",
-            "serve",
-            "--model-repository",
-            str(repo),
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "-1",
-            "--metrics-port",
-            "-1",
-            "--access-log-rate",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_server(repo, port)
     rows = []
     try:
         time.sleep(5)
