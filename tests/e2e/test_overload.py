@@ -31,19 +31,19 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 BATCH_S = 0.02  # the model's time per batch, whatever its size (up to 2)
 BURST_S = 30.0
 
-SLOW = f"""
+SLOW = """
 import time
 
 class Model:
     def execute(self, inputs):
-        time.sleep({BATCH_S})
+        time.sleep({seconds})
         return {{"OUTPUT": inputs["INPUT"]}}
 """
 
 
-def _repository(root: Path) -> Path:
+def _repository(root: Path, batch_s: float = BATCH_S) -> Path:
     (root / "slow" / "1").mkdir(parents=True)
-    (root / "slow" / "1" / "model.py").write_text(SLOW)
+    (root / "slow" / "1" / "model.py").write_text(SLOW.format(seconds=batch_s))
     (root / "slow" / "config.pbtxt").write_text(
         'backend: "python"\nmax_batch_size: 2\ndynamic_batching { }\n'
         'input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]\n'
@@ -235,7 +235,9 @@ def test_a_request_whose_deadline_is_shorter_than_the_queue_wait_is_refused_at_o
 def test_sigterm_under_load_finishes_every_accepted_request(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    root = _repository(tmp_path_factory.mktemp("drain"))
+    # Batches slow enough that all 20 are surely in flight together (the drain's 5 s grace
+    # still covers them: 10 batches of 0.2 s).
+    root = _repository(tmp_path_factory.mktemp("drain"), batch_s=0.2)
     server = start_server(root, tmp_path / "log")
     try:
         with grpc.insecure_channel(server.url) as channel:
@@ -252,6 +254,8 @@ def test_sigterm_under_load_finishes_every_accepted_request(
                 if found and float(found.group(1)) == 20:
                     break
                 time.sleep(0.01)
+            else:
+                pytest.fail("the 20 requests were never in flight together")
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.05)
             with pytest.raises(grpc.RpcError) as info:
