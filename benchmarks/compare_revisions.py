@@ -28,24 +28,34 @@ ROWS = (("http", 8), ("http", 32), ("grpc", 32))
 PORTS = {"new": (18801, 18811), "base": (18802, 18812)}
 
 
-def _export(rev: str, into: Path) -> Path:
-    """The revision's server package under `into`, ready for PYTHONPATH."""
+def _export(rev: str, into: Path) -> str:
+    """The revision's server package and its generated stubs under `into`, as a PYTHONPATH
+    (a revision's server must run with the stubs of its own schema)."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "server/tensorgate"],
+        [
+            "git",
+            "-C",
+            str(ROOT),
+            "archive",
+            "--format=tar",
+            rev,
+            "server/tensorgate",
+            "protos/python/tensorgate_protos",
+        ],
         capture_output=True,
         check=True,
     ).stdout
     target = into / rev.replace("/", "_")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
-    return target / "server"
+    return os.pathsep.join(str(target / part) for part in ("server", "protos/python"))
 
 
 def _start(
-    side: str, repository: Path, log: Path, pythonpath: Path | None
+    side: str, repository: Path, log: Path, pythonpath: str | None
 ) -> subprocess.Popen[bytes]:
     grpc_port, http_port = PORTS[side]
-    env = None if pythonpath is None else {**os.environ, "PYTHONPATH": str(pythonpath)}
+    env = None if pythonpath is None else {**os.environ, "PYTHONPATH": pythonpath}
     process = subprocess.Popen(
         serve_command(repository, grpc_port, http_port, -1),
         stdout=log.open("wb"),

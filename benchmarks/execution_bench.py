@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_results import write_results
-from run_peer_bench import SERVERS, Running, _measure
+from run_peer_bench import SERVERS, side_by_side
 
 MODEL, CONCURRENCY = "add_sub", 32
 
@@ -39,24 +38,7 @@ def main() -> None:
         for e in ("thread", "inline", "auto")
     ]
     servers.append(("bare grpc.aio", SERVERS["bare-grpc"], ()))
-    rows = []
-    for round_index in range(args.rounds):
-        print(f"== round {round_index + 1}", flush=True)
-        for label, server, extra in servers:
-            running = Running(server, workdir, extra)
-            try:
-                for tool in ("loadgen", "pa"):
-                    row = _measure(server, MODEL, CONCURRENCY, tool, args.seconds)
-                    if row is not None:
-                        rows.append({**asdict(row), "server": label, "round": round_index + 1})
-            finally:
-                running.stop()
-    summary = {}
-    for label, _, _ in servers:
-        for tool in ("loadgen", "pa"):
-            values = [r["infer_per_s"] for r in rows if r["server"] == label and r["tool"] == tool]
-            if values:
-                summary[f"{label} {tool}"] = statistics.median(values)
+    rows, summary = side_by_side(servers, MODEL, CONCURRENCY, args.rounds, args.seconds, workdir)
     for key, value in summary.items():
         tool = key.rsplit(" ", 1)[1]
         bare = summary.get(f"bare grpc.aio {tool}")

@@ -19,11 +19,13 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -179,6 +181,37 @@ def _measure(server: Server, model: str, conc: int, tool: str, seconds: float) -
     row = Row(server.name, model, conc, tool, *(float(g) for g in match.groups()), shown)
     print(f"  {server.name:18s} {model:13s} c={conc:<3d} {tool:9s} {match.group(0)}", flush=True)
     return row
+
+
+# A server of a side-by-side run: its label, how to start it, and the flags it is given.
+Variant = tuple[str, Server, tuple[str, ...]]
+
+
+def side_by_side(
+    variants: list[Variant], model: str, conc: int, rounds: int, seconds: float, workdir: Path
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Each variant measured once per round (rounds alternate, against the machine's drift)
+    with the aio generator and perf_analyzer: every row, and each label's median infer/s per
+    tool (keyed "LABEL TOOL")."""
+    rows: list[dict[str, Any]] = []
+    for round_index in range(rounds):
+        print(f"== round {round_index + 1}", flush=True)
+        for label, server, extra in variants:
+            running = Running(server, workdir, extra)
+            try:
+                for tool in ("loadgen", "pa"):
+                    row = _measure(server, model, conc, tool, seconds)
+                    if row is not None:
+                        rows.append({**asdict(row), "server": label, "round": round_index + 1})
+            finally:
+                running.stop()
+    medians = {}
+    for label, _, _ in variants:
+        for tool in ("loadgen", "pa"):
+            values = [r["infer_per_s"] for r in rows if r["server"] == label and r["tool"] == tool]
+            if values:
+                medians[f"{label} {tool}"] = statistics.median(values)
+    return rows, medians
 
 
 def _alive(url: str) -> bool:

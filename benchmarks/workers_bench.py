@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_results import write_results
-from run_peer_bench import SERVERS, Running, _measure
+from run_peer_bench import SERVERS, side_by_side
 
 MODEL, CONCURRENCY = "add_sub", 32
 
@@ -42,26 +41,7 @@ def main() -> None:
     ]
     if not args.no_triton:
         servers.append(("triton", replace(SERVERS["triton"], models=(MODEL,)), ()))
-    rows = []
-    for round_index in range(args.rounds):
-        print(f"== round {round_index + 1}", flush=True)
-        for label, server, extra in servers:
-            running = Running(server, workdir, extra)
-            try:
-                for tool in ("loadgen", "pa"):
-                    row = _measure(server, MODEL, CONCURRENCY, tool, args.seconds)
-                    if row is not None:
-                        record = asdict(row)
-                        record.update(server=label, round=round_index + 1)
-                        rows.append(record)
-            finally:
-                running.stop()
-    summary = {}
-    for label, _, _ in servers:
-        for tool in ("loadgen", "pa"):
-            values = [r["infer_per_s"] for r in rows if r["server"] == label and r["tool"] == tool]
-            if values:
-                summary[f"{label} {tool}"] = statistics.median(values)
+    rows, summary = side_by_side(servers, MODEL, CONCURRENCY, args.rounds, args.seconds, workdir)
     one = [k for k in summary if "--workers 1 " in k]
     for key in list(summary):
         tool = key.rsplit(" ", 1)[1]

@@ -92,7 +92,7 @@ class Servers:
                 extra.append(ResponseCacheCollector(self.cache))
             registry = build_registry(collector, generation, *extra)
         metrics_text = partial(generate_latest, registry) if registry is not None else None
-        siblings = Siblings(role) if role is not None else None
+        self.siblings = siblings = Siblings(role) if role is not None else None
         self.grpc = GrpcServer(
             settings, self.dataplane, log_control, self.policy, metrics_text, siblings
         )
@@ -168,8 +168,8 @@ class Servers:
         """What the other workers have loaded (a restarted worker catches up with them)."""
         from tensorgate_protos import grpc_service_pb2 as pb
 
-        assert self.role is not None
-        indexes = await Siblings(self.role).gather(
+        assert self.siblings is not None
+        indexes = await self.siblings.gather(
             "RepositoryIndex", pb.RepositoryIndexRequest(ready=True)
         )
         return [m.name for index in indexes for m in index.models if m.state == "READY"]

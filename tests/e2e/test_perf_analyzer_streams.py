@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.e2e.test_tools import PERF_ANALYZER
+from tests.e2e.test_tools import perf_analyzer
 
 pytestmark = pytest.mark.slow
-
-
-def perf_analyzer(server: Server, model: str, *extra: str) -> str:
-    if not PERF_ANALYZER.exists():
-        pytest.skip(
-            f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
-            "(needs Debian's libb64-0d)"
-        )
-    args = [
-        str(PERF_ANALYZER),
-        "-m",
-        model,
-        "-u",
-        server.url,
-        "-i",
-        "grpc",
-        "--concurrency-range",
-        "2",
-        "--measurement-interval",
-        "1000",
-        "--max-trials",
-        "5",
-        "--stability-percentage",
-        "100",
-        *extra,
-    ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Throughput:" in result.stdout
-    return result.stdout
 
 
 def test_streaming_against_a_decoupled_model(stream_server: Server, tmp_path: Path) -> None:

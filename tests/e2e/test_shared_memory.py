@@ -4,7 +4,6 @@ perf_analyzer --shared-memory system."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -15,7 +14,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server
-from tests.e2e.test_tools import PERF_ANALYZER
+from tests.e2e.test_tools import perf_analyzer
 
 shm = pytest.importorskip("tritonclient.utils.shared_memory")
 
@@ -99,31 +98,4 @@ def test_inputs_and_outputs_in_shared_memory_over_http(
 
 
 def test_perf_analyzer_sends_through_system_shared_memory(server: Server) -> None:
-    if not PERF_ANALYZER.exists():
-        pytest.skip(f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools'")
-    result = subprocess.run(
-        [
-            str(PERF_ANALYZER),
-            "-m",
-            "add_sub",
-            "-u",
-            server.url,
-            "-i",
-            "grpc",
-            "--shared-memory",
-            "system",
-            "--concurrency-range",
-            "2",
-            "--measurement-interval",
-            "1000",
-            "--max-trials",
-            "5",
-            "--stability-percentage",
-            "100",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Throughput:" in result.stdout
+    perf_analyzer(server, "add_sub", "--shared-memory", "system")

@@ -19,6 +19,37 @@ from tests.e2e.conftest import ROOT, Server
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
 
 
+def perf_analyzer(server: Server, model: str, *extra: str) -> str:
+    """A short perf_analyzer run at c=2 over gRPC (skipped without the binary); its output."""
+    if not PERF_ANALYZER.exists():
+        pytest.skip(
+            f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
+            "(needs Debian's libb64-0d)"
+        )
+    args = [
+        str(PERF_ANALYZER),
+        "-m",
+        model,
+        "-u",
+        server.url,
+        "-i",
+        "grpc",
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "--max-trials",
+        "5",
+        "--stability-percentage",
+        "100",
+        *extra,
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Throughput:" in result.stdout
+    return result.stdout
+
+
 def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("grpcurl", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if binary is None:

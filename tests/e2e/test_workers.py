@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, serving
-from tests.e2e.test_tools import PERF_ANALYZER
+from tests.e2e.test_tools import perf_analyzer
 
 pytestmark = pytest.mark.slow
 
@@ -110,32 +110,7 @@ def test_two_workers_serve_as_one_server_in_metrics_and_statistics(two_workers: 
 
 
 def test_perf_analyzer_measures_two_workers(two_workers: Server) -> None:
-    if not PERF_ANALYZER.exists():
-        pytest.skip(f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools'")
-    result = subprocess.run(
-        [
-            str(PERF_ANALYZER),
-            "-m",
-            "add_sub",
-            "-i",
-            "grpc",
-            "-u",
-            two_workers.url,
-            "--concurrency-range",
-            "4",
-            "--measurement-interval",
-            "1000",
-            "--max-trials",
-            "5",
-            "--stability-percentage",
-            "100",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Throughput:" in result.stdout and "Server:" in result.stdout
+    assert "Server:" in perf_analyzer(two_workers, "add_sub")
 
 
 def test_an_explicit_load_and_unload_reach_every_worker(
