@@ -51,45 +51,40 @@ class HttpProtocol(HttpToolsProtocol):
     # A request's head must arrive within this many seconds of the connection opening or of
     # its first byte, and its body may pause no longer than this between bytes, or the
     # connection is closed with 408: slow or silent clients (slowloris) cannot hold
-    # connections. AsgiServer sets it per server.
+    # connections. AsgiServer sets it per server, and sweeps its connections for the late
+    # ones (`close_if_late`): a timestamp per request costs less than a timer per request.
     header_timeout_s = 10.0
-    _header_timer: asyncio.TimerHandle | None = None
+    _due = 0.0  # loop time by which the head, or the body's next bytes, must come; 0: none
     _in_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
-        self._arm_header_timer()
+        self._due = self.loop.time() + self.header_timeout_s
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {CONNECTION_EXTENSION: self}  # type: ignore[dict-item]
-        self._arm_header_timer()
+        self._due = self.loop.time() + self.header_timeout_s
 
     def on_headers_complete(self) -> None:
-        self._arm_header_timer()  # from now on, for the body's pauses
+        self._due = self.loop.time() + self.header_timeout_s  # now for the body's pauses
         self._in_body = True
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
-            self._arm_header_timer()
+            self._due = self.loop.time() + self.header_timeout_s
         super().data_received(data)
 
     def on_message_complete(self) -> None:
         self._in_body = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._due = 0.0
         super().on_message_complete()
 
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_late)
-
-    def _header_late(self) -> None:
-        self._header_timer = None
-        if not self.transport.is_closing():
+    def close_if_late(self, now: float) -> None:
+        """408 and close when the head or the body's next bytes are overdue."""
+        if 0.0 < self._due < now and not self.transport.is_closing():
+            self._due = 0.0
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
 
@@ -159,9 +154,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_gone = True
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._due = 0.0
         super().connection_lost(exc)
         if self._watcher is not None:
             self._watcher.cancel()
@@ -256,6 +249,8 @@ class AsgiServer:
         self.sockets: list[socket.socket] = []
         self._ticker: asyncio.Task[None] | None = None
         self._reloader: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.header_timeout_s = header_timeout_s
 
     async def start(self) -> int:
         host, port = self.host, self.port
@@ -284,7 +279,20 @@ class AsgiServer:
         await self.server.startup(sockets=self.sockets)
         # uvicorn's tick refreshes the Date header once a second.
         self._ticker = asyncio.create_task(self.server.main_loop())
+        self._sweeper = asyncio.create_task(self._sweep())
         return int(sock.getsockname()[1])
+
+    async def _sweep(self) -> None:
+        """Close the connections whose request is overdue (see HttpProtocol.header_timeout_s)."""
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, self.header_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in list(self.server.server_state.connections):
+                close_if_late = getattr(connection, "close_if_late", None)
+                if close_if_late is not None:
+                    close_if_late(now)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (up to the grace period)."""
@@ -293,5 +301,7 @@ class AsgiServer:
         self.server.should_exit = True
         if self._reloader is not None:
             self._reloader.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self._ticker
         await self.server.shutdown(sockets=self.sockets)
