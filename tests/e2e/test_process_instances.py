@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import serving
+from tests.e2e.triton_models import ADD_SUB, BLS, BLS_ASYNC, EXAMPLES, python_config
 
 MODEL = """
 import os
@@ -111,3 +112,143 @@ def test_inline_execution_serves_an_onnx_model_and_is_refused_for_python_code(
             time.sleep(0.1)
         assert "execution: inline is not possible" in reason
         assert "Python model code would hold the event loop" in reason
+
+
+# BLS to a decoupled model: the sum of every OUT that repeat_int32 streams back for IN.
+STREAM_BLS = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy().reshape(-1)
+            call = pb_utils.InferenceRequest(
+                model_name="repeat_int32",
+                requested_output_names=["OUT"],
+                inputs=[
+                    pb_utils.Tensor("IN", values.astype(np.int32)),
+                    pb_utils.Tensor("DELAY", np.zeros(len(values), np.uint32)),
+                    pb_utils.Tensor("WAIT", np.zeros(1, np.uint32)),
+                ],
+            )
+            total, count = 0, 0
+            for answer in call.exec(decoupled=True):
+                if answer.has_error():
+                    raise pb_utils.TritonModelException(answer.error().message())
+                out = pb_utils.get_output_tensor_by_name(answer, "OUT")
+                if out is not None:
+                    total += int(out.as_numpy()[0])
+                    count += 1
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("SUM", np.array([total], np.int32)),
+                pb_utils.Tensor("COUNT", np.array([count], np.int32)),
+            ]))
+        return responses
+"""
+STREAM_BLS_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [{ name: "IN", data_type: TYPE_INT32, dims: [-1] }]
+output [{ name: "SUM", data_type: TYPE_INT32, dims: [1] },
+        { name: "COUNT", data_type: TYPE_INT32, dims: [1] }]
+parameters { key: "execution" value { string_value: "process" } }
+"""
+# BLS to a model that does not exist: the error comes back as an error response.
+MISSING_BLS = BLS.replace('model_name="add_sub"', 'model_name="no_such_model"')
+
+
+def _triton_repository(root: Path, test_repository: Path) -> None:
+    import shutil
+
+    process = '\nparameters { key: "execution" value { string_value: "process" } }\n'
+    shutil.copytree(test_repository / "add_sub", root / "add_sub")
+    shutil.copytree(EXAMPLES / "repeat_int32", root / "repeat_int32")
+    models = {
+        "bls_in_process": (python_config("FP32") + process, BLS),
+        "bls_async_in_process": (python_config("FP32") + process, BLS_ASYNC),
+        "add_sub_in_process": (
+            python_config("FP32", extra="dynamic_batching { }") + process,
+            ADD_SUB,
+        ),
+        "missing_bls_in_process": (python_config("FP32") + process, MISSING_BLS),
+        "stream_bls_in_process": (STREAM_BLS_CONFIG, STREAM_BLS),
+    }
+    for name, (config, code) in models.items():
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "config.pbtxt").write_text(config)
+        (root / name / "1" / "model.py").write_text(code)
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, array in (("INPUT0", a), ("INPUT1", b)):
+        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def test_python_backend_models_in_processes_call_models_through_the_server(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("process_bls")
+    _triton_repository(root, test_repository)
+    a = np.arange(16, dtype=np.float32).reshape(1, 16)
+    b = np.ones((1, 16), dtype=np.float32)
+    with (
+        serving(root, tmp_path_factory, wait_model="stream_bls_in_process") as server,
+        grpcclient.InferenceServerClient(server.url) as client,
+    ):
+        for model in ("bls_in_process", "bls_async_in_process"):
+            result = client.infer(model, _pair(a, b))
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+        # The calls went through the data plane: counted as add_sub's own requests.
+        stats = client.get_inference_statistics("add_sub", as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == 3  # one call, then two at once
+
+        values = np.array([3, 5, 7, 11], np.int32)
+        tensor = grpcclient.InferInput("IN", [4], "INT32")
+        tensor.set_data_from_numpy(values)
+        streamed = client.infer("stream_bls_in_process", [tensor])
+        assert int(streamed.as_numpy("SUM")[0]) == int(values.sum())
+        assert int(streamed.as_numpy("COUNT")[0]) == len(values)
+
+        with pytest.raises(InferenceServerException, match="no_such_model"):
+            client.infer("missing_bls_in_process", _pair(a, b))
+        # Still serving after a failed call.
+        again = client.infer("bls_in_process", _pair(a, b))
+        np.testing.assert_array_equal(again.as_numpy("OUTPUT0"), a + b)
+
+
+def test_an_error_response_in_a_process_instance_fails_only_its_own_request(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("process_errors")
+    _triton_repository(root, test_repository)
+    good = np.ones((1, 16), dtype=np.float32)
+    bad = np.full((1, 16), np.nan, dtype=np.float32)
+    with serving(root, tmp_path_factory, wait_model="stream_bls_in_process") as server:
+
+        def call(first: np.ndarray) -> np.ndarray | InferenceServerException:
+            with grpcclient.InferenceServerClient(server.url) as client:
+                try:
+                    result = client.infer("add_sub_in_process", _pair(first, good))
+                    return result.as_numpy("OUTPUT0")
+                except InferenceServerException as exc:
+                    return exc
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, [good, bad] * 8))
+    for index, result in enumerate(results):
+        if index % 2:
+            assert isinstance(result, InferenceServerException)
+            assert "INPUT0 holds NaN" in str(result.message())
+        else:
+            assert isinstance(result, np.ndarray)
+            np.testing.assert_array_equal(result, good * 2)

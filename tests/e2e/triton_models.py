@@ -83,7 +83,7 @@ class TritonPythonModel:
 """
 
 
-def _config(dtype: str, batch: int = 8, extra: str = "") -> str:
+def python_config(dtype: str, batch: int = 8, extra: str = "") -> str:
     return (
         f'backend: "python"\nmax_batch_size: {batch}\n{extra}\n'
         f'input [{{ name: "INPUT0", data_type: TYPE_{dtype}, dims: [16] }},'
@@ -103,12 +103,12 @@ REPEAT_CONFIG = (
 def build_triton_models(root: Path) -> None:
     """Triton-style model.py files: add_sub (FP32 and INT8), BLS, decoupled, strings."""
     models = {
-        "triton_add_sub": (_config("FP32", extra="dynamic_batching { }"), ADD_SUB),
-        "simple_int8": (_config("INT8"), ADD_SUB),
-        "triton_bls": (_config("FP32"), BLS),
-        "triton_bls_async": (_config("FP32"), BLS_ASYNC),
+        "triton_add_sub": (python_config("FP32", extra="dynamic_batching { }"), ADD_SUB),
+        "simple_int8": (python_config("INT8"), ADD_SUB),
+        "triton_bls": (python_config("FP32"), BLS),
+        "triton_bls_async": (python_config("FP32"), BLS_ASYNC),
         "triton_repeat_int32": (REPEAT_CONFIG, REPEAT),
-        "simple_string": (_config("STRING"), STRING),
+        "simple_string": (python_config("STRING"), STRING),
     }
     for name, (config, code) in models.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from tensorgate_protos import model_config_pb2 as mc
 from tensorgate.dataplane.types import Array
 
 if TYPE_CHECKING:
-    from tensorgate.dataplane.calls import ModelCalls
+    from tensorgate.dataplane.calls import Caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class InstanceContext:
     device: str  # "cpu" or "cuda:<id>"
     intra_op_threads: int
     index: int = 0  # which instance of the version this is
-    calls: ModelCalls | None = None  # how model code calls other models (BLS)
+    calls: Caller | None = None  # how model code calls other models (BLS)
 
 
 class Backend(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tensorgate.backends.base import ResponseSender
-from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.calls import Caller
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import TensorgateError
 from tensorgate.protocol import datatypes
@@ -141,7 +141,7 @@ class InferenceRequest:
     """A request a model receives in `execute`, or one it builds to call a model (BLS)."""
 
     # The server's model calls; the Python backend sets it when it loads a Triton model.
-    _calls: ModelCalls | None = None
+    _calls: Caller | None = None
 
     def __init__(
         self,
@@ -231,7 +231,7 @@ class InferenceRequest:
         request.parameters = params
         return request
 
-    def _caller(self) -> ModelCalls:
+    def _caller(self) -> Caller:
         if InferenceRequest._calls is None:
             raise TritonModelException("BLS calls need a running tensorgate server")
         return InferenceRequest._calls

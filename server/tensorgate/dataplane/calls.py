@@ -2,23 +2,38 @@
 
 Model code runs on instance threads, never on the server's event loop, so a call crosses
 to the loop with `run_coroutine_threadsafe` and goes through the data plane like any
-client's request: validated, batched with other traffic, counted in statistics.
+client's request: validated, batched with other traffic, counted in statistics. Model code
+in a process instance calls through its control channel (executors/process_instance.py),
+whose server side submits here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import FailedPrecondition
 
 Infer = Callable[[InferRequest], Coroutine[Any, Any, InferResponse]]
 Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
-_END = object()
+# What a stream's `deliver` is given after its last response (or its error).
+STREAM_END = object()
+
+
+class Caller(Protocol):
+    """What model code calls models through: the server's ModelCalls in its own process,
+    a process instance's channel back to the server in a child."""
+
+    def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse: ...
+
+    async def infer_async(self, request: InferRequest) -> InferResponse: ...
+
+    def stream(self, request: InferRequest) -> Iterator[InferResponse]: ...
 
 
 class ModelCalls:
@@ -42,35 +57,41 @@ class ModelCalls:
             raise FailedPrecondition("a model call cannot block the server's event loop")
         return loop
 
-    def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
-        """Blocking: one response (from a model's thread)."""
-        future: Any = asyncio.run_coroutine_threadsafe(self._infer(request), self._server_loop())
-        result: InferResponse = future.result(timeout_s)
-        return result
+    def submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
+        """Start a call from any thread but the loop's; its future resolves on the loop."""
+        return asyncio.run_coroutine_threadsafe(self._infer(request), self._server_loop())
 
-    async def infer_async(self, request: InferRequest) -> InferResponse:
-        """From a model's own event loop (`async def execute`)."""
-        future: Any = asyncio.run_coroutine_threadsafe(self._infer(request), self._server_loop())
-        result: InferResponse = await asyncio.wrap_future(future)
-        return result
-
-    def stream(self, request: InferRequest) -> Iterator[InferResponse]:
-        """Blocking: a decoupled model's responses, as they come."""
-        responses: queue.Queue[object] = queue.Queue()
+    def submit_stream(
+        self, request: InferRequest, deliver: Callable[[object], None]
+    ) -> concurrent.futures.Future[None]:
+        """Start a decoupled call: `deliver` gets each response, then an error if one ends
+        it, then STREAM_END, on the server's loop; cancel the future to stop early."""
 
         async def pump() -> None:
             try:
                 async for response in self._stream(request):
-                    responses.put(response)
-            except BaseException as exc:
-                responses.put(exc)
-                raise
+                    deliver(response)
+            except Exception as exc:
+                deliver(exc)
             finally:
-                responses.put(_END)
+                deliver(STREAM_END)
 
-        future = asyncio.run_coroutine_threadsafe(pump(), self._server_loop())
+        return asyncio.run_coroutine_threadsafe(pump(), self._server_loop())
+
+    def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
+        """Blocking: one response (from a model's thread)."""
+        return self.submit(request).result(timeout_s)
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        """From a model's own event loop (`async def execute`)."""
+        return await asyncio.wrap_future(self.submit(request))
+
+    def stream(self, request: InferRequest) -> Iterator[InferResponse]:
+        """Blocking: a decoupled model's responses, as they come."""
+        responses: queue.Queue[object] = queue.Queue()
+        future = self.submit_stream(request, responses.put)
         try:
-            while (item := responses.get()) is not _END:
+            while (item := responses.get()) is not STREAM_END:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, InferResponse)

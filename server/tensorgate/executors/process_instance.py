@@ -2,26 +2,40 @@
 { string_value: "process" } }`, or `--execution process`): model code that holds the GIL,
 a pure-Python model above all, cannot then slow the event loop or the other instances.
 
-The instance looks like any backend to the executor (`ProcessInstance.execute`), called on
-its instance thread. Tensors cross through two shared-memory slabs that the server creates
-and the child maps once: the inputs written into one, the outputs read from the other (the
-slabs grow when a batch does not fit; an output that does not fit comes back through the
-pipe once, and the output slab grows for next time). Only a few names, shapes and offsets
-travel through the pipe. The instance thread waits on the pipe without the GIL.
+The instance looks like any backend to the executor (`ProcessInstance.execute`, and
+`execute_requests` for Triton Python-backend models), called on its instance thread.
+Tensors cross through two shared-memory slabs that the server creates and the child maps
+once: the inputs written into one, the outputs read from the other (the slabs grow when a
+batch does not fit; an output that does not fit comes back through the pipe once, and the
+output slab grows for next time). Only names, shapes and offsets travel through the pipe.
+The instance thread waits on the pipe without the GIL.
+
+The pipe is also the control channel for model code's calls to other models (Triton's BLS):
+the child sends the request, the instance thread submits it to the server's data plane and
+sends the answer back (or each response of a decoupled model, in order) while the batch that
+made the call is still running. Calls from one batch may be in flight together
+(`async_exec` with `asyncio.gather`). BLS tensors travel pickled through the pipe: they are
+model-to-model traffic, usually small, and it keeps the slabs for the batch itself.
 
 A child that dies fails the batch it was running with a clear error; the next batch starts
 a new child (loading the model again), so the instance heals itself. BYTES tensors travel as
-length-prefixed elements; Triton's BLS calls are not available in a process instance.
+length-prefixed elements.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import multiprocessing
+import os
+import queue
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
@@ -30,8 +44,16 @@ import numpy as np
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends.base import InstanceContext, ModelSignature
-from tensorgate.dataplane.types import Array
-from tensorgate.errors import ModelExecutionError, ModelLoadError
+from tensorgate.dataplane.calls import STREAM_END, ModelCalls
+from tensorgate.dataplane.types import Array, InferRequest, InferResponse
+from tensorgate.errors import (
+    ErrorKind,
+    FailedPrecondition,
+    ModelExecutionError,
+    ModelLoadError,
+    TensorgateError,
+    Unavailable,
+)
 from tensorgate.protocol.tensors import deserialize_bytes, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -39,6 +61,22 @@ log = logging.getLogger(__name__)
 _SLAB_MIN = 1 << 20
 # A tensor in a slab: name, numpy dtype string ("|O" for BYTES), shape, offset, size in bytes.
 Placed = tuple[str, str, tuple[int, ...], int, int]
+# An exception, portable between the processes: its type's name, its ErrorKind's name (""
+# when it is not a TensorgateError) and its message.
+Failure = tuple[str, str, str]
+
+
+def _failure(exc: BaseException) -> Failure:
+    if isinstance(exc, TensorgateError):
+        return (type(exc).__name__, exc.kind.name, exc.message)
+    return (type(exc).__name__, "", str(exc))
+
+
+def _raised(failure: Failure) -> TensorgateError:
+    name, kind, message = failure
+    if kind:
+        return TensorgateError(message, ErrorKind[kind])
+    return ModelExecutionError(f"{name}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +93,31 @@ class ChildSpec:
     index: int
 
 
-def _place(arrays: dict[str, Array], slab: SharedMemory | None) -> tuple[list[Placed], int]:
-    """Lay `arrays` out in `slab` (when it is big enough); returns their places and the
-    bytes they need."""
-    placed: list[Placed] = []
+def _place(
+    parts: Sequence[dict[str, Array] | Failure], slab: SharedMemory | None
+) -> tuple[list[list[Placed] | Failure], int]:
+    """Lay each part's arrays out in `slab` one after the other (when it is big enough);
+    returns their places (failures passed through) and the bytes they need."""
+    placed: list[list[Placed] | Failure] = []
     offset = 0
     blobs = []
-    for name, array in arrays.items():
-        if array.dtype == np.object_:
-            data: Any = np.frombuffer(serialize_bytes(array), np.uint8)
-            dtype = "|O"
-        else:
-            data = np.ascontiguousarray(array)
-            dtype = data.dtype.str
-        size = data.nbytes
-        placed.append((name, dtype, tuple(array.shape), offset, size))
-        blobs.append((offset, data))
-        offset += (size + 63) // 64 * 64  # cache-line aligned
+    for part in parts:
+        if not isinstance(part, dict):
+            placed.append(part)
+            continue
+        places: list[Placed] = []
+        for name, array in part.items():
+            if array.dtype == np.object_:
+                data: Any = np.frombuffer(serialize_bytes(array), np.uint8)
+                dtype = "|O"
+            else:
+                data = np.ascontiguousarray(array)
+                dtype = data.dtype.str
+            size = data.nbytes
+            places.append((name, dtype, tuple(array.shape), offset, size))
+            blobs.append((offset, data))
+            offset += (size + 63) // 64 * 64  # cache-line aligned
+        placed.append(places)
     if slab is not None and offset <= slab.size:
         buffer = slab.buf
         assert buffer is not None
@@ -93,11 +139,113 @@ def _read(placed: list[Placed], buffer: Any, copy: bool) -> dict[str, Array]:
     return arrays
 
 
+class _ChildChannel:
+    """The child's end of the pipe. One reader thread sorts what arrives: batches to run
+    (and "close") for the main thread, answers to the model-code calls waiting for them."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.batches: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._send_lock = threading.Lock()
+        self._waiting: dict[int, queue.SimpleQueue[tuple[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        threading.Thread(target=self._sort, name="tg-channel", daemon=True).start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def open_call(self) -> tuple[int, queue.SimpleQueue[tuple[str, Any]]]:
+        call_id = next(self._ids)
+        answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._waiting[call_id] = answers
+        return call_id, answers
+
+    def close_call(self, call_id: int) -> None:
+        self._waiting.pop(call_id, None)
+
+    def _sort(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] in ("run", "close"):
+                self.batches.put(message)
+                continue
+            kind, call_id, payload = message
+            answers = self._waiting.get(call_id)
+            if answers is not None:  # else its caller stopped waiting: dropped
+                answers.put((kind, payload))
+        gone = _failure(Unavailable("the server closed the process instance's channel"))
+        for answers in list(self._waiting.values()):
+            answers.put(("error", gone))
+        self.batches.put(("close",))
+
+
+class _ChildCalls:
+    """Model code's calls to other models, from a process instance: over the channel to the
+    server's data plane (the `Caller` that Triton's `InferenceRequest.exec` uses)."""
+
+    def __init__(self, channel: _ChildChannel) -> None:
+        self._channel = channel
+
+    def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
+        call_id, answers = self._channel.open_call()
+        try:
+            self._channel.send(("call", call_id, request))
+            try:
+                kind, payload = answers.get(timeout=timeout_s)
+            except queue.Empty:
+                self._channel.send(("cancel", call_id))
+                raise TensorgateError(
+                    f"the call to model '{request.model_name}' took over {timeout_s} s",
+                    ErrorKind.DEADLINE_EXCEEDED,
+                ) from None
+        finally:
+            self._channel.close_call(call_id)
+        if kind == "error":
+            raise _raised(payload)
+        response: InferResponse = payload
+        return response
+
+    async def infer_async(self, request: InferRequest) -> InferResponse:
+        # A thread per waiting call lets `asyncio.gather` keep several in flight.
+        return await asyncio.get_running_loop().run_in_executor(None, self.infer, request)
+
+    def stream(self, request: InferRequest) -> Iterator[InferResponse]:
+        call_id, answers = self._channel.open_call()
+        ended = False
+        try:
+            self._channel.send(("stream", call_id, request))
+            while True:
+                kind, payload = answers.get()
+                if kind == "item":
+                    yield payload
+                    continue
+                ended = True
+                if kind == "error":
+                    raise _raised(payload)
+                return
+        finally:
+            self._channel.close_call(call_id)
+            if not ended:  # left early: the server stops the stream
+                self._channel.send(("cancel", call_id))
+
+
+def _as_parts(results: Sequence[Any]) -> list[dict[str, Array] | Failure]:
+    return [
+        _failure(r) if isinstance(r, BaseException) else {k: np.asarray(v) for k, v in r.items()}
+        for r in results
+    ]
+
+
 def child_main(conn: Connection, spec: ChildSpec) -> None:
     """The instance's process: create the backend, then run batches until told to stop."""
     from tensorgate.backends.registry import resolve_backend
 
     config = mc.ModelConfig.FromString(spec.config)
+    channel = _ChildChannel(conn)
     slabs: dict[str, SharedMemory] = {}
     try:
         factory = resolve_backend(config, Path(spec.model_dir) / str(spec.version))
@@ -111,33 +259,32 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
                 spec.device,
                 spec.intra_op_threads,
                 spec.index,
-                None,
+                _ChildCalls(channel),
             )
         )
-        conn.send(("ready", backend.signature()))
+        separate = getattr(backend, "execute_requests", None) is not None
+        channel.send(("ready", backend.signature(), separate))
     except Exception as exc:
-        conn.send(("error", type(exc).__name__, str(exc)))
+        channel.send(("error", type(exc).__name__, str(exc)))
         return
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            break
-        if message[0] == "close":
-            break
-        _, in_name, inputs, out_name = message
+    while (message := channel.batches.get())[0] == "run":
+        _, in_name, requests, out_name = message
         for name in (in_name, out_name):
             if name not in slabs:
                 slabs[name] = SharedMemory(name=name)  # the server's; it unlinks them
         try:
-            outputs = backend.execute(_read(inputs, slabs[in_name].buf, copy=False))
-            placed, needed = _place({k: np.asarray(v) for k, v in outputs.items()}, slabs[out_name])
+            inputs = [_read(places, slabs[in_name].buf, copy=False) for places in requests]
+            if separate:
+                parts = _as_parts(backend.execute_requests(inputs))  # type: ignore[attr-defined]
+            else:
+                parts = _as_parts([backend.execute(inputs[0])])
+            placed, needed = _place(parts, slabs[out_name])
             if needed <= slabs[out_name].size:
-                conn.send(("ok", placed))
+                channel.send(("ok", placed))
             else:  # too big for the slab: through the pipe this once
-                conn.send(("big", {k: np.asarray(v) for k, v in outputs.items()}, needed))
+                channel.send(("big", parts, needed))
         except Exception as exc:
-            conn.send(("error", type(exc).__name__, str(exc)))
+            channel.send(("failed", _failure(exc)))
     backend.close()
     for slab in slabs.values():
         slab.close()
@@ -158,11 +305,20 @@ class ProcessInstance:
             context.index,
         )
         self.name = f"{context.model_name}_{context.version}_{context.index}"
+        self._calls = context.calls if isinstance(context.calls, ModelCalls) else None
         self._lock = threading.Lock()  # one batch at a time, as any instance
         self._inputs: SharedMemory | None = None
         self._outputs: SharedMemory | None = None
         self._process: Any = None
         self._conn: Connection | None = None
+        # Model code's calls in flight, and what is to be sent to the child about them: the
+        # server's loop fills the outbox and wakes the instance thread through the pipe.
+        self._open_calls: dict[int, concurrent.futures.Future[Any]] = {}
+        self._outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        # Triton Python-backend models take a batch's requests one by one, as in a thread.
+        self.execute_requests: Any = None
         self._signature = self._start()
 
     def _start(self) -> ModelSignature | None:
@@ -185,6 +341,7 @@ class ProcessInstance:
             raise ModelLoadError(f"{reply[1]}: {reply[2]}")
         self._process, self._conn = process, parent
         signature: ModelSignature | None = reply[1]
+        self.execute_requests = self._execute_requests if reply[2] else None
         return signature
 
     def signature(self) -> ModelSignature | None:
@@ -202,37 +359,134 @@ class ProcessInstance:
         return SharedMemory(create=True, size=size)
 
     def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        (outputs,) = self._run([inputs])
+        if isinstance(outputs, Exception):
+            raise outputs
+        return outputs
+
+    def _execute_requests(
+        self, batch: list[dict[str, Array]]
+    ) -> list[dict[str, Array] | Exception]:
+        return self._run(batch)
+
+    def _run(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
         with self._lock:
             if self._conn is None:  # the last child died: a new one, with the model loaded
                 log.warning("restarting process instance %s", self.name)
                 self._signature = self._start()
             assert self._conn is not None
-            _, needed = _place(inputs, None)
+            _, needed = _place(batch, None)
             self._inputs = self._slab(self._inputs, needed)
             self._outputs = self._slab(self._outputs, _SLAB_MIN)
-            placed, _ = _place(inputs, self._inputs)
+            requests, _ = _place(batch, self._inputs)
             try:
-                self._conn.send(("run", self._inputs.name, placed, self._outputs.name))
-                reply = self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
+                self._conn.send(("run", self._inputs.name, requests, self._outputs.name))
+                reply = self._reply(self._conn)
+            except (EOFError, OSError):
                 code = self._died()
                 raise ModelExecutionError(
                     f"its process instance {self.name} died (exit code {code}) while running "
                     "the batch; a new one starts with the next batch"
                 ) from None
             if reply[0] == "ok":
-                return _read(reply[1], self._outputs.buf, copy=True)
+                buffer = self._outputs.buf
+                return [
+                    _read(part, buffer, copy=True) if isinstance(part, list) else _raised(part)
+                    for part in reply[1]
+                ]
             if reply[0] == "big":
                 self._outputs = self._slab(self._outputs, reply[2])
-                outputs: dict[str, Array] = reply[1]
-                return outputs
-            raise ModelExecutionError(f"{reply[1]}: {reply[2]}")
+                return [part if isinstance(part, dict) else _raised(part) for part in reply[1]]
+            raise _raised(reply[1])
+
+    def _reply(self, conn: Connection) -> tuple[Any, ...]:
+        """The batch's result; meanwhile, the calls its model code makes to other models."""
+        while True:
+            while not self._outbox.empty():
+                conn.send(self._outbox.get())
+            if self._open_calls:  # an answer may come before the child's next message
+                ready = wait([conn, self._wake_read])
+                if self._wake_read in ready:
+                    os.read(self._wake_read, 4096)
+                if conn not in ready:
+                    continue
+            message = conn.recv()
+            kind = message[0]
+            if kind == "call":
+                self._start_call(message[1], message[2])
+            elif kind == "stream":
+                self._start_stream(message[1], message[2])
+            elif kind == "cancel":
+                future = self._open_calls.get(message[1])
+                if future is not None:
+                    future.cancel()
+            else:
+                return tuple(message)
+
+    def _tell_child(self, message: tuple[Any, ...]) -> None:
+        """From the server's loop: queue a message for the child, wake the instance thread."""
+        self._outbox.put(message)
+        with contextlib.suppress(BlockingIOError):  # a full pipe: it is awake already
+            os.write(self._wake_write, b"!")
+
+    def _start_call(self, call_id: int, request: InferRequest) -> None:
+        if self._calls is None:
+            unavailable = FailedPrecondition("models can only call models in a running server")
+            self._outbox.put(("error", call_id, _failure(unavailable)))
+            return
+
+        def answered(future: concurrent.futures.Future[InferResponse]) -> None:
+            if future.cancelled():
+                self._open_calls.pop(call_id, None)
+                return
+            error = future.exception()
+            if error is None:
+                self._tell_child(("answer", call_id, future.result()))
+            else:
+                self._tell_child(("error", call_id, _failure(error)))
+            self._open_calls.pop(call_id, None)
+
+        try:
+            future = self._calls.submit(request)
+        except TensorgateError as exc:
+            self._outbox.put(("error", call_id, _failure(exc)))
+            return
+        self._open_calls[call_id] = future
+        future.add_done_callback(answered)
+
+    def _start_stream(self, call_id: int, request: InferRequest) -> None:
+        if self._calls is None:
+            unavailable = FailedPrecondition("models can only call models in a running server")
+            self._outbox.put(("error", call_id, _failure(unavailable)))
+            return
+
+        def deliver(item: object) -> None:
+            if item is STREAM_END:
+                self._tell_child(("end", call_id, None))
+                self._open_calls.pop(call_id, None)
+            elif isinstance(item, BaseException):
+                self._tell_child(("error", call_id, _failure(item)))
+            else:
+                self._tell_child(("item", call_id, item))
+
+        try:
+            future = self._calls.submit_stream(request, deliver)
+        except TensorgateError as exc:
+            self._outbox.put(("error", call_id, _failure(exc)))
+            return
+        self._open_calls[call_id] = future
 
     def _died(self) -> int | None:
         process, self._process = self._process, None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        # Calls of the dead child's model code: nobody waits for them now.
+        for future in list(self._open_calls.values()):
+            future.cancel()
+        self._open_calls.clear()
+        while not self._outbox.empty():
+            self._outbox.get()
         if process is None:
             return None
         process.join(5)
@@ -252,3 +506,6 @@ class ProcessInstance:
                     slab.close()
                     slab.unlink()
             self._inputs = self._outputs = None
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
