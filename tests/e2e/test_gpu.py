@@ -136,3 +136,65 @@ def test_gpu_instances_compute_concurrent_batches_correctly(gpu_server: Server, 
             np.testing.assert_array_equal(y, x * 2 + 1)
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         assert int(stats["inference_count"]) == sum(len(x) for x in inputs)
+
+
+@pytest.mark.skipif(_cuda_devices() > 0, reason="this machine has a GPU")
+def test_cuda_shared_memory_without_a_gpu_is_refused_plainly(gpu_server: Server) -> None:
+    import base64
+
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    handle = bytes(64)  # the size of a cudaIpcMemHandle_t; no device behind it
+    with grpcclient.InferenceServerClient(gpu_server.url) as client:
+        with pytest.raises(
+            InferenceServerException, match="CUDA shared memory needs a GPU"
+        ) as info:
+            client.register_cuda_shared_memory("gpu-region", handle, 0, 1024)
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+        assert client.get_cuda_shared_memory_status(as_json=True).get("regions", {}) == {}
+        with pytest.raises(InferenceServerException, match="no cuda shared-memory region"):
+            client.get_cuda_shared_memory_status("gpu-region")
+        client.unregister_cuda_shared_memory()  # nothing registered: nothing to do
+        assert client.is_server_live()
+    with httpclient.InferenceServerClient(gpu_server.http_url) as client:
+        with pytest.raises(
+            InferenceServerException, match="CUDA shared memory needs a GPU"
+        ) as info:
+            client.register_cuda_shared_memory("gpu-region", base64.b64encode(handle), 0, 1024)
+        assert info.value.status() == "503"
+
+
+@NEEDS_GPU
+def test_inputs_and_outputs_in_cuda_shared_memory(gpu_server: Server) -> None:
+    cudashm = pytest.importorskip(
+        "tritonclient.utils.cuda_shared_memory", reason="needs the cuda-python package"
+    )
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    size = x.nbytes
+    inputs_region = cudashm.create_shared_memory_region("gpu-in", size, 0)
+    outputs_region = cudashm.create_shared_memory_region("gpu-out", size, 0)
+    try:
+        cudashm.set_shared_memory_region(inputs_region, [x])
+        with grpcclient.InferenceServerClient(gpu_server.url) as client:
+            assert _settled_index(client)["gpu_torch"]["state"] == "READY"
+            client.register_cuda_shared_memory(
+                "gpu-in", cudashm.get_raw_handle(inputs_region), 0, size
+            )
+            client.register_cuda_shared_memory(
+                "gpu-out", cudashm.get_raw_handle(outputs_region), 0, size
+            )
+            status = client.get_cuda_shared_memory_status(as_json=True)["regions"]
+            assert {"gpu-in", "gpu-out"} <= status.keys()
+            tensor = grpcclient.InferInput("X", [2, 4], "FP32")
+            tensor.set_shared_memory("gpu-in", size)
+            wanted = grpcclient.InferRequestedOutput("Y")
+            wanted.set_shared_memory("gpu-out", size)
+            client.infer("gpu_torch", [tensor], outputs=[wanted])
+            y = cudashm.get_contents_as_numpy(outputs_region, np.float32, [2, 4])
+            np.testing.assert_array_equal(y, x * 2 + 1)
+            client.unregister_cuda_shared_memory()
+            assert client.get_cuda_shared_memory_status(as_json=True).get("regions", {}) == {}
+    finally:
+        cudashm.destroy_shared_memory_region(inputs_region)
+        cudashm.destroy_shared_memory_region(outputs_region)

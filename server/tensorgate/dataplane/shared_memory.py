@@ -1,9 +1,10 @@
-"""System shared memory (Triton's extension): clients register POSIX shared-memory regions by
-name, then send inputs as (region, offset, byte size) instead of bytes, and ask for outputs
-to be written into a region.
+"""Shared memory (Triton's extensions): clients register POSIX shared-memory regions (system)
+or device buffers (CUDA, dataplane/cuda_memory.py) by name, then send inputs as (region,
+offset, byte size) instead of bytes, and ask for outputs to be written into a region.
 
-Inputs are numpy views of the mapped region: no copy from the client's memory to the model.
-Every offset and size is checked against the region before it is read or written. Regions
+System inputs are numpy views of the mapped region: no copy from the client's memory to the
+model; CUDA inputs are copied to the host once. Every offset and size is checked against the
+region before it is read or written. One namespace holds both kinds, as in Triton. Regions
 are unmapped on unregister and at shutdown; a region still in use by a request in flight is
 released when that request lets go of it.
 """
@@ -17,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tensorgate.dataplane.cuda_memory import CudaBuffer
 from tensorgate.errors import InvalidArgument, NotFound
 
 SHM_DIR = "/dev/shm"
@@ -25,17 +27,23 @@ _KEY = re.compile(r"/?[^/\0]+")
 REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
+SYSTEM, CUDA = "system", "cuda"
 
 
 @dataclass(slots=True)
 class Region:
-    """A registered window of a shared-memory object."""
+    """A registered window of a shared-memory object (system), or a device buffer (CUDA)."""
 
     name: str
     key: str
     offset: int
     byte_size: int
-    mapping: mmap.mmap
+    mapping: mmap.mmap | None = None
+    device: CudaBuffer | None = None
+
+    @property
+    def kind(self) -> str:
+        return CUDA if self.device is not None else SYSTEM
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +77,24 @@ class SharedMemoryRegistry:
     def __init__(self) -> None:
         self.regions: dict[str, Region] = {}
 
-    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def _check_name(self, name: str) -> None:
         if not name:
             raise InvalidArgument("a shared-memory region needs a name")
         if name in self.regions:
             raise InvalidArgument(f"shared-memory region '{name}' is already registered")
+
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        """A client's device buffer, from its CUDA IPC handle."""
+        self._check_name(name)
+        if device_id < 0 or byte_size == 0:
+            raise InvalidArgument(
+                f"CUDA shared-memory region '{name}' needs a device id >= 0 and a byte size > 0"
+            )
+        device = CudaBuffer(raw_handle, device_id, byte_size)
+        self.regions[name] = Region(name, "", 0, byte_size, device=device)
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_name(name)
         if not _KEY.fullmatch(key) or key.lstrip("/") in (".", ".."):
             raise InvalidArgument(f"'{key}' is not a POSIX shared-memory key")
         path = os.path.join(SHM_DIR, key.lstrip("/"))
@@ -95,20 +116,21 @@ class SharedMemoryRegistry:
             os.close(fd)
         self.regions[name] = Region(name, key, offset, byte_size, mapping)
 
-    def unregister(self, name: str = "") -> None:
-        """One region, or every region when `name` is empty."""
-        names = [name] if name else list(self.regions)
+    def unregister(self, name: str = "", kind: str = SYSTEM) -> None:
+        """One region of that kind, or every region of it when `name` is empty."""
+        names = [name] if name else [n for n, r in self.regions.items() if r.kind == kind]
         for each in names:
-            region = self.regions.pop(each, None)
-            if region is not None:
-                _release(region.mapping)
+            region = self.regions.get(each)
+            if region is not None and region.kind == kind:
+                del self.regions[each]
+                _release(region)
 
-    def status(self, name: str = "") -> list[Region]:
+    def status(self, name: str = "", kind: str = SYSTEM) -> list[Region]:
         if not name:
-            return list(self.regions.values())
+            return [r for r in self.regions.values() if r.kind == kind]
         region = self.regions.get(name)
-        if region is None:
-            raise NotFound(f"no shared-memory region '{name}' is registered")
+        if region is None or region.kind != kind:
+            raise NotFound(f"no {kind} shared-memory region '{name}' is registered")
         return [region]
 
     def _window(self, place: Placement, length: int, where: str) -> tuple[Region, int]:
@@ -127,6 +149,9 @@ class SharedMemoryRegistry:
     def read(self, place: Placement, where: str) -> memoryview:
         """The tensor's bytes, as a view of the region (no copy)."""
         region, start = self._window(place, place.byte_size, where)
+        if region.device is not None:
+            return region.device.read(start, place.byte_size)
+        assert region.mapping is not None
         return memoryview(region.mapping)[start : start + place.byte_size]
 
     def write(self, place: Placement, data: bytes | memoryview, where: str) -> None:
@@ -137,13 +162,22 @@ class SharedMemoryRegistry:
                 f"shared memory given for it"
             )
         region, start = self._window(place, len(data), where)
+        if region.device is not None:
+            region.device.write(start, data)
+            return
+        assert region.mapping is not None
         region.mapping[start : start + len(data)] = data
 
     def close(self) -> None:
-        self.unregister()
+        for region in self.regions.values():
+            _release(region)
+        self.regions.clear()
 
 
-def _release(mapping: mmap.mmap) -> None:
-    # A request in flight may still hold a view: the mapping then goes when it is freed.
-    with contextlib.suppress(BufferError):
-        mapping.close()
+def _release(region: Region) -> None:
+    if region.device is not None:
+        region.device.close()
+    if region.mapping is not None:
+        # A request in flight may still hold a view: the mapping then goes when it is freed.
+        with contextlib.suppress(BufferError):
+            region.mapping.close()

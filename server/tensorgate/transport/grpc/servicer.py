@@ -14,6 +14,7 @@ from tensorgate_protos import grpc_service_pb2 as pb
 from tensorgate_protos import server_status_pb2 as status_pb
 
 from tensorgate.dataplane.dataplane import DataPlane
+from tensorgate.dataplane.shared_memory import CUDA
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import (
     INTERNAL_MESSAGE,
@@ -338,11 +339,36 @@ class InferenceServicer:
             await self.siblings.gather("SystemSharedMemoryUnregister", request)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    async def _unsupported(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("CUDA shared memory and trace settings are not supported by tensorgate")
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: Any
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        response = pb.CudaSharedMemoryStatusResponse()
+        for region in self.dataplane.shared_memory.status(request.name, CUDA):
+            status = response.regions[region.name]
+            status.name, status.byte_size = region.name, region.byte_size
+            status.device_id = region.device.device_id if region.device is not None else 0
+        return response
 
-    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unsupported
-    TraceSetting = _unsupported
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register_cuda(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        if self.siblings is not None:
+            await self.siblings.gather("CudaSharedMemoryRegister", request)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister(request.name, CUDA)
+        if self.siblings is not None:
+            await self.siblings.gather("CudaSharedMemoryUnregister", request)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("trace settings are not supported by tensorgate")
 
 
 class StatusServicer:

@@ -110,6 +110,12 @@ def _to_proto_json(descriptor: Descriptor, doc: Any, where: str) -> Any:
     out = dict(doc)
     for key, value in doc.items():
         field = descriptor.fields_by_name.get(key)
+        if field is not None and field.type == _F.TYPE_BYTES and isinstance(value, dict):
+            # Triton's HTTP API wraps base64 bytes as {"b64": "..."} (CUDA IPC handles).
+            if set(value) != {"b64"} or not isinstance(value["b64"], str):
+                raise InvalidArgument(f'{where}.{key} must be base64 text or {{"b64": text}}')
+            out[key] = value["b64"]
+            continue
         if field is None or field.type != _F.TYPE_MESSAGE:
             continue
         inner = field.message_type
