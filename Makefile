@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-deploy test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-deploy test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation bench-goals clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -131,6 +131,14 @@ bench-streams: $(INSTALLED)
 # four times (about 10 minutes).
 bench-generation: $(INSTALLED)
 	$(BIN)/python benchmarks/generation_bench.py
+
+# The execution goals: tensorgate, Triton and a bare grpc.aio handler serving at once,
+# perf_analyzer on each row with server CPU per request; writes the goals table
+# (about 12 minutes).
+bench-goals: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/goals_bench.py
+	$(BIN)/python benchmarks/summary.py --write
 
 # The working tree against a base revision (BASE, default HEAD~1), both serving at once and
 # measured in turn: did a change make the server faster? (about 7 minutes)

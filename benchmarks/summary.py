@@ -1,9 +1,11 @@
-"""The benchmark summary: one table of measured ratios, from benchmarks/results/*.json.
+"""The benchmark summary, from benchmarks/results/*.json: the goals table (each execution
+goal, its target, the measured ratio, whether it is met, the server CPU per request of
+tensorgate and Triton, the revision and the command) and one table of every measured ratio.
 
 Each row is one comparison the project is measured by: tensorgate against a peer or a bare
 baseline in the same run, on the machine the file names, with the command that produced it.
-The docs site's Benchmarks page includes this table; `python benchmarks/summary.py` prints it,
-and `--write` puts it at the top of RESULTS.md.
+The docs site's Benchmarks page includes these tables; `python benchmarks/summary.py` prints
+them, and `--write` puts them at the top of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -205,6 +207,134 @@ def _shared_memory(doc: dict[str, Any]) -> Iterator[str]:
     yield _row("shared memory", "16 MB FP32 identity, c=4", shm, "raw contents", raw, date)
 
 
+GOALS_HEADER = (
+    "| goal | target | measured | met | server CPU / request: tensorgate, Triton | source |\n"
+    "|---|---|---|---|---|---|\n"
+)
+
+
+def _goal(goal: str, target: str, value: float, met: bool, cpu: str, source: str) -> str:
+    return f"| {goal} | {target} | **{value:.2f}** | {'yes' if met else 'no'} | {cpu} | {source} |"
+
+
+def _cpu(medians: dict[str, dict[str, float]], case: str, peer: bool = True) -> str:
+    ours = medians.get(f"tensorgate {case}", {}).get("server_cpu_us_per_request")
+    theirs = medians.get(f"triton {case}", {}).get("server_cpu_us_per_request")
+    shown = f"{ours:.0f} µs" if ours else "–"
+    if peer:
+        shown += f", {theirs:.0f} µs" if theirs else ", –"
+    return shown
+
+
+def _goals_rows(results: Path) -> Iterator[str]:
+    goals = _load(results, "goals")
+    if goals is not None:
+        m = goals["medians"]
+
+        def rate(server: str, case: str) -> float:
+            return float(m.get(f"{server} {case}", {}).get("infer_per_s", 0.0))
+
+        for case, peer, target, label in (
+            ("mlp unary c=32", "triton", 1.0, "mlp gRPC unary c=32, ÷ Triton"),
+            ("add_sub unary c=32", "bare-grpc", 0.85, "add_sub gRPC unary c=32, ÷ bare grpc.aio"),
+            ("add_sub streaming c=32", "triton", 1.4, "add_sub gRPC streaming c=32, ÷ Triton"),
+            ("add_sub HTTP binary c=8", "triton", 1.6, "add_sub HTTP binary c=8, ÷ Triton"),
+        ):
+            ours, theirs = rate("tensorgate", case), rate(peer, case)
+            if ours and theirs:
+                ratio = ours / theirs
+                yield _goal(label, f"≥ {target}×", ratio, ratio >= target, _cpu(m, case), "goals")
+        mlp = m.get("tensorgate mlp unary c=32", {})
+        standalone = goals.get("standalone_mlp_batch1_ms")
+        if "batch1_compute_infer_ms" in mlp and standalone:
+            inflation = mlp["batch1_compute_infer_ms"] / standalone
+            yield _goal(
+                "mlp batch-1 compute_infer at c=32 ÷ the same session.run in a thread",
+                "≤ 1.5×",
+                inflation,
+                inflation <= 1.5,
+                _cpu(m, "mlp unary c=32"),
+                "goals",
+            )
+        if "mean_batch" in mlp:
+            yield _goal(
+                "mlp mean batch at c=32",
+                "≥ 8",
+                mlp["mean_batch"],
+                mlp["mean_batch"] >= 8,
+                _cpu(m, "mlp unary c=32"),
+                "goals",
+            )
+        plain = m.get("tensorgate mobilenet_v2 c=8", {}).get("server_cpu_us_per_request")
+        shm = m.get("tensorgate mobilenet_v2 c=8 shared memory", {}).get(
+            "server_cpu_us_per_request"
+        )
+        if plain and shm:
+            yield _goal(
+                "mobilenet_v2 c=8, server CPU per request: shared memory ÷ raw contents",
+                "< 1×",
+                shm / plain,
+                shm < plain,
+                f"{shm:.0f} µs with, {plain:.0f} µs without",
+                "goals",
+            )
+    process = _load(results, "process")
+    if process is not None:
+        p99 = statistics.median(
+            r["loaded_p99_ms"] for r in process["rows"] if r["execution"] == "process"
+        )
+        yield _goal(
+            "health-check p99 beside a 20 ms pure-Python model at c=8 (ms)",
+            "≤ 5 ms",
+            p99,
+            p99 <= 5,
+            "–",
+            "process",
+        )
+    shared = _load(results, "shared_memory")
+    if shared is not None:
+        ratio = float(shared["throughput_ratio"])
+        yield _goal(
+            "16 MB FP32 identity c=4, shared memory ÷ raw contents",
+            "≥ 3×",
+            ratio,
+            ratio >= 3,
+            "–",
+            "shared_memory",
+        )
+    cache = _load(results, "cache")
+    if cache is not None:
+        hit = float(cache["summary"]["hit_vs_miss_server_time_c1"])
+        yield _goal(
+            "CNN, a cache hit ÷ a miss, time in the server", "≥ 10×", hit, hit >= 10, "–", "cache"
+        )
+        kept = float(cache["summary"]["miss_vs_no_cache_throughput_c8"])
+        yield _goal(
+            "CNN c=8 throughput, cache on with 0 % hits ÷ no cache",
+            "≥ 0.97×",
+            kept,
+            kept >= 0.97,
+            "–",
+            "cache",
+        )
+
+
+def goals_markdown(results: Path) -> str:
+    """The goals table, with the run's revision, machine and command under it."""
+    rows = list(_goals_rows(results))
+    if not rows:
+        return ""
+    goals = _load(results, "goals")
+    where = (
+        f"\nRevision {goals.get('revision', '?')}, {goals.get('date', '')}: "
+        f"`{goals.get('command', '')}`; {goals.get('machine', '')}. "
+        "Other sources: the summary's list below.\n"
+        if goals
+        else "\n"
+    )
+    return GOALS_HEADER + "\n".join(rows) + "\n" + where
+
+
 def summary_markdown(results: Path) -> str:
     """The summary table and where each row's figures and commands come from."""
     sections = {
@@ -239,13 +369,17 @@ def summary_markdown(results: Path) -> str:
     )
 
 
-def write_summary(results_md: Path, results: Path) -> None:
-    """Replace the summary between RESULTS.md's summary markers with a fresh one."""
-    begin, end = "<!-- summary:begin -->", "<!-- summary:end -->"
-    text = results_md.read_text()
+def _replace(text: str, name: str, content: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    results_md.write_text(f"{head}{begin}\n{summary_markdown(results)}{end}{tail}")
+    return f"{head}{begin}\n{content}{end}{tail}"
+
+
+def write_summary(results_md: Path, results: Path) -> None:
+    """Replace the goals and the summary between RESULTS.md's markers with fresh ones."""
+    text = _replace(results_md.read_text(), "goals", goals_markdown(results))
+    results_md.write_text(_replace(text, "summary", summary_markdown(results)))
 
 
 if __name__ == "__main__":
@@ -253,4 +387,6 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         write_summary(here / "RESULTS.md", here / "results")
     else:
-        sys.stdout.write(summary_markdown(here / "results"))
+        sys.stdout.write(
+            goals_markdown(here / "results") + "\n" + summary_markdown(here / "results")
+        )
