@@ -23,6 +23,11 @@ def machine() -> str:
         with contextlib.suppress(ImportError):
             versions.append(f"{module} {__import__(module).__version__}")
     processor = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
     return (
         f"{os.cpu_count()} cores ({processor}), Python {platform.python_version()}, "
         f"{', '.join(versions)}; clients on the same cores"
