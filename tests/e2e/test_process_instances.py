@@ -252,3 +252,169 @@ def test_an_error_response_in_a_process_instance_fails_only_its_own_request(
         else:
             assert isinstance(result, np.ndarray)
             np.testing.assert_array_equal(result, good * 2)
+
+
+PROCESS = '\nparameters { key: "execution" value { string_value: "process" } }\n'
+
+
+def _decoupled_repository(root: Path, counter: Path) -> None:
+    from tests.e2e.stream_models import REPEAT_CONFIG, REPEAT_MODEL
+
+    (root / "generator_in_process" / "1").mkdir(parents=True)
+    (root / "generator_in_process" / "1" / "model.py").write_text(REPEAT_MODEL)
+    (root / "generator_in_process" / "config.pbtxt").write_text(
+        REPEAT_CONFIG.format(counter=counter) + PROCESS
+    )
+    (root / "sender_in_process" / "1").mkdir(parents=True)
+    (root / "sender_in_process" / "1" / "model.py").write_text(
+        (EXAMPLES / "repeat_int32" / "1" / "model.py").read_text()
+    )
+    (root / "sender_in_process" / "config.pbtxt").write_text(
+        (EXAMPLES / "repeat_int32" / "config.pbtxt")
+        .read_text()
+        .replace('name: "repeat_int32"', 'name: "sender_in_process"')
+        + PROCESS
+    )
+
+
+def _repeat(values: list[int], delay_ms: int) -> list[grpcclient.InferInput]:
+    n = len(values)
+    inputs = [
+        grpcclient.InferInput("IN", [n], "INT32"),
+        grpcclient.InferInput("DELAY", [n], "UINT32"),
+        grpcclient.InferInput("WAIT", [1], "UINT32"),
+    ]
+    inputs[0].set_data_from_numpy(np.array(values, dtype=np.int32))
+    inputs[1].set_data_from_numpy(np.full(n, delay_ms, dtype=np.uint32))
+    inputs[2].set_data_from_numpy(np.zeros(1, dtype=np.uint32))
+    return inputs
+
+
+def _streamed(url: str, model: str, values: list[int], delay_ms: int) -> list[int]:
+    """OUT of every response of one streamed request, in order (the final one ends it)."""
+    import queue
+    from functools import partial
+
+    results: queue.Queue[object] = queue.Queue()
+
+    def collect(sink: queue.Queue[object], result: object, error: object) -> None:
+        sink.put(error if error is not None else result)
+
+    with grpcclient.InferenceServerClient(url) as client:
+        client.start_stream(callback=partial(collect, results))
+        client.async_stream_infer(
+            model, _repeat(values, delay_ms), enable_empty_final_response=True
+        )
+        outs: list[int] = []
+        while True:
+            item = results.get(timeout=60)
+            if isinstance(item, InferenceServerException):
+                raise item
+            response = item.get_response()  # type: ignore[attr-defined]
+            if response.parameters["triton_final_response"].bool_param:
+                return outs
+            outs.append(int(item.as_numpy("OUT")[0]))  # type: ignore[attr-defined]
+
+
+def test_decoupled_models_stream_from_process_instances(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("process_decoupled")
+    counter = root / "counter.log"
+    counter.write_text("")
+    _decoupled_repository(root, counter)
+    with serving(root, tmp_path_factory, wait_model="sender_in_process") as server:
+        for model in ("generator_in_process", "sender_in_process"):
+            assert _streamed(server.url, model, list(range(20)), 0) == list(range(20))
+            # Several streams at once, interleaved by their delays: each gets its own, in order.
+            asks = [list(range(base, base + 8)) for base in (100, 200, 300, 400)]
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda v, m=model: _streamed(server.url, m, v, 5), asks))
+            assert answers == asks
+
+
+def test_a_cancelled_stream_stops_its_generator_in_the_child(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import queue
+    from functools import partial
+
+    root = tmp_path_factory.mktemp("process_cancel")
+    counter = root / "counter.log"
+    counter.write_text("")
+    _decoupled_repository(root, counter)
+    with serving(root, tmp_path_factory, wait_model="generator_in_process") as server:
+        results: queue.Queue[object] = queue.Queue()
+
+        def collect(sink: queue.Queue[object], result: object, error: object) -> None:
+            sink.put(error if error is not None else result)
+
+        client = grpcclient.InferenceServerClient(server.url)
+        client.start_stream(callback=partial(collect, results))
+        client.async_stream_infer("generator_in_process", _repeat(list(range(50)), 50))
+        for _ in range(2):
+            assert not isinstance(results.get(timeout=30), InferenceServerException)
+        client.stop_stream(cancel_requests=True)
+        client.close()
+        deadline = time.monotonic() + 10
+        while "closed" not in counter.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = counter.read_text().split()
+        assert lines.count("closed") == 1
+        # The window lets the child run a few steps ahead of the reader, never the rest.
+        assert 2 <= lines.count("step") < 12, lines
+        # And the instance serves the next stream.
+        assert _streamed(server.url, "generator_in_process", [1, 2, 3], 0) == [1, 2, 3]
+
+
+def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import queue
+    from functools import partial
+
+    root = tmp_path_factory.mktemp("process_stream_death")
+    counter = root / "counter.log"
+    counter.write_text("")
+    _decoupled_repository(root, counter)
+    with serving(root, tmp_path_factory, wait_model="sender_in_process") as server:
+        before = set(_children(server.process.pid))
+        results: queue.Queue[object] = queue.Queue()
+
+        def collect(sink: queue.Queue[object], result: object, error: object) -> None:
+            sink.put(error if error is not None else result)
+
+        with grpcclient.InferenceServerClient(server.url) as client:
+            client.start_stream(callback=partial(collect, results))
+            client.async_stream_infer("sender_in_process", _repeat(list(range(100)), 50))
+            assert not isinstance(results.get(timeout=30), InferenceServerException)
+            for pid in before:  # both models' children: the stream's is among them
+                os.kill(pid, signal.SIGKILL)
+            error = None
+            deadline = time.monotonic() + 30
+            while error is None and time.monotonic() < deadline:
+                item = results.get(timeout=30)
+                if isinstance(item, InferenceServerException):
+                    error = item
+            assert error is not None and "died" in str(error.message())
+            client.stop_stream()
+        assert _streamed(server.url, "sender_in_process", [4, 5], 0) == [4, 5]
+        assert not before & set(_children(server.process.pid))
+
+
+def _children(pid: int) -> list[int]:
+    """The server's spawned instance processes (multiprocessing's resource tracker aside)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found

@@ -152,8 +152,10 @@ def test_statistics_load_unload_and_unsupported_extensions(
         http.load_model("add_sub")
     assert info.value.status() == "400"
     with pytest.raises(InferenceServerException, match="not supported") as info:
-        http.get_cuda_shared_memory_status()
+        http.get_trace_settings()
     assert info.value.status() == "501"
+    # CUDA shared memory is served (refused at registration without a GPU): nothing yet.
+    assert http.get_cuda_shared_memory_status() == {"regions": {}}
 
 
 def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:

@@ -309,8 +309,9 @@ class DataPlane:
                 )
             shape = array.shape[1:] if spec.max_batch_size > 0 else array.shape
             dims = declared.dims
-            if len(shape) != len(dims) or any(
-                d >= 0 and d != n for d, n in zip(dims, shape, strict=True)
+            if shape != dims and (  # equal: the common case, one tuple comparison
+                len(shape) != len(dims)
+                or any(d >= 0 and d != n for d, n in zip(dims, shape, strict=True))
             ):
                 raise ModelExecutionError(
                     f"output '{name}' has shape {list(array.shape)} but the config declares "

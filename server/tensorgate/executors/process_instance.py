@@ -17,9 +17,14 @@ made the call is still running. Calls from one batch may be in flight together
 (`async_exec` with `asyncio.gather`). BLS tensors travel pickled through the pipe: they are
 model-to-model traffic, usually small, and it keeps the slabs for the batch itself.
 
-A child that dies fails the batch it was running with a clear error; the next batch starts
-a new child (loading the model again), so the instance heals itself. BYTES tensors travel as
-length-prefixed elements.
+A decoupled model's instance runs no batches: `execute_decoupled` sends the request to the
+child and returns, and a reader thread forwards each response the child sends to the
+stream's channel. The child keeps each stream's window (it sends on only when the server
+says the client has read a response) and stops a stream whose client has left.
+
+A child that dies fails the batch (or the streams) it was running with a clear error; the
+next batch starts a new child (loading the model again), so the instance heals itself. BYTES
+tensors travel as length-prefixed elements.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import multiprocessing
@@ -49,16 +55,22 @@ from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import (
     ErrorKind,
     FailedPrecondition,
+    InvalidArgument,
     ModelExecutionError,
     ModelLoadError,
     TensorgateError,
     Unavailable,
 )
+from tensorgate.executors.instance_threads import thread_event_loop
 from tensorgate.protocol.tensors import deserialize_bytes, serialize_bytes
 
 log = logging.getLogger(__name__)
 
 _SLAB_MIN = 1 << 20
+# Responses a decoupled request may have in flight ahead of its reader (the decoupled
+# runner's window for models in threads).
+_WINDOW = 4
+_DONE = object()
 # A tensor in a slab: name, numpy dtype string ("|O" for BYTES), shape, offset, size in bytes.
 Placed = tuple[str, str, tuple[int, ...], int, int]
 # An exception, portable between the processes: its type's name, its ErrorKind's name (""
@@ -149,6 +161,7 @@ class _ChildChannel:
         self._send_lock = threading.Lock()
         self._waiting: dict[int, queue.SimpleQueue[tuple[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self.streams: dict[int, _ChildSender] = {}  # decoupled requests still answering
         threading.Thread(target=self._sort, name="tg-channel", daemon=True).start()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -170,8 +183,13 @@ class _ChildChannel:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 break
-            if message[0] in ("run", "close"):
+            if message[0] in ("run", "open", "close"):
                 self.batches.put(message)
+                continue
+            if message[0] in ("room", "cancel-stream"):
+                sender = self.streams.get(message[1])
+                if sender is not None:
+                    sender.room() if message[0] == "room" else sender.cancel()
                 continue
             kind, call_id, payload = message
             answers = self._waiting.get(call_id)
@@ -180,7 +198,90 @@ class _ChildChannel:
         gone = _failure(Unavailable("the server closed the process instance's channel"))
         for answers in list(self._waiting.values()):
             answers.put(("error", gone))
+        for sender in list(self.streams.values()):
+            sender.cancel()
         self.batches.put(("close",))
+
+
+class _ChildSender:
+    """A decoupled request's response sender in the child (the `ResponseSender` the model
+    sees): responses go through the pipe, at most `_WINDOW` ahead of the client's reader,
+    whose server side grants room as it reads."""
+
+    def __init__(self, channel: _ChildChannel, stream_id: int) -> None:
+        self._channel = channel
+        self._id = stream_id
+        self._room = threading.Semaphore(_WINDOW)
+        self._cancelled = threading.Event()
+        self._final_sent = False
+
+    def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
+        if self._final_sent:
+            raise InvalidArgument("the response sender is closed: the final flag was sent")
+        while not self._cancelled.is_set():
+            if self._room.acquire(timeout=0.05):
+                break
+        if self._cancelled.is_set():  # the client is gone: nothing more goes out
+            return
+        self._final_sent = final
+        if final:
+            self._channel.streams.pop(self._id, None)
+        portable = None if outputs is None else {k: np.asarray(v) for k, v in outputs.items()}
+        self._channel.send(("respond", self._id, portable, final))
+
+    def fail(self, error: BaseException) -> None:
+        """The stream ends with `error` (the model raised while producing it)."""
+        self._final_sent = True
+        self._channel.streams.pop(self._id, None)
+        if not self._cancelled.is_set():
+            self._channel.send(("stream-failed", self._id, _failure(error)))
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def room(self) -> None:
+        self._room.release()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._channel.streams.pop(self._id, None)
+
+
+def _drain(source: Any, sender: _ChildSender, steps: threading.Lock) -> None:
+    """A pull-style decoupled model's responses (a dict, a generator or an async generator),
+    pushed through `sender` from a thread of the child. Steps of every stream take `steps`,
+    so the instance runs one at a time, as on an instance thread."""
+    try:
+        if isinstance(source, dict):
+            sender.send(source, False)
+        else:
+            while not sender.is_cancelled():
+                with steps:
+                    if hasattr(source, "__anext__"):
+                        try:
+                            item = thread_event_loop().run_until_complete(source.__anext__())
+                        except StopAsyncIteration:
+                            break
+                    else:
+                        item = next(source, _DONE)
+                        if item is _DONE:
+                            break
+                if not isinstance(item, dict):
+                    kind = type(item).__name__
+                    raise ModelExecutionError(
+                        f"a decoupled model yields dicts of output arrays, got {kind}"
+                    )
+                sender.send(item, False)
+        if not sender.is_cancelled():
+            sender.send(None, True)
+    except Exception as exc:
+        sender.fail(exc)
+    finally:
+        with contextlib.suppress(Exception), steps:  # the model's cleanup must not kill us
+            if hasattr(source, "aclose"):
+                thread_event_loop().run_until_complete(source.aclose())
+            elif hasattr(source, "close"):
+                source.close()
 
 
 class _ChildCalls:
@@ -240,6 +341,26 @@ def _as_parts(results: Sequence[Any]) -> list[dict[str, Array] | Failure]:
     ]
 
 
+def _open_stream(
+    backend: Any, channel: _ChildChannel, stream_id: int, request: InferRequest, steps: Any
+) -> None:
+    """Start a decoupled request: push-style models answer through the sender from their
+    own threads; pull-style ones are drained by a thread of ours."""
+    sender = _ChildSender(channel, stream_id)
+    channel.streams[stream_id] = sender
+    try:
+        execute_decoupled = getattr(backend, "execute_decoupled", None)
+        if execute_decoupled is not None:
+            execute_decoupled(request, sender)
+            return
+        with steps:
+            source = backend.execute(request.inputs)
+    except Exception as exc:
+        sender.fail(exc)
+        return
+    threading.Thread(target=_drain, args=(source, sender, steps), daemon=True).start()
+
+
 def child_main(conn: Connection, spec: ChildSpec) -> None:
     """The instance's process: create the backend, then run batches until told to stop."""
     from tensorgate.backends.registry import resolve_backend
@@ -267,7 +388,11 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
     except Exception as exc:
         channel.send(("error", type(exc).__name__, str(exc)))
         return
-    while (message := channel.batches.get())[0] == "run":
+    steps = threading.Lock()
+    while (message := channel.batches.get())[0] != "close":
+        if message[0] == "open":
+            _open_stream(backend, channel, message[1], message[2], steps)
+            continue
         _, in_name, requests, out_name = message
         for name in (in_name, out_name):
             if name not in slabs:
@@ -319,6 +444,12 @@ class ProcessInstance:
         os.set_blocking(self._wake_write, False)
         # Triton Python-backend models take a batch's requests one by one, as in a thread.
         self.execute_requests: Any = None
+        # A decoupled model's instance: a reader thread takes everything the child sends and
+        # forwards each response to its stream's channel (no batches run).
+        self._decoupled = context.config.model_transaction_policy.decoupled
+        self._streams: dict[int, Any] = {}
+        self._stream_ids = itertools.count(1)
+        self._send_lock = threading.Lock()
         self._signature = self._start()
 
     def _start(self) -> ModelSignature | None:
@@ -342,6 +473,13 @@ class ProcessInstance:
         self._process, self._conn = process, parent
         signature: ModelSignature | None = reply[1]
         self.execute_requests = self._execute_requests if reply[2] else None
+        if self._decoupled:
+            threading.Thread(
+                target=self._read_streams,
+                args=(parent,),
+                name=f"tg-{self.name}-streams",
+                daemon=True,
+            ).start()
         return signature
 
     def signature(self) -> ModelSignature | None:
@@ -399,6 +537,69 @@ class ProcessInstance:
                 return [part if isinstance(part, dict) else _raised(part) for part in reply[1]]
             raise _raised(reply[1])
 
+    def execute_decoupled(self, request: InferRequest, channel: Any) -> None:
+        """Start a decoupled request in the child; its responses reach `channel` (the
+        runner's ResponseChannel) from the reader thread. The request and its responses
+        travel pickled through the pipe."""
+        with self._lock:
+            if self._conn is None or self._process is None or not self._process.is_alive():
+                code = self._died()
+                log.warning("restarting process instance %s (exit code %s)", self.name, code)
+                self._signature = self._start()
+            stream_id = next(self._stream_ids)
+            self._streams[stream_id] = channel
+            channel.on_read = lambda: self._send_quietly(("room", stream_id))
+            channel.on_cancel = lambda: self._cancel_stream(stream_id)
+            portable = dataclasses.replace(request, trace=None, output_regions=None)
+            self._send_quietly(("open", stream_id, portable))
+
+    def _send_quietly(self, message: tuple[Any, ...]) -> None:
+        """Send to the child from any thread; a dead child's streams are failed by the reader."""
+        conn = self._conn
+        if conn is None:
+            return
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            conn.send(message)
+
+    def _cancel_stream(self, stream_id: int) -> None:
+        if self._streams.pop(stream_id, None) is not None:  # still answering: stop it
+            self._send_quietly(("cancel-stream", stream_id))
+
+    def _read_streams(self, conn: Connection) -> None:
+        """A decoupled instance's reader thread: responses to their streams, model code's
+        calls to the data plane, until the child's end of the pipe closes."""
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "respond":
+                _, stream_id, outputs, final = message
+                channel = self._streams.pop(stream_id) if final else self._streams.get(stream_id)
+                if channel is not None:
+                    channel.push(outputs, final)
+            elif kind == "stream-failed":
+                channel = self._streams.pop(message[1], None)
+                if channel is not None:
+                    channel.fail(_raised(message[2]))
+            elif kind == "call":
+                self._start_call(message[1], message[2])
+            elif kind == "stream":
+                self._start_stream(message[1], message[2])
+            elif kind == "cancel":
+                future = self._open_calls.get(message[1])
+                if future is not None:
+                    future.cancel()
+        streams, self._streams = self._streams, {}
+        for channel in streams.values():
+            channel.fail(
+                ModelExecutionError(
+                    f"its process instance {self.name} died while answering; a new one starts "
+                    "with the next request"
+                )
+            )
+
     def _reply(self, conn: Connection) -> tuple[Any, ...]:
         """The batch's result; meanwhile, the calls its model code makes to other models."""
         while True:
@@ -424,15 +625,26 @@ class ProcessInstance:
                 return tuple(message)
 
     def _tell_child(self, message: tuple[Any, ...]) -> None:
-        """From the server's loop: queue a message for the child, wake the instance thread."""
+        """From the server's loop: queue a message for the child, wake the instance thread
+        (a decoupled instance's child is sent to at once: no batch thread reads for it)."""
+        if self._decoupled:
+            self._send_quietly(message)
+            return
         self._outbox.put(message)
         with contextlib.suppress(BlockingIOError):  # a full pipe: it is awake already
             os.write(self._wake_write, b"!")
 
+    def _refuse(self, call_id: int, error: TensorgateError) -> None:
+        """A call that could not start: its error, sent with the next flush (or at once)."""
+        if self._decoupled:
+            self._send_quietly(("error", call_id, _failure(error)))
+        else:
+            self._outbox.put(("error", call_id, _failure(error)))
+
     def _start_call(self, call_id: int, request: InferRequest) -> None:
         if self._calls is None:
             unavailable = FailedPrecondition("models can only call models in a running server")
-            self._outbox.put(("error", call_id, _failure(unavailable)))
+            self._refuse(call_id, unavailable)
             return
 
         def answered(future: concurrent.futures.Future[InferResponse]) -> None:
@@ -449,7 +661,7 @@ class ProcessInstance:
         try:
             future = self._calls.submit(request)
         except TensorgateError as exc:
-            self._outbox.put(("error", call_id, _failure(exc)))
+            self._refuse(call_id, exc)
             return
         self._open_calls[call_id] = future
         future.add_done_callback(answered)
@@ -457,7 +669,7 @@ class ProcessInstance:
     def _start_stream(self, call_id: int, request: InferRequest) -> None:
         if self._calls is None:
             unavailable = FailedPrecondition("models can only call models in a running server")
-            self._outbox.put(("error", call_id, _failure(unavailable)))
+            self._refuse(call_id, unavailable)
             return
 
         def deliver(item: object) -> None:
@@ -472,7 +684,7 @@ class ProcessInstance:
         try:
             future = self._calls.submit_stream(request, deliver)
         except TensorgateError as exc:
-            self._outbox.put(("error", call_id, _failure(exc)))
+            self._refuse(call_id, exc)
             return
         self._open_calls[call_id] = future
 

@@ -96,8 +96,6 @@ def execution(config: mc.ModelConfig, server_default: str) -> str:
 
 def _cannot_run(config: mc.ModelConfig, chosen: str) -> str:
     stateful = config.model_transaction_policy.decoupled or config.HasField("sequence_batching")
-    if chosen == "process" and config.model_transaction_policy.decoupled:
-        return "its responses are generated step by step on the instance"
     if chosen in ("inline", "auto"):
         if stateful:
             return "decoupled and sequence models run on their instance threads"

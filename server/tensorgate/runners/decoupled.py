@@ -43,15 +43,22 @@ StreamObserver = Callable[[int, int, int, int], None]
 
 
 class ResponseChannel:
-    """A push-style model's responses, from its threads to the request's reader on the loop."""
+    """A push-style model's responses, from its threads to the request's reader on the loop.
+
+    A process instance forwards its child's responses with `push` and `fail` instead of
+    `send`: the window is then kept in the child, which sends on only after `on_read` has
+    told it the reader took one; `on_cancel` tells it the reader has gone.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = WINDOW) -> None:
         self._loop = loop
         # Unbounded as a queue, bounded by `_room`: a sender waits for room before it puts.
-        self._items: asyncio.Queue[Streamed] = asyncio.Queue()
+        self._items: asyncio.Queue[Streamed | BaseException] = asyncio.Queue()
         self._room = threading.Semaphore(capacity)
         self._cancelled = threading.Event()
         self._final_sent = False
+        self.on_read: Callable[[], None] | None = None
+        self.on_cancel: Callable[[], None] | None = None
 
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
         if self._final_sent:
@@ -64,15 +71,30 @@ class ResponseChannel:
         self._final_sent = final
         self._loop.call_soon_threadsafe(self._items.put_nowait, Streamed(outputs, final))
 
+    def push(self, outputs: dict[str, Array] | None, final: bool) -> None:
+        """From any thread, without waiting for room (the caller keeps the window)."""
+        self._loop.call_soon_threadsafe(self._items.put_nowait, Streamed(outputs, final))
+
+    def fail(self, error: BaseException) -> None:
+        """From any thread: the stream ends with `error`, raised to its reader."""
+        self._loop.call_soon_threadsafe(self._items.put_nowait, error)
+
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
 
     async def get(self) -> Streamed:
         item = await self._items.get()
         self._room.release()
+        if isinstance(item, BaseException):
+            raise item
+        if self.on_read is not None:
+            self.on_read()
         return item
 
 
