@@ -1,6 +1,9 @@
 """A pure-Python model that computes for 20 ms per call, loaded by perf_analyzer at c=8, with
 gRPC health checks beside it: their latency with the model's instance in a thread of the
-server and in a process of its own, in one run (alternating rounds).
+server and in a process of its own, in one run (alternating rounds). Then the other end: a
+micro Python model (one numpy addition on [1, 16]) at c=8, thread against process, for the
+throughput and the server's CPU per request (its process tree, from /proc) that the process
+costs when the model's Python is short.
 
 Goal: health-check p99 beside it at most 5 ms. Results: benchmarks/results/process.json.
 
@@ -42,17 +45,92 @@ class Model:
 """
 
 
-def _repository(execution: str) -> Path:
+MICRO = """
+class Model:
+    def execute(self, inputs):
+        return {"OUTPUT": inputs["INPUT"] + 1}
+"""
+
+
+def _repository(execution: str, name: str = "spin", code: str = SPIN) -> Path:
     root = Path(tempfile.mkdtemp(prefix="process-bench-"))
-    (root / "spin" / "1").mkdir(parents=True)
-    (root / "spin" / "1" / "model.py").write_text(SPIN)
-    (root / "spin" / "config.pbtxt").write_text(
-        'backend: "python"\nmax_batch_size: 0\n'
-        'input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]\n'
-        'output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]\n'
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "1" / "model.py").write_text(code)
+    batching = "max_batch_size: 8\ndynamic_batching { }\n" if name == "micro" else ""
+    (root / name / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        + (batching or "max_batch_size: 0\n")
+        + 'input [{ name: "INPUT", data_type: TYPE_FP32, dims: [16] }]\n'
+        'output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [16] }]\n'
         f'parameters {{ key: "execution" value {{ string_value: "{execution}" }} }}\n'
     )
     return root
+
+
+def _micro(execution: str) -> dict[str, float]:
+    """The micro model at c=8: throughput and server CPU per request (process tree)."""
+    import tritonclient.grpc as grpcclient
+    from goals_bench import _tree_cpu
+
+    repo = _repository(execution, "micro", MICRO)
+    port = 18951
+    server = start_server(repo, port)
+    address = f"127.0.0.1:{port}"
+    try:
+        client = grpcclient.InferenceServerClient(address)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready("micro"):
+                    break
+            except Exception:
+                pass
+            time.sleep(0.1)
+        before = int(
+            client.get_inference_statistics("micro", as_json=True)["model_stats"][0].get(
+                "inference_count", 0
+            )
+        )
+        cpu = _tree_cpu(server.pid)
+        output = subprocess.run(
+            [
+                str(PERF_ANALYZER),
+                "-m",
+                "micro",
+                "-u",
+                address,
+                "-i",
+                "grpc",
+                "--concurrency-range",
+                "8",
+                "--measurement-interval",
+                "3000",
+                "--max-trials",
+                "5",
+                "--stability-percentage",
+                "25",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        ).stdout
+        cpu = _tree_cpu(server.pid) - cpu
+        after = int(
+            client.get_inference_statistics("micro", as_json=True)["model_stats"][0].get(
+                "inference_count", 0
+            )
+        )
+        found = re.search(r"Throughput: ([\d.]+) infer/sec", output)
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(repo, ignore_errors=True)
+    return {
+        "infer_per_s": float(found.group(1)) if found else float("nan"),
+        "server_cpu_us_per_request": cpu / max(after - before, 1) * 1e6,
+    }
 
 
 def _health_latencies(address: str, stop: threading.Event) -> list[float]:
@@ -158,7 +236,17 @@ def main() -> None:
                 f"{row['model_infer_per_s']:.1f} infer/s",
                 flush=True,
             )
-    write_results("process", rows=rows)
+    micro = []
+    for round_index in range(args.rounds):
+        for execution in ("thread", "process"):
+            row = {"round": round_index + 1, "execution": execution, **_micro(execution)}
+            micro.append(row)
+            print(
+                f"micro {execution:8s} {row['infer_per_s']:8.1f} infer/s  server CPU "
+                f"{row['server_cpu_us_per_request']:.0f} µs/request",
+                flush=True,
+            )
+    write_results("process", rows=rows, micro=micro)
 
 
 if __name__ == "__main__":

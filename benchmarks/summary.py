@@ -198,6 +198,19 @@ def _process(doc: dict[str, Any]) -> Iterator[str]:
         f"| {p99['process']:.1f} ms, instance in a process | {p99['thread']:.1f} ms in a thread "
         f"| **{p99['thread'] / p99['process']:.2f}×** | {date} |"
     )
+    micro = doc.get("micro", [])
+    if micro:
+        cpu = {
+            mode: statistics.median(
+                r["server_cpu_us_per_request"] for r in micro if r["execution"] == mode
+            )
+            for mode in ("thread", "process")
+        }
+        yield (
+            f"| process | micro Python model c=8, server CPU per request: thread ÷ process "
+            f"| {cpu['thread']:.0f} µs in a thread | {cpu['process']:.0f} µs in a process "
+            f"| **{cpu['thread'] / cpu['process']:.2f}×** | {date} |"
+        )
 
 
 def _shared_memory(doc: dict[str, Any]) -> Iterator[str]:
