@@ -32,26 +32,42 @@ class Siblings:
     def __init__(self, role: WorkerRole) -> None:
         self.role = role
         self._stubs: dict[int, pb_grpc.GRPCInferenceServiceStub] = {}
+        self._channels: dict[int, grpc.aio.Channel] = {}
 
     def _stub(self, index: int) -> pb_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(index)
         if stub is None:
             channel = grpc.aio.insecure_channel(self.role.address(index))
+            self._channels[index] = channel
             stub = self._stubs[index] = pb_grpc.GRPCInferenceServiceStub(channel)
         return stub
+
+    async def _forget(self, index: int) -> None:
+        """Drop a sibling's channel: after a failed connection gRPC backs off for a second
+        or more and fails calls at once meanwhile, though the sibling may be up by now."""
+        self._stubs.pop(index, None)
+        channel = self._channels.pop(index, None)
+        if channel is not None:
+            await channel.close()
 
     async def gather(self, method: str, request: Any) -> list[Any]:
         """Every reachable sibling's answer to `method(request)`; an error a sibling
         answers (not unreachable) is raised as it came."""
 
         async def one(index: int) -> Any:
-            try:
-                return await getattr(self._stub(index), method)(request, timeout=CALL_TIMEOUT_S)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    log.warning("worker %d did not answer %s: %s", index, method, exc.details())
-                    return None
-                raise SiblingError(index, exc) from None
+            for attempt in (1, 2):
+                try:
+                    call = getattr(self._stub(index), method)
+                    return await call(request, timeout=CALL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise SiblingError(index, exc) from None
+                    # A sibling that started since the channel last failed is reached by a
+                    # new channel; one that is down fails this second try as fast.
+                    await self._forget(index)
+                    if attempt == 2:
+                        log.warning("worker %d did not answer %s: %s", index, method, exc.details())
+            return None
 
         answers = await asyncio.gather(*(one(i) for i in self.role.siblings))
         return [a for a in answers if a is not None]
