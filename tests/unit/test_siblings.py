@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tensorgate_protos import grpc_service_pb2 as pb
-
 from tensorgate.app import Servers
 from tensorgate.settings import Settings
 from tensorgate.workers.role import WorkerRole
 from tensorgate.workers.siblings import Siblings
+from tensorgate_protos import grpc_service_pb2 as pb
 
 
 async def _call_before_and_after_the_sibling_starts(tmp_path: Path) -> tuple[int, int]:
