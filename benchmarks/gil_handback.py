@@ -29,7 +29,7 @@ def _burn(stop: threading.Event | Any) -> None:
         sum(range(1000))
 
 
-def _timed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
+def timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
     """Mean ms of 2,000 runs in a new thread, after 200 to warm up."""
     times: list[float] = []
 
@@ -47,20 +47,25 @@ def _timed(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
     return statistics.mean(times) * 1e3
 
 
-def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else str(PEERS_DIR / "models/mlp/1/model.onnx")
+def mlp_session(path: str) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+    """The model with one onnxruntime thread, and a batch-1 input for it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options)
-    feed = {session.get_inputs()[0].name: np.random.rand(1, 256).astype(np.float32)}
-    print(f"alone: {_timed(session, feed):.3f} ms")
+    return session, {session.get_inputs()[0].name: np.random.rand(1, 256).astype(np.float32)}
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else str(PEERS_DIR / "models/mlp/1/model.onnx")
+    session, feed = mlp_session(path)
+    print(f"alone: {timed_run(session, feed):.3f} ms")
     for busy in (2, 3):
         stop = multiprocessing.Event()
         burners = [multiprocessing.Process(target=_burn, args=(stop,)) for _ in range(busy)]
         for burner in burners:
             burner.start()
         time.sleep(0.5)
-        print(f"{busy} processes burning the cores: {_timed(session, feed):.3f} ms")
+        print(f"{busy} processes burning the cores: {timed_run(session, feed):.3f} ms")
         stop.set()
         for burner in burners:
             burner.join()
@@ -69,7 +74,7 @@ def main() -> None:
         stop_thread = threading.Event()
         busy_thread = threading.Thread(target=_burn, args=(stop_thread,))
         busy_thread.start()
-        took = _timed(session, feed)
+        took = timed_run(session, feed)
         stop_thread.set()
         busy_thread.join()
         print(f"a busy Python thread, switch interval {interval * 1e3:.1f} ms: {took:.3f} ms")

@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,28 +147,10 @@ def _measure(server: str, pid: int | None, case: Case) -> dict[str, Any] | None:
 
 def _standalone_mlp_ms() -> float:
     """mlp's batch-1 `session.run` in a thread of its own, one intra-op thread, idle machine."""
-    import numpy as np
-    import onnxruntime as ort
+    from gil_handback import mlp_session, timed_run
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(PEERS_DIR / "models" / "mlp" / "1" / "model.onnx"), options)
-    feed = {"INPUT": np.random.rand(1, 256).astype(np.float32)}
-    times: list[float] = []
-
-    def run() -> None:
-        for _ in range(200):
-            session.run(None, feed)
-        for _ in range(2000):
-            started = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - started)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return statistics.mean(times) * 1e3
+    session, feed = mlp_session(str(PEERS_DIR / "models" / "mlp" / "1" / "model.onnx"))
+    return timed_run(session, feed)
 
 
 class Servers:

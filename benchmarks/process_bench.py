@@ -67,6 +67,21 @@ def _repository(execution: str, name: str = "spin", code: str = SPIN) -> Path:
     return root
 
 
+def _wait_serving(address: str, model: str) -> None:
+    """Until the model's gRPC health service says SERVING (at most a minute)."""
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=model), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+
+
 def _micro(execution: str) -> dict[str, float]:
     """The micro model at c=8: throughput and server CPU per request (process tree)."""
     import tritonclient.grpc as grpcclient
@@ -78,14 +93,7 @@ def _micro(execution: str) -> dict[str, float]:
     address = f"127.0.0.1:{port}"
     try:
         client = grpcclient.InferenceServerClient(address)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if client.is_model_ready("micro"):
-                    break
-            except Exception:
-                pass
-            time.sleep(0.1)
+        _wait_serving(address, "micro")
         before = int(
             client.get_inference_statistics("micro", as_json=True)["model_stats"][0].get(
                 "inference_count", 0
@@ -151,17 +159,7 @@ def _one(execution: str, seconds: float) -> dict[str, float]:
     server = start_server(repo, port)
     address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service="spin"), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
+        _wait_serving(address, "spin")
         idle_stop = threading.Event()
         timer = threading.Timer(2.0, idle_stop.set)
         timer.start()

@@ -1,9 +1,14 @@
-"""Test models for streams and state: decoupled, sequence, and refused configs."""
+"""Test models for streams and state (decoupled, sequence, refused configs), and the inputs
+and callback the stream tests share."""
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import tritonclient.grpc as grpcclient
 from tensorgate.examples.build import TEMPLATES
 
 # Triton's repeat example model, as a generator: one response per element of IN, each after
@@ -181,3 +186,20 @@ def build_refused_combinations(root: Path) -> dict[str, str]:
         model = (TEMPLATES / "words" / "1" / "model.py").read_text()
         (root / "decoupled_batching" / "1" / "model.py").write_text(model)
     return {name: reason for name, (_, reason) in cases.items()}
+
+
+def repeat_inputs(values: list[int], delay_ms: int, wait_ms: int) -> list[Any]:
+    n = len(values)
+    inputs = [
+        grpcclient.InferInput("IN", [n], "INT32"),
+        grpcclient.InferInput("DELAY", [n], "UINT32"),
+        grpcclient.InferInput("WAIT", [1], "UINT32"),
+    ]
+    inputs[0].set_data_from_numpy(np.array(values, dtype=np.int32))
+    inputs[1].set_data_from_numpy(np.full(n, delay_ms, dtype=np.uint32))
+    inputs[2].set_data_from_numpy(np.array([wait_ms], dtype=np.uint32))
+    return inputs
+
+
+def collect(results: queue.Queue[Any], result: Any, error: Any) -> None:
+    results.put(error if error is not None else result)

@@ -20,26 +20,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, doc_block
-from tests.e2e.stream_models import REFUSED_FIELDS
+from tests.e2e.stream_models import REFUSED_FIELDS, collect, repeat_inputs
 
 pytestmark = pytest.mark.slow
-
-
-def repeat_inputs(values: list[int], delay_ms: int, wait_ms: int) -> list[Any]:
-    n = len(values)
-    inputs = [
-        grpcclient.InferInput("IN", [n], "INT32"),
-        grpcclient.InferInput("DELAY", [n], "UINT32"),
-        grpcclient.InferInput("WAIT", [1], "UINT32"),
-    ]
-    inputs[0].set_data_from_numpy(np.array(values, dtype=np.int32))
-    inputs[1].set_data_from_numpy(np.full(n, delay_ms, dtype=np.uint32))
-    inputs[2].set_data_from_numpy(np.array([wait_ms], dtype=np.uint32))
-    return inputs
-
-
-def collect(results: queue.Queue[Any], result: Any, error: Any) -> None:
-    results.put(error if error is not None else result)
 
 
 def test_repeat_model_streams_one_response_per_element_then_an_empty_final(

@@ -5,10 +5,13 @@ new one; nothing is left in /dev/shm after shutdown."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +19,16 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import serving
-from tests.e2e.triton_models import ADD_SUB, BLS, BLS_ASYNC, EXAMPLES, python_config
+from tests.e2e.stream_models import collect, repeat_inputs
+from tests.e2e.triton_models import (
+    ADD_SUB,
+    BLS,
+    BLS_ASYNC,
+    EXAMPLES,
+    check_error_responses_fail_alone,
+    pair,
+    python_config,
+)
 
 MODEL = """
 import os
@@ -182,15 +194,6 @@ def _triton_repository(root: Path, test_repository: Path) -> None:
         (root / name / "1" / "model.py").write_text(code)
 
 
-def _pair(a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, array in (("INPUT0", a), ("INPUT1", b)):
-        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
 def test_python_backend_models_in_processes_call_models_through_the_server(
     test_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -199,11 +202,11 @@ def test_python_backend_models_in_processes_call_models_through_the_server(
     a = np.arange(16, dtype=np.float32).reshape(1, 16)
     b = np.ones((1, 16), dtype=np.float32)
     with (
-        serving(root, tmp_path_factory, wait_model="stream_bls_in_process") as server,
+        serving(root, tmp_path_factory) as server,
         grpcclient.InferenceServerClient(server.url) as client,
     ):
         for model in ("bls_in_process", "bls_async_in_process"):
-            result = client.infer(model, _pair(a, b))
+            result = client.infer(model, pair("FP32", a, b))
             np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
             np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
         # The calls went through the data plane: counted as add_sub's own requests.
@@ -218,48 +221,32 @@ def test_python_backend_models_in_processes_call_models_through_the_server(
         assert int(streamed.as_numpy("COUNT")[0]) == len(values)
 
         with pytest.raises(InferenceServerException, match="no_such_model"):
-            client.infer("missing_bls_in_process", _pair(a, b))
+            client.infer("missing_bls_in_process", pair("FP32", a, b))
         # Still serving after a failed call.
-        again = client.infer("bls_in_process", _pair(a, b))
+        again = client.infer("bls_in_process", pair("FP32", a, b))
         np.testing.assert_array_equal(again.as_numpy("OUTPUT0"), a + b)
 
 
 def test_an_error_response_in_a_process_instance_fails_only_its_own_request(
     test_repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     root = tmp_path_factory.mktemp("process_errors")
     _triton_repository(root, test_repository)
-    good = np.ones((1, 16), dtype=np.float32)
-    bad = np.full((1, 16), np.nan, dtype=np.float32)
-    with serving(root, tmp_path_factory, wait_model="stream_bls_in_process") as server:
-
-        def call(first: np.ndarray) -> np.ndarray | InferenceServerException:
-            with grpcclient.InferenceServerClient(server.url) as client:
-                try:
-                    result = client.infer("add_sub_in_process", _pair(first, good))
-                    return result.as_numpy("OUTPUT0")
-                except InferenceServerException as exc:
-                    return exc
-
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(call, [good, bad] * 8))
-    for index, result in enumerate(results):
-        if index % 2:
-            assert isinstance(result, InferenceServerException)
-            assert "INPUT0 holds NaN" in str(result.message())
-        else:
-            assert isinstance(result, np.ndarray)
-            np.testing.assert_array_equal(result, good * 2)
+    with serving(root, tmp_path_factory) as server:
+        check_error_responses_fail_alone(server.url, "add_sub_in_process")
 
 
 PROCESS = '\nparameters { key: "execution" value { string_value: "process" } }\n'
 
 
-def _decoupled_repository(root: Path, counter: Path) -> None:
+def _decoupled_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A repository of two decoupled models in process instances, and the file where the
+    generator model counts its steps and closes."""
     from tests.e2e.stream_models import REPEAT_CONFIG, REPEAT_MODEL
 
+    root = tmp_path_factory.mktemp("process_decoupled")
+    counter = root / "counter.log"
+    counter.write_text("")
     (root / "generator_in_process" / "1").mkdir(parents=True)
     (root / "generator_in_process" / "1" / "model.py").write_text(REPEAT_MODEL)
     (root / "generator_in_process" / "config.pbtxt").write_text(
@@ -275,35 +262,23 @@ def _decoupled_repository(root: Path, counter: Path) -> None:
         .replace('name: "repeat_int32"', 'name: "sender_in_process"')
         + PROCESS
     )
+    return root, counter
 
 
-def _repeat(values: list[int], delay_ms: int) -> list[grpcclient.InferInput]:
-    n = len(values)
-    inputs = [
-        grpcclient.InferInput("IN", [n], "INT32"),
-        grpcclient.InferInput("DELAY", [n], "UINT32"),
-        grpcclient.InferInput("WAIT", [1], "UINT32"),
-    ]
-    inputs[0].set_data_from_numpy(np.array(values, dtype=np.int32))
-    inputs[1].set_data_from_numpy(np.full(n, delay_ms, dtype=np.uint32))
-    inputs[2].set_data_from_numpy(np.zeros(1, dtype=np.uint32))
-    return inputs
+def _stream_client(url: str) -> tuple[grpcclient.InferenceServerClient, queue.Queue[Any]]:
+    """A client with its stream open, and where the stream's results (or errors) arrive."""
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=partial(collect, results))
+    return client, results
 
 
 def _streamed(url: str, model: str, values: list[int], delay_ms: int) -> list[int]:
     """OUT of every response of one streamed request, in order (the final one ends it)."""
-    import queue
-    from functools import partial
-
-    results: queue.Queue[object] = queue.Queue()
-
-    def collect(sink: queue.Queue[object], result: object, error: object) -> None:
-        sink.put(error if error is not None else result)
-
-    with grpcclient.InferenceServerClient(url) as client:
-        client.start_stream(callback=partial(collect, results))
+    client, results = _stream_client(url)
+    with client:
         client.async_stream_infer(
-            model, _repeat(values, delay_ms), enable_empty_final_response=True
+            model, repeat_inputs(values, delay_ms, 0), enable_empty_final_response=True
         )
         outs: list[int] = []
         while True:
@@ -321,11 +296,8 @@ def test_decoupled_models_stream_from_process_instances(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    root = tmp_path_factory.mktemp("process_decoupled")
-    counter = root / "counter.log"
-    counter.write_text("")
-    _decoupled_repository(root, counter)
-    with serving(root, tmp_path_factory, wait_model="sender_in_process") as server:
+    root, _ = _decoupled_repository(tmp_path_factory)
+    with serving(root, tmp_path_factory) as server:
         for model in ("generator_in_process", "sender_in_process"):
             assert _streamed(server.url, model, list(range(20)), 0) == list(range(20))
             # Several streams at once, interleaved by their delays: each gets its own, in order.
@@ -338,22 +310,10 @@ def test_decoupled_models_stream_from_process_instances(
 def test_a_cancelled_stream_stops_its_generator_in_the_child(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    import queue
-    from functools import partial
-
-    root = tmp_path_factory.mktemp("process_cancel")
-    counter = root / "counter.log"
-    counter.write_text("")
-    _decoupled_repository(root, counter)
-    with serving(root, tmp_path_factory, wait_model="generator_in_process") as server:
-        results: queue.Queue[object] = queue.Queue()
-
-        def collect(sink: queue.Queue[object], result: object, error: object) -> None:
-            sink.put(error if error is not None else result)
-
-        client = grpcclient.InferenceServerClient(server.url)
-        client.start_stream(callback=partial(collect, results))
-        client.async_stream_infer("generator_in_process", _repeat(list(range(50)), 50))
+    root, counter = _decoupled_repository(tmp_path_factory)
+    with serving(root, tmp_path_factory) as server:
+        client, results = _stream_client(server.url)
+        client.async_stream_infer("generator_in_process", repeat_inputs(list(range(50)), 50, 0))
         for _ in range(2):
             assert not isinstance(results.get(timeout=30), InferenceServerException)
         client.stop_stream(cancel_requests=True)
@@ -372,23 +332,12 @@ def test_a_cancelled_stream_stops_its_generator_in_the_child(
 def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    import queue
-    from functools import partial
-
-    root = tmp_path_factory.mktemp("process_stream_death")
-    counter = root / "counter.log"
-    counter.write_text("")
-    _decoupled_repository(root, counter)
-    with serving(root, tmp_path_factory, wait_model="sender_in_process") as server:
+    root, _ = _decoupled_repository(tmp_path_factory)
+    with serving(root, tmp_path_factory) as server:
         before = set(_children(server.process.pid))
-        results: queue.Queue[object] = queue.Queue()
-
-        def collect(sink: queue.Queue[object], result: object, error: object) -> None:
-            sink.put(error if error is not None else result)
-
-        with grpcclient.InferenceServerClient(server.url) as client:
-            client.start_stream(callback=partial(collect, results))
-            client.async_stream_infer("sender_in_process", _repeat(list(range(100)), 50))
+        client, results = _stream_client(server.url)
+        with client:
+            client.async_stream_infer("sender_in_process", repeat_inputs(list(range(100)), 50, 0))
             assert not isinstance(results.get(timeout=30), InferenceServerException)
             for pid in before:  # both models' children: the stream's is among them
                 os.kill(pid, signal.SIGKILL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -11,21 +10,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server
+from tests.e2e.triton_models import check_error_responses_fail_alone, pair
 
 pytestmark = pytest.mark.slow
-
-
-def pair(dtype: str, a: np.ndarray, b: np.ndarray) -> list[Any]:
-    inputs = [
-        grpcclient.InferInput("INPUT0", list(a.shape), dtype),
-        grpcclient.InferInput("INPUT1", list(b.shape), dtype),
-    ]
-    inputs[0].set_data_from_numpy(a)
-    inputs[1].set_data_from_numpy(b)
-    return inputs
 
 
 @pytest.mark.parametrize("model", ["triton_add_sub", "triton_bls", "triton_bls_async"])
@@ -39,24 +28,7 @@ def test_add_sub_directly_and_through_bls(stream_server: Server, model: str) -> 
 
 
 def test_an_error_response_fails_only_its_own_request(stream_server: Server) -> None:
-    good = np.ones((1, 16), dtype=np.float32)
-    bad = np.full((1, 16), np.nan, dtype=np.float32)
-
-    def call(a: np.ndarray) -> Any:
-        with grpcclient.InferenceServerClient(stream_server.url) as client:
-            try:
-                return client.infer("triton_add_sub", pair("FP32", a, good)).as_numpy("OUTPUT0")
-            except InferenceServerException as exc:
-                return exc
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, [good, bad] * 8))
-    for index, result in enumerate(results):
-        if index % 2:
-            assert isinstance(result, InferenceServerException)
-            assert "INPUT0 holds NaN" in result.message()
-        else:
-            np.testing.assert_array_equal(result, good * 2)
+    check_error_responses_fail_alone(stream_server.url, "triton_add_sub")
 
 
 def test_string_model_like_the_simple_string_example(stream_server: Server) -> None:

@@ -6,7 +6,12 @@ examples/triton_repository; the others are test-only.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "triton_repository"
 # Triton's add_sub example shape: config read in initialize, one response per request, and
@@ -114,3 +119,38 @@ def build_triton_models(root: Path) -> None:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "config.pbtxt").write_text(config)
         (root / name / "1" / "model.py").write_text(code)
+
+
+def pair(dtype: str, a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:
+    """INPUT0 and INPUT1 of the add_sub contract."""
+    inputs = [
+        grpcclient.InferInput("INPUT0", list(a.shape), dtype),
+        grpcclient.InferInput("INPUT1", list(b.shape), dtype),
+    ]
+    inputs[0].set_data_from_numpy(a)
+    inputs[1].set_data_from_numpy(b)
+    return inputs
+
+
+def check_error_responses_fail_alone(url: str, model: str) -> None:
+    """ADD_SUB's contract under concurrency: requests holding NaN get their error response,
+    the good ones batched with them are answered."""
+    good = np.ones((1, 16), dtype=np.float32)
+    bad = np.full((1, 16), np.nan, dtype=np.float32)
+
+    def call(a: np.ndarray) -> np.ndarray | InferenceServerException:
+        with grpcclient.InferenceServerClient(url) as client:
+            try:
+                return np.asarray(client.infer(model, pair("FP32", a, good)).as_numpy("OUTPUT0"))
+            except InferenceServerException as exc:
+                return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, [good, bad] * 8))
+    for index, result in enumerate(results):
+        if index % 2:
+            assert isinstance(result, InferenceServerException)
+            assert "INPUT0 holds NaN" in str(result.message())
+        else:
+            assert isinstance(result, np.ndarray)
+            np.testing.assert_array_equal(result, good * 2)

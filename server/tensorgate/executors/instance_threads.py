@@ -102,6 +102,15 @@ class InstanceThreads:
             instance.stop()
 
 
+def wait_for_room(room: threading.Semaphore, cancelled: threading.Event) -> bool:
+    """A response sender's wait for its window to have room, for as long as its reader is
+    there: False once the reader is gone (the response is then dropped)."""
+    while not cancelled.is_set():
+        if room.acquire(timeout=0.05):
+            return True
+    return False
+
+
 def thread_event_loop() -> asyncio.AbstractEventLoop:
     """This thread's own event loop, on which an instance runs a model's coroutines (async
     generators, `async def execute`): the server's loop never runs model code."""

@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
@@ -61,7 +61,7 @@ from tensorgate.errors import (
     TensorgateError,
     Unavailable,
 )
-from tensorgate.executors.instance_threads import thread_event_loop
+from tensorgate.executors.instance_threads import thread_event_loop, wait_for_room
 from tensorgate.protocol.tensors import deserialize_bytes, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,7 @@ class _ChildSender:
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
         if self._final_sent:
             raise InvalidArgument("the response sender is closed: the final flag was sent")
-        while not self._cancelled.is_set():
-            if self._room.acquire(timeout=0.05):
-                break
-        if self._cancelled.is_set():  # the client is gone: nothing more goes out
+        if not wait_for_room(self._room, self._cancelled):  # the client is gone
             return
         self._final_sent = final
         if final:
@@ -583,14 +580,8 @@ class ProcessInstance:
                 channel = self._streams.pop(message[1], None)
                 if channel is not None:
                     channel.fail(_raised(message[2]))
-            elif kind == "call":
-                self._start_call(message[1], message[2])
-            elif kind == "stream":
-                self._start_stream(message[1], message[2])
-            elif kind == "cancel":
-                future = self._open_calls.get(message[1])
-                if future is not None:
-                    future.cancel()
+            else:
+                self._model_call(message)
         streams, self._streams = self._streams, {}
         for channel in streams.values():
             channel.fail(
@@ -612,17 +603,27 @@ class ProcessInstance:
                 if conn not in ready:
                     continue
             message = conn.recv()
-            kind = message[0]
-            if kind == "call":
-                self._start_call(message[1], message[2])
-            elif kind == "stream":
-                self._start_stream(message[1], message[2])
-            elif kind == "cancel":
-                future = self._open_calls.get(message[1])
-                if future is not None:
-                    future.cancel()
-            else:
+            if not self._model_call(message):
                 return tuple(message)
+
+    def _model_call(self, message: tuple[Any, ...]) -> bool:
+        """Start (or cancel) a call the child's model code makes; False: not such a message."""
+        kind = message[0]
+        if kind in ("call", "stream"):
+            call_id, request = message[1], message[2]
+            if self._calls is None:
+                self._refuse(call_id, FailedPrecondition("models can only call models in a server"))
+            elif kind == "call":
+                self._start_call(self._calls, call_id, request)
+            else:
+                self._start_stream(self._calls, call_id, request)
+        elif kind == "cancel":
+            future = self._open_calls.get(message[1])
+            if future is not None:
+                future.cancel()
+        else:
+            return False
+        return True
 
     def _tell_child(self, message: tuple[Any, ...]) -> None:
         """From the server's loop: queue a message for the child, wake the instance thread
@@ -641,37 +642,19 @@ class ProcessInstance:
         else:
             self._outbox.put(("error", call_id, _failure(error)))
 
-    def _start_call(self, call_id: int, request: InferRequest) -> None:
-        if self._calls is None:
-            unavailable = FailedPrecondition("models can only call models in a running server")
-            self._refuse(call_id, unavailable)
-            return
-
+    def _start_call(self, calls: ModelCalls, call_id: int, request: InferRequest) -> None:
         def answered(future: concurrent.futures.Future[InferResponse]) -> None:
-            if future.cancelled():
-                self._open_calls.pop(call_id, None)
-                return
-            error = future.exception()
-            if error is None:
-                self._tell_child(("answer", call_id, future.result()))
-            else:
-                self._tell_child(("error", call_id, _failure(error)))
+            if not future.cancelled():
+                error = future.exception()
+                if error is None:
+                    self._tell_child(("answer", call_id, future.result()))
+                else:
+                    self._tell_child(("error", call_id, _failure(error)))
             self._open_calls.pop(call_id, None)
 
-        try:
-            future = self._calls.submit(request)
-        except TensorgateError as exc:
-            self._refuse(call_id, exc)
-            return
-        self._open_calls[call_id] = future
-        future.add_done_callback(answered)
+        self._started(call_id, lambda: calls.submit(request), answered)
 
-    def _start_stream(self, call_id: int, request: InferRequest) -> None:
-        if self._calls is None:
-            unavailable = FailedPrecondition("models can only call models in a running server")
-            self._refuse(call_id, unavailable)
-            return
-
+    def _start_stream(self, calls: ModelCalls, call_id: int, request: InferRequest) -> None:
         def deliver(item: object) -> None:
             if item is STREAM_END:
                 self._tell_child(("end", call_id, None))
@@ -681,12 +664,23 @@ class ProcessInstance:
             else:
                 self._tell_child(("item", call_id, item))
 
+        self._started(call_id, lambda: calls.submit_stream(request, deliver), None)
+
+    def _started(
+        self,
+        call_id: int,
+        start: Callable[[], concurrent.futures.Future[Any]],
+        done: Callable[[concurrent.futures.Future[Any]], None] | None,
+    ) -> None:
+        """Start a call and keep it as open (the server not running: refused)."""
         try:
-            future = self._calls.submit_stream(request, deliver)
+            future = start()
         except TensorgateError as exc:
             self._refuse(call_id, exc)
             return
         self._open_calls[call_id] = future
+        if done is not None:
+            future.add_done_callback(done)
 
     def _died(self) -> int | None:
         process, self._process = self._process, None

@@ -31,6 +31,7 @@ from tensorgate.executors.instance_threads import (
     InstanceThread,
     InstanceThreads,
     thread_event_loop,
+    wait_for_room,
 )
 from tensorgate.runners.base import RunnerStatus, Scheduled, Streamed
 
@@ -63,10 +64,7 @@ class ResponseChannel:
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
         if self._final_sent:
             raise InvalidArgument("the response sender is closed: the final flag was sent")
-        while not self._cancelled.is_set():
-            if self._room.acquire(timeout=0.05):
-                break
-        if self._cancelled.is_set():  # the reader is gone: nothing more goes out
+        if not wait_for_room(self._room, self._cancelled):  # the reader is gone
             return
         self._final_sent = final
         self._loop.call_soon_threadsafe(self._items.put_nowait, Streamed(outputs, final))
