@@ -4,6 +4,8 @@ and callback the stream tests share."""
 from __future__ import annotations
 
 import queue
+import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,28 @@ def repeat_inputs(values: list[int], delay_ms: int, wait_ms: int) -> list[Any]:
 
 def collect(results: queue.Queue[Any], result: Any, error: Any) -> None:
     results.put(error if error is not None else result)
+
+
+def stream_client(url: str) -> tuple[grpcclient.InferenceServerClient, queue.Queue[Any]]:
+    """A client with its stream open, and where the stream's results (or errors) arrive."""
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=partial(collect, results))
+    return client, results
+
+
+def cancel_after_two_responses(url: str, model: str, counter: Path) -> list[str]:
+    """Stream 50 slow responses from a REPEAT_MODEL model, cancel after two, wait for its
+    generator to close (at most 10 s): the lines the model counted."""
+    from tritonclient.utils import InferenceServerException
+
+    client, results = stream_client(url)
+    client.async_stream_infer(model, repeat_inputs(list(range(50)), 50, 0))
+    for _ in range(2):
+        assert not isinstance(results.get(timeout=30), InferenceServerException)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 10
+    while "closed" not in counter.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counter.read_text().split()

@@ -20,7 +20,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, doc_block
-from tests.e2e.stream_models import REFUSED_FIELDS, collect, repeat_inputs
+from tests.e2e.stream_models import (
+    REFUSED_FIELDS,
+    cancel_after_two_responses,
+    collect,
+    repeat_inputs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -136,17 +141,7 @@ def test_cancelled_stream_stops_the_generator_and_closes_it(
     stream_server: Server, counter: Path
 ) -> None:
     counter.write_text("")
-    results: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(stream_server.url)
-    client.start_stream(callback=partial(collect, results))
-    client.async_stream_infer("repeat_int32", repeat_inputs(list(range(50)), 50, 0))
-    for _ in range(2):
-        assert not isinstance(results.get(timeout=30), InferenceServerException)
-    client.stop_stream(cancel_requests=True)
-    client.close()
-    deadline = time.monotonic() + 10
-    while "closed" not in counter.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    cancel_after_two_responses(stream_server.url, "repeat_int32", counter)
     time.sleep(0.3)  # a step still queued after the cancel would show up by now
     lines = counter.read_text().split()
     assert lines.count("closed") == 1
@@ -205,3 +200,18 @@ def test_streams_page_examples_run_and_answer(stream_server: Server) -> None:
     assert [e["text_output"] for e in events] == ["streamed", "word", "by", "word"]
     assert json.loads(outputs[1])["text_output"] == "single"
     assert json.loads(outputs[2])["outputs"][0]["name"] == "RESULT"
+
+
+def test_a_stream_refuses_outputs_in_shared_memory_by_name(stream_server: Server) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+    wanted = grpcclient.InferRequestedOutput("OUT")
+    wanted.set_shared_memory("some-region", 64)
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        client.start_stream(callback=partial(collect, results))
+        client.async_stream_infer("repeat_int32", repeat_inputs([1, 2], 0, 0), outputs=[wanted])
+        error = results.get(timeout=30)
+        assert isinstance(error, InferenceServerException)
+        assert "shared_memory_region" in str(error.message())
+        # The stream still serves requests that ask for nothing of the kind.
+        client.async_stream_infer("repeat_int32", repeat_inputs([7], 0, 0))
+        assert int(results.get(timeout=30).as_numpy("OUT")[0]) == 7

@@ -5,13 +5,10 @@ new one; nothing is left in /dev/shm after shutdown."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import time
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import serving
-from tests.e2e.stream_models import collect, repeat_inputs
+from tests.e2e.stream_models import cancel_after_two_responses, repeat_inputs, stream_client
 from tests.e2e.triton_models import (
     ADD_SUB,
     BLS,
@@ -265,17 +262,9 @@ def _decoupled_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return root, counter
 
 
-def _stream_client(url: str) -> tuple[grpcclient.InferenceServerClient, queue.Queue[Any]]:
-    """A client with its stream open, and where the stream's results (or errors) arrive."""
-    results: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(url)
-    client.start_stream(callback=partial(collect, results))
-    return client, results
-
-
 def _streamed(url: str, model: str, values: list[int], delay_ms: int) -> list[int]:
     """OUT of every response of one streamed request, in order (the final one ends it)."""
-    client, results = _stream_client(url)
+    client, results = stream_client(url)
     with client:
         client.async_stream_infer(
             model, repeat_inputs(values, delay_ms, 0), enable_empty_final_response=True
@@ -312,16 +301,7 @@ def test_a_cancelled_stream_stops_its_generator_in_the_child(
 ) -> None:
     root, counter = _decoupled_repository(tmp_path_factory)
     with serving(root, tmp_path_factory) as server:
-        client, results = _stream_client(server.url)
-        client.async_stream_infer("generator_in_process", repeat_inputs(list(range(50)), 50, 0))
-        for _ in range(2):
-            assert not isinstance(results.get(timeout=30), InferenceServerException)
-        client.stop_stream(cancel_requests=True)
-        client.close()
-        deadline = time.monotonic() + 10
-        while "closed" not in counter.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        lines = counter.read_text().split()
+        lines = cancel_after_two_responses(server.url, "generator_in_process", counter)
         assert lines.count("closed") == 1
         # The window lets the child run a few steps ahead of the reader, never the rest.
         assert 2 <= lines.count("step") < 12, lines
@@ -335,7 +315,7 @@ def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
     root, _ = _decoupled_repository(tmp_path_factory)
     with serving(root, tmp_path_factory) as server:
         before = set(_children(server.process.pid))
-        client, results = _stream_client(server.url)
+        client, results = stream_client(server.url)
         with client:
             client.async_stream_infer("sender_in_process", repeat_inputs(list(range(100)), 50, 0))
             assert not isinstance(results.get(timeout=30), InferenceServerException)

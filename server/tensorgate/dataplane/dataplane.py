@@ -260,6 +260,11 @@ class DataPlane:
             raise
         try:
             rows = validate_request(request, model.spec)
+            if request.output_regions:
+                raise InvalidArgument(
+                    f"model '{model.name}' answers through a stream of responses: its outputs "
+                    "cannot be written to shared memory (shared_memory_region)"
+                )
         except TensorgateError as exc:
             self.observer.finished(request, model, time.perf_counter_ns() - started, error=exc)
             raise
