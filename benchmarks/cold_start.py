@@ -14,7 +14,7 @@ import sys
 import time
 
 import tritonclient.grpc as grpcclient
-from run_peer_bench import serve_command  # beside this script
+from bench_results import serve_command  # beside this script
 
 
 def once(repo: str) -> float:

@@ -21,7 +21,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from run_peer_bench import PEERS, ROOT, ROW, _run, _wait_ready, ensure_repository, serve_command
+from bench_results import serve_command
+from run_peer_bench import PEERS, ROOT, ROW, _run, _wait_ready, ensure_repository
 
 # (protocol, concurrency) rows; ports are (gRPC, HTTP) per side.
 ROWS = (("http", 8), ("http", 32), ("grpc", 32))

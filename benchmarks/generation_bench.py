@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from run_peer_bench import ROOT, _wait_ready, serve_command
-from stream_bench import _machine
+from bench_results import machine, serve_command
+from run_peer_bench import ROOT, _wait_ready
 
 GRPC_PORT, HTTP_PORT = 18921, 18922
 BASE = """backend: "generation"
@@ -204,7 +204,7 @@ def main() -> None:
             {
                 "date": time.strftime("%Y-%m-%d"),
                 "command": "make bench-generation",
-                "machine": _machine(),
+                "machine": machine(),
                 "rows": rows,
             },
             indent=2,

@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_results import write_results
-from run_peer_bench import PEERS, PEERS_DIR, ROW, SERVERS, Running, _alive, _run
+from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, SERVERS, Running, _alive, _run
 
 GRPC = {"tensorgate": 18701, "triton": 28001, "bare-grpc": 18703}
 HTTP = {"tensorgate": 18711, "triton": 28000}
@@ -108,9 +108,9 @@ def _measure(server: str, pid: int | None, case: Case) -> dict[str, Any] | None:
     port = (HTTP if case.protocol == "http" else GRPC)[server]
     cmd = ["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", case.model]
     cmd += [str(case.concurrency), case.protocol, *case.extra]
-    counted = pid is not None
-    before = _stats(server, case.model) if counted else None
-    cpu = _tree_cpu(pid) if pid is not None else 0.0
+    # The server's request count and CPU time before the run (not for the bare handler,
+    # which keeps no statistics).
+    start = (_stats(server, case.model), _tree_cpu(pid)) if pid is not None else None
     out = _run(["timeout", "240", *cmd], timeout=300)
     match = ROW.search(out)
     if match is None:
@@ -124,10 +124,11 @@ def _measure(server: str, pid: int | None, case: Case) -> dict[str, Any] | None:
         "p99_ms": float(match.group(3)),
         "command": " ".join(cmd)
         .replace(str(PEERS_DIR), "$PEERS_DIR")
-        .replace(str(PEERS.parent.parent), ".."),
+        .replace(str(ROOT.parent), ".."),
     }
-    if pid is not None and before is not None:
-        cpu = _tree_cpu(pid) - cpu
+    if pid is not None and start is not None:
+        before, cpu_before = start
+        cpu = _tree_cpu(pid) - cpu_before
         after = _stats(server, case.model)
         requests = after["inferences"] - before["inferences"]
         executions = after["executions"] - before["executions"]

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from run_peer_bench import PEERS_DIR, _wait_ready, ensure_repository, serve_command
+from bench_results import serve_command
+from run_peer_bench import PEERS_DIR, _wait_ready, ensure_repository
 
 PORTS = (18731, 18732, 18733)  # gRPC, HTTP, metrics
 

@@ -67,6 +67,18 @@ def _repository(execution: str, name: str = "spin", code: str = SPIN) -> Path:
     return root
 
 
+def _perf_analyzer(
+    model: str, address: str, interval_ms: int, trials: int, stability: int
+) -> list[str]:
+    """perf_analyzer at c=8 over gRPC."""
+    return [
+        str(PERF_ANALYZER),
+        *("-m", model, "-u", address, "-i", "grpc", "--concurrency-range", "8"),
+        *("--measurement-interval", str(interval_ms), "--max-trials", str(trials)),
+        *("--stability-percentage", str(stability)),
+    ]
+
+
 def _wait_serving(address: str, model: str) -> None:
     """Until the model's gRPC health service says SERVING (at most a minute)."""
     deadline = time.monotonic() + 60
@@ -101,23 +113,7 @@ def _micro(execution: str) -> dict[str, float]:
         )
         cpu = _tree_cpu(server.pid)
         output = subprocess.run(
-            [
-                str(PERF_ANALYZER),
-                "-m",
-                "micro",
-                "-u",
-                address,
-                "-i",
-                "grpc",
-                "--concurrency-range",
-                "8",
-                "--measurement-interval",
-                "3000",
-                "--max-trials",
-                "5",
-                "--stability-percentage",
-                "25",
-            ],
+            _perf_analyzer("micro", address, 3000, 5, 25),
             capture_output=True,
             text=True,
             timeout=300,
@@ -165,23 +161,7 @@ def _one(execution: str, seconds: float) -> dict[str, float]:
         timer.start()
         idle = _health_latencies(address, idle_stop)
         load = subprocess.Popen(
-            [
-                str(PERF_ANALYZER),
-                "-m",
-                "spin",
-                "-u",
-                address,
-                "-i",
-                "grpc",
-                "--concurrency-range",
-                "8",
-                "--measurement-interval",
-                str(int(seconds * 1000 / 3)),
-                "--max-trials",
-                "3",
-                "--stability-percentage",
-                "100",
-            ],
+            _perf_analyzer("spin", address, int(seconds * 1000 / 3), 3, 100),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Running, _machine, _run
+from bench_results import machine
+from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Running, _run
 
 HTTP = {
     "tensorgate": "127.0.0.1:18711",  # --http-port is the gRPC port + 10 in Running
@@ -107,7 +108,7 @@ def main() -> None:
         rows.append({"server": name, "concurrency": conc, **chosen, "runs": all_runs})
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": _machine(),
+        "machine": machine(),
         "command": "python benchmarks/run_http_bench.py " + " ".join(sys.argv[1:]),
         "rows": rows,
     }

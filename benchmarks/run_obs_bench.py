@@ -18,7 +18,8 @@ import json
 import statistics
 from pathlib import Path
 
-from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Running, _machine, _run
+from bench_results import machine
+from run_peer_bench import PEERS, PEERS_DIR, RESULTS, ROOT, ROW, SERVERS, Running, _run
 
 CONFIGS: dict[str, tuple[str, ...]] = {
     "off": ("--metrics-port", "-1", "--access-log-rate", "0"),
@@ -78,7 +79,7 @@ def main() -> None:
                 "command": chosen[3],
             }
         )
-    result = {"machine": _machine(), "rows": rows}
+    result = {"machine": machine(), "rows": rows}
     (RESULTS / "observability.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_markdown(result)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import statistics
@@ -26,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench_results import machine, serve_command  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT.parent / "shared" / "peers"
@@ -77,28 +78,6 @@ def _run(cmd: list[str], timeout: float = 600) -> str:
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"
     return done.stdout + done.stderr
-
-
-def serve_command(
-    repository: Path | str, grpc_port: int | str, http_port: int | str, metrics_port: int | str
-) -> list[str]:
-    """`tensorgate serve` on loopback with these ports (-1 turns one off)."""
-    return [
-        sys.executable,
-        "-m",
-        "tensorgate",
-        "serve",
-        "--model-repository",
-        str(repository),
-        "--host",
-        "127.0.0.1",
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-        "--metrics-port",
-        str(metrics_port),
-    ]
 
 
 def ensure_repository(repository: Path, batching: bool = True) -> None:
@@ -261,22 +240,6 @@ def _raw() -> tuple[dict[str, dict[int, float]], str]:
     return raw, shown
 
 
-def _machine() -> str:
-    import grpc
-    import onnxruntime
-
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {platform.machine()}, Python "
-        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio "
-        f"{grpc.__version__}; load generators on the same cores"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default=",".join(SERVERS))
@@ -300,7 +263,7 @@ def main() -> None:
     kept = [Row(**r) for r in previous["rows"] if r["server"] not in names] if previous else []
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": _machine(),
+        "machine": machine(),
         "command": (previous["command"] + "; then " if previous else "")
         + "python benchmarks/run_peer_bench.py "
         + " ".join(sys.argv[1:]),

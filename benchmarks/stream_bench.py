@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import queue
 import statistics
 import subprocess
@@ -31,7 +29,8 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from run_peer_bench import ROOT, _wait_ready, serve_command
+from bench_results import machine, serve_command
+from run_peer_bench import ROOT, _wait_ready
 
 GRPC_PORT, HTTP_PORT = 18901, 18902
 RAW = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
@@ -111,25 +110,6 @@ def first_and_last(requests: int) -> tuple[float, float]:
     return statistics.median(firsts) * 1000, statistics.median(lasts) * 1000
 
 
-def _machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    import grpc
-    import onnxruntime
-
-    return (
-        f"{os.cpu_count()} cores ({cpu}), {platform.machine()}, Python "
-        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}, grpcio "
-        f"{grpc.__version__}; clients on the same cores"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -181,7 +161,7 @@ def main() -> None:
             {
                 "date": time.strftime("%Y-%m-%d"),
                 "command": "make bench-streams",
-                "machine": _machine(),
+                "machine": machine(),
                 "rows": rows,
             },
             indent=2,

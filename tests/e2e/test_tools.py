@@ -19,8 +19,10 @@ from tests.e2e.conftest import ROOT, Server
 PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", ROOT / ".tools" / "bin" / "perf_analyzer"))
 
 
-def perf_analyzer(server: Server, model: str, *extra: str) -> str:
-    """A short perf_analyzer run at c=2 over gRPC (skipped without the binary); its output."""
+def perf_analyzer(
+    server: Server, model: str, *extra: str, protocol: str = "grpc", concurrency: int = 2
+) -> str:
+    """A short perf_analyzer run (skipped without the binary); its output."""
     if not PERF_ANALYZER.exists():
         pytest.skip(
             f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
@@ -31,11 +33,11 @@ def perf_analyzer(server: Server, model: str, *extra: str) -> str:
         "-m",
         model,
         "-u",
-        server.url,
+        server.http_url if protocol == "http" else server.url,
         "-i",
-        "grpc",
+        protocol,
         "--concurrency-range",
-        "2",
+        str(concurrency),
         "--measurement-interval",
         "1000",
         "--max-trials",
@@ -99,39 +101,14 @@ def test_grpcurl_calls_live_health_and_infer_with_json(server: Server) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["grpc", "grpc-streaming", "http"])
 def test_perf_analyzer_runs_against_add_sub(server: Server, mode: str) -> None:
-    if not PERF_ANALYZER.exists():
-        pytest.skip(
-            f"perf_analyzer not found at {PERF_ANALYZER}: run 'make tools' "
-            "(needs Debian's libb64-0d)"
-        )
-    args = [
-        str(PERF_ANALYZER),
-        "-m",
-        "add_sub",
-        "-i",
-        mode.split("-")[0],
-        "-u",
-        server.http_url if mode == "http" else server.url,
-        "--concurrency-range",
-        "4",
-        "--measurement-interval",
-        "1000",
-        "-b",
-        "2",
-        "--max-trials",
-        "5",
-        "--stability-percentage",
-        "100",
-    ]
-    if mode == "grpc-streaming":
-        args.append("--streaming")
-    result = subprocess.run(args, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Throughput:" in result.stdout
-    assert "Server:" in result.stdout  # server-side statistics were read and decoded
+    streaming = ["--streaming"] if mode == "grpc-streaming" else []
+    output = perf_analyzer(
+        server, "add_sub", "-b", "2", *streaming, protocol=mode.split("-")[0], concurrency=4
+    )
+    assert "Server:" in output  # server-side statistics were read and decoded
     # The breakdown comes from ModelStatistics: queue and compute phases, non-zero infer.
     breakdown = re.search(
-        r"queue (\d+) usec \+ compute input (\d+) usec \+ compute infer (\d+) usec", result.stdout
+        r"queue (\d+) usec \+ compute input (\d+) usec \+ compute infer (\d+) usec", output
     )
-    assert breakdown is not None, result.stdout[-2000:]
+    assert breakdown is not None, output[-2000:]
     assert int(breakdown.group(3)) > 0

@@ -71,6 +71,14 @@ def placement(parameters: Mapping[str, object], where: str) -> Placement | None:
     return Placement(region, offset, size)
 
 
+def registry(shm: SharedMemoryRegistry | None) -> SharedMemoryRegistry:
+    """The codec's registry, for a tensor placed in shared memory; a codec used without one
+    (no server behind it) refuses such tensors."""
+    if shm is None:
+        raise InvalidArgument("this server takes no shared memory")
+    return shm
+
+
 class SharedMemoryRegistry:
     """The server's registered regions (one registry per process)."""
 

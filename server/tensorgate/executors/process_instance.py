@@ -105,14 +105,17 @@ class ChildSpec:
     index: int
 
 
-def _place(
-    parts: Sequence[dict[str, Array] | Failure], slab: SharedMemory | None
-) -> tuple[list[list[Placed] | Failure], int]:
-    """Lay each part's arrays out in `slab` one after the other (when it is big enough);
-    returns their places (failures passed through) and the bytes they need."""
+Blob = tuple[int, Any]  # where in the slab, and the bytes (a uint8-viewable array)
+
+
+def _layout(
+    parts: Sequence[dict[str, Array] | Failure],
+) -> tuple[list[list[Placed] | Failure], list[Blob], int]:
+    """Where each part's arrays go in a slab, one after the other: their places (failures
+    passed through), the bytes to write there, and the slab size they need."""
     placed: list[list[Placed] | Failure] = []
+    blobs: list[Blob] = []
     offset = 0
-    blobs = []
     for part in parts:
         if not isinstance(part, dict):
             placed.append(part)
@@ -130,12 +133,14 @@ def _place(
             blobs.append((offset, data))
             offset += (size + 63) // 64 * 64  # cache-line aligned
         placed.append(places)
-    if slab is not None and offset <= slab.size:
-        buffer = slab.buf
-        assert buffer is not None
-        for start, data in blobs:
-            buffer[start : start + data.nbytes] = data.reshape(-1).view(np.uint8)
-    return placed, offset
+    return placed, blobs, offset
+
+
+def _write(blobs: list[Blob], slab: SharedMemory) -> None:
+    buffer = slab.buf
+    assert buffer is not None
+    for start, data in blobs:
+        buffer[start : start + data.nbytes] = data.reshape(-1).view(np.uint8)
 
 
 def _read(placed: list[Placed], buffer: Any, copy: bool) -> dict[str, Array]:
@@ -400,8 +405,9 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
                 parts = _as_parts(backend.execute_requests(inputs))  # type: ignore[attr-defined]
             else:
                 parts = _as_parts([backend.execute(inputs[0])])
-            placed, needed = _place(parts, slabs[out_name])
+            placed, blobs, needed = _layout(parts)
             if needed <= slabs[out_name].size:
+                _write(blobs, slabs[out_name])
                 channel.send(("ok", placed))
             else:  # too big for the slab: through the pipe this once
                 channel.send(("big", parts, needed))
@@ -510,10 +516,10 @@ class ProcessInstance:
                 log.warning("restarting process instance %s", self.name)
                 self._signature = self._start()
             assert self._conn is not None
-            _, needed = _place(batch, None)
+            requests, blobs, needed = _layout(batch)
             self._inputs = self._slab(self._inputs, needed)
             self._outputs = self._slab(self._outputs, _SLAB_MIN)
-            requests, _ = _place(batch, self._inputs)
+            _write(blobs, self._inputs)
             try:
                 self._conn.send(("run", self._inputs.name, requests, self._outputs.name))
                 reply = self._reply(self._conn)

@@ -15,6 +15,7 @@ from tensorgate.dataplane.shared_memory import (
     Placement,
     SharedMemoryRegistry,
     placement,
+    registry,
 )
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
@@ -141,8 +142,7 @@ def _requested_outputs(
             )
         place = placement(decode_parameters(out.parameters), f"output '{out.name}'")
         if place is not None:
-            if shm is None:
-                raise InvalidArgument("this server takes no shared memory")
+            registry(shm)
             request.output_regions = request.output_regions or {}
             request.output_regions[out.name] = place
 
@@ -155,11 +155,9 @@ def _array_from_shm(
     where = f"input '{tensor.name}'"
     if tensor.HasField("contents"):
         raise InvalidArgument(f"{where} has both typed contents and shared memory")
-    if shm is None:
-        raise InvalidArgument("this server takes no shared memory")
     place = placement(decode_parameters(tensor.parameters), where)
     assert place is not None
-    return array_from_raw(tensor.name, shm.read(place, where), datatype, tensor.shape)
+    return array_from_raw(tensor.name, registry(shm).read(place, where), datatype, tensor.shape)
 
 
 def encode_infer_response(

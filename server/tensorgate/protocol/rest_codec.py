@@ -24,6 +24,7 @@ from tensorgate.dataplane.shared_memory import (
     Placement,
     SharedMemoryRegistry,
     placement,
+    registry,
 )
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse, ParameterValue
 from tensorgate.errors import InvalidArgument
@@ -227,11 +228,11 @@ def _input(
         where = f"input '{name}'"
         place = placement(_parameters(params, f"{where} parameters"), where)
         assert place is not None
-        if shm is None:
-            raise InvalidArgument("this server takes no shared memory")
         if "data" in tensor:
             raise InvalidArgument(f"{where} has both data and shared memory")
-        request.inputs[name] = array_from_raw(name, shm.read(place, where), datatype, shape)
+        request.inputs[name] = array_from_raw(
+            name, registry(shm).read(place, where), datatype, shape
+        )
         request.datatypes[name] = datatype.name
         return offset
     size = _binary_size(tensor, name)
@@ -359,8 +360,8 @@ def decode_infer_request(
     outputs = doc.get("outputs")
     if outputs is not None or "outputs" in doc:
         _outputs(outputs, decoded)
-        if request.output_regions and shm is None:
-            raise InvalidArgument("this server takes no shared memory")
+        if request.output_regions:
+            registry(shm)
     return decoded
 
 

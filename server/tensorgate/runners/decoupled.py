@@ -88,11 +88,12 @@ class ResponseChannel:
 
     async def get(self) -> Streamed:
         item = await self._items.get()
-        self._room.release()
         if isinstance(item, BaseException):
             raise item
-        if self.on_read is not None:
+        if self.on_read is not None:  # pushed: the window is kept by the sender's side
             self.on_read()
+        else:
+            self._room.release()
         return item
 
 
