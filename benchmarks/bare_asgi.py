@@ -2,8 +2,9 @@
 
 No routing table, validation, batching or statistics: the inference route reads Triton's
 binary tensor extension, adds and subtracts with numpy and answers in binary. Metadata, config
-and statistics are fixed answers so that perf_analyzer accepts it. uvicorn picks the same
-event loop tensorgate serves on (uvloop where installed).
+and statistics are fixed answers so that perf_analyzer accepts it; GET /served answers the
+number of inferences served, for CPU time per request. uvicorn picks the same event loop
+tensorgate serves on (uvloop where installed).
 
 With --thread-hop the numpy work runs in one worker thread and the handler awaits it, one
 hand-off per request: the ceiling of any server that keeps model code off the event loop.
@@ -58,6 +59,7 @@ def _worker(jobs: queue.SimpleQueue[Any]) -> None:
         future.get_loop().call_soon_threadsafe(future.set_result, _add_sub(a, b))
 
 
+SERVED = [0]  # inferences answered
 HOP: queue.SimpleQueue[Any] | None = None
 if "--thread-hop" in sys.argv[2:]:
     HOP = queue.SimpleQueue()
@@ -107,6 +109,7 @@ async def app(
             }
         )
         payload = b"".join((header, *outputs))
+        SERVED[0] += 1
         headers = [
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(len(header)).encode()),
@@ -117,6 +120,8 @@ async def app(
         return
     if path.endswith("/ready") or path.startswith("/v2/health"):
         status, payload = 200, b""
+    elif path == "/served":
+        status, payload = 200, str(SERVED[0]).encode()
     elif path in FIXED_BODIES:
         status, payload = 200, FIXED_BODIES[path]
     else:

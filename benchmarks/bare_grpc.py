@@ -1,9 +1,10 @@
 """The ceiling of the stack: a bare grpc.aio KServe-v2 server that computes add_sub with numpy.
 
-No repository, validation, batching or statistics: ModelInfer and ModelStreamInfer decode the
-raw contents, add and subtract, and answer. Metadata and config are fixed answers so that
-perf_analyzer accepts it. It runs on the event loop tensorgate serves on (uvloop where
-installed), so the two differ only in what happens between parsing and answering.
+No repository, validation or batching: ModelInfer and ModelStreamInfer decode the raw
+contents, add and subtract, and answer. Metadata and config are fixed answers so that
+perf_analyzer accepts it; ModelStatistics counts the inferences (one execution each), for CPU
+time per request. It runs on the event loop tensorgate serves on (uvloop where installed), so
+the two differ only in what happens between parsing and answering.
 
 With --thread-hop, ModelInfer computes in one worker thread and awaits the result, one
 hand-off per request: the ceiling of any server that keeps model code off the event loop.
@@ -29,7 +30,11 @@ SERVICE = "inference.GRPCInferenceService"
 SHAPE = [-1, 16]
 
 
+SERVED = [0]  # inferences answered
+
+
 def _add_sub(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    SERVED[0] += 1  # the worker thread's increments are under the GIL too
     a = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
     b = np.frombuffer(request.raw_input_contents[1], dtype=np.float32)
     shape = request.inputs[0].shape
@@ -91,7 +96,12 @@ async def model_config(request: Any, context: Any) -> pb.ModelConfigResponse:
 
 
 async def model_statistics(request: Any, context: Any) -> pb.ModelStatisticsResponse:
-    return pb.ModelStatisticsResponse()
+    response = pb.ModelStatisticsResponse()
+    served = SERVED[0]
+    response.model_stats.add(
+        name="add_sub", version="1", inference_count=served, execution_count=served
+    )
+    return response
 
 
 async def server_metadata(request: Any, context: Any) -> pb.ServerMetadataResponse:

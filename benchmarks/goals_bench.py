@@ -1,6 +1,12 @@
-"""The execution goals, side by side in one run: tensorgate, Triton and the bare grpc.aio
-handler serve at once (idle but the one measured), and each round measures every row on each
-with perf_analyzer (`../shared/peers/pa.sh`), alternating against the machine's drift.
+"""The execution goals, side by side in one run: tensorgate, Triton and the bare handlers
+serve at once (idle but the one measured), and each round measures every row on each with
+perf_analyzer (`../shared/peers/pa.sh`), alternating against the machine's drift.
+
+The bare handlers are the ceilings of the stack tensorgate is built on, measured on the same
+rows: bare_grpc.py (grpc.aio computing add_sub on the event loop; with --thread-hop in one
+worker thread, one hand-off per request) and bare_asgi.py (uvicorn + httptools). A goal above
+what the bare handler itself reaches against the same peer cannot be met by any server on
+that stack; the goals table shows the ceiling beside each ratio.
 
 Every row also gives the server's CPU time per request: user + system time of the server's
 whole process tree (Triton's Python-backend stubs, tensorgate's process instances) from
@@ -23,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_results import write_results
+from run_http_bench import ScriptServer
 from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, SERVERS, Running, _alive, _run
 
-GRPC = {"tensorgate": 18701, "triton": 28001, "bare-grpc": 18703}
-HTTP = {"tensorgate": 18711, "triton": 28000}
+GRPC = {"tensorgate": 18701, "triton": 28001, "bare-grpc": 18703, "bare-grpc-hop": 18704}
+HTTP = {"tensorgate": 18711, "triton": 28000, "bare-asgi": 18705}
+# Servers that keep no statistics: no CPU per request or batch figures for them.
+BARE = ("bare-grpc", "bare-grpc-hop", "bare-asgi")
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,25 @@ class Case:
 
 
 CASES = (
-    Case("add_sub unary c=32", "add_sub", 32, "grpc", (), ("tensorgate", "triton", "bare-grpc")),
     Case(
-        "add_sub streaming c=32", "add_sub", 32, "grpc", ("--streaming",), ("tensorgate", "triton")
+        "add_sub unary c=32",
+        "add_sub",
+        32,
+        "grpc",
+        (),
+        ("tensorgate", "triton", "bare-grpc", "bare-grpc-hop"),
     ),
-    Case("add_sub HTTP binary c=8", "add_sub", 8, "http", (), ("tensorgate", "triton")),
+    Case(
+        "add_sub streaming c=32",
+        "add_sub",
+        32,
+        "grpc",
+        ("--streaming",),
+        ("tensorgate", "triton", "bare-grpc"),
+    ),
+    Case(
+        "add_sub HTTP binary c=8", "add_sub", 8, "http", (), ("tensorgate", "triton", "bare-asgi")
+    ),
     Case("mlp unary c=32", "mlp", 32, "grpc", (), ("tensorgate", "triton")),
     Case("mobilenet_v2 c=8", "mobilenet_v2", 8, "grpc", (), ("tensorgate", "triton")),
     Case(
@@ -93,6 +117,10 @@ def _tree_cpu(root: int) -> float:
 def _stats(server: str, model: str) -> dict[str, Any]:
     import tritonclient.grpc as grpcclient
 
+    if server == "bare-asgi":  # one execution per inference, counted at GET /served
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP[server]}/served") as answer:
+            served = int(answer.read())
+        return {"inferences": served, "executions": served, "batch1_count": 0, "batch1_ns": 0}
     with grpcclient.InferenceServerClient(f"127.0.0.1:{GRPC[server]}") as client:
         doc = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     one = next((b for b in doc.get("batch_stats", []) if int(b["batch_size"]) == 1), None)
@@ -108,8 +136,7 @@ def _measure(server: str, pid: int | None, case: Case) -> dict[str, Any] | None:
     port = (HTTP if case.protocol == "http" else GRPC)[server]
     cmd = ["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", case.model]
     cmd += [str(case.concurrency), case.protocol, *case.extra]
-    # The server's request count and CPU time before the run (not for the bare handler,
-    # which keeps no statistics).
+    # The server's request count and CPU time before the run.
     start = (_stats(server, case.model), _tree_cpu(pid)) if pid is not None else None
     out = _run(["timeout", "240", *cmd], timeout=300)
     match = ROW.search(out)
@@ -133,7 +160,8 @@ def _measure(server: str, pid: int | None, case: Case) -> dict[str, Any] | None:
         requests = after["inferences"] - before["inferences"]
         executions = after["executions"] - before["executions"]
         row["server_cpu_us_per_request"] = cpu / max(requests, 1) * 1e6
-        row["mean_batch"] = requests / max(executions, 1)
+        if server not in BARE:  # they never batch
+            row["mean_batch"] = requests / max(executions, 1)
         ones = after["batch1_count"] - before["batch1_count"]
         if ones:
             row["batch1_compute_infer_ms"] = (after["batch1_ns"] - before["batch1_ns"]) / ones / 1e6
@@ -155,30 +183,39 @@ def _standalone_mlp_ms() -> float:
 
 
 class Servers:
-    """tensorgate, Triton and the bare handler, started together; one that dies under a row
+    """tensorgate, Triton and the bare handlers, started together; one that dies under a row
     is started again (and the run notes it)."""
 
-    NAMES = ("tensorgate", "triton", "bare-grpc")
+    NAMES = ("tensorgate", "triton", *BARE)
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.running = {name: Running(SERVERS[name], workdir) for name in self.NAMES}
+        self.running = {name: self._start(name) for name in self.NAMES}
         self.notes: list[str] = []
+
+    def _start(self, name: str) -> Running | ScriptServer:
+        if name == "bare-asgi":
+            return ScriptServer(self.workdir, name)
+        return Running(SERVERS[name], self.workdir)
 
     def pid(self, name: str) -> int | None:
         if name == "triton":  # started by ../shared/peers/start.sh, which records it
             return int((PEERS_DIR / "run" / "triton" / "pid").read_text())
         process = self.running[name].process
-        return process.pid if process is not None and name == "tensorgate" else None
+        return process.pid if process is not None else None
 
     def revive(self, name: str, case: Case) -> None:
-        if _alive(SERVERS[name].grpc):
+        running = self.running[name]
+        if isinstance(running, ScriptServer):
+            if running.process.poll() is None:
+                return
+        elif _alive(SERVERS[name].grpc):
             return
         note = f"{name} died during {case.key}; started again"
         print(f"  {note}", flush=True)
         self.notes.append(note)
-        self.running[name].stop()
-        self.running[name] = Running(SERVERS[name], self.workdir)
+        running.stop()
+        self.running[name] = self._start(name)
 
     def stop(self) -> None:
         for running in self.running.values():

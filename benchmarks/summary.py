@@ -221,13 +221,54 @@ def _shared_memory(doc: dict[str, Any]) -> Iterator[str]:
 
 
 GOALS_HEADER = (
-    "| goal | target | measured | met | server CPU / request: tensorgate, Triton | source |\n"
-    "|---|---|---|---|---|---|\n"
+    "| goal | target | measured | met | the bare handler, same run "
+    "| server CPU / request: tensorgate, Triton | source |\n"
+    "|---|---|---|---|---|---|---|\n"
+)
+# Throughput goals: (case, peer, target, label, the ceiling's server and case, its label).
+# The ceiling is the bare handler of the same stack on the same row, divided by the same
+# peer: what a server doing nothing but the arithmetic reaches (benchmarks/goals_bench.py).
+THROUGHPUT_GOALS = (
+    (
+        "mlp unary c=32",
+        "triton",
+        1.0,
+        "mlp gRPC unary c=32, ÷ Triton",
+        ("bare-grpc", "add_sub unary c=32"),
+        "bare grpc.aio (add_sub)",
+    ),
+    (
+        "add_sub unary c=32",
+        "bare-grpc",
+        0.85,
+        "add_sub gRPC unary c=32, ÷ bare grpc.aio",
+        ("bare-grpc-hop", "add_sub unary c=32"),
+        "bare grpc.aio with one thread hop",
+    ),
+    (
+        "add_sub streaming c=32",
+        "triton",
+        1.4,
+        "add_sub gRPC streaming c=32, ÷ Triton",
+        ("bare-grpc", "add_sub streaming c=32"),
+        "bare grpc.aio",
+    ),
+    (
+        "add_sub HTTP binary c=8",
+        "triton",
+        1.6,
+        "add_sub HTTP binary c=8, ÷ Triton",
+        ("bare-asgi", "add_sub HTTP binary c=8"),
+        "bare uvicorn ASGI",
+    ),
 )
 
 
-def _goal(goal: str, target: str, value: float, met: bool, cpu: str, source: str) -> str:
-    return f"| {goal} | {target} | **{value:.2f}** | {'yes' if met else 'no'} | {cpu} | {source} |"
+def _goal(
+    goal: str, target: str, value: float, met: bool, cpu: str, source: str, ceiling: str = "–"
+) -> str:
+    met_word = "yes" if met else "no"
+    return f"| {goal} | {target} | **{value:.2f}** | {met_word} | {ceiling} | {cpu} | {source} |"
 
 
 def _cpu(medians: dict[str, dict[str, float]], case: str, peer: bool = True) -> str:
@@ -239,24 +280,29 @@ def _cpu(medians: dict[str, dict[str, float]], case: str, peer: bool = True) -> 
     return shown
 
 
+def _throughput_goals(m: dict[str, dict[str, float]]) -> Iterator[str]:
+    def rate(server: str, case: str) -> float:
+        return float(m.get(f"{server} {case}", {}).get("infer_per_s", 0.0))
+
+    for case, peer, target, label, (bare, bare_case), bare_label in THROUGHPUT_GOALS:
+        ours, theirs = rate("tensorgate", case), rate(peer, case)
+        if not (ours and theirs):
+            continue
+        ratio = ours / theirs
+        ceiling = "–"
+        if bare_rate := rate(bare, bare_case):
+            ceiling = f"{bare_label} {bare_rate / theirs:.2f}×"
+            bare_cpu = m[f"{bare} {bare_case}"].get("server_cpu_us_per_request")
+            if bare_cpu:
+                ceiling += f", {bare_cpu:.0f} µs / request"
+        yield _goal(label, f"≥ {target}×", ratio, ratio >= target, _cpu(m, case), "goals", ceiling)
+
+
 def _goals_rows(results: Path) -> Iterator[str]:
     goals = _load(results, "goals")
     if goals is not None:
         m = goals["medians"]
-
-        def rate(server: str, case: str) -> float:
-            return float(m.get(f"{server} {case}", {}).get("infer_per_s", 0.0))
-
-        for case, peer, target, label in (
-            ("mlp unary c=32", "triton", 1.0, "mlp gRPC unary c=32, ÷ Triton"),
-            ("add_sub unary c=32", "bare-grpc", 0.85, "add_sub gRPC unary c=32, ÷ bare grpc.aio"),
-            ("add_sub streaming c=32", "triton", 1.4, "add_sub gRPC streaming c=32, ÷ Triton"),
-            ("add_sub HTTP binary c=8", "triton", 1.6, "add_sub HTTP binary c=8, ÷ Triton"),
-        ):
-            ours, theirs = rate("tensorgate", case), rate(peer, case)
-            if ours and theirs:
-                ratio = ours / theirs
-                yield _goal(label, f"≥ {target}×", ratio, ratio >= target, _cpu(m, case), "goals")
+        yield from _throughput_goals(m)
         mlp = m.get("tensorgate mlp unary c=32", {})
         standalone = goals.get("standalone_mlp_batch1_ms")
         if "batch1_compute_infer_ms" in mlp and standalone:
