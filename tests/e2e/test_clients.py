@@ -1,6 +1,7 @@
 """Clients in other languages and tools, each run for real against the server and checked
-against the numbers add_sub must produce: the clients page's grpcurl recipes (the Go binary),
-the Node client (@grpc/grpc-js, stubs loaded from protos/) and the C++ client (protoc + the
+against the numbers add_sub must produce: the clients page's grpcurl recipes (the Go binary)
+and transport examples (tritonclient on a gRPC stream and over HTTP with binary tensors), the
+Node client (@grpc/grpc-js, stubs loaded from protos/) and the C++ client (protoc + the
 gRPC C++ plugin, CMake)."""
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def test_readme_grpcurl_recipes_run_and_answer(server: Server) -> None:
     raw = text.get("rawOutputContents") or text["raw_output_contents"]
     upper = base64.b64decode(raw[0])
     assert upper == struct.pack("<I", 5) + b"HELLO" + struct.pack("<I", 5) + b"WORLD"
+
+
+def test_clients_page_transport_examples_run_and_answer(server: Server) -> None:
+    script = doc_block("docs/pages/clients.md", "transport-examples")
+    script = script.replace("localhost:8001", server.url).replace("localhost:8000", server.http_url)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["http [1. 2. 3. 4.]", "stream True", "stream True"]
 
 
 def googleapis_dir() -> str:
