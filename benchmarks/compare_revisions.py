@@ -4,10 +4,10 @@ On this VM a server's speed drifts 20-40 % within minutes, so a figure from befo
 and one from after it do not compare. This starts the working tree's server and a base
 revision's (its `server/` exported with `git archive`, put first on PYTHONPATH) on the
 same repository, and measures them in turn, round after round, with perf_analyzer on
-add_sub: HTTP c=8 and c=32, gRPC unary c=32. Each measurement gives the throughput and the
-server's CPU time per request (its process's user + system time over the requests its
-ModelStatistics counted meanwhile), which drifts less than throughput. It prints each
-round's new ÷ base ratios and their medians; only the ratios mean anything.
+add_sub: HTTP c=8 and c=32, gRPC unary c=32 and gRPC streaming c=32. Each measurement gives
+the throughput and the server's CPU time per request (its process's user + system time over
+the requests its ModelStatistics counted meanwhile), which drifts less than throughput. It
+prints each round's new ÷ base ratios and their medians; only the ratios mean anything.
 usage: python benchmarks/compare_revisions.py [--base REV] [--rounds N]
 """
 
@@ -24,8 +24,13 @@ from pathlib import Path
 from bench_results import serve_command
 from run_peer_bench import PEERS, ROOT, ROW, _run, _wait_ready, ensure_repository
 
-# (protocol, concurrency) rows; ports are (gRPC, HTTP) per side.
-ROWS = (("http", 8), ("http", 32), ("grpc", 32))
+# (protocol, concurrency, perf_analyzer's extra arguments) rows; ports are (gRPC, HTTP) per side.
+ROWS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("http", 8, ()),
+    ("http", 32, ()),
+    ("grpc", 32, ()),
+    ("grpc", 32, ("--streaming",)),
+)
 PORTS = {"new": (18801, 18811), "base": (18802, 18812)}
 
 
@@ -81,22 +86,29 @@ def _inferences(grpc_port: int) -> int:
     return int(stats["model_stats"][0].get("inference_count", 0))
 
 
-def _measure(side: str, pid: int, protocol: str, conc: int) -> tuple[float, float] | None:
+def _measure(
+    side: str, pid: int, protocol: str, conc: int, extra: tuple[str, ...]
+) -> tuple[float, float] | None:
     """(infer/s, server CPU µs per request) of one perf_analyzer run, or None if it failed."""
     grpc_port, http_port = PORTS[side]
     port = http_port if protocol == "http" else grpc_port
     cpu, count = _cpu_seconds(pid), _inferences(grpc_port)
-    out = _run(["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", "add_sub", str(conc), protocol])
+    out = _run(
+        ["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", "add_sub", str(conc), protocol, *extra]
+    )
     cpu, count = _cpu_seconds(pid) - cpu, _inferences(grpc_port) - count
     match = ROW.search(out)
+    label = _label(protocol, conc, extra)
     if match is None or count <= 0:
-        print(f"  {side:4s} {protocol} c={conc:<3d} FAILED", flush=True)
+        print(f"  {side:4s} {label} FAILED", flush=True)
         return None
     cpu_us = cpu / count * 1e6
-    print(
-        f"  {side:4s} {protocol} c={conc:<3d} {match.group(0)}  cpu {cpu_us:.0f} µs/req", flush=True
-    )
+    print(f"  {side:4s} {label} {match.group(0)}  cpu {cpu_us:.0f} µs/req", flush=True)
     return float(match.group(1)), cpu_us
+
+
+def _label(protocol: str, conc: int, extra: tuple[str, ...]) -> str:
+    return f"{protocol}{' stream' if '--streaming' in extra else ''} c={conc}"
 
 
 def main() -> None:
@@ -114,27 +126,27 @@ def main() -> None:
         _start("new", repository, args.workdir / "new.log", None),
         _start("base", repository, args.workdir / "base.log", base_path),
     ]
-    ratios: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    ratios: dict[str, list[tuple[float, float]]] = {}
     try:
         for index in range(args.rounds):
             print(f"== round {index + 1} of {args.rounds}", flush=True)
-            for protocol, conc in ROWS:
-                new = _measure("new", servers[0].pid, protocol, conc)
-                base = _measure("base", servers[1].pid, protocol, conc)
+            for protocol, conc, extra in ROWS:
+                new = _measure("new", servers[0].pid, protocol, conc, extra)
+                base = _measure("base", servers[1].pid, protocol, conc, extra)
                 if new and base:
                     ratio = (new[0] / base[0], new[1] / base[1])
-                    ratios.setdefault((protocol, conc), []).append(ratio)
+                    ratios.setdefault(_label(protocol, conc, extra), []).append(ratio)
     finally:
         for server in servers:
             server.terminate()
             server.wait(30)
     print(f"new (working tree) ÷ base ({args.base}), round by round and median:")
-    for (protocol, conc), values in ratios.items():
+    for label, values in ratios.items():
         for what, column in (("infer/s", 0), ("cpu/req", 1)):
             series = [v[column] for v in values]
             rounds = ", ".join(f"{v:.2f}" for v in series)
             median = statistics.median(series)
-            print(f"  {protocol} c={conc} {what}: {rounds}; median {median:.2f}×")
+            print(f"  {label} {what}: {rounds}; median {median:.2f}×")
 
 
 if __name__ == "__main__":
