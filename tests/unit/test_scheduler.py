@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tensorgate.backends.base import ModelSignature
+from tensorgate.batching.placement import WINDOW
 from tensorgate.batching.policy import BatchingPolicy
 from tensorgate.batching.scheduler import Scheduler
 from tensorgate.dataplane.types import Array
@@ -438,3 +439,11 @@ def test_auto_leaves_the_loop_at_the_first_batch_over_the_bound() -> None:
     assert set(_placed("auto", 0.0, 5, inline_max_us=1_000_000)) == {"MainThread"}
     slow = _placed("auto", 0.002, 4)
     assert slow == ["MainThread", "tg-m-0", "tg-m-0", "tg-m-0"]
+
+
+def test_auto_tries_the_loop_again_after_a_window_of_threaded_batches_of_little_cpu() -> None:
+    # Each batch sleeps 2 ms: over the 500 us bound on the loop, but almost no CPU time in
+    # a thread. After a window of such batches auto tries the loop again and falls back at
+    # once.
+    threads = _placed("auto", 0.002, WINDOW + 5)
+    assert threads == ["MainThread", *["tg-m-0"] * WINDOW, "MainThread", *["tg-m-0"] * 3]

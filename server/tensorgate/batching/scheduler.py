@@ -38,7 +38,6 @@ import copy
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
@@ -46,6 +45,7 @@ from typing import Any
 
 from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
+from tensorgate.batching.placement import AutoPlacement
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queue_parameters
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import DeadlineExceeded, ResourceExhausted, TensorgateError, Unavailable
@@ -74,6 +74,9 @@ class _Executed:
     started_ns: int
     merged_ns: int
     inferred_ns: int
+    # CPU time of the running thread over the batch: unlike the wall times, it leaves out
+    # the wait for the GIL after the model's native call, which the busy loop inflates.
+    cpu_ns: int = 0
 
 
 class _Ticket:
@@ -90,11 +93,12 @@ class _Ticket:
 def _run_batch(
     staging: dict[int, Staging], inputs: list[dict[str, Array]], rows: list[int], backend: Backend
 ) -> _Executed:
-    started = time.perf_counter_ns()
+    started, cpu = time.perf_counter_ns(), time.thread_time_ns()
     execute_requests = getattr(backend, "execute_requests", None)
     if execute_requests is not None:  # it takes the batch's requests one by one, unmerged
         parts = execute_requests(inputs)
-        return _Executed(parts, started, started, time.perf_counter_ns())
+        ended = time.perf_counter_ns()
+        return _Executed(parts, started, started, ended, time.thread_time_ns() - cpu)
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
     merged = stage.merge(inputs)
     merged_at = time.perf_counter_ns()
@@ -102,7 +106,8 @@ def _run_batch(
     inferred_at = time.perf_counter_ns()
     if len(inputs) > 1:
         outputs = stage.detach(outputs)
-    return _Executed(split_outputs(outputs, rows), started, merged_at, inferred_at)
+    parts = split_outputs(outputs, rows)
+    return _Executed(parts, started, merged_at, inferred_at, time.thread_time_ns() - cpu)
 
 
 Outcome = Scheduled | BaseException | None  # None: the caller is gone, nothing to deliver
@@ -149,12 +154,10 @@ class Scheduler:
     ) -> None:
         self.name = name
         # Where batches run: "thread" (an instance's thread), "inline" (on the event loop,
-        # at the end of its pass) or "auto" (inline while the recent batches all took less
-        # than `inline_max_us`, in threads from the first one that did not).
+        # at the end of its pass) or "auto" (either, as batching/placement.py decides).
         self.execution = execution
-        self._inline_max_ns = inline_max_us * 1000
+        self._auto = AutoPlacement(inline_max_us * 1000) if execution == "auto" else None
         self._inline = execution in ("inline", "auto")
-        self._recent_ns: deque[int] = deque(maxlen=64)
         # Shed a request whose expected queue wait is longer (latency under overload); 0: off.
         self.max_wait_ns = int(max_wait_s * 1e9)
         # A batch running longer fails its requests and its instance is replaced; 0: never.
@@ -362,10 +365,11 @@ class Scheduler:
         started = time.perf_counter_ns()
         self.pool.run_inline(self._start, self._job_done)
         took = time.perf_counter_ns() - started
-        if self.execution == "auto" and took > self._inline_max_ns:
+        if self._auto is not None and self._auto.ran_inline(took):
             self._inline = False  # at once: longer batches must not hold the loop
             log.info(
-                "model %s: a batch took %d us inline, over --inline-max-us; running in threads",
+                "model %s: batches on the event loop went over --inline-max-us (the last took "
+                "%d us); running in threads",
                 self.name,
                 took // 1000,
             )
@@ -476,14 +480,10 @@ class Scheduler:
                 dispatched_ns, result.merged_ns, result.inferred_ns, now, rows, len(batch)
             )
             took = now - dispatched_ns
-            if self.execution == "auto" and not self._inline:
-                # Back inline once the last batches all ran well under the bound.
-                self._recent_ns.append(compute_infer)
-                if len(self._recent_ns) == self._recent_ns.maxlen and (
-                    max(self._recent_ns) < self._inline_max_ns // 2
-                ):
-                    self._inline = True
-                    self._recent_ns.clear()
+            if self._auto is not None and not self._inline:
+                self._inline = self._auto.ran_threaded(result.cpu_ns)
+                if self._inline:
+                    log.info("model %s: batches back on the event loop", self.name)
             if self._batch_ns:
                 self._batch_ns += _AVERAGING * (took - self._batch_ns)
                 self._batch_requests += _AVERAGING * (len(batch) - self._batch_requests)
