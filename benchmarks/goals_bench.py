@@ -4,9 +4,11 @@ perf_analyzer (`../shared/peers/pa.sh`), alternating against the machine's drift
 
 The bare handlers are the ceilings of the stack tensorgate is built on, measured on the same
 rows: bare_grpc.py (grpc.aio computing add_sub on the event loop; with --thread-hop in one
-worker thread, one hand-off per request) and bare_asgi.py (uvicorn + httptools). A goal above
-what the bare handler itself reaches against the same peer cannot be met by any server on
-that stack; the goals table shows the ceiling beside each ratio.
+worker thread, one hand-off per request) and bare_asgi.py (uvicorn + httptools). A second
+tensorgate runs every batch on the event loop (`--execution inline`) for the add_sub rows
+where that placement is the recommended one (unary gRPC and HTTP). A goal above what the
+bare handler itself reaches against the same peer cannot be met by any server on that
+stack; the goals table shows the ceiling beside each ratio.
 
 Every row also gives the server's CPU time per request: user + system time of the server's
 whole process tree (Triton's Python-backend stubs, tensorgate's process instances) from
@@ -38,10 +40,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_results import write_results
 from run_http_bench import ScriptServer
-from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, SERVERS, Running, _alive, _run
+from run_peer_bench import PEERS, PEERS_DIR, ROOT, ROW, SERVERS, Running, Server, _alive, _run
 
-GRPC = {"tensorgate": 18701, "triton": 28001, "bare-grpc": 18703, "bare-grpc-hop": 18704}
-HTTP = {"tensorgate": 18711, "triton": 28000, "bare-asgi": 18705}
+# tensorgate once more with every batch on the event loop (`--execution inline`): the
+# placement the batching page recommends for micro-models such as add_sub.
+INLINE = Server("tensorgate-inline", "127.0.0.1:18731", True, True)
+GRPC = {
+    "tensorgate": 18701,
+    "tensorgate-inline": 18731,
+    "triton": 28001,
+    "bare-grpc": 18703,
+    "bare-grpc-hop": 18704,
+}
+HTTP = {"tensorgate": 18711, "tensorgate-inline": 18741, "triton": 28000, "bare-asgi": 18705}
 # Servers that keep no statistics: no CPU per request or batch figures for them.
 BARE = ("bare-grpc", "bare-grpc-hop", "bare-asgi")
 
@@ -65,7 +76,7 @@ CASES = (
         32,
         "grpc",
         (),
-        ("tensorgate", "triton", "bare-grpc", "bare-grpc-hop"),
+        ("tensorgate", "tensorgate-inline", "triton", "bare-grpc", "bare-grpc-hop"),
     ),
     Case(
         "add_sub streaming c=32",
@@ -76,7 +87,12 @@ CASES = (
         ("tensorgate", "triton", "bare-grpc"),
     ),
     Case(
-        "add_sub HTTP binary c=8", "add_sub", 8, "http", (), ("tensorgate", "triton", "bare-asgi")
+        "add_sub HTTP binary c=8",
+        "add_sub",
+        8,
+        "http",
+        (),
+        ("tensorgate", "tensorgate-inline", "triton", "bare-asgi"),
     ),
     Case("mlp unary c=32", "mlp", 32, "grpc", (), ("tensorgate", "triton")),
     Case("mobilenet_v2 c=8", "mobilenet_v2", 8, "grpc", (), ("tensorgate", "triton")),
@@ -186,7 +202,7 @@ class Servers:
     """tensorgate, Triton and the bare handlers, started together; one that dies under a row
     is started again (and the run notes it)."""
 
-    NAMES = ("tensorgate", "triton", *BARE)
+    NAMES = ("tensorgate", "tensorgate-inline", "triton", *BARE)
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -196,6 +212,8 @@ class Servers:
     def _start(self, name: str) -> Running | ScriptServer:
         if name == "bare-asgi":
             return ScriptServer(self.workdir, name)
+        if name == INLINE.name:
+            return Running(INLINE, self.workdir, ("--execution", "inline"))
         return Running(SERVERS[name], self.workdir)
 
     def pid(self, name: str) -> int | None:
@@ -209,7 +227,7 @@ class Servers:
         if isinstance(running, ScriptServer):
             if running.process.poll() is None:
                 return
-        elif _alive(SERVERS[name].grpc):
+        elif _alive(INLINE.grpc if name == INLINE.name else SERVERS[name].grpc):
             return
         note = f"{name} died during {case.key}; started again"
         print(f"  {note}", flush=True)
