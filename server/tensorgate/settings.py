@@ -50,9 +50,10 @@ HELP = {
     "share; 0: no cache",
     "execution": "where model batches run: thread (instance threads), process (each instance "
     "its own process, tensors through shared memory), inline (on the event loop) or auto "
-    "(inline while batches stay under --inline-max-us); a model's execution parameter wins",
-    "inline_max_us": "execution auto: longest batch, in microseconds, that may run on the "
-    "event loop",
+    "(on the event loop while the recent batches' p99 stays under --inline-max-us); a model's "
+    "execution parameter wins",
+    "inline_max_us": "execution auto: the p99 of recent batch times, in microseconds, above "
+    "which batches leave the event loop for the instance threads",
     "model_timeout": "seconds a batch may run before its requests fail with DEADLINE_EXCEEDED "
     "and its instance is replaced (dynamic-batcher models; a model's model_timeout parameter "
     "wins); 0: no limit",
