@@ -74,8 +74,8 @@ class _Executed:
     started_ns: int
     merged_ns: int
     inferred_ns: int
-    # CPU time of the running thread over the batch: unlike the wall times, it leaves out
-    # the wait for the GIL after the model's native call, which the busy loop inflates.
+    # CPU time of the running thread over the batch, taken for execution "auto" only: unlike
+    # the wall times, it leaves out the wait for the GIL after the model's native call.
     cpu_ns: int = 0
 
 
@@ -91,14 +91,19 @@ class _Ticket:
 
 
 def _run_batch(
-    staging: dict[int, Staging], inputs: list[dict[str, Array]], rows: list[int], backend: Backend
+    staging: dict[int, Staging],
+    inputs: list[dict[str, Array]],
+    rows: list[int],
+    cpu_timed: bool,
+    backend: Backend,
 ) -> _Executed:
-    started, cpu = time.perf_counter_ns(), time.thread_time_ns()
+    started = time.perf_counter_ns()
+    cpu = time.thread_time_ns() if cpu_timed else 0  # a system call: only when it is read
     execute_requests = getattr(backend, "execute_requests", None)
     if execute_requests is not None:  # it takes the batch's requests one by one, unmerged
         parts = execute_requests(inputs)
         ended = time.perf_counter_ns()
-        return _Executed(parts, started, started, ended, time.thread_time_ns() - cpu)
+        return _Executed(parts, started, started, ended, _cpu_since(cpu, cpu_timed))
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
     merged = stage.merge(inputs)
     merged_at = time.perf_counter_ns()
@@ -107,7 +112,11 @@ def _run_batch(
     if len(inputs) > 1:
         outputs = stage.detach(outputs)
     parts = split_outputs(outputs, rows)
-    return _Executed(parts, started, merged_at, inferred_at, time.thread_time_ns() - cpu)
+    return _Executed(parts, started, merged_at, inferred_at, _cpu_since(cpu, cpu_timed))
+
+
+def _cpu_since(cpu_ns: int, cpu_timed: bool) -> int:
+    return time.thread_time_ns() - cpu_ns if cpu_timed else 0
 
 
 Outcome = Scheduled | BaseException | None  # None: the caller is gone, nothing to deliver
@@ -402,7 +411,8 @@ class Scheduler:
 
     def _job(self, batch: list[Pending], dispatched_ns: int) -> Job[_Executed]:
         inputs = [p.handle.inputs for p in batch]
-        work = partial(_run_batch, self._staging, inputs, [p.rows for p in batch])
+        rows = [p.rows for p in batch]
+        work = partial(_run_batch, self._staging, inputs, rows, self._auto is not None)
         return work, partial(self._finished, batch, dispatched_ns)
 
     def _pull(self) -> Job[_Ran] | None:
