@@ -6,8 +6,10 @@ revision's (its `server/` exported with `git archive`, put first on PYTHONPATH) 
 same repository, and measures them in turn, round after round, with perf_analyzer on
 add_sub: HTTP c=8 and c=32, gRPC unary c=32 and gRPC streaming c=32. Each measurement gives
 the throughput and the server's CPU time per request (its process's user + system time over
-the requests its ModelStatistics counted meanwhile), which drifts less than throughput. It
-prints each round's new ÷ base ratios and their medians; only the ratios mean anything.
+the requests its ModelStatistics counted meanwhile), which drifts less than throughput. The
+side measured first alternates from round to round, since the first of two back-to-back
+measurements tends to differ from the second. It prints each round's new ÷ base ratios and
+their medians; only the ratios mean anything.
 usage: python benchmarks/compare_revisions.py [--base REV] [--rounds N]
 """
 
@@ -100,7 +102,8 @@ def _measure(
     match = ROW.search(out)
     label = _label(protocol, conc, extra)
     if match is None or count <= 0:
-        print(f"  {side:4s} {label} FAILED", flush=True)
+        reason = out.strip().splitlines()[-1] if out.strip() else "no output"
+        print(f"  {side:4s} {label} FAILED: {reason}", flush=True)
         return None
     cpu_us = cpu / count * 1e6
     print(f"  {side:4s} {label} {match.group(0)}  cpu {cpu_us:.0f} µs/req", flush=True)
@@ -122,22 +125,25 @@ def main() -> None:
     repository = args.workdir / "tensorgate"
     ensure_repository(repository)
     base_path = _export(args.base, args.workdir)
-    servers = [
-        _start("new", repository, args.workdir / "new.log", None),
-        _start("base", repository, args.workdir / "base.log", base_path),
-    ]
+    servers = {
+        "new": _start("new", repository, args.workdir / "new.log", None),
+        "base": _start("base", repository, args.workdir / "base.log", base_path),
+    }
     ratios: dict[str, list[tuple[float, float]]] = {}
     try:
         for index in range(args.rounds):
             print(f"== round {index + 1} of {args.rounds}", flush=True)
             for protocol, conc, extra in ROWS:
-                new = _measure("new", servers[0].pid, protocol, conc, extra)
-                base = _measure("base", servers[1].pid, protocol, conc, extra)
+                order = ("new", "base") if index % 2 == 0 else ("base", "new")
+                measured = {
+                    side: _measure(side, servers[side].pid, protocol, conc, extra) for side in order
+                }
+                new, base = measured["new"], measured["base"]
                 if new and base:
                     ratio = (new[0] / base[0], new[1] / base[1])
                     ratios.setdefault(_label(protocol, conc, extra), []).append(ratio)
     finally:
-        for server in servers:
+        for server in servers.values():
             server.terminate()
             server.wait(30)
     print(f"new (working tree) ÷ base ({args.base}), round by round and median:")
