@@ -9,7 +9,7 @@ HTTP_PORT ?= 8000
 PROTOS := $(wildcard protos/tensorgate/proto/*.proto)
 EXAMPLES := $(wildcard server/tensorgate/examples/*.py server/tensorgate/examples/templates/*/* server/tensorgate/examples/templates/*/*/*)
 
-.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-deploy test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation bench-goals clean
+.PHONY: venv serve protos check-protos lint docs docs-build test test-unit test-fuzz fuzz soak test-deploy test-e2e test-clients tools bench bench-peers bench-http bench-http-cpu bench-grpc-cpu bench-obs bench-handoff bench-compare bench-streams bench-generation bench-goals clean
 
 $(INSTALLED): pyproject.toml clients/python/pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,11 @@ bench-http-cpu: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
 	$(BIN)/python benchmarks/http_inprocess.py
 
+# The gRPC paths' CPU per request in one process, no grpc: handlers, data plane, bare handlers.
+bench-grpc-cpu: $(INSTALLED)
+	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
+	$(BIN)/python benchmarks/grpc_inprocess.py
+
 # How long a batch waits between the event loop and its instance thread, under HTTP load.
 bench-handoff: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh
@@ -141,7 +146,8 @@ bench-goals: $(INSTALLED)
 	$(BIN)/python benchmarks/summary.py --write
 
 # The working tree against a base revision (BASE, default HEAD~1), both serving at once and
-# measured in turn: did a change make the server faster? (about 7 minutes)
+# measured in turn, each first in every other round: did a change make the server faster?
+# (about 17 minutes)
 BASE ?= HEAD~1
 bench-compare: $(INSTALLED)
 	test -x "$${PEERS_DIR:-$$HOME/.cache/tensorgate-peers}/bin/perf_analyzer" || bash ../shared/peers/setup.sh

@@ -117,7 +117,9 @@ def _label(protocol: str, conc: int, extra: tuple[str, ...]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="HEAD~1", help="the revision to compare against")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="an even number: each side goes first as often"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tensorgate-compare"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

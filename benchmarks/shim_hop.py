@@ -66,14 +66,21 @@ def hop_infer() -> Infer:
     return infer
 
 
-async def servers_with(infer: Infer | None, repository: Path, http_port: int) -> Any:
-    """tensorgate's Servers with add_sub loaded, and `infer` in place of the data plane's
-    unless it is None. Nothing is bound: callers start only what they serve."""
+async def servers_with(
+    infer: Infer | None, repository: Path, http_port: int, execution: str = "thread"
+) -> Any:
+    """tensorgate's Servers with add_sub loaded (its batches run where `execution` says), and
+    `infer` in place of the data plane's unless it is None. Nothing is bound: callers start
+    only what they serve."""
     from tensorgate.app import Servers
     from tensorgate.settings import Settings
 
     settings = Settings(
-        model_repository=repository, host="127.0.0.1", http_port=http_port, metrics_port=0
+        model_repository=repository,
+        host="127.0.0.1",
+        http_port=http_port,
+        metrics_port=0,
+        execution=execution,
     )
     servers = Servers(settings)
     servers.repository.scan()
