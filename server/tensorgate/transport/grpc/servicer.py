@@ -27,13 +27,14 @@ from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
+from tensorgate.transport.grpc.stream_window import StreamWindow
 from tensorgate.workers.siblings import Siblings, merge_index, merge_statistics
 
 log = logging.getLogger(__name__)
 
-# Requests of one stream in flight at once; more wait, which pushes back on the client. The
-# same bound holds the responses waiting to be written, so a decoupled model whose client
-# reads slowly is held back too.
+# Requests of one stream pending at once (running, or answered and not yet written); more
+# wait, which pushes back on the client. The same bound holds a decoupled model's unwritten
+# responses, so one whose client reads slowly is held back too.
 STREAM_MAX_IN_FLIGHT = 256
 # Triton's request parameter asking for a bare final response when a decoupled model ends
 # without one, and the response parameter that flags a stream's last response.
@@ -235,43 +236,49 @@ class InferenceServicer:
         self, requests: AsyncIterator[bytes], context: Any, parse: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of a stream run concurrently; responses go out as they complete."""
-        results: asyncio.Queue[pb.ModelStreamInferResponse | None]
-        results = asyncio.Queue(STREAM_MAX_IN_FLIGHT)
-        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
-        tasks: set[asyncio.Task[None]] = set()
+        window: StreamWindow[pb.ModelStreamInferResponse] = StreamWindow(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[Any]] = set()
+        loop = asyncio.get_running_loop()
         remaining_s = context.time_remaining()
         deadline_ns = 0 if remaining_s is None else time.monotonic_ns() + int(remaining_s * 1e9)
 
-        async def run(request: pb.ModelInferRequest) -> None:
+        def answered(task: asyncio.Task[pb.ModelStreamInferResponse]) -> None:
+            tasks.discard(task)
+            if task.cancelled():
+                window.release()
+            else:
+                window.answer(task.result())  # _stream_one answers errors, never raises
+
+        async def decoupled(request: pb.ModelInferRequest) -> None:
             try:
-                if self.dataplane.is_decoupled(request.model_name, request.model_version):
-                    await self._stream_decoupled(request, results.put, deadline_ns)
-                else:
-                    await results.put(await self._stream_one(request))
+                await self._stream_decoupled(request, window.put, deadline_ns)
             finally:
-                slots.release()
+                window.release()
 
         async def read() -> None:
             try:
                 async for raw in requests:
-                    await slots.acquire()
+                    await window.take_slot()
                     try:
                         request = parse(raw)
                     except TensorgateError as exc:
-                        slots.release()
-                        await results.put(pb.ModelStreamInferResponse(error_message=exc.message))
+                        window.answer(pb.ModelStreamInferResponse(error_message=exc.message))
                         continue
-                    task = asyncio.create_task(run(request))
+                    if self.dataplane.is_decoupled(request.model_name, request.model_version):
+                        task: asyncio.Task[Any] = loop.create_task(decoupled(request))
+                        task.add_done_callback(tasks.discard)
+                    else:
+                        task = loop.create_task(self._stream_one(request))
+                        task.add_done_callback(answered)
                     tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                for _ in range(STREAM_MAX_IN_FLIGHT):  # wait for every request in flight
-                    await slots.acquire()
-            finally:
-                await results.put(None)
+            except BaseException:
+                window.close(wait_for_pending=False)
+                raise
+            window.close()
 
-        reader = asyncio.create_task(read())
+        reader = loop.create_task(read())
         try:
-            while (item := await results.get()) is not None:
+            while (item := await window.next()) is not None:
                 yield item
             await reader
         finally:
