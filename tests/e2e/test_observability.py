@@ -5,6 +5,7 @@ run-time log levels, and gRPC health transitions during loading and draining.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import threading
@@ -434,16 +435,31 @@ def test_otlp_exporter_sends_the_span_tree_to_a_collector(
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
     repo = write_repository(tmp_path_factory.mktemp("otlp_repo"), ["plain"])
     trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    stream_trace_id = "1af7651916cd43dd8448eb211c80319c"
     try:
         with serving(repo, tmp_path_factory, "--trace-exporter", "otlp") as server:
             client = grpcclient.InferenceServerClient(server.url)
-            client.infer(
+            unary = client.infer(
                 "plain", [grpc_input()], headers={"traceparent": f"00-{trace_id}-{parent}-01"}
             )
-            collector.wait_for(5)
+            streamed: queue.Queue[Any] = queue.Queue()
+            client.start_stream(
+                lambda result, error: streamed.put(error or result),
+                headers={"traceparent": f"00-{stream_trace_id}-{parent}-01"},
+            )
+            client.async_stream_infer("plain", [grpc_input()])
+            answer = streamed.get(timeout=30)
+            client.stop_stream()
+            collector.wait_for(10)
     finally:
         collector.server.stop(0)
-    spans = {span.name: span for _, span in collector.spans}
+    # A traced request on a stream is answered like any other, and traced like one.
+    assert not isinstance(answer, Exception), answer
+    np.testing.assert_array_equal(answer.as_numpy("OUTPUT"), unary.as_numpy("OUTPUT"))
+    streamed_spans = [s.name for _, s in collector.spans if s.trace_id.hex() == stream_trace_id]
+    assert "inference.GRPCInferenceService/ModelStreamInfer" in streamed_spans
+    assert "encode" in streamed_spans
+    spans = {span.name: span for _, span in collector.spans if span.trace_id.hex() == trace_id}
     root = spans["inference.GRPCInferenceService/ModelInfer"]
     assert root.trace_id.hex() == trace_id and root.parent_span_id.hex() == parent
     for child in ("decode", "queue", "encode", "execute"):

@@ -4,8 +4,10 @@ perf_analyzer --shared-memory system."""
 
 from __future__ import annotations
 
+import queue
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,6 +78,31 @@ def test_inputs_and_outputs_in_shared_memory_over_grpc(
             "regions", {}
         )
         client.unregister_system_shared_memory()
+
+
+def test_an_output_in_shared_memory_beside_a_raw_one_over_a_grpc_stream(
+    server: Server, regions: dict[str, object]
+) -> None:
+    suffix = regions["suffix"]
+    answers: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(server.url) as client:
+        client.register_system_shared_memory(f"out-{suffix}", f"/tg-out-{suffix}", 2 * BYTES)
+        inputs = [grpcclient.InferInput(n, [1, 16], "FP32") for n in ("INPUT0", "INPUT1")]
+        inputs[0].set_data_from_numpy(regions["a"])
+        inputs[1].set_data_from_numpy(regions["b"])
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("OUTPUT0", "OUTPUT1")]
+        outputs[0].set_shared_memory(f"out-{suffix}", BYTES)
+        client.start_stream(lambda result, error: answers.put(error or result))
+        client.async_stream_infer("add_sub", inputs, outputs=outputs)
+        answer = answers.get(timeout=30)
+        client.stop_stream()
+        client.unregister_system_shared_memory()
+    assert not isinstance(answer, Exception), answer
+    placed = answer.get_output("OUTPUT0").parameters
+    assert placed["shared_memory_region"].string_param == f"out-{suffix}"
+    first = shm.get_contents_as_numpy(regions["out"], np.float32, [1, 16], offset=0)
+    np.testing.assert_array_equal(first, regions["a"] + regions["b"])
+    np.testing.assert_array_equal(answer.as_numpy("OUTPUT1"), regions["a"] - regions["b"])
 
 
 def test_inputs_and_outputs_in_shared_memory_over_http(

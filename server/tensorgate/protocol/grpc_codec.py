@@ -164,15 +164,19 @@ def encode_infer_response(
     response: InferResponse,
     regions: dict[str, Placement] | None = None,
     shm: SharedMemoryRegistry | None = None,
+    into: pb.ModelInferResponse | None = None,
 ) -> pb.ModelInferResponse:
     """Encode a response with every output in raw_output_contents (one copy per tensor), or,
     for outputs asked for in shared memory, written there (their raw entry left empty, so
-    the others keep their places)."""
-    message = pb.ModelInferResponse(
-        model_name=response.model_name,
-        model_version=response.model_version,
-        id=response.id,
-    )
+    the others keep their places).
+
+    `into`: an empty message to fill, such as a stream response's `infer_response`; handing
+    a finished message to the stream response's constructor would copy every tensor again.
+    """
+    message = pb.ModelInferResponse() if into is None else into
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    message.id = response.id
     if response.parameters:
         encode_parameters(message.parameters, response.parameters)
     raw_outputs: list[bytes] = []

@@ -174,7 +174,11 @@ class InferenceServicer:
         return encode_infer_response(response, decoded.output_regions, shm)
 
     async def _traced(
-        self, trace: RequestTrace, request: pb.ModelInferRequest, protocol: str
+        self,
+        trace: RequestTrace,
+        request: pb.ModelInferRequest,
+        protocol: str,
+        into: pb.ModelInferResponse | None = None,
     ) -> pb.ModelInferResponse:
         shm = self.dataplane.shared_memory
         decoded: InferRequest | None = None
@@ -187,7 +191,7 @@ class InferenceServicer:
 
         def encode(response: InferResponse) -> pb.ModelInferResponse:
             assert decoded is not None
-            return encode_infer_response(response, decoded.output_regions, shm)
+            return encode_infer_response(response, decoded.output_regions, shm, into)
 
         return await traced_infer(trace, decode, self.dataplane.infer, encode)
 
@@ -197,16 +201,16 @@ class InferenceServicer:
         return decoded
 
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        answer = pb.ModelStreamInferResponse()  # the response is encoded into it, not copied
         try:
             if self.dataplane.tracing is not None and (trace := self._trace(_STREAM)) is not None:
-                encoded = await self._traced(trace, request, "grpc_stream")
+                await self._traced(trace, request, "grpc_stream", answer.infer_response)
             else:
                 decoded = self._decode_streamed(request)
                 response = await self.dataplane.infer(decoded)
-                encoded = encode_infer_response(
-                    response, decoded.output_regions, self.dataplane.shared_memory
-                )
-            return pb.ModelStreamInferResponse(infer_response=encoded)
+                shm = self.dataplane.shared_memory
+                encode_infer_response(response, decoded.output_regions, shm, answer.infer_response)
+            return answer
         except Exception as exc:
             return _stream_error(request, exc)
 
@@ -226,9 +230,10 @@ class InferenceServicer:
                 async for response in responses:
                     if response.final and not response.outputs and not empty_final:
                         continue
-                    message = encode_infer_response(response)
+                    answer = pb.ModelStreamInferResponse()
+                    message = encode_infer_response(response, into=answer.infer_response)
                     message.parameters[FINAL_PARAMETER].bool_param = response.final
-                    await put(pb.ModelStreamInferResponse(infer_response=message))
+                    await put(answer)
         except Exception as exc:
             await put(_stream_error(request, exc))
 
