@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import inprocess
 import numpy as np
 from tensorgate_protos import grpc_service_pb2 as pb
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare-stream", "tensorgate-stream", "bare-unary", "tensorgate-unary")
 StreamHandler = Callable[
     [AsyncIterator[bytes], Any, Any], AsyncIterator[pb.ModelStreamInferResponse]
@@ -75,7 +70,7 @@ class _Context:
 
 
 def _bare_handlers() -> tuple[StreamHandler, UnaryHandler]:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
     from bare_grpc import _add_sub
 
     async def stream(
@@ -96,7 +91,7 @@ async def _tensorgate_handlers(
     from tensorgate.transport.grpc.handlers import build_handler
     from tensorgate.transport.grpc.servicer import InferenceServicer
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
     import shim_hop
 
     servers = await shim_hop.servers_with(None, repository, -1, execution)
@@ -150,23 +145,14 @@ async def _measure(
         return asyncio.gather(*(_unary_client(unary, raw, left) for _ in range(clients)))
 
     await run([clients * 50])  # warm up: first batches, the model's first runs
-    started, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
+    since = inprocess.clocks()
     await run([requests])
-    wall = time.perf_counter() - started
-    result = {
-        "loop_us": (time.thread_time() - loop_cpu) / requests * 1e6,
-        "process_us": (time.process_time() - cpu) / requests * 1e6,
-        "wall_us": wall / requests * 1e6,
-    }
-    print(json.dumps(result), flush=True)
-    os._exit(0)  # the instance threads and the loaded model need no orderly shutdown
+    inprocess.report(since, requests)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--repository", type=Path, default=Path("/tmp/tensorgate-peer-bench/tensorgate")
-    )
+    parser.add_argument("--repository", type=Path, default=inprocess.DEFAULT_REPOSITORY)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=32)
@@ -186,23 +172,10 @@ def main() -> None:
                 _measure(args.variant, args.repository, args.clients, args.requests, args.execution)
             )
         return
-    if not (args.repository / "add_sub").is_dir():
-        from run_peer_bench import PEERS_DIR
-
-        script = ROOT / "benchmarks" / "peer_repository.py"
-        subprocess.run(
-            [sys.executable, str(script), str(PEERS_DIR / "models"), str(args.repository)],
-            check=True,
-        )
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            command = [sys.executable, __file__, "--variant", variant]
-            command += ["--repository", str(args.repository), "--requests", str(args.requests)]
-            command += ["--clients", str(args.clients), "--execution", args.execution]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            line = [x for x in out.splitlines() if x.startswith("{")][-1]
-            results[variant].append(json.loads(line))
+    inprocess.ensure_repository(args.repository)
+    arguments = ["--repository", str(args.repository), "--requests", str(args.requests)]
+    arguments += ["--clients", str(args.clients), "--execution", args.execution]
+    results = inprocess.run_rounds(__file__, VARIANTS, args.rounds, arguments)
     print(
         f"{args.clients} clients, {args.requests} requests, execution {args.execution}, "
         f"median of {args.rounds} rounds"
@@ -210,10 +183,8 @@ def main() -> None:
     print("| variant | loop CPU µs/req | process CPU µs/req | wall µs/req | loop CPU over bare |")
     print("|---|---:|---:|---:|---:|")
     for variant, runs in results.items():
-        bare = statistics.median(r["loop_us"] for r in results["bare-" + variant.split("-")[-1]])
-        loop_us = statistics.median(r["loop_us"] for r in runs)
-        process_us = statistics.median(r["process_us"] for r in runs)
-        wall_us = statistics.median(r["wall_us"] for r in runs)
+        bare = inprocess.medians(results["bare-" + variant.split("-")[-1]])[0]
+        loop_us, process_us, wall_us = inprocess.medians(runs)
         print(
             f"| {variant} | {loop_us:.1f} | {process_us:.1f} | {wall_us:.1f} "
             f"| {loop_us - bare:+.1f} µs |"

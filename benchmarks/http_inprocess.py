@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+import inprocess
+
 VARIANTS = ("bare", "bare-hop", "tensorgate", "tensorgate-shim-hop", "tensorgate-no-dataplane")
 
 
@@ -97,7 +93,7 @@ class _Socket(asyncio.Transport):
 async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
     import uvicorn
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
     if variant.startswith("bare"):
         sys.argv[1:] = ["0", "--thread-hop"] if variant == "bare-hop" else ["0"]
         import bare_asgi
@@ -144,26 +140,16 @@ async def _measure(variant: str, repository: Path, connections: int, requests: i
         return protocol
 
     protocols = [connect() for _ in range(connections)]
-    started, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
+    since = inprocess.clocks()
     for protocol in protocols:
         protocol.data_received(request)
     await done
-    wall = time.perf_counter() - started
-    result = {
-        "loop_us": (time.thread_time() - loop_cpu) / requests * 1e6,
-        "process_us": (time.process_time() - cpu) / requests * 1e6,
-        "wall_us": wall / requests * 1e6,
-        "failed": failed[0],
-    }
-    print(json.dumps(result), flush=True)
-    os._exit(0)  # the instance threads and the loaded model need no orderly shutdown
+    inprocess.report(since, requests, failed=failed[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--repository", type=Path, default=Path("/tmp/tensorgate-peer-bench/tensorgate")
-    )
+    parser.add_argument("--repository", type=Path, default=inprocess.DEFAULT_REPOSITORY)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
@@ -175,46 +161,18 @@ def main() -> None:
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
             runner.run(_measure(args.variant, args.repository, args.connections, args.requests))
         return
-    if not (args.repository / "add_sub").is_dir():
-        from run_peer_bench import PEERS_DIR
-
-        script = ROOT / "benchmarks" / "peer_repository.py"
-        subprocess.run(
-            [sys.executable, str(script), str(PEERS_DIR / "models"), str(args.repository)],
-            check=True,
-        )
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--variant",
-                    variant,
-                    "--repository",
-                    str(args.repository),
-                    "--requests",
-                    str(args.requests),
-                    "--connections",
-                    str(args.connections),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            line = [x for x in out.splitlines() if x.startswith("{")][-1]
-            results[variant].append(json.loads(line))
+    inprocess.ensure_repository(args.repository)
+    arguments = ["--repository", str(args.repository), "--requests", str(args.requests)]
+    arguments += ["--connections", str(args.connections)]
+    results = inprocess.run_rounds(__file__, VARIANTS, args.rounds, arguments)
     print(
         f"{args.connections} connections, {args.requests} requests, median of {args.rounds} rounds"
     )
     print("| variant | loop CPU µs/req | process CPU µs/req | wall µs/req | loop CPU vs bare |")
     print("|---|---:|---:|---:|---:|")
-    bare = statistics.median(r["loop_us"] for r in results["bare"])
+    bare = inprocess.medians(results["bare"])[0]
     for variant, runs in results.items():
-        loop_us = statistics.median(r["loop_us"] for r in runs)
-        process_us = statistics.median(r["process_us"] for r in runs)
-        wall_us = statistics.median(r["wall_us"] for r in runs)
+        loop_us, process_us, wall_us = inprocess.medians(runs)
         bad = sum(int(r["failed"]) for r in runs)
         note = f" ({bad} non-200)" if bad else ""
         print(
