@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,6 @@ class _Context:
 
 
 def _bare_handlers() -> tuple[StreamHandler, UnaryHandler]:
-    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
     from bare_grpc import _add_sub
 
     async def stream(
@@ -88,11 +86,9 @@ def _bare_handlers() -> tuple[StreamHandler, UnaryHandler]:
 async def _tensorgate_handlers(
     repository: Path, execution: str
 ) -> tuple[StreamHandler, UnaryHandler]:
+    import shim_hop
     from tensorgate.transport.grpc.handlers import build_handler
     from tensorgate.transport.grpc.servicer import InferenceServicer
-
-    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
-    import shim_hop
 
     servers = await shim_hop.servers_with(None, repository, -1, execution)
     servicer = InferenceServicer(servers.dataplane)

@@ -93,7 +93,6 @@ class _Socket(asyncio.Transport):
 async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
     import uvicorn
 
-    sys.path.insert(0, str(inprocess.ROOT / "benchmarks"))
     if variant.startswith("bare"):
         sys.argv[1:] = ["0", "--thread-hop"] if variant == "bare-hop" else ["0"]
         import bare_asgi
