@@ -37,14 +37,14 @@ class Siblings:
     def _stub(self, index: int) -> pb_grpc.GRPCInferenceServiceStub:
         stub = self._stubs.get(index)
         if stub is None:
-            channel = grpc.aio.insecure_channel(self.role.address(index))
+            channel = self.role.channel(index)
             self._channels[index] = channel
             stub = self._stubs[index] = pb_grpc.GRPCInferenceServiceStub(channel)
         return stub
 
     async def _forget(self, index: int) -> None:
-        """Drop a sibling's channel: after a failed connection gRPC backs off for a second
-        or more and fails calls at once meanwhile, though the sibling may be up by now."""
+        """Drop a sibling's channel: after a failed connection a channel fails calls at once
+        until its backoff ends, though the sibling may be up by now; a new one tries now."""
         self._stubs.pop(index, None)
         channel = self._channels.pop(index, None)
         if channel is not None:

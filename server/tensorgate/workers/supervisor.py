@@ -213,7 +213,7 @@ class Supervisor:
     def _stub(self, index: int) -> status_grpc.ServerStatusStub:
         stub = self._stubs.get(index)
         if stub is None:
-            channel = grpc.aio.insecure_channel(self.slots[index].role.address(index))
+            channel = self.slots[index].role.channel(index)
             stub = self._stubs[index] = status_grpc.ServerStatusStub(channel)
         return stub
 
