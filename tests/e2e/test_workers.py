@@ -149,26 +149,32 @@ def test_an_explicit_load_and_unload_reach_every_worker(
                 client.infer("add_sub", _inputs())
 
 
+def _one_outage(outcomes: list[str]) -> bool:
+    """Whether a client's outcomes in order are successes, at most one run of failures, and
+    successes again to the end: the kill may break calls once, never after service resumed."""
+    text = "".join("o" if outcome == "ok" else "x" for outcome in outcomes)
+    return re.fullmatch(r"o+x*o+", text) is not None
+
+
 def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
     two_workers: Server,
 ) -> None:
     stop = threading.Event()
-    outcomes = {"ok": 0, "failed": 0, "not ready": 0, "ready": 0, "probe reset": 0}
-    lock = threading.Lock()
+    clients: list[list[str]] = [[] for _ in range(4)]
+    probes: list[str] = []
 
-    def load() -> None:
+    def load(outcomes: list[str]) -> None:
+        # A subchannel pool per channel: four clients with connections of their own, as four
+        # processes would have, not four channels sharing one connection in this process.
+        options = [("grpc.use_local_subchannel_pool", 1)]
         while not stop.is_set():
-            with grpcclient.InferenceServerClient(two_workers.url) as client:
+            with grpcclient.InferenceServerClient(two_workers.url, channel_args=options) as c:
                 for _ in range(20):
                     try:
-                        client.infer("add_sub", _inputs(), client_timeout=10)
-                        key = "ok"
+                        c.infer("add_sub", _inputs(), client_timeout=10)
+                        outcomes.append("ok")
                     except InferenceServerException as exc:
-                        # The connection to the killed worker breaks; nothing else may fail.
-                        assert exc.status() == "StatusCode.UNAVAILABLE", exc
-                        key = "failed"
-                    with lock:
-                        outcomes[key] += 1
+                        outcomes.append(str(exc.status()) + " " + str(exc))
 
     def probe() -> None:
         while not stop.is_set():
@@ -178,14 +184,13 @@ def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
                     headers={"connection": "close"},
                     timeout=10,
                 )
-                key = "ready" if reply.status_code == 200 else "not ready"
+                probes.append("ok" if reply.status_code == 200 else f"not ready {reply.text}")
             except requests.ConnectionError:  # a probe the killed worker held
-                key = "probe reset"
-            with lock:
-                outcomes[key] += 1
+                probes.append("reset")
             time.sleep(0.02)
 
-    threads = [threading.Thread(target=load) for _ in range(4)] + [threading.Thread(target=probe)]
+    threads = [threading.Thread(target=load, args=(c,)) for c in clients]
+    threads.append(threading.Thread(target=probe))
     for thread in threads:
         thread.start()
     try:
@@ -204,12 +209,19 @@ def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
         stop.set()
         for thread in threads:
             thread.join(60)
-    print(f"\nkilled worker {victim} under load: {outcomes}")
-    assert outcomes["not ready"] == 0 and outcomes["ready"] > 10
-    # What the dead worker held (a request per load thread, a probe), and at most one call
-    # per thread made while its channel found that its connection was gone.
-    assert outcomes["failed"] <= 8 and outcomes["probe reset"] <= 1
-    assert outcomes["ok"] > 100
+    failures = [o for outcomes in clients for o in outcomes if o != "ok"]
+    probed = "".join("o" if p == "ok" else "x" for p in probes)
+    print(f"\nkilled worker {victim} under load: {len(failures)} failed calls, probes {probed}")
+    # A call the dead worker held breaks, and so may the calls a client makes until its
+    # channel has connected again (a reconnect can land in the dying worker's accept queue
+    # and be reset: docs/pages/deployment.md); nothing else may fail.
+    assert all(o.startswith("StatusCode.UNAVAILABLE") for o in failures), failures[:5]
+    assert all(_one_outage(outcomes) for outcomes in clients), [
+        "".join("o" if o == "ok" else "x" for o in outcomes) for outcomes in clients
+    ]
+    assert not any(p.startswith("not ready") for p in probes) and probes.count("ok") > 10
+    assert _one_outage(probes), probes
+    assert sum(outcomes.count("ok") for outcomes in clients) > 100
     restarts = sum(
         float(v)
         for v in re.findall(

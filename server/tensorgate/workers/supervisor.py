@@ -89,6 +89,23 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+# Linux resets the connections a dying listener had queued but not accepted unless this is 1
+# (Linux 5.14 on), when they move to another listener on the port: a live worker.
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def _say_if_queued_connections_are_reset() -> None:
+    try:
+        migrate = MIGRATE_REQ.read_text().strip()
+    except OSError:
+        return  # not Linux, or a kernel without it
+    if migrate == "0":
+        log.info(
+            "connections queued at a worker that dies are reset, not moved to another worker; "
+            "sysctl net.ipv4.tcp_migrate_req=1 moves them",
+        )
+
+
 def worker_main(settings: Settings, role: WorkerRole) -> None:
     """A worker process: the whole server, in a process of its own (spawned)."""
     from tensorgate.app import loop_factory, serve
@@ -138,6 +155,7 @@ class Supervisor:
         if settings.metrics_port >= 0:
             self.metrics_server = metrics_server(_MetricsApp(self), settings)
         self._stubs: dict[int, status_grpc.ServerStatusStub] = {}
+        _say_if_queued_connections_are_reset()
 
     # Workers ----------------------------------------------------------------------------
 
