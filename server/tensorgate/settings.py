@@ -52,6 +52,9 @@ HELP = {
     "its own process, tensors through shared memory), inline (on the event loop) or auto "
     "(on the event loop while the recent batches' p99 stays under --inline-max-us); a model's "
     "execution parameter wins",
+    "process_nice": "niceness added to each process instance's process, 0-19: when the "
+    "server's event loop and model code want the same core, the loop's short work goes first; "
+    "0: the server's own priority",
     "inline_max_us": "execution auto: the p99 of recent batch times, in microseconds, above "
     "which batches leave the event loop for the instance threads",
     "model_timeout": "seconds a batch may run before its requests fail with DEADLINE_EXCEEDED "
@@ -103,6 +106,7 @@ class Settings:
     cache_size: int = 0  # response cache bytes; 0: none
     execution: str = "thread"  # thread | process | inline | auto
     inline_max_us: int = 200  # execution auto: batches longer than this leave the loop
+    process_nice: int = 10  # added to process instances' niceness
     max_queue_wait: float = 0.0  # shed when the expected wait is longer; 0: off
     max_tensor_elements: int = 2**31 - 1  # per request tensor
     max_bytes_element: int = 128 * 2**20  # per BYTES element
@@ -201,6 +205,8 @@ def _check_numbers(settings: Settings) -> None:
         raise ValueError(f"workers must be a positive number or auto, got {settings.workers!r}")
     if settings.execution not in ("thread", "process", "inline", "auto"):
         raise ValueError("execution must be thread, process, inline or auto")
+    if not 0 <= settings.process_nice <= 19:
+        raise ValueError("process_nice must be between 0 and 19")
     if settings.cache_size < 0:
         raise ValueError("cache_size must be a number of bytes >= 0")
     if settings.max_tensor_elements < 1 or settings.max_bytes_element < 0:

@@ -73,6 +73,9 @@ def test_a_process_instance_serves_heals_and_cleans_up(
         small, pid = _infer(client, 4)
         np.testing.assert_array_equal(small, [[0, 2, 4, 6]])
         assert pid not in (os.getpid(), server.process.pid)  # another process ran it
+        # Behind the server's event loop for a shared core (--process-nice, 10 by default).
+        behind = min(19, os.getpriority(os.PRIO_PROCESS, server.process.pid) + 10)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == behind
         # Bigger than the first slabs: they grow, and the answer is still right.
         big, same_pid = _infer(client, 600_000)
         assert same_pid == pid and big[0, -1] == 2 * 599_999
@@ -82,7 +85,7 @@ def test_a_process_instance_serves_heals_and_cleans_up(
             _infer(client, 4)
         assert info.value.status() == "StatusCode.INTERNAL"
         again, new_pid = _infer(client, 4)
-        assert new_pid != pid
+        assert new_pid != pid and os.getpriority(os.PRIO_PROCESS, new_pid) == behind
         np.testing.assert_array_equal(again, small)
     assert _shm_segments() <= before
     assert re.search(r"restarting process instance", server.output())

@@ -103,6 +103,7 @@ class ChildSpec:
     device: str
     intra_op_threads: int
     index: int
+    nice: int  # added to the child's niceness
 
 
 Blob = tuple[int, Any]  # where in the slab, and the bytes (a uint8-viewable array)
@@ -367,6 +368,8 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
     """The instance's process: create the backend, then run batches until told to stop."""
     from tensorgate.backends.registry import resolve_backend
 
+    if spec.nice:
+        os.nice(spec.nice)
     config = mc.ModelConfig.FromString(spec.config)
     channel = _ChildChannel(conn)
     slabs: dict[str, SharedMemory] = {}
@@ -421,7 +424,9 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
 class ProcessInstance:
     """The server's side of one process instance: a Backend to the executor."""
 
-    def __init__(self, context: InstanceContext) -> None:
+    def __init__(self, context: InstanceContext, nice: int = 0) -> None:
+        """`nice`: added to the child's niceness, so that the server's event loop, whose
+        work per request is short and waited on, gets a shared core before model code."""
         self.spec = ChildSpec(
             context.model_name,
             context.version,
@@ -431,6 +436,7 @@ class ProcessInstance:
             context.device,
             context.intra_op_threads,
             context.index,
+            nice,
         )
         self.name = f"{context.model_name}_{context.version}_{context.index}"
         self._calls = context.calls if isinstance(context.calls, ModelCalls) else None

@@ -237,7 +237,7 @@ class VersionBuilder:
                 self.calls,
             )
             if in_process:
-                return ProcessInstance(context)
+                return ProcessInstance(context, self.settings.process_nice)
             return factory.create(context)
 
         instances: list[Backend] = []

@@ -1,0 +1,17 @@
+"""Settings refuse values the server cannot honour, by name, before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+from tensorgate.settings import build_settings
+
+
+@pytest.mark.parametrize("nice", [-1, 20])
+def test_a_process_nice_outside_0_to_19_is_refused(nice: int) -> None:
+    with pytest.raises(ValueError, match="process_nice must be between 0 and 19"):
+        build_settings({"process_nice": nice}, {})
+
+
+def test_process_instances_run_behind_the_loop_unless_told_otherwise() -> None:
+    assert build_settings({}, {}).process_nice == 10
+    assert build_settings({}, {"TENSORGATE_PROCESS_NICE": "0"}).process_nice == 0
