@@ -40,10 +40,13 @@ class Model:
         self.sleep_s = float(params["sleep_ms"].string_value) / 1000 if "sleep_ms" in params else 0
         self.sleep_from_input = "sleep_from_input" in params
         self.log = os.path.join(str(context.model_dir), "executions.log")
+        self.started_log = os.path.join(str(context.model_dir), "started.log")
 
     def execute(self, inputs):
         x = inputs["INPUT"]
         started = time.time()
+        with open(self.started_log, "a") as f:
+            f.write("started\\n")
         time.sleep(float(x.reshape(-1)[0]) / 1000 if self.sleep_from_input else self.sleep_s)
         line = json.dumps({"rows": [float(r[0]) for r in x], "start": started, "end": time.time()})
         with open(self.log, "a") as f:  # one short O_APPEND write per line: atomic
@@ -177,10 +180,21 @@ def _in_background(fn: Any, *args: Any, **kwargs: Any) -> queue.Queue[Any]:
     return result
 
 
-def _occupy(client: grpcclient.InferenceServerClient, model: str, value: float) -> queue.Queue[Any]:
-    """Send a request that takes the model's only instance, and give it time to start."""
+def _started(repo: Path, model: str) -> int:
+    path = repo / model / "started.log"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _occupy(
+    client: grpcclient.InferenceServerClient, repo: Path, model: str, value: float
+) -> queue.Queue[Any]:
+    """Send a request that takes the model's only instance, and wait until it runs."""
+    before = _started(repo, model)
     running = _in_background(client.infer, model, [_input(value)])
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while _started(repo, model) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _started(repo, model) > before, f"{model} did not start a batch within 30 s"
     return running
 
 
@@ -236,7 +250,7 @@ def test_higher_priority_request_overtakes_queued_ones(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        pending = [_occupy(client, "prioritized", 0)]
+        pending = [_occupy(client, batching_repo, "prioritized", 0)]
         for value, priority in ((1, 2), (2, 0), (3, 1)):
             pending.append(
                 _in_background(client.infer, "prioritized", [_input(value)], priority=priority)
@@ -255,7 +269,7 @@ def test_queue_timeout_reject_fails_the_request_and_it_never_runs(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        blocker = _occupy(client, "reject_timeout", 1)
+        blocker = _occupy(client, batching_repo, "reject_timeout", 1)
         with pytest.raises(InferenceServerException) as failure:
             client.infer("reject_timeout", [_input(2)])
         assert failure.value.status() == "StatusCode.UNAVAILABLE"
@@ -269,7 +283,7 @@ def test_queue_timeout_delay_runs_the_late_request_after_the_others(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        results = [_occupy(client, "delay_timeout", 1)]
+        results = [_occupy(client, batching_repo, "delay_timeout", 1)]
         # 1 µs (the request may shorten the 60 s default): it is late before it could run.
         results.append(_in_background(client.infer, "delay_timeout", [_input(2)], timeout=1))
         time.sleep(0.05)
@@ -281,10 +295,10 @@ def test_queue_timeout_delay_runs_the_late_request_after_the_others(
 
 
 def test_full_queue_is_rejected_at_once_with_resource_exhausted(
-    batching_server: Server,
+    batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        running = _occupy(client, "small_queue", 1)
+        running = _occupy(client, batching_repo, "small_queue", 1)
         queued = _in_background(client.infer, "small_queue", [_input(2)])
         time.sleep(0.1)
         with pytest.raises(InferenceServerException) as failure:
@@ -299,7 +313,7 @@ def test_request_whose_deadline_passes_in_the_queue_is_never_executed(
     batching_server: Server, batching_repo: Path
 ) -> None:
     with grpcclient.InferenceServerClient(batching_server.url) as client:
-        blocker = _occupy(client, "slow", 1)
+        blocker = _occupy(client, batching_repo, "slow", 1)
         with pytest.raises(InferenceServerException) as failure:
             client.infer("slow", [_input(2)], client_timeout=0.2)
         assert failure.value.status() == "StatusCode.DEADLINE_EXCEEDED"
@@ -321,7 +335,7 @@ def test_http_request_whose_client_disconnects_in_the_queue_is_never_executed(
     )
     with grpcclient.InferenceServerClient(batching_server.url) as client:
         before = len(executions(batching_repo, "slow"))
-        blocker = _occupy(client, "slow", 6)
+        blocker = _occupy(client, batching_repo, "slow", 6)
         with socket.create_connection(("127.0.0.1", batching_server.http_port)) as sock:
             sock.sendall(request)
             time.sleep(0.2)  # queued behind the blocker; then the client goes away
