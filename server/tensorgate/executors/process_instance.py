@@ -483,9 +483,12 @@ class ProcessInstance:
         signature: ModelSignature | None = reply[1]
         self.execute_requests = self._execute_requests if reply[2] else None
         if self._decoupled:
+            # Each child's streams in a dict of their own: the reader of a dead child fails
+            # its streams, never those of the child that replaced it.
+            self._streams = {}
             threading.Thread(
                 target=self._read_streams,
-                args=(parent,),
+                args=(parent, self._streams),
                 name=f"tg-{self.name}-streams",
                 daemon=True,
             ).start()
@@ -556,9 +559,10 @@ class ProcessInstance:
                 log.warning("restarting process instance %s (exit code %s)", self.name, code)
                 self._signature = self._start()
             stream_id = next(self._stream_ids)
-            self._streams[stream_id] = channel
+            streams = self._streams
+            streams[stream_id] = channel
             channel.on_read = lambda: self._send_quietly(("room", stream_id))
-            channel.on_cancel = lambda: self._cancel_stream(stream_id)
+            channel.on_cancel = lambda: self._cancel_stream(streams, stream_id)
             portable = dataclasses.replace(request, trace=None, output_regions=None)
             self._send_quietly(("open", stream_id, portable))
 
@@ -570,13 +574,15 @@ class ProcessInstance:
         with self._send_lock, contextlib.suppress(OSError, ValueError):
             conn.send(message)
 
-    def _cancel_stream(self, stream_id: int) -> None:
-        if self._streams.pop(stream_id, None) is not None:  # still answering: stop it
+    def _cancel_stream(self, streams: dict[int, Any], stream_id: int) -> None:
+        if streams.pop(stream_id, None) is not None:  # still answering: stop it
             self._send_quietly(("cancel-stream", stream_id))
 
-    def _read_streams(self, conn: Connection) -> None:
-        """A decoupled instance's reader thread: responses to their streams, model code's
-        calls to the data plane, until the child's end of the pipe closes."""
+    def _read_streams(self, conn: Connection, streams: dict[int, Any]) -> None:
+        """A decoupled instance's reader thread: responses to `streams`, model code's calls
+        to the data plane, until the child's end of the pipe closes. It owns `conn` and
+        closes it: closed from another thread while this one reads, its descriptor could be
+        reused by the next child's pipe and read here."""
         while True:
             try:
                 message = conn.recv()
@@ -585,17 +591,25 @@ class ProcessInstance:
             kind = message[0]
             if kind == "respond":
                 _, stream_id, outputs, final = message
-                channel = self._streams.pop(stream_id) if final else self._streams.get(stream_id)
+                channel = streams.pop(stream_id) if final else streams.get(stream_id)
                 if channel is not None:
                     channel.push(outputs, final)
             elif kind == "stream-failed":
-                channel = self._streams.pop(message[1], None)
+                channel = streams.pop(message[1], None)
                 if channel is not None:
                     channel.fail(_raised(message[2]))
             else:
                 self._model_call(message)
-        streams, self._streams = self._streams, {}
-        for channel in streams.values():
+        conn.close()
+        # Under the lock that opens streams: a stream opened before this point is failed
+        # here; one opened after it finds the connection gone and starts a new child (the
+        # child's process may still be exiting, alive to `is_alive`).
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+            failed = list(streams.values())
+            streams.clear()
+        for channel in failed:
             channel.fail(
                 ModelExecutionError(
                     f"its process instance {self.name} died while answering; a new one starts "
@@ -697,7 +711,8 @@ class ProcessInstance:
     def _died(self) -> int | None:
         process, self._process = self._process, None
         if self._conn is not None:
-            self._conn.close()
+            if not self._decoupled:  # a decoupled child's reader closes it, at its end
+                self._conn.close()
             self._conn = None
         # Calls of the dead child's model code: nobody waits for them now.
         for future in list(self._open_calls.values()):
