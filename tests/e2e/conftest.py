@@ -89,6 +89,10 @@ class Server:
         return self.process.returncode
 
 
+class PortTaken(RuntimeError):
+    """A port chosen free was taken before the server bound it."""
+
+
 def start_server(
     repo: Path,
     log: Path,
@@ -99,6 +103,25 @@ def start_server(
 ) -> Server:
     """Start `python -m tensorgate serve` and wait (bounded) until it answers;
     `client_options` go to the gRPC client that waits (TLS files)."""
+    # A free port is chosen from the range outgoing connections take their ports from: one
+    # of the test's own clients may take it before the server binds it. Then new ports.
+    for attempt in range(3):
+        try:
+            return _start_server(repo, log, args, wait_ready, wait_model, client_options)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(
+    repo: Path,
+    log: Path,
+    args: tuple[str, ...],
+    wait_ready: bool,
+    wait_model: str | None,
+    client_options: dict[str, Any] | None,
+) -> Server:
     port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     handle = log.open("wb")
@@ -130,7 +153,10 @@ def start_server(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited {process.returncode}:\n{server.output()}")
+            output = server.output()
+            if process.returncode == 2 and "cannot listen on" in output:
+                raise PortTaken(output)
+            raise RuntimeError(f"server exited {process.returncode}:\n{output}")
         try:
             if wait_model is not None and client.is_model_ready(wait_model):
                 return server

@@ -40,8 +40,9 @@ def perf_analyzer(
         str(concurrency),
         "--measurement-interval",
         "1000",
+        # Room for a loaded machine to settle: three windows in a row must agree within 100 %.
         "--max-trials",
-        "5",
+        "10",
         "--stability-percentage",
         "100",
         *extra,
