@@ -149,11 +149,15 @@ def test_an_explicit_load_and_unload_reach_every_worker(
                 client.infer("add_sub", _inputs())
 
 
+def _pattern(outcomes: list[str]) -> str:
+    """A client's outcomes in order, one letter each: o served, x not."""
+    return "".join("o" if outcome == "ok" else "x" for outcome in outcomes)
+
+
 def _one_outage(outcomes: list[str]) -> bool:
     """Whether a client's outcomes in order are successes, at most one run of failures, and
     successes again to the end: the kill may break calls once, never after service resumed."""
-    text = "".join("o" if outcome == "ok" else "x" for outcome in outcomes)
-    return re.fullmatch(r"o+x*o+", text) is not None
+    return re.fullmatch(r"o+x*o+", _pattern(outcomes)) is not None
 
 
 def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
@@ -210,15 +214,15 @@ def test_a_worker_killed_under_load_is_replaced_and_readiness_never_drops(
         for thread in threads:
             thread.join(60)
     failures = [o for outcomes in clients for o in outcomes if o != "ok"]
-    probed = "".join("o" if p == "ok" else "x" for p in probes)
-    print(f"\nkilled worker {victim} under load: {len(failures)} failed calls, probes {probed}")
+    print(
+        f"\nkilled worker {victim} under load: {len(failures)} failed calls, "
+        f"probes {_pattern(probes)}"
+    )
     # A call the dead worker held breaks, and so may the calls a client makes until its
     # channel has connected again (a reconnect can land in the dying worker's accept queue
     # and be reset: docs/pages/deployment.md); nothing else may fail.
     assert all(o.startswith("StatusCode.UNAVAILABLE") for o in failures), failures[:5]
-    assert all(_one_outage(outcomes) for outcomes in clients), [
-        "".join("o" if o == "ok" else "x" for o in outcomes) for outcomes in clients
-    ]
+    assert all(_one_outage(outcomes) for outcomes in clients), [_pattern(c) for c in clients]
     assert not any(p.startswith("not ready") for p in probes) and probes.count("ok") > 10
     assert _one_outage(probes), probes
     assert sum(outcomes.count("ok") for outcomes in clients) > 100
