@@ -35,7 +35,13 @@ from tensorgate.workers.siblings import Siblings
 
 log = structlog.stdlib.get_logger("tensorgate")
 
-SHUTDOWN_GRACE_S = 5.0
+# How long the transports keep going after the exit timeout, for the answers to requests
+# cut off at the timeout to go out.
+ANSWER_S = 1.0
+# How long a shutdown waits for the models to close once no request waits on them, or, when
+# requests were cut off, for the batches they were in: model code that runs on is not
+# waited for longer, its thread ends with the process.
+CLOSE_S = 5.0
 
 
 def models_to_load(settings: Settings, names: list[str]) -> list[str]:
@@ -110,7 +116,12 @@ class Servers:
         )
         self.http = (
             http_server(
-                settings, self.dataplane, SHUTDOWN_GRACE_S, log_control, self.policy, siblings
+                settings,
+                self.dataplane,
+                settings.exit_timeout + ANSWER_S,
+                log_control,
+                self.policy,
+                siblings,
             )
             if settings.http_port >= 0
             else None
@@ -180,19 +191,31 @@ class Servers:
             return None
         return sum(m.in_flight for _, m in self.metrics.snapshot())
 
-    async def stop(self, grace_s: float) -> None:
-        """Readiness off, then drain every server, then release the models."""
+    async def stop(self, exit_timeout_s: float) -> int:
+        """Readiness off and no new calls; the requests in flight get `exit_timeout_s` to
+        finish and those still unanswered then get UNAVAILABLE; then the models are
+        released. Returns how many requests were cut off."""
         self.dataplane.draining = True
         await self.grpc.refresh_health()
-        await asyncio.gather(
+        grace_s = exit_timeout_s + ANSWER_S
+        stopping = asyncio.gather(
             self.grpc.stop(grace_s),
             *([self.private.stop(grace_s)] if self.private is not None else []),
             *(s.stop() for s in (self.http, self.metrics_server) if s is not None),
         )
-        await self.repository.close()
+        cut_off = await self.dataplane.drain(exit_timeout_s)
+        if cut_off:
+            log.warning(
+                "exit timeout passed: requests still in flight are answered UNAVAILABLE",
+                exit_timeout_s=exit_timeout_s,
+                cut_off=cut_off,
+            )
+        await stopping
+        await self.repository.close(ANSWER_S if cut_off else CLOSE_S)
         self.dataplane.shared_memory.close()
         if self.tracing is not None:
             self.tracing.shutdown()
+        return cut_off
 
 
 async def serve(
@@ -255,9 +278,12 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM) if role is None else (signal.SIGTERM,):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining", grace_s=SHUTDOWN_GRACE_S, in_flight=servers.in_flight())
-    await servers.stop(SHUTDOWN_GRACE_S)
-    log.info("stopped", unfinished=servers.in_flight())
+    exit_timeout_s = settings.exit_timeout
+    log.info(
+        "shutting down: draining", exit_timeout_s=exit_timeout_s, in_flight=servers.in_flight()
+    )
+    cut_off = await servers.stop(exit_timeout_s)
+    log.info("stopped", cut_off=cut_off, unfinished=servers.in_flight())
     return 0
 
 

@@ -60,6 +60,9 @@ HELP = {
     "model_timeout": "seconds a batch may run before its requests fail with DEADLINE_EXCEEDED "
     "and its instance is replaced (dynamic-batcher models; a model's model_timeout parameter "
     "wins); 0: no limit",
+    "exit_timeout": "seconds a shutdown (SIGTERM, Ctrl-C) waits for the requests in flight; "
+    "those still unanswered then get UNAVAILABLE / 503 and the server exits without waiting "
+    "for their model code (Triton's --exit-timeout-secs)",
     "default_max_batch_size": "max_batch_size given to a model whose config leaves it out "
     "and whose file batches (Triton's default, 4)",
     "max_message_bytes": "largest gRPC message sent or received",
@@ -103,6 +106,7 @@ class Settings:
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
+    exit_timeout: float = 5.0  # seconds a shutdown waits for requests in flight
     cache_size: int = 0  # response cache bytes; 0: none
     execution: str = "thread"  # thread | process | inline | auto
     inline_max_us: int = 200  # execution auto: batches longer than this leave the loop
@@ -213,6 +217,8 @@ def _check_numbers(settings: Settings) -> None:
         raise ValueError("max_tensor_elements must be >= 1 and max_bytes_element >= 0")
     if not (settings.model_timeout >= 0 and settings.max_queue_wait >= 0):
         raise ValueError("model_timeout and max_queue_wait must be numbers of seconds >= 0")
+    if not settings.exit_timeout >= 0:
+        raise ValueError("exit_timeout must be a number of seconds >= 0")
     if not settings.http_header_timeout > 0:
         raise ValueError("http_header_timeout must be a number of seconds > 0")
     for name in ("access_log_rate", "trace_rate"):

@@ -1,6 +1,7 @@
 """Overload and shutdown: load at four times capacity is shed with RESOURCE_EXHAUSTED / 429
 and Retry-After while memory stays bounded, a request whose deadline is shorter than the
-queue's wait is refused at once, and SIGTERM under load loses no accepted request.
+queue's wait is refused at once, SIGTERM under load loses no accepted request, and requests
+still running when the exit timeout passes are answered UNAVAILABLE / 503.
 
 The figures (capacity, shed share, latency percentiles, memory, recovery) are printed for
 the record; latency is never a pass condition here (it is measured, not asserted).
@@ -22,7 +23,10 @@ import grpc
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, serving, start_server
 
@@ -266,6 +270,90 @@ def test_sigterm_under_load_finishes_every_accepted_request(
         assert server.process.wait(30) == 0
         records = {r["event"]: r for r in server.log_records()}
         assert records["shutting down: draining"]["in_flight"] == 20
-        assert records["stopped"]["unfinished"] == 0
+        assert records["stopped"]["unfinished"] == 0 and records["stopped"]["cut_off"] == 0
     finally:
         server.stop()
+
+
+def _wait_in_flight(server: Server, model: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    pattern = rf'tensorgate_inflight_requests\{{model="{model}",version="1"\}} (\S+)'
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        found = re.search(pattern, text)
+        if found and float(found.group(1)) == count:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"the {count} requests were never in flight together")
+
+
+def test_requests_unfinished_at_the_exit_timeout_are_answered_unavailable_and_not_waited_for(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    # A batch outlasts the test: the server must answer and exit without waiting for it.
+    root = _repository(tmp_path_factory.mktemp("exit_timeout"), batch_s=600)
+    server = start_server(root, tmp_path / "log", "--exit-timeout", "0.5")
+    data = np.ones((1, 4), np.float32)
+    try:
+        outcomes: dict[str, object] = {}
+
+        def over_http() -> None:
+            client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
+            tensor = httpclient.InferInput("INPUT", [1, 4], "FP32")
+            tensor.set_data_from_numpy(data, binary_data=True)
+            try:
+                client.infer("slow", [tensor])
+                outcomes["http"] = "answered"
+            except InferenceServerException as exc:
+                outcomes["http"] = exc
+            client.close()
+
+        unary = grpcclient.InferenceServerClient(server.url)
+        streamed = grpcclient.InferenceServerClient(server.url)
+        tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(data)
+        answered = threading.Event()
+        unary.async_infer(
+            "slow",
+            [tensor],
+            lambda result, error: (outcomes.setdefault("grpc", error or result), answered.set()),
+            client_timeout=60,
+        )
+        stream_answered = threading.Event()
+        streamed.start_stream(
+            lambda result, error: (
+                outcomes.setdefault("stream", error or result),
+                stream_answered.set(),
+            )
+        )
+        streamed.async_stream_infer("slow", [tensor])
+        http_thread = threading.Thread(target=over_http)
+        http_thread.start()
+        # One batch of two running, one request queued behind it.
+        _wait_in_flight(server, "slow", 3)
+
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(30) == 0, server.output()
+        http_thread.join(30)
+        assert answered.wait(30) and stream_answered.wait(30)
+        streamed.stop_stream()
+        unary.close()
+        streamed.close()
+    finally:
+        server.stop()
+
+    said = "exit timeout (0.5 s, --exit-timeout) passed before this request finished"
+    http_error = outcomes["http"]
+    assert isinstance(http_error, InferenceServerException), http_error
+    assert http_error.status() == "503" and said in http_error.message(), http_error
+    grpc_error = outcomes["grpc"]
+    assert isinstance(grpc_error, InferenceServerException), grpc_error
+    assert grpc_error.status() == "StatusCode.UNAVAILABLE" and said in grpc_error.message()
+    stream_error = outcomes["stream"]  # a stream's error travels in its response
+    assert isinstance(stream_error, InferenceServerException), stream_error
+    assert said in stream_error.message(), stream_error
+    records = server.log_records()
+    events = {r["event"]: r for r in records}
+    assert events["stopped"]["cut_off"] == 3 and events["stopped"]["unfinished"] == 0
+    assert events["model still running a batch at exit; not waited for"]["model"] == "slow"
+    assert not [r for r in records if r["level"] == "error"], records

@@ -15,3 +15,10 @@ def test_a_process_nice_outside_0_to_19_is_refused(nice: int) -> None:
 def test_process_instances_run_behind_the_loop_unless_told_otherwise() -> None:
     assert build_settings({}, {}).process_nice == 10
     assert build_settings({}, {"TENSORGATE_PROCESS_NICE": "0"}).process_nice == 0
+
+
+def test_a_negative_exit_timeout_is_refused_and_zero_cuts_off_at_once() -> None:
+    with pytest.raises(ValueError, match="exit_timeout must be a number of seconds >= 0"):
+        build_settings({"exit_timeout": -1}, {})
+    assert build_settings({}, {"TENSORGATE_EXIT_TIMEOUT": "0"}).exit_timeout == 0.0
+    assert build_settings({}, {}).exit_timeout == 5.0

@@ -50,6 +50,7 @@ from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queu
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import DeadlineExceeded, ResourceExhausted, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import Done, InstancePool, Job
+from tensorgate.executors.instance_threads import in_daemon_thread
 from tensorgate.runners.base import (
     BatchTiming,
     RunnerStatus,
@@ -543,7 +544,7 @@ class Scheduler:
             self._timer.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        await asyncio.to_thread(self.pool.close)
+        await in_daemon_thread(self.pool.close, f"tg-{self.name}-close")
 
     def _check_drained(self) -> None:
         drained = self._drained

@@ -26,6 +26,7 @@ from tensorgate.errors import (
     InvalidArgument,
     ModelExecutionError,
     TensorgateError,
+    Unavailable,
     Unimplemented,
 )
 from tensorgate.observability.requests import InferObserver
@@ -36,6 +37,7 @@ from tensorgate.runners.base import ModelVersion, Scheduled
 
 log = logging.getLogger(__name__)
 
+_DRAIN_POLL_S = 0.02
 EXTENSIONS = (
     "model_repository",
     "model_configuration",
@@ -69,6 +71,11 @@ class DataPlane:
         self.tracing = tracing  # the transports start a request's trace; None: tracing off
         self.started = False  # start-up loading is done
         self.draining = False  # shutting down: finish what is in flight, take nothing new
+        # The tasks waiting on a model here (a request's, a stream's, a model's call), so that
+        # a shutdown can answer those its exit timeout leaves unfinished (`drain`).
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._cut_off: set[asyncio.Task[Any]] = set()
+        self._exit_timeout_s = 0.0
 
     # Health and metadata -------------------------------------------------------------
 
@@ -228,14 +235,25 @@ class DataPlane:
         self, model: ModelVersion, request: InferRequest, started: int
     ) -> tuple[Scheduled, dict[str, Array]]:
         rows = validate_request(request, model.spec)
+        task = asyncio.current_task()
+        # An ensemble's steps run in their parent's task: only the outermost call tracks it.
+        tracks = task is not None and task not in self._in_flight
+        if tracks:
+            self._in_flight.add(task)  # type: ignore[arg-type]
         try:
             done = await model.runner.run(request, rows)
             return done, self._select_outputs(model, request, done.outputs)
         except asyncio.CancelledError:
-            raise
+            if task not in self._cut_off:
+                raise
+            model.stats.record_failure(time.perf_counter_ns() - started)
+            raise self._cut_off_error(task) from None
         except Exception as exc:
             model.stats.record_failure(time.perf_counter_ns() - started)
             raise _model_error(model, exc) from None
+        finally:
+            if tracks:
+                self._in_flight.discard(task)
 
     def is_decoupled(self, name: str, version: str = "") -> bool:
         """Whether the model answers through `stream` only; False when it cannot be found
@@ -271,6 +289,10 @@ class DataPlane:
         metrics = model.metrics
         if metrics is not None:
             metrics.in_flight += 1
+        task = asyncio.current_task()
+        tracks = task is not None and task not in self._in_flight
+        if tracks:
+            self._in_flight.add(task)  # type: ignore[arg-type]
         try:
             async with aclosing(model.runner.stream(request, rows)) as items:
                 async for item in items:
@@ -282,17 +304,49 @@ class DataPlane:
                     yield _response(model, request, outputs, item.final)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - started
+            if isinstance(exc, asyncio.CancelledError) and task in self._cut_off:
+                exc = self._cut_off_error(task)
             if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 model.stats.record_failure(elapsed)
                 exc = _model_error(model, exc) if isinstance(exc, Exception) else exc
             self.observer.finished(request, model, elapsed, error=exc)
             raise exc from None
         finally:
+            if tracks:
+                self._in_flight.discard(task)
             if metrics is not None:
                 metrics.in_flight -= 1
         elapsed = time.perf_counter_ns() - started
         model.stats.record_success(elapsed, 0, 0, 0, 0)
         self.observer.finished(request, model, elapsed, 0)
+
+    # Shutting down ------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for the inferences in flight to finish, then answer those
+        still waiting with UNAVAILABLE (the model code they wait on is not interrupted; its
+        results are dropped). Returns how many were cut off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # Polled: a shutdown is rare, and a wake-up per finished request is not free.
+        while self._in_flight and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(left, _DRAIN_POLL_S))
+        self._exit_timeout_s = timeout_s
+        unfinished = list(self._in_flight)
+        for task in unfinished:
+            self._cut_off.add(task)
+            task.cancel()
+        return len(unfinished)
+
+    def _cut_off_error(self, task: asyncio.Task[Any] | None) -> Unavailable:
+        """The cancellation `drain` sent, turned into the answer the client gets."""
+        if task is not None:
+            task.uncancel()  # handled here: the task goes on to send that answer
+            self._cut_off.discard(task)
+        return Unavailable(
+            "the server is shutting down and its exit timeout "
+            f"({self._exit_timeout_s:g} s, --exit-timeout) passed before this request finished"
+        )
 
     @staticmethod
     def _select_outputs(

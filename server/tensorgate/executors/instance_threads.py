@@ -11,6 +11,7 @@ model code again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -118,3 +119,23 @@ def thread_event_loop() -> asyncio.AbstractEventLoop:
     if loop is None:
         loop = _thread_loops.loop = asyncio.new_event_loop()
     return loop
+
+
+async def in_daemon_thread(work: Callable[[], T], name: str) -> T:
+    """Run blocking `work` that may wait on model code (closing instances) in a thread of
+    its own, a daemon. Not `asyncio.to_thread`: the interpreter joins the default
+    executor's threads at exit, so a close stuck behind a batch that never ends would hold
+    the process after a shutdown has given up on that batch."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, work())
+        except BaseException as exc:
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(_settle, future, outcome)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future

@@ -31,6 +31,7 @@ import numpy as np
 
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import InvalidArgument, TensorgateError, Unavailable
+from tensorgate.executors.instance_threads import in_daemon_thread
 from tensorgate.generation.engine import Engine
 from tensorgate.generation.requests import GenerationRequest, parse_request
 from tensorgate.generation.sampling import Sampled
@@ -154,7 +155,7 @@ class GenerationRunner:
         self._closing = True
         self._commands.put(None)
         self._wake.set()
-        await asyncio.to_thread(self._thread.join)
+        await in_daemon_thread(self._thread.join, f"tg-{self.name}-close")
 
     def discard(self) -> None:
         self._commands.put(None)

@@ -188,11 +188,26 @@ class ModelRepository:
             self._on_state_change()
             log.info("model unloaded", extra={"model": name})
 
-    async def close(self) -> None:
-        """Unload everything (server shutdown)."""
-        for record in self.records.values():
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Unload everything (server shutdown). Models still running a batch after
+        `timeout_s` are left to end with the process, and named in the log."""
+        closing: dict[asyncio.Task[None], str] = {}
+        for name, record in self.records.items():
             previous, record.versions = record.versions, {}
-            await self._close_versions(previous)
+            if previous:
+                closing[asyncio.create_task(self._close_versions(previous))] = name
+        if not closing:
+            return
+        done, pending = await asyncio.wait(closing, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+            log.warning(
+                "model still running a batch at exit; not waited for",
+                extra={"model": closing[task], "waited_s": timeout_s},
+            )
+        for task in done:
+            if (error := task.exception()) is not None:
+                log.error("model failed to close", extra={"model": closing[task]}, exc_info=error)
 
     @staticmethod
     async def _close_versions(versions: dict[int, ModelVersion]) -> None:

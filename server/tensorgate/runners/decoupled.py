@@ -30,6 +30,7 @@ from tensorgate.errors import InvalidArgument, ModelExecutionError, ResourceExha
 from tensorgate.executors.instance_threads import (
     InstanceThread,
     InstanceThreads,
+    in_daemon_thread,
     thread_event_loop,
     wait_for_room,
 )
@@ -218,7 +219,7 @@ class DecoupledRunner:
         if self._streams:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
-        await asyncio.to_thread(self.instances.close)
+        await in_daemon_thread(self.instances.close, f"tg-{self.name}-close")
 
     def discard(self) -> None:
         self.instances.close()

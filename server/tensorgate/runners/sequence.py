@@ -31,7 +31,7 @@ from tensorgate.batching.sequences import (
 )
 from tensorgate.dataplane.types import Array, InferRequest, ParameterValue
 from tensorgate.errors import InvalidArgument, ModelLoadError, TensorgateError, Unavailable
-from tensorgate.executors.instance_threads import InstanceThreads
+from tensorgate.executors.instance_threads import InstanceThreads, in_daemon_thread
 from tensorgate.protocol import datatypes
 from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, Streamed, one_result
 
@@ -305,7 +305,7 @@ class SequenceRunner:
             await self._drained
         if self._timer is not None:
             self._timer.cancel()
-        await asyncio.to_thread(self.instances.close)
+        await in_daemon_thread(self.instances.close, f"tg-{self.name}-close")
 
     def discard(self) -> None:
         self.instances.close()

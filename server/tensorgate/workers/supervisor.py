@@ -56,7 +56,9 @@ log = structlog.stdlib.get_logger("tensorgate")
 HEALTHY_AFTER_S = 60.0
 CRASH_LOOP_RESTARTS = 5  # restarts within HEALTHY_AFTER_S that count as a crash loop
 MAX_BACKOFF_S = 30.0
-DRAIN_S = 15.0  # a worker's drain (its own grace is 5 s) before it is killed
+# A worker's drain past its --exit-timeout (answering what it cut off, closing its models)
+# before it is killed.
+DRAIN_S = 10.0
 
 
 def worker_count(settings: Settings) -> int:
@@ -217,7 +219,7 @@ class Supervisor:
         for process in processes:
             if process.exitcode is None:
                 os.kill(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + DRAIN_S
+        deadline = time.monotonic() + self.settings.exit_timeout + DRAIN_S
         while any(p.exitcode is None for p in processes) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for process in processes:
