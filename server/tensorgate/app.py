@@ -24,6 +24,7 @@ from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol.tensors import LIMITS
 from tensorgate.repository.manager import ModelRepository
+from tensorgate.repository.polling import RepositoryPoller
 from tensorgate.settings import Settings
 from tensorgate.transport import PortInUse
 from tensorgate.transport.access import AccessCollector, build_policy
@@ -45,8 +46,8 @@ CLOSE_S = 5.0
 
 
 def models_to_load(settings: Settings, names: list[str]) -> list[str]:
-    """Every model in mode none; in explicit mode only those named by --load-model."""
-    if settings.model_control_mode == "none" or "*" in settings.load_model:
+    """Every model in modes none and poll; in explicit mode only those named by --load-model."""
+    if settings.model_control_mode != "explicit" or "*" in settings.load_model:
         return names
     return list(settings.load_model)
 
@@ -126,6 +127,12 @@ class Servers:
             if settings.http_port >= 0
             else None
         )
+        self.poller = (
+            RepositoryPoller(self.repository, settings.repository_poll_secs)
+            if settings.model_control_mode == "poll"
+            else None
+        )
+        self._polling: asyncio.Task[None] | None = None
         self.metrics_server: AsgiServer | None = None
         if registry is not None and role is None:  # a supervisor serves the workers' metrics
             self.metrics_server = metrics_server(MetricsApp(registry, self.policy), settings)
@@ -162,6 +169,8 @@ class Servers:
         """Start-up loading; the server turns ready when it is done (and, strictly, all
         models loaded). Returns the models that failed."""
         settings, repository = self.settings, self.repository
+        if self.poller is not None:  # changes made while the models load are seen later
+            await self.poller.remember()
         names = models_to_load(settings, repository.scan())
         if self.role is not None and settings.model_control_mode == "explicit":
             names = sorted(set(names) | set(await self._loaded_by_siblings()))
@@ -173,6 +182,8 @@ class Servers:
         ]
         self.dataplane.started = True
         await self.grpc.refresh_health()
+        if self.poller is not None:
+            self._polling = asyncio.create_task(self.poller.run())
         return failed
 
     async def _loaded_by_siblings(self) -> list[str]:
@@ -196,6 +207,8 @@ class Servers:
         finish and those still unanswered then get UNAVAILABLE; then the models are
         released. Returns how many requests were cut off."""
         self.dataplane.draining = True
+        if self._polling is not None:
+            self._polling.cancel()
         await self.grpc.refresh_health()
         grace_s = exit_timeout_s + ANSWER_S
         stopping = asyncio.gather(

@@ -18,7 +18,10 @@ HELP = {
     "model_repository": "directory laid out like a Triton model repository; missing: exit 2",
     "host": "address every port listens on",
     "grpc_port": "port of the gRPC inference service, health and reflection",
-    "model_control_mode": "none: load every model at start; explicit: load/unload by RPC",
+    "model_control_mode": "none: load every model at start; explicit: load/unload by RPC; "
+    "poll: load every model at start, then load, reload and unload them as their directories "
+    "appear, change and disappear",
+    "repository_poll_secs": "poll mode: seconds between two looks at the repository",
     "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
     "exit_on_error": "exit non-zero if any model fails to load at start",
     "strict_readiness": "ready only when every model loaded (default true)",
@@ -97,7 +100,8 @@ class Settings:
     http_header_timeout: float = 10.0  # slow or silent clients lose their connection
     cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
-    model_control_mode: str = "none"  # none | explicit
+    model_control_mode: str = "none"  # none | explicit | poll
+    repository_poll_secs: float = 15.0  # poll mode: Triton's flag and default
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)
     exit_on_error: bool = False
     default_max_batch_size: int = 4
@@ -190,8 +194,10 @@ def build_settings(overrides: dict[str, Any], environ: dict[str, str] | None = N
 
 def _check(settings: Settings) -> None:
     """Settings that are wrong together or out of range: ValueError with the reason."""
-    if settings.model_control_mode not in ("none", "explicit"):
-        raise ValueError("model_control_mode must be 'none' or 'explicit'")
+    if settings.model_control_mode not in ("none", "explicit", "poll"):
+        raise ValueError("model_control_mode must be 'none', 'explicit' or 'poll'")
+    if not settings.repository_poll_secs > 0:
+        raise ValueError("repository_poll_secs must be a number of seconds > 0")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):

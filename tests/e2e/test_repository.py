@@ -1,4 +1,5 @@
-"""Repository behaviour a user sees: broken models, start-up errors, explicit load/unload."""
+"""Repository behaviour a user sees: broken models, start-up errors, explicit load/unload,
+and poll mode following the repository on disk."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +136,62 @@ def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException, match="unknown backend 'nope'"):
             client.load_model("broken")
         assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+    finally:
+        assert server.stop() == 0
+
+
+def _eventually(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"never happened: {what}")
+
+
+def test_poll_mode_loads_reloads_and_unloads_models_as_their_directories_change(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    identity_onnx(repo / "first" / "1" / "model.onnx", "FP32")
+    args = ("--model-control-mode", "poll", "--repository-poll-secs", "0.1")
+    server = start_server(repo, tmp_path / "log", *args)
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+
+        def index() -> dict[str, Any]:
+            return {m.name: m for m in client.get_model_repository_index().models}
+
+        assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+        with pytest.raises(InferenceServerException, match="explicit model load is not allowed"):
+            client.load_model("first")
+        # A model copied in is loaded.
+        identity_onnx(repo / "second" / "1" / "model.onnx", "FP32")
+        _eventually(lambda: client.is_model_ready("second"), "the new model loaded")
+        assert identity_infer(client, "second") == [[0.0, 1.0, 2.0, 3.0]]
+        # A new version directory is loaded in place of the old one.
+        shutil.copytree(repo / "first" / "1", repo / "first" / "2")
+        _eventually(
+            lambda: list(client.get_model_metadata("first").versions) == ["2"],
+            "version 2 served",
+        )
+        # A change that does not load leaves the loaded versions serving, with the reason.
+        (repo / "first" / "config.pbtxt").write_text('backend: "nope"')
+        _eventually(lambda: "unknown backend 'nope'" in index()["first"].reason, "the reason")
+        assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+        assert index()["first"].state == "READY"
+        (repo / "first" / "config.pbtxt").unlink()
+        _eventually(lambda: index()["first"].reason == "", "the model fixed")
+        # A model whose directory is removed is unloaded and no longer known.
+        shutil.rmtree(repo / "second")
+        _eventually(lambda: "second" not in index(), "the removed model forgotten")
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            identity_infer(client, "second")
+        assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+        events = [(r["event"], r.get("model")) for r in server.log_records()]
+        assert ("model directory added: loading", "second") in events
+        assert ("model directory changed: loading", "first") in events
+        assert ("model directory removed: unloading", "second") in events
     finally:
         assert server.stop() == 0
 

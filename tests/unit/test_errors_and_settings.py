@@ -54,8 +54,10 @@ def test_settings_reject_unknown_keys_and_modes(tmp_path: Path) -> None:
     config.write_text("grpc_prot = 1\n")
     with pytest.raises(ValueError, match="unknown setting 'grpc_prot'"):
         build_settings({"config": str(config)}, {})
-    with pytest.raises(ValueError, match="model_control_mode"):
-        build_settings({"model_control_mode": "poll"}, {})
+    with pytest.raises(ValueError, match="model_control_mode must be 'none', 'explicit' or"):
+        build_settings({"model_control_mode": "polling"}, {})
+    with pytest.raises(ValueError, match="repository_poll_secs must be a number of seconds > 0"):
+        build_settings({"model_control_mode": "poll", "repository_poll_secs": 0}, {})
 
 
 def test_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:

@@ -188,6 +188,14 @@ class ModelRepository:
             self._on_state_change()
             log.info("model unloaded", extra={"model": name})
 
+    async def forget(self, name: str) -> None:
+        """A model whose directory is gone (poll mode): unloaded, then no longer known."""
+        record = self.records.get(name)
+        if record is not None and record.versions:
+            await self.unload(name)
+        self.records.pop(name, None)
+        self._on_state_change()
+
     async def close(self, timeout_s: float | None = None) -> None:
         """Unload everything (server shutdown). Models still running a batch after
         `timeout_s` are left to end with the process, and named in the log."""
