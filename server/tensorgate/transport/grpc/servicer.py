@@ -21,6 +21,7 @@ from tensorgate.errors import (
     InvalidArgument,
     PermissionDenied,
     TensorgateError,
+    Unavailable,
     Unimplemented,
 )
 from tensorgate.observability.logs import LogControl
@@ -40,6 +41,8 @@ STREAM_MAX_IN_FLIGHT = 256
 # without one, and the response parameter that flags a stream's last response.
 EMPTY_FINAL_PARAMETER = "triton_enable_empty_final_response"
 FINAL_PARAMETER = "triton_final_response"
+# A new request on a stream opened before the shutdown began (new calls are refused by grpc).
+_SHUTTING_DOWN = "the server is shutting down: send new requests to another instance"
 _INFER = "inference.GRPCInferenceService/ModelInfer"
 _STREAM = "inference.GRPCInferenceService/ModelStreamInfer"
 
@@ -268,6 +271,9 @@ class InferenceServicer:
                         request = parse(raw)
                     except TensorgateError as exc:
                         window.answer(pb.ModelStreamInferResponse(error_message=exc.message))
+                        continue
+                    if self.dataplane.draining:  # what it runs finishes; nothing new starts
+                        window.answer(_stream_error(request, Unavailable(_SHUTTING_DOWN)))
                         continue
                     if self.dataplane.is_decoupled(request.model_name, request.model_version):
                         task: asyncio.Task[Any] = loop.create_task(decoupled(request))
