@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from tensorgate.errors import ModelLoadError
+from tensorgate.errors import TensorgateError
 from tensorgate.repository.manager import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class RepositoryPoller:
                 await self.poll()
             except OSError as exc:  # the repository itself unreadable for now: try again
                 log.error("cannot read the model repository", extra={"reason": str(exc)})
+            except Exception:  # a bug: logged, and the next poll tries again
+                log.exception("polling the model repository failed")
 
     async def poll(self) -> None:
         """One comparison of the repository with what is loaded, and the loads it calls for."""
@@ -86,6 +88,7 @@ class RepositoryPoller:
             self._loaded_from[name] = files
             change = "added" if before is None else "changed"
             log.info(f"model directory {change}: loading", extra={"model": name})
-            # A failure is logged and kept in the model's record by the load.
-            with contextlib.suppress(ModelLoadError):
+            # A failure is logged and kept in the model's record by the load; a directory
+            # gone again since it was read is seen as removed by the next poll.
+            with contextlib.suppress(TensorgateError):
                 await self.repository.load(name)
