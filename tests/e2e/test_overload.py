@@ -249,17 +249,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(
                 INFER, response_deserializer=pb.ModelInferResponse.FromString
             )
             accepted = [call.future(WIRE, timeout=60) for _ in range(20)]
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-                found = re.search(
-                    r'tensorgate_inflight_requests\{model="slow",version="1"\} (\S+)', text
-                )
-                if found and float(found.group(1)) == 20:
-                    break
-                time.sleep(0.01)
-            else:
-                pytest.fail("the 20 requests were never in flight together")
+            _wait_in_flight(server, "slow", 20)
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.05)
             with pytest.raises(grpc.RpcError) as info:

@@ -236,10 +236,7 @@ class DataPlane:
     ) -> tuple[Scheduled, dict[str, Array]]:
         rows = validate_request(request, model.spec)
         task = asyncio.current_task()
-        # An ensemble's steps run in their parent's task: only the outermost call tracks it.
-        tracks = task is not None and task not in self._in_flight
-        if tracks:
-            self._in_flight.add(task)  # type: ignore[arg-type]
+        tracks = self._track(task)
         try:
             done = await model.runner.run(request, rows)
             return done, self._select_outputs(model, request, done.outputs)
@@ -290,9 +287,7 @@ class DataPlane:
         if metrics is not None:
             metrics.in_flight += 1
         task = asyncio.current_task()
-        tracks = task is not None and task not in self._in_flight
-        if tracks:
-            self._in_flight.add(task)  # type: ignore[arg-type]
+        tracks = self._track(task)
         try:
             async with aclosing(model.runner.stream(request, rows)) as items:
                 async for item in items:
@@ -322,6 +317,14 @@ class DataPlane:
 
     # Shutting down ------------------------------------------------------------------------
 
+    def _track(self, task: asyncio.Task[Any] | None) -> bool:
+        """Count `task` among those waiting on a model; False when an outer call of the same
+        task already does (an ensemble's steps run in their parent's task)."""
+        if task is None or task in self._in_flight:
+            return False
+        self._in_flight.add(task)
+        return True
+
     async def drain(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for the inferences in flight to finish, then answer those
         still waiting with UNAVAILABLE (the model code they wait on is not interrupted; its
@@ -338,11 +341,10 @@ class DataPlane:
             task.cancel()
         return len(unfinished)
 
-    def _cut_off_error(self, task: asyncio.Task[Any] | None) -> Unavailable:
+    def _cut_off_error(self, task: asyncio.Task[Any]) -> Unavailable:
         """The cancellation `drain` sent, turned into the answer the client gets."""
-        if task is not None:
-            task.uncancel()  # handled here: the task goes on to send that answer
-            self._cut_off.discard(task)
+        task.uncancel()  # handled here: the task goes on to send that answer
+        self._cut_off.discard(task)
         return Unavailable(
             "the server is shutting down and its exit timeout "
             f"({self._exit_timeout_s:g} s, --exit-timeout) passed before this request finished"
