@@ -125,8 +125,86 @@ output [{ name: "OUTPUT", data_type: TYPE_INT32, dims: [1] }]
 
 
 def build_sequence_models(root: Path) -> None:
-    """simple_sequence: Triton's example contract (the examples add `accumulate`)."""
+    """simple_sequence: Triton's example contract (the examples add `accumulate`); the
+    ONNX models with implicit state."""
     _write(root, "simple_sequence", SIMPLE_SEQUENCE_CONFIG, SIMPLE_SEQUENCE_MODEL)
+    build_state_models(root)
+
+
+# Implicit state, as Triton's QA accumulator: the state is the running sum of INPUT. With a
+# START control the model starts each sequence from INPUT itself (the default initial state
+# is left unread); without one, from the initial state the config gives.
+RUNNING_SUM_CONFIG = """
+max_batch_size: 4
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  control_input [
+    { name: "START", control [{ kind: CONTROL_SEQUENCE_START, int32_false_true: [0, 1] }] }
+  ]
+  state [{ input_name: "INPUT_STATE", output_name: "OUTPUT_STATE", data_type: TYPE_INT32,
+           dims: [ 1 ] }]
+}
+"""
+
+RUNNING_SUM_FROM_FILE_CONFIG = """
+max_batch_size: 4
+input [{ name: "INPUT", data_type: TYPE_INT32, dims: [ 1 ] }]
+output [
+  { name: "OUTPUT", data_type: TYPE_INT32, dims: [ 1 ] },
+  { name: "OUTPUT_STATE", data_type: TYPE_INT32, dims: [ 1 ] }
+]
+sequence_batching {
+  state [{
+    input_name: "INPUT_STATE"
+    output_name: "OUTPUT_STATE"
+    data_type: TYPE_INT32
+    dims: [ 1 ]
+    initial_state { data_type: TYPE_INT32, dims: [ 1 ], data_file: "thousand", name: "1000" }
+  }]
+}
+"""
+
+
+def _running_sum_onnx(path: Path, with_start: bool) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    def tensor(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 1])
+
+    inputs = [tensor("INPUT"), tensor("INPUT_STATE")]
+    nodes = [helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["SUM"])]
+    if with_start:
+        inputs.append(tensor("START"))
+        nodes += [
+            helper.make_node("Cast", ["START"], ["STARTED"], to=TensorProto.BOOL),
+            helper.make_node("Where", ["STARTED", "INPUT", "SUM"], ["OUTPUT_STATE"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["SUM"], ["OUTPUT_STATE"]))
+    nodes.append(helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"]))
+    graph = helper.make_graph(
+        nodes, "running_sum", inputs, [tensor("OUTPUT"), tensor("OUTPUT_STATE")]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def build_state_models(root: Path) -> None:
+    """running_sum (its inputs and outputs completed from the ONNX file) and
+    running_sum_from_file (state from initial_state/thousand, OUTPUT_STATE listed)."""
+    _running_sum_onnx(root / "running_sum" / "1" / "model.onnx", with_start=True)
+    (root / "running_sum" / "config.pbtxt").write_text(RUNNING_SUM_CONFIG)
+    model_dir = root / "running_sum_from_file"
+    _running_sum_onnx(model_dir / "1" / "model.onnx", with_start=False)
+    (model_dir / "config.pbtxt").write_text(RUNNING_SUM_FROM_FILE_CONFIG)
+    (model_dir / "initial_state").mkdir(exist_ok=True)
+    (model_dir / "initial_state" / "thousand").write_bytes(
+        np.array([1000], dtype=np.int32).tobytes()
+    )
 
 
 PIPELINE_CONFIG = (TEMPLATES / "pipeline" / "config.pbtxt").read_text()

@@ -36,6 +36,11 @@ def test_sequence_length_against_a_sequence_model(stream_server: Server) -> None
     assert "Sequence" in output or "sequence" in output.lower()
 
 
+def test_sequences_against_a_model_with_implicit_state(stream_server: Server) -> None:
+    output = perf_analyzer(stream_server, "running_sum", "--sequence-length", "5", concurrency=4)
+    assert "sequence" in output.lower()
+
+
 def test_an_ensemble_reports_its_composing_models(stream_server: Server) -> None:
     output = perf_analyzer(stream_server, "pipeline", "--input-data", "zero")
     assert "Composing models:" in output

@@ -173,3 +173,93 @@ def test_http_sequence_error_is_400(stream_server: Server) -> None:
     )
     assert reply.status_code == 400
     assert "sequence_id" in reply.json()["error"]
+
+
+# Implicit state -------------------------------------------------------------------------
+
+
+def _int32(module: Any, name: str, v: int) -> Any:
+    tensor = module.InferInput(name, [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.full([1, 1], v, dtype=np.int32))
+    return tensor
+
+
+def test_implicit_state_keeps_a_running_sum_per_sequence_over_a_stream(
+    stream_server: Server,
+) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+    sequences = {3001: [5, 1, 1, 1], 3002: [100, 10, 10], 3003: [-7, -7, -7, -7, -7]}
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        longest = max(len(v) for v in sequences.values())
+        for step in range(longest):  # interleaved, so the batcher batches sequences together
+            for sequence_id, values in sequences.items():
+                if step < len(values):
+                    client.async_stream_infer(
+                        "running_sum",
+                        [_int32(grpcclient, "INPUT", values[step])],
+                        request_id=f"{sequence_id}_{step}",
+                        sequence_id=sequence_id,
+                        sequence_start=step == 0,
+                        sequence_end=step == len(values) - 1,
+                    )
+        received: dict[int, list[int]] = {}
+        for _ in range(sum(len(v) for v in sequences.values())):
+            item = results.get(timeout=30)
+            assert not isinstance(item, InferenceServerException), item
+            key = int(item.get_response().id.split("_")[0])
+            received.setdefault(key, []).append(int(item.as_numpy("OUTPUT")[0][0]))
+    assert received == {
+        sequence_id: np.cumsum(values).tolist() for sequence_id, values in sequences.items()
+    }
+
+
+def test_implicit_state_starts_from_its_initial_state_file_and_is_readable_when_listed(
+    stream_server: Server,
+) -> None:
+    client = httpclient.InferenceServerClient(stream_server.http_url)
+    outputs = [httpclient.InferRequestedOutput(n) for n in ("OUTPUT", "OUTPUT_STATE")]
+    seen = []
+    for sequence_id in (51, 52):  # the second sequence starts from the file again
+        for count, v in enumerate([1, 2, 3], 1):
+            result = client.infer(
+                "running_sum_from_file",
+                [_int32(httpclient, "INPUT", v)],
+                outputs=outputs,
+                sequence_id=sequence_id,
+                sequence_start=count == 1,
+                sequence_end=count == 3,
+            )
+            assert result.as_numpy("OUTPUT_STATE").tolist() == result.as_numpy("OUTPUT").tolist()
+            seen.append(int(result.as_numpy("OUTPUT")[0][0]))
+    client.close()
+    assert seen == [1001, 1003, 1006, 1001, 1003, 1006]
+
+
+def test_the_state_tensors_are_the_servers_not_the_clients(stream_server: Server) -> None:
+    client = grpcclient.InferenceServerClient(stream_server.url)
+    metadata = client.get_model_metadata("running_sum", as_json=True)
+    assert [t["name"] for t in metadata["inputs"]] == ["INPUT"]
+    assert [t["name"] for t in metadata["outputs"]] == ["OUTPUT"]
+    with pytest.raises(InferenceServerException) as sent_state:
+        client.infer(
+            "running_sum",
+            [_int32(grpcclient, "INPUT", 1), _int32(grpcclient, "INPUT_STATE", 1)],
+            sequence_id=61,
+            sequence_start=True,
+        )
+    with pytest.raises(InferenceServerException) as asked_state:
+        client.infer(
+            "running_sum",
+            [_int32(grpcclient, "INPUT", 1)],
+            outputs=[grpcclient.InferRequestedOutput("OUTPUT_STATE")],
+            sequence_id=62,
+            sequence_start=True,
+        )
+    client.close()
+    assert sent_state.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'INPUT_STATE' of model 'running_sum' is supplied by the sequence batcher" in (
+        sent_state.value.message()
+    )
+    assert asked_state.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "has no outputs ['OUTPUT_STATE']" in asked_state.value.message()

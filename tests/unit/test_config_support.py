@@ -33,7 +33,10 @@ def test_the_bundled_examples_use_only_supported_fields() -> None:
         ("optimization { cuda { graphs: true } }", "optimization"),
         ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
         ("input [{ name: 'x', reshape { shape: [1] } }]", "input.reshape"),
-        ("sequence_batching { state [{ input_name: 'a' }] }", "sequence_batching.state"),
+        (
+            "sequence_batching { state [{ input_name: 'a', use_growable_memory: true }] }",
+            "sequence_batching.state.use_growable_memory",
+        ),
         (
             "ensemble_scheduling { step [{ model_name: 'm', model_namespace: 'n' }] }",
             "ensemble_scheduling.step.model_namespace",

@@ -46,6 +46,26 @@ class InstanceContext:
     calls: Caller | None = None  # how model code calls other models (BLS)
 
 
+def model_input_names(config: mc.ModelConfig) -> list[str]:
+    """Every input a batch brings the model, in order: the config's inputs, then the
+    sequence batcher's control inputs and state inputs (backends that pass inputs by
+    position, such as TorchScript, pass them in this order)."""
+    batching = config.sequence_batching
+    return [
+        *(t.name for t in config.input),
+        *(c.name for c in batching.control_input),
+        *(s.input_name for s in batching.state),
+    ]
+
+
+def model_output_names(config: mc.ModelConfig) -> list[str]:
+    """Every output the model returns, in order: the config's outputs, then the state
+    outputs the config does not list."""
+    listed = [t.name for t in config.output]
+    states = [s.output_name for s in config.sequence_batching.state]
+    return [*listed, *(name for name in states if name not in listed)]
+
+
 class Backend(Protocol):
     """One loaded instance of a model version; `execute` runs in an executor thread."""
 

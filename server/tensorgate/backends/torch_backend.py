@@ -1,8 +1,9 @@
 """PyTorch backend: TorchScript (`model.pt`) and torch.export programs (`model.pt2`).
 
 torch is imported only when a torch model loads, so repositories without one start fast.
-Inputs are passed positionally in the order the config lists them; outputs are matched to
-the config's outputs in order (tuple/list results) or by key (dict results).
+Inputs are passed positionally in the order the config lists them, followed by a sequence
+model's control and state inputs; outputs are matched to the config's outputs, followed by
+unlisted state outputs, in order (tuple/list results) or by key (dict results).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import ml_dtypes
 import numpy as np
 from tensorgate_protos import model_config_pb2 as mc
 
-from tensorgate.backends.base import InstanceContext, ModelSignature
+from tensorgate.backends.base import (
+    InstanceContext,
+    ModelSignature,
+    model_input_names,
+    model_output_names,
+)
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelExecutionError, ModelLoadError
 from tensorgate.executors.cuda import CudaStream
@@ -45,8 +51,8 @@ class TorchInstance:
         # A GPU instance runs on its own CUDA stream, staging through pinned host memory.
         self._cuda = CudaStream(context.device) if context.device.startswith("cuda") else None
         self._device = torch.device(context.device)
-        self._input_names = [t.name for t in context.config.input]
-        self._output_names = [t.name for t in context.config.output]
+        self._input_names = model_input_names(context.config)
+        self._output_names = model_output_names(context.config)
         threads = context.intra_op_threads
         if threads > 0:
             torch.set_num_threads(threads)

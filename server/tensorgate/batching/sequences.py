@@ -48,6 +48,7 @@ class Sequence:
     pending: deque[SequenceRequest] = field(default_factory=deque)
     running: bool = False
     ended: bool = False  # its END request has arrived: it takes no more requests
+    state: Any = None  # the runner's implicit state (None: the initial one), opaque here
 
 
 class SequenceSlots:

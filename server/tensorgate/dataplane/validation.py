@@ -11,6 +11,11 @@ def _check_input(name: str, array: Array, declared: str, spec: ModelSpec) -> int
     """Check one input's name, datatype and shape; return its batch size (1 if unbatched)."""
     model = spec.name
     tensor = spec.inputs.get(name)
+    if tensor is None and name in spec.supplied:
+        raise InvalidArgument(
+            f"input '{name}' of model '{model}' is supplied by the sequence batcher (a control "
+            "or implicit state input): requests must not send it"
+        )
     if tensor is None:
         raise InvalidArgument(
             f"unexpected inference input '{name}' for model '{model}'; "

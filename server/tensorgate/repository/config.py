@@ -68,6 +68,8 @@ class ModelSpec:
     outputs: dict[str, TensorSpec]
     # The v2 datatype name of every output, built once: a response carries it per output.
     output_datatypes: dict[str, str] = field(default_factory=dict)
+    # Inputs the sequence batcher supplies (control and state inputs): never the client's.
+    supplied: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
@@ -91,4 +93,8 @@ class ModelSpec:
             if len(names) != len(declared):
                 raise ModelLoadError(f"config declares the same {kind} name more than once")
         output_datatypes = {name: t.datatype.name for name, t in outputs.items()}
-        return cls(config.name, config.max_batch_size, inputs, outputs, output_datatypes)
+        batching = config.sequence_batching
+        supplied = frozenset(
+            [*(c.name for c in batching.control_input), *(s.input_name for s in batching.state)]
+        )
+        return cls(config.name, config.max_batch_size, inputs, outputs, output_datatypes, supplied)

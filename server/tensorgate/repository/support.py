@@ -38,6 +38,13 @@ SUPPORTED: dict[str, Any] = {
     "sequence_batching": {
         "max_sequence_idle_microseconds": ALL,
         "control_input": ALL,
+        "state": {
+            "input_name": ALL,
+            "output_name": ALL,
+            "data_type": ALL,
+            "dims": ALL,
+            "initial_state": ALL,
+        },
         "direct": {},
         "oldest": {"max_candidate_sequences": ALL},
     },
@@ -69,8 +76,10 @@ REASONS = {
     "instance_group.profile": "optimization profiles are TensorRT's and not supported",
     "instance_group.passive": "passive instances are not implemented",
     "instance_group.host_policy": "host policies are not implemented",
-    "sequence_batching.state": "implicit sequence state is not implemented: keep the state "
-    "in the model, keyed by the CORRID control input",
+    "sequence_batching.state.use_same_buffer_for_input_output": "states live in host memory, "
+    "where each sequence's state is its own array already",
+    "sequence_batching.state.use_growable_memory": "states live in host memory; growable "
+    "GPU state buffers are not implemented",
     "sequence_batching.iterative_sequence": "iterative sequences are not implemented",
     "sequence_batching.direct.max_queue_delay_microseconds": "a queue delay for sequence "
     "batches is not implemented (a batch goes as soon as its instance is free)",

@@ -41,6 +41,7 @@ from tensorgate.runners.base import ModelRunner, ModelVersion
 from tensorgate.runners.decoupled import DecoupledRunner
 from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Resolve
 from tensorgate.runners.sequence import SequenceRunner
+from tensorgate.runners.sequence_state import StateTensor, check_signature, state_tensors
 from tensorgate.runners.warmup import warm_up
 from tensorgate.settings import Settings
 
@@ -156,13 +157,14 @@ class VersionBuilder:
             return self._ensemble(name, version, config)
         if config.backend == GENERATION:
             return self._generation(name, model_dir / str(version), version, config)
-        instances, create = self._instances(name, model_dir, version, config)
+        states = state_tensors(config, model_dir)
+        instances, create = self._instances(name, model_dir, version, config, states)
         try:
             warm_up(config, instances, model_dir)
             spec = ModelSpec.from_config(config)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
-            runner = self._runner(name, version, config, instances, create, stats, metrics)
+            runner = self._runner(name, version, config, instances, create, stats, metrics, states)
         except BaseException:
             for instance in instances:
                 instance.close()
@@ -215,7 +217,12 @@ class VersionBuilder:
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics)
 
     def _instances(
-        self, name: str, model_dir: Path, version: int, config: mc.ModelConfig
+        self,
+        name: str,
+        model_dir: Path,
+        version: int,
+        config: mc.ModelConfig,
+        states: list[StateTensor],
     ) -> tuple[list[Backend], Callable[[int], Backend]]:
         """The config's instances, and how to create instance i again (a replacement)."""
         version_dir = model_dir / str(version)
@@ -246,8 +253,13 @@ class VersionBuilder:
                 instance = create(index)
                 instances.append(instance)
                 if index == 0:
-                    signature = _without_controls(instance.signature(), config)
-                    complete_config(config, signature, self.settings.default_max_batch_size)
+                    signature = instance.signature()
+                    check_signature(states, signature)
+                    complete_config(
+                        config,
+                        _client_signature(signature, config),
+                        self.settings.default_max_batch_size,
+                    )
         except BaseException:
             for instance in instances:
                 instance.close()
@@ -263,6 +275,7 @@ class VersionBuilder:
         create: Callable[[int], Backend],
         stats: ModelStats,
         metrics: ModelMetrics | None,
+        states: list[StateTensor],
     ) -> ModelRunner:
         observer = _execution_observer(stats, metrics)
         sequences = config.WhichOneof("scheduling_choice") == "sequence_batching"
@@ -277,7 +290,9 @@ class VersionBuilder:
             raise ModelLoadError("a decoupled model with sequence_batching is not supported")
         if sequences:
             threads = InstanceThreads(f"{name}_{version}", instances)
-            return SequenceRunner(name, config, threads, self.settings.max_queue_size, observer)
+            return SequenceRunner(
+                name, config, threads, self.settings.max_queue_size, observer, states
+            )
         if config.model_transaction_policy.decoupled:
             if config.HasField("dynamic_batching"):
                 raise ModelLoadError(
@@ -302,16 +317,21 @@ class VersionBuilder:
         )
 
 
-def _without_controls(
+def _client_signature(
     signature: ModelSignature | None, config: mc.ModelConfig
 ) -> ModelSignature | None:
-    """The model file's signature less the sequence batcher's control inputs, which the
-    batcher supplies and the config's `input` list does not name."""
-    controls = {c.name for c in config.sequence_batching.control_input}
-    if signature is None or not controls:
+    """The model file's signature as clients see it: less the sequence batcher's control and
+    state inputs, which the batcher supplies, and less the state outputs the config's
+    `output` list does not name (a client may read a state only where the config lists it)."""
+    batching = config.sequence_batching
+    supplied = {c.name for c in batching.control_input} | {s.input_name for s in batching.state}
+    listed = {o.name for o in config.output}
+    hidden = {s.output_name for s in batching.state} - listed
+    if signature is None or not (supplied or hidden):
         return signature
-    inputs = tuple(t for t in signature.inputs if t.name not in controls)
-    return ModelSignature(inputs, signature.outputs)
+    inputs = tuple(t for t in signature.inputs if t.name not in supplied)
+    outputs = tuple(t for t in signature.outputs if t.name not in hidden)
+    return ModelSignature(inputs, outputs)
 
 
 def _execution_observer(stats: ModelStats, metrics: ModelMetrics | None) -> ExecutionObserver:

@@ -5,7 +5,9 @@ and which requests run next; this runner reads each request's `sequence_id`,
 `sequence_start` and `sequence_end` parameters (tritonclient sets them), builds each batch
 with the control inputs the config declares (START, END, READY, CORRID), runs it on the
 sequence's instance, and hands each request its row of the outputs. An instance runs one
-batch at a time, so a sequence's requests run strictly in order.
+batch at a time, so a sequence's requests run strictly in order. A model with implicit
+state (runners/sequence_state.py) gets each sequence's state as an input and leaves its
+next state in an output.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ from tensorgate.batching.sequences import (
     SequenceSlots,
 )
 from tensorgate.dataplane.types import Array, InferRequest, ParameterValue
-from tensorgate.errors import InvalidArgument, ModelLoadError, TensorgateError, Unavailable
+from tensorgate.errors import (
+    InvalidArgument,
+    ModelExecutionError,
+    ModelLoadError,
+    TensorgateError,
+    Unavailable,
+)
 from tensorgate.executors.instance_threads import InstanceThreads, in_daemon_thread
 from tensorgate.protocol import datatypes
 from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, Streamed, one_result
+from tensorgate.runners.sequence_state import StateTensor, next_states
 
 Control = mc.ModelSequenceBatching.Control
 # Triton's default idle limit when the config sets none.
@@ -139,11 +148,13 @@ class SequenceRunner:
         instances: InstanceThreads,
         max_backlog: int,
         on_execution: ExecutionObserver | None = None,
+        states: list[StateTensor] | None = None,
     ) -> None:
         self.name = name
         self.instances = instances
         self.batched = config.max_batch_size > 0
         self.controls = control_inputs(config)
+        self.states = states or []
         batching = config.sequence_batching
         direct = batching.WhichOneof("strategy_choice") != "oldest"
         max_batch = max(config.max_batch_size, 1)
@@ -217,8 +228,22 @@ class SequenceRunner:
         """The ready sequences whose next inputs can share a batch with the first's."""
         if not ready or not self.batched:
             return ready[:1]
-        key = _shape_key(ready[0].pending[0].handle.inputs)
-        return [s for s in ready if _shape_key(s.pending[0].handle.inputs) == key]
+        key = self._shape_key(ready[0])
+        return [s for s in ready if self._shape_key(s) == key]
+
+    def _shape_key(self, sequence: Sequence) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """What must agree for sequences to share a batch: their next inputs' shapes, and
+        their states' (a state with variable dims can differ from sequence to sequence)."""
+        key = _shape_key(sequence.pending[0].handle.inputs)
+        if not self.states:
+            return key
+        return key + _shape_key(self._state_of(sequence))
+
+    def _state_of(self, sequence: Sequence) -> dict[str, Array]:
+        if sequence.state is not None:
+            state: dict[str, Array] = sequence.state
+            return state
+        return {s.input_name: s.initial for s in self.states}
 
     def _assemble(self, batch: list[Sequence], rows: list[int]) -> dict[str, Array]:
         heads = [s.pending[0] for s in batch]
@@ -226,18 +251,21 @@ class SequenceRunner:
             inputs = dict(heads[0].handle.inputs)
             for control in self.controls:
                 inputs[control.name] = _control_values(control, batch, heads, [0], 1).reshape(1)
+            if self.states:
+                inputs.update(self._state_of(batch[0]))
             return inputs
         size = max(rows) + 1
-        inputs = {}
-        for name, first in heads[0].handle.inputs.items():
-            merged = np.zeros((size, *first.shape[1:]), dtype=first.dtype)
-            if first.dtype == np.object_:
-                merged[...] = b""
-            for head, row in zip(heads, rows, strict=True):
-                merged[row] = head.handle.inputs[name][0]
-            inputs[name] = merged
+        inputs = {
+            name: _merged([head.handle.inputs[name][0] for head in heads], rows, size)
+            for name in heads[0].handle.inputs
+        }
         for control in self.controls:
             inputs[control.name] = _control_values(control, batch, heads, rows, size)
+        if self.states:
+            states = [self._state_of(sequence) for sequence in batch]
+            for state in self.states:
+                name = state.input_name
+                inputs[name] = _merged([values[name] for values in states], rows, size)
         return inputs
 
     def _finished(
@@ -251,6 +279,8 @@ class SequenceRunner:
         now = time.perf_counter_ns()
         heads = [s.pending[0] for s in batch]
         error = future.exception()
+        if error is None and self.states:
+            error = self._keep_states(batch, rows, future.result()[0])
         if error is not None:
             for head in heads:
                 _settle(head.handle.future, error)
@@ -280,6 +310,19 @@ class SequenceRunner:
         self._busy[instance] = False
         for index in {instance, *woken}:
             self._dispatch(index)
+
+    def _keep_states(
+        self, batch: list[Sequence], rows: list[int], outputs: dict[str, Array]
+    ) -> ModelExecutionError | None:
+        """Store each sequence's next state; a state output that does not fit fails the
+        batch's requests and leaves every state as it was."""
+        try:
+            states = next_states(self.name, self.states, outputs, rows if self.batched else None)
+        except ModelExecutionError as exc:
+            return exc
+        for sequence, state in zip(batch, states, strict=True):
+            sequence.state = state
+        return None
 
     # Idle sequences --------------------------------------------------------------------
 
@@ -339,6 +382,18 @@ def _control_values(
         on = {"start": head.start, "end": head.end, "ready": True}[control.kind]
         values[row, 0] = true if on else false
     return values
+
+
+def _merged(values: list[Array], rows: list[int], size: int) -> Array:
+    """A batch tensor of `size` rows with each value at its row; the rows of slots with no
+    request are zeros (empty strings for BYTES)."""
+    first = values[0]
+    merged = np.zeros((size, *first.shape), dtype=first.dtype)
+    if first.dtype == np.object_:
+        merged[...] = b""
+    for value, row in zip(values, rows, strict=True):
+        merged[row] = value
+    return merged
 
 
 def _shape_key(inputs: dict[str, Array]) -> tuple[tuple[str, tuple[int, ...]], ...]:
