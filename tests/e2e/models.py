@@ -85,6 +85,40 @@ def exported_program(root: Path) -> None:
     )
 
 
+# Triton's reshape: clients send X as [batch, 4] and read Y as [batch, 1]; the ONNX file
+# takes [batch, 2, 2] and gives [batch]. The warmup sample is in the clients' shape.
+RESHAPED_CONFIG = """
+max_batch_size: 8
+dynamic_batching { }
+input [{ name: "X", data_type: TYPE_FP32, dims: [ 4 ], reshape { shape: [ 2, 2 ] } }]
+output [{ name: "Y", data_type: TYPE_FP32, dims: [ 1 ], reshape { shape: [ ] } }]
+model_warmup [{
+  name: "zeros", batch_size: 2,
+  inputs { key: "X" value { data_type: TYPE_FP32, dims: [ 4 ], zero_data: true } }
+}]
+"""
+
+
+def reshaped_onnx(root: Path) -> None:
+    """Y = the sum of each [2, 2] X."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["X", "AXES"], ["Y"], keepdims=0)],
+        "reshaped",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 2, 2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("AXES", TensorProto.INT64, [2], [1, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    (root / "reshaped" / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(root / "reshaped" / "1" / "model.onnx"))
+    (root / "reshaped" / "config.pbtxt").write_text(RESHAPED_CONFIG)
+
+
 def build_test_repository(root: Path) -> None:
     """The example models plus one identity model per datatype and a failing model."""
     from tensorgate.examples.build import build
@@ -95,6 +129,7 @@ def build_test_repository(root: Path) -> None:
     python_model(root, "identity_bf16", BF16_IDENTITY, "BF16")
     python_model(root, "failing", FAILING_MODEL, "FP32")
     exported_program(root)
+    reshaped_onnx(root)
     # Two versions of one model; the default policy serves only the latest.
     for version in (1, 2):
         identity_onnx(root / "versioned" / str(version) / "model.onnx", "INT32")
@@ -112,8 +147,14 @@ def build_broken_repository(root: Path) -> dict[str, str]:
     (root / "bad_mismatch" / "config.pbtxt").write_text(
         'max_batch_size: 4 input [{ name: "INPUT", data_type: TYPE_INT32, dims: [4] }]\n'
     )
+    identity_onnx(root / "bad_reshape" / "1" / "model.onnx", "FP32")
+    (root / "bad_reshape" / "config.pbtxt").write_text(
+        'max_batch_size: 4 input [{ name: "INPUT", data_type: TYPE_FP32, dims: [3], '
+        "reshape { shape: [4] } }]\n"
+    )
     (root / "bad_no_versions").mkdir()
     return {
+        "bad_reshape": "input 'INPUT': reshape [4] of dims [3]: the element counts differ",
         "bad_parse": "does not parse",
         "bad_backend": "unknown backend 'tensorflow'",
         "bad_mismatch": "'INPUT' is TYPE_INT32 but the model file has TYPE_FP32",

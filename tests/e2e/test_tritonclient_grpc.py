@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server
@@ -140,6 +141,31 @@ def test_torch_export_program_serves(client: grpcclient.InferenceServerClient) -
     tensor = grpcclient.InferInput("X", [2, 4], "FP32")
     tensor.set_data_from_numpy(x)
     assert client.infer("exported", [tensor]).as_numpy("Y").tolist() == (x * 2 + 1).tolist()
+
+
+def test_reshape_serves_the_configs_dims_to_clients_and_the_files_shapes_to_the_model(
+    server: Server,
+) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        metadata = client.get_model_metadata("reshaped", as_json=True)
+        tensor = grpcclient.InferInput("X", [3, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        y = client.infer("reshaped", [tensor]).as_numpy("Y")
+        bad = grpcclient.InferInput("X", [3, 2, 2], "FP32")
+        bad.set_data_from_numpy(x.reshape(3, 2, 2))
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("reshaped", [bad])
+    assert metadata["inputs"][0]["shape"] == ["-1", "4"]
+    assert metadata["outputs"][0]["shape"] == ["-1", "1"]
+    assert y.tolist() == [[6.0], [22.0], [38.0]]
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "has shape [3, 2, 2]" in refused.value.message()
+    http = httpclient.InferenceServerClient(server.http_url)
+    tensor = httpclient.InferInput("X", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    assert http.infer("reshaped", [tensor]).as_numpy("Y").tolist() == [[4.0]]
+    http.close()
 
 
 def test_versions_are_addressable(client: grpcclient.InferenceServerClient) -> None:

@@ -32,7 +32,7 @@ def test_the_bundled_examples_use_only_supported_fields() -> None:
     [
         ("optimization { cuda { graphs: true } }", "optimization"),
         ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
-        ("input [{ name: 'x', reshape { shape: [1] } }]", "input.reshape"),
+        ("input [{ name: 'x', allow_ragged_batch: true }]", "input.allow_ragged_batch"),
         (
             "sequence_batching { state [{ input_name: 'a', use_growable_memory: true }] }",
             "sequence_batching.state.use_growable_memory",

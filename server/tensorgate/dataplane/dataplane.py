@@ -17,10 +17,11 @@ import numpy as np
 
 from tensorgate import __version__
 from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.reshape import reshaped
 from tensorgate.dataplane.response_cache import ResponseCache
 from tensorgate.dataplane.shared_memory import SharedMemoryRegistry
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
-from tensorgate.dataplane.validation import validate_request
+from tensorgate.dataplane.validation import reshape_inputs, validate_request
 from tensorgate.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -32,6 +33,7 @@ from tensorgate.errors import (
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol import datatypes
+from tensorgate.repository.config import TensorSpec
 from tensorgate.repository.manager import LOADING, UNAVAILABLE, ModelRepository
 from tensorgate.runners.base import ModelVersion, Scheduled
 
@@ -235,6 +237,8 @@ class DataPlane:
         self, model: ModelVersion, request: InferRequest, started: int
     ) -> tuple[Scheduled, dict[str, Array]]:
         rows = validate_request(request, model.spec)
+        if model.spec.reshaped_inputs:
+            reshape_inputs(request, model.spec)
         task = asyncio.current_task()
         tracks = self._track(task)
         try:
@@ -275,6 +279,8 @@ class DataPlane:
             raise
         try:
             rows = validate_request(request, model.spec)
+            if model.spec.reshaped_inputs:
+                reshape_inputs(request, model.spec)
             if request.output_regions:
                 raise InvalidArgument(
                     f"model '{model.name}' answers through a stream of responses: its outputs "
@@ -363,6 +369,8 @@ class DataPlane:
                 raise ModelExecutionError(f"it returned no output '{name}'")
             array = np.asarray(array)
             declared = spec.outputs[name]
+            if (reshape := declared.reshape) is not None:
+                array = _client_shape(array, declared, reshape, spec.max_batch_size > 0)
             want = declared.datatype
             if array.dtype != want.numpy and (got := datatypes.from_numpy(array.dtype)) != want:
                 raise ModelExecutionError(
@@ -380,6 +388,19 @@ class DataPlane:
                 )
             outputs[name] = array
         return outputs
+
+
+def _client_shape(
+    array: Array, declared: TensorSpec, reshape: tuple[int, ...], batched: bool
+) -> Array:
+    """An output with a `reshape`, from the model's shape to the dims clients see."""
+    try:
+        return reshaped(array, reshape, declared.dims, batched)
+    except ValueError:
+        raise ModelExecutionError(
+            f"output '{declared.name}' has shape {list(array.shape)}, which does not fit its "
+            f"reshape {list(reshape)}"
+        ) from None
 
 
 def _response(

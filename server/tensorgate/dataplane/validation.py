@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tensorgate.dataplane.reshape import reshaped
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import InvalidArgument
 from tensorgate.repository.config import ModelSpec
@@ -75,3 +76,19 @@ def validate_request(request: InferRequest, spec: ModelSpec) -> int:
                 f"model '{model}' has no outputs {unknown}; it has {', '.join(spec.outputs)}"
             )
     return sizes.pop() if sizes else 1
+
+
+def reshape_inputs(request: InferRequest, spec: ModelSpec) -> None:
+    """Give the model its inputs in their `reshape` shapes (views of the request's arrays)."""
+    batched = spec.max_batch_size > 0
+    for tensor in spec.reshaped_inputs:
+        array = request.inputs.get(tensor.name)
+        if array is None or tensor.reshape is None:
+            continue
+        try:
+            request.inputs[tensor.name] = reshaped(array, tensor.dims, tensor.reshape, batched)
+        except ValueError:
+            raise InvalidArgument(
+                f"input '{tensor.name}' of model '{spec.name}' has shape {list(array.shape)}, "
+                f"which cannot be reshaped to the model's {list(tensor.reshape)}"
+            ) from None

@@ -60,14 +60,16 @@ def _check(
                     f"a fixed first dimension {list(shape)}; set max_batch_size: 0"
                 )
             shape = shape[1:]
-        dims = list(tensor.dims)
+        # With a reshape, the model file holds the reshaped shape; clients see dims.
+        dims = list(tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims)
         compatible = len(dims) == len(shape) and all(
             m == -1 or d == -1 or m == d for d, m in zip(dims, shape, strict=True)
         )
         if not compatible:
+            what = "reshape" if tensor.HasField("reshape") else "dims"
             batch = " (after the batch dimension)" if max_batch_size > 0 else ""
             raise ModelLoadError(
-                f"config {kind} '{tensor.name}' has dims {dims} but the model file has "
+                f"config {kind} '{tensor.name}' has {what} {dims} but the model file has "
                 f"{list(shape)}{batch}"
             )
     if kind == "input":

@@ -8,6 +8,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorgate_protos import model_config_pb2 as mc
 
+from tensorgate.dataplane.reshape import check_reshape
 from tensorgate.errors import ModelLoadError
 from tensorgate.protocol import datatypes
 
@@ -52,6 +53,8 @@ class TensorSpec:
     datatype: datatypes.DataType
     dims: tuple[int, ...]
     optional: bool = False
+    # The model file's shape when the config's `reshape` differs from `dims`; None when not.
+    reshape: tuple[int, ...] | None = None
 
     def metadata_shape(self, max_batch_size: int) -> list[int]:
         """Shape as reported in model metadata: -1 leads when the model batches."""
@@ -70,6 +73,8 @@ class ModelSpec:
     output_datatypes: dict[str, str] = field(default_factory=dict)
     # Inputs the sequence batcher supplies (control and state inputs): never the client's.
     supplied: frozenset[str] = frozenset()
+    # The inputs with a `reshape`, for the data plane to reshape before the batcher.
+    reshaped_inputs: tuple[TensorSpec, ...] = ()
 
     @classmethod
     def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
@@ -80,7 +85,15 @@ class ModelSpec:
             if type_name not in datatypes.BY_CONFIG_NAME:
                 raise ModelLoadError(f"tensor '{tensor.name}' has unsupported type {type_name}")
             dims = tuple(tensor.dims)
-            return TensorSpec(tensor.name, datatypes.BY_CONFIG_NAME[type_name], dims, optional)
+            reshape = None
+            if tensor.HasField("reshape"):
+                kind = "input" if isinstance(tensor, mc.ModelInput) else "output"
+                reshape = tuple(tensor.reshape.shape)
+                check_reshape(kind, tensor.name, dims, reshape)
+                reshape = None if reshape == dims else reshape
+            return TensorSpec(
+                tensor.name, datatypes.BY_CONFIG_NAME[type_name], dims, optional, reshape
+            )
 
         if config.max_batch_size < 0:
             raise ModelLoadError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
@@ -97,4 +110,13 @@ class ModelSpec:
         supplied = frozenset(
             [*(c.name for c in batching.control_input), *(s.input_name for s in batching.state)]
         )
-        return cls(config.name, config.max_batch_size, inputs, outputs, output_datatypes, supplied)
+        reshaped_inputs = tuple(t for t in inputs.values() if t.reshape is not None)
+        return cls(
+            config.name,
+            config.max_batch_size,
+            inputs,
+            outputs,
+            output_datatypes,
+            supplied,
+            reshaped_inputs,
+        )

@@ -24,8 +24,15 @@ SUPPORTED: dict[str, Any] = {
     "backend": ALL,
     "version_policy": ALL,
     "max_batch_size": ALL,
-    "input": {"name": ALL, "data_type": ALL, "format": ALL, "dims": ALL, "optional": ALL},
-    "output": {"name": ALL, "data_type": ALL, "dims": ALL},
+    "input": {
+        "name": ALL,
+        "data_type": ALL,
+        "format": ALL,
+        "dims": ALL,
+        "optional": ALL,
+        "reshape": ALL,
+    },
+    "output": {"name": ALL, "data_type": ALL, "dims": ALL, "reshape": ALL},
     "dynamic_batching": {
         "preferred_batch_size": ALL,
         "max_queue_delay_microseconds": ALL,
@@ -91,8 +98,6 @@ REASONS = {
     "not implemented",
     "sequence_batching.oldest.preserve_ordering": "it is not implemented (each sequence's "
     "requests are always answered in order)",
-    "input.reshape": "tensor reshape is not implemented",
-    "output.reshape": "tensor reshape is not implemented",
     "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "output.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "input.allow_ragged_batch": "ragged batching is not implemented",

@@ -160,8 +160,8 @@ class VersionBuilder:
         states = state_tensors(config, model_dir)
         instances, create = self._instances(name, model_dir, version, config, states)
         try:
-            warm_up(config, instances, model_dir)
             spec = ModelSpec.from_config(config)
+            warm_up(config, spec, instances, model_dir)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
             runner = self._runner(name, version, config, instances, create, stats, metrics, states)

@@ -18,10 +18,12 @@ import numpy as np
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends.base import Backend
+from tensorgate.dataplane.reshape import reshaped
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError, TensorgateError
 from tensorgate.protocol import datatypes
 from tensorgate.protocol.tensors import array_from_raw
+from tensorgate.repository.config import ModelSpec
 
 WARMUP_DIR = "warmup"
 
@@ -94,11 +96,33 @@ def _drain(result: object) -> None:
             pass
 
 
-def warm_up(config: mc.ModelConfig, instances: list[Backend], model_dir: Path) -> None:
-    """Run every warmup sample `count` times (at least once) on every instance (blocking)."""
+def _reshape(sample: mc.ModelWarmup, spec: ModelSpec, inputs: dict[str, Array]) -> None:
+    batched = spec.max_batch_size > 0
+    for tensor in spec.reshaped_inputs:
+        if tensor.name not in inputs or tensor.reshape is None:
+            continue
+        try:
+            inputs[tensor.name] = reshaped(
+                inputs[tensor.name], tensor.dims, tensor.reshape, batched
+            )
+        except ValueError:
+            raise ModelLoadError(
+                f"warmup '{sample.name}' input '{tensor.name}': dims "
+                f"{list(sample.inputs[tensor.name].dims)} do not fit the input's dims "
+                f"{list(tensor.dims)}"
+            ) from None
+
+
+def warm_up(
+    config: mc.ModelConfig, spec: ModelSpec, instances: list[Backend], model_dir: Path
+) -> None:
+    """Run every warmup sample `count` times (at least once) on every instance (blocking).
+    Samples are given in the shapes clients send; inputs with a `reshape` are reshaped."""
     if not config.model_warmup:
         return
     samples = [(s, _sample_inputs(s, config, model_dir)) for s in config.model_warmup]
+    for sample, inputs in samples:
+        _reshape(sample, spec, inputs)
     for index, instance in enumerate(instances):
         for sample, inputs in samples:
             for _ in range(max(1, sample.count)):
