@@ -88,6 +88,24 @@ def test_first_inference_with_tritonclient_runs_as_written(
     assert result.stdout.strip() == "[[" + " ".join(["3."] * 16) + "]]"
 
 
+def test_the_classification_example_prints_three_labelled_classes(server: Server) -> None:
+    script = doc_block("docs/pages/protocols.md", "classification-python")
+    script = script.replace(".venv/bin/python", sys.executable)
+    result = subprocess.run(
+        ["bash", "-c", script.replace("localhost:8001", server.url)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    entries = re.findall(r"b'(-?[0-9.]+):([0-9]):([a-z]+)'", result.stdout)
+    assert len(entries) == 3, result.stdout
+    assert [float(value) for value, _, _ in entries] == sorted(
+        (float(value) for value, _, _ in entries), reverse=True
+    )
+
+
 @pytest.fixture(scope="module")
 def fuzzed_server(
     test_repository: Path, tmp_path_factory: pytest.TempPathFactory

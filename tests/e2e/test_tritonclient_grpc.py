@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 import tritonclient.http as httpclient
+from tensorgate.examples.build import CNN_LABELS
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server
@@ -133,6 +134,50 @@ def test_torchscript_cnn_returns_logits_per_image(client: grpcclient.InferenceSe
     single.set_data_from_numpy(images[2:3])
     np.testing.assert_allclose(
         client.infer("cnn", [single]).as_numpy("LOGITS")[0], logits[2], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_classification_returns_the_top_classes_with_their_labels(server: Server) -> None:
+    images = np.random.rand(3, 3, 32, 32).astype(np.float32)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert "classification" in client.get_server_metadata().extensions
+        tensor = grpcclient.InferInput("IMAGE", [3, 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(images)
+        logits = client.infer("cnn", [tensor]).as_numpy("LOGITS")
+        top = grpcclient.InferRequestedOutput("LOGITS", class_count=3)
+        classes = client.infer("cnn", [tensor], outputs=[top]).as_numpy("LOGITS")
+    http = httpclient.InferenceServerClient(server.http_url)
+    tensor = httpclient.InferInput("IMAGE", [3, 3, 32, 32], "FP32")
+    tensor.set_data_from_numpy(images)
+    every = httpclient.InferRequestedOutput("LOGITS", class_count=20)
+    over_http = http.infer("cnn", [tensor], outputs=[every]).as_numpy("LOGITS")
+    http.close()
+    assert classes.shape == (3, 3)
+    for row, (logit_row, entries) in enumerate(zip(logits, classes, strict=True)):
+        expected = np.argsort(-logit_row, kind="stable")[:3]
+        parts = [entry.decode().split(":") for entry in entries]
+        assert [int(p[1]) for p in parts] == expected.tolist()
+        assert [p[2] for p in parts] == [CNN_LABELS[i] for i in expected]
+        np.testing.assert_allclose([float(p[0]) for p in parts], logit_row[expected], atol=1e-5)
+        # A count beyond the classes returns them all, the same order.
+        assert over_http.shape == (3, 10)
+        assert [e.decode().split(":")[1] for e in over_http[row][:3]] == [p[1] for p in parts]
+
+
+def test_classification_of_a_bytes_output_is_invalid(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    tensor = grpcclient.InferInput("TEXT", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"hello"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(
+            "text_stats",
+            [tensor],
+            outputs=[grpcclient.InferRequestedOutput("UPPER", class_count=1)],
+        )
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "classification ranks integer and 32- or 64-bit float outputs only" in (
+        refused.value.message()
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from tensorgate import __version__
 from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.classification import top_classes
 from tensorgate.dataplane.reshape import reshaped
 from tensorgate.dataplane.response_cache import ResponseCache
 from tensorgate.dataplane.shared_memory import SharedMemoryRegistry
@@ -47,6 +48,7 @@ EXTENSIONS = (
     "parameters",
     "logging",
     "system_shared_memory",
+    "classification",
 )
 
 
@@ -386,6 +388,10 @@ class DataPlane:
                     f"output '{name}' has shape {list(array.shape)} but the config declares "
                     f"{list(declared.metadata_shape(spec.max_batch_size))}"
                 )
+            if request.classifications and name in request.classifications:
+                count = request.classifications[name]
+                labels = spec.labels.get(name)
+                array = top_classes(name, array, count, spec.max_batch_size > 0, labels)
             outputs[name] = array
         return outputs
 
@@ -406,12 +412,15 @@ def _client_shape(
 def _response(
     model: ModelVersion, request: InferRequest, outputs: dict[str, Array], final: bool
 ) -> InferResponse:
+    types = model.spec.output_datatypes
+    if request.classifications:
+        types = {**types, **dict.fromkeys(request.classifications, "BYTES")}
     return InferResponse(
         model_name=model.name,
         model_version=str(model.version),
         id=request.id,
         outputs=outputs,
-        datatypes=model.spec.output_datatypes,
+        datatypes=types,
         final=final,
     )
 

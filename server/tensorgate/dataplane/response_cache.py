@@ -61,6 +61,8 @@ class ResponseCache:
                 digest.update(np.ascontiguousarray(array).data)
         outputs = sorted(request.requested_outputs) if request.requested_outputs else ["*"]
         digest.update(("\0".join(outputs) + "\0").encode())
+        if request.classifications:  # the answer holds the top classes, not the values
+            digest.update(repr(sorted(request.classifications.items())).encode())
         parameters = sorted(
             (k, repr(v)) for k, v in request.parameters.items() if k not in _QUEUE_PARAMETERS
         )

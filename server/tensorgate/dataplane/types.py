@@ -32,6 +32,8 @@ class InferRequest:
     deadline_ns: int = 0
     # Outputs to write into shared-memory regions (Placement by output name); None: none.
     output_regions: dict[str, Any] | None = None
+    # Outputs asked for as their top classes (class count by output name); None: none.
+    classifications: dict[str, int] | None = None
 
 
 @dataclass(slots=True)

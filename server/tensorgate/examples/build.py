@@ -1,9 +1,9 @@
 """Build the bundled example repository.
 
-add_sub (ONNX) and cnn (TorchScript) are made here; the Python models are copied from
-templates/: text_stats (BYTES in and out), words (decoupled: one response per word),
-accumulate (a sequence model), and the pipeline ensemble (preprocess → add_sub →
-postprocess). tiny_llama is a language model with random weights and a tokenizer trained
+add_sub (ONNX) and cnn (TorchScript, with class labels) are made here; the Python models
+are copied from templates/: text_stats (BYTES in and out), words (decoupled: one response
+per word), accumulate (a sequence model), and the pipeline ensemble (preprocess → add_sub
+→ postprocess). tiny_llama is a language model with random weights and a tokenizer trained
 here (examples/tiny_lm.py), served by the generation engine.
 
 usage: python -m tensorgate.examples.build OUT_DIR
@@ -38,12 +38,28 @@ parameters { key: "intra_op_thread_count" value { string_value: "1" } }
 
 CNN_CONFIG = """\
 # A small image classifier exported from torch to TorchScript: 3x32x32 image -> 10 logits.
+# Its weights are random; labels.txt names the classes for the classification extension
+# (ask for LOGITS with `classification: 3` to get the top three as "value:index:label").
 backend: "pytorch"
 max_batch_size: 16
 input [ { name: "IMAGE", data_type: TYPE_FP32, dims: [ 3, 32, 32 ] } ]
-output [ { name: "LOGITS", data_type: TYPE_FP32, dims: [ 10 ] } ]
+output [ { name: "LOGITS", data_type: TYPE_FP32, dims: [ 10 ], label_filename: "labels.txt" } ]
 instance_group [ { kind: KIND_CPU, count: 1 } ]
 """
+
+# The cnn's class names, one per logit (the ten classes of CIFAR-10, whose image size it has).
+CNN_LABELS = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def build_add_sub(path: Path) -> None:
@@ -110,6 +126,7 @@ def build(out: Path) -> None:
     (out / "add_sub" / "config.pbtxt").write_text(ADD_SUB_CONFIG)
     build_cnn(out / "cnn" / "1" / "model.pt")
     (out / "cnn" / "config.pbtxt").write_text(CNN_CONFIG)
+    (out / "cnn" / "labels.txt").write_text("\n".join(CNN_LABELS) + "\n")
     copy_templates(out)
     build_tiny_llama(out / "tiny_llama" / "1")
     (out / "tiny_llama" / "config.pbtxt").write_text(GENERATION_CONFIG)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from tensorgate_protos import grpc_service_pb2 as pb
 
+from tensorgate.dataplane.classification import classify
 from tensorgate.dataplane.shared_memory import (
     BYTE_SIZE,
     OFFSET,
@@ -136,15 +137,14 @@ def _requested_outputs(
     for out in outputs:
         if not out.parameters:
             continue
-        if "classification" in out.parameters:
-            raise InvalidArgument(
-                f"output '{out.name}': the classification extension is not supported"
-            )
-        place = placement(decode_parameters(out.parameters), f"output '{out.name}'")
+        params = decode_parameters(out.parameters)
+        place = placement(params, f"output '{out.name}'")
         if place is not None:
             registry(shm)
             request.output_regions = request.output_regions or {}
             request.output_regions[out.name] = place
+        if "classification" in params:
+            classify(request, out.name, params["classification"])
 
 
 def _array_from_shm(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tensorgate.dataplane.classification import classify
 from tensorgate.dataplane.shared_memory import (
     BYTE_SIZE,
     OFFSET,
@@ -300,10 +301,8 @@ def _outputs(value: Any, decoded: RestInferRequest) -> None:
                 request = decoded.request
                 request.output_regions = request.output_regions or {}
                 request.output_regions[name] = place
-            if "classification" in params:
-                raise InvalidArgument(
-                    f"output '{name}': the classification extension is not supported"
-                )
+            if "classification" in checked:
+                classify(decoded.request, name, checked["classification"])
             if "binary_data" in params:
                 decoded.binary_outputs[name] = bool(params["binary_data"])
         names.append(name)

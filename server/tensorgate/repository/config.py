@@ -75,9 +75,13 @@ class ModelSpec:
     supplied: frozenset[str] = frozenset()
     # The inputs with a `reshape`, for the data plane to reshape before the batcher.
     reshaped_inputs: tuple[TensorSpec, ...] = ()
+    # Class labels by output (`label_filename`), for the classification extension.
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: mc.ModelConfig) -> ModelSpec:
+    def from_config(
+        cls, config: mc.ModelConfig, labels: dict[str, tuple[str, ...]] | None = None
+    ) -> ModelSpec:
         """Resolve datatypes and dims; a config naming an unsupported type fails the load."""
 
         def spec(tensor: mc.ModelInput | mc.ModelOutput, optional: bool) -> TensorSpec:
@@ -119,4 +123,5 @@ class ModelSpec:
             output_datatypes,
             supplied,
             reshaped_inputs,
+            labels or {},
         )

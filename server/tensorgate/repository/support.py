@@ -32,7 +32,13 @@ SUPPORTED: dict[str, Any] = {
         "optional": ALL,
         "reshape": ALL,
     },
-    "output": {"name": ALL, "data_type": ALL, "dims": ALL, "reshape": ALL},
+    "output": {
+        "name": ALL,
+        "data_type": ALL,
+        "dims": ALL,
+        "reshape": ALL,
+        "label_filename": ALL,
+    },
     "dynamic_batching": {
         "preferred_batch_size": ALL,
         "max_queue_delay_microseconds": ALL,
@@ -101,7 +107,6 @@ REASONS = {
     "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "output.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "input.allow_ragged_batch": "ragged batching is not implemented",
-    "output.label_filename": "the classification extension is not implemented",
 }
 
 

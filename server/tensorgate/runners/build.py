@@ -28,6 +28,7 @@ from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
 from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
 from tensorgate.dataplane.calls import ModelCalls
+from tensorgate.dataplane.classification import Labels, read_labels
 from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
@@ -153,14 +154,15 @@ class VersionBuilder:
                 "model_warmup is implemented for models with instances, not for ensembles or "
                 "generation models"
             )
+        labels = read_labels(config, model_dir)
         if config.platform == ENSEMBLE:
-            return self._ensemble(name, version, config)
+            return self._ensemble(name, version, config, labels)
         if config.backend == GENERATION:
-            return self._generation(name, model_dir / str(version), version, config)
+            return self._generation(name, model_dir / str(version), version, config, labels)
         states = state_tensors(config, model_dir)
         instances, create = self._instances(name, model_dir, version, config, states)
         try:
-            spec = ModelSpec.from_config(config)
+            spec = ModelSpec.from_config(config, labels)
             warm_up(config, spec, instances, model_dir)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
@@ -188,7 +190,9 @@ class VersionBuilder:
             )
         return True
 
-    def _ensemble(self, name: str, version: int, config: mc.ModelConfig) -> ModelVersion:
+    def _ensemble(
+        self, name: str, version: int, config: mc.ModelConfig, labels: Labels
+    ) -> ModelVersion:
         if self.calls is None:
             raise ModelLoadError("ensembles need the data plane, which this server lacks")
         if not config.input or not config.output:
@@ -199,7 +203,7 @@ class VersionBuilder:
                 "model's config"
             )
         config.backend = ""
-        spec = ModelSpec.from_config(config)
+        spec = ModelSpec.from_config(config, labels)
         plan = EnsemblePlan.from_config(config, self.resolve)
         runner = EnsembleRunner(name, plan, spec, self.calls.on_loop)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
@@ -207,12 +211,12 @@ class VersionBuilder:
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)
 
     def _generation(
-        self, name: str, version_dir: Path, version: int, config: mc.ModelConfig
+        self, name: str, version_dir: Path, version: int, config: mc.ModelConfig, labels: Labels
     ) -> ModelVersion:
         from tensorgate.generation.build import build_generation
 
         runner = build_generation(name, version_dir, config, self.settings.kv_cache_bytes)
-        spec = ModelSpec.from_config(config)
+        spec = ModelSpec.from_config(config, labels)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics)
 
