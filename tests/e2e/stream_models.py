@@ -124,10 +124,19 @@ output [{ name: "OUTPUT", data_type: TYPE_INT32, dims: [1] }]
 """
 
 
+# The oldest strategy holding a batch (up to 60 s) until two sequences are ready.
+PAIRED_SEQUENCE_CONFIG = SIMPLE_SEQUENCE_CONFIG.replace(
+    "sequence_batching {",
+    "sequence_batching {\n  oldest { max_candidate_sequences: 4, preferred_batch_size: [ 2 ], "
+    "max_queue_delay_microseconds: 60000000 }",
+)
+
+
 def build_sequence_models(root: Path) -> None:
-    """simple_sequence: Triton's example contract (the examples add `accumulate`); the
-    ONNX models with implicit state."""
+    """simple_sequence: Triton's example contract (the examples add `accumulate`), and
+    paired_sequence, the same batched in twos; the ONNX models with implicit state."""
     _write(root, "simple_sequence", SIMPLE_SEQUENCE_CONFIG, SIMPLE_SEQUENCE_MODEL)
+    _write(root, "paired_sequence", PAIRED_SEQUENCE_CONFIG, SIMPLE_SEQUENCE_MODEL)
     build_state_models(root)
 
 

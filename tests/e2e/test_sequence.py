@@ -175,6 +175,33 @@ def test_http_sequence_error_is_400(stream_server: Server) -> None:
     assert "sequence_id" in reply.json()["error"]
 
 
+def test_the_oldest_strategy_batches_two_sequences_at_its_preferred_size(
+    stream_server: Server,
+) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        for step in range(3):
+            for sequence_id in (4001, 4002):
+                client.async_stream_infer(
+                    "paired_sequence",
+                    [value(grpcclient, sequence_id + step)],
+                    sequence_id=sequence_id,
+                    sequence_start=step == 0,
+                    sequence_end=step == 2,
+                )
+        outputs = []
+        for _ in range(6):
+            item = results.get(timeout=30)
+            assert not isinstance(item, InferenceServerException), item
+            outputs.append(int(item.as_numpy("OUTPUT")[0][0]))
+        client.stop_stream()
+        stats = client.get_inference_statistics("paired_sequence", as_json=True)
+    assert sorted(outputs) == [4002, 4002, 4003, 4003, 4003, 4004]  # START adds 1 at step 0
+    batches = stats["model_stats"][0]["batch_stats"]
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in batches] == [("2", "3")]
+
+
 # Implicit state -------------------------------------------------------------------------
 
 

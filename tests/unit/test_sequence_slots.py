@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tensorgate.batching.sequences import SequenceRequest, SequenceSlots
+from tensorgate.batching.sequences import BatchWait, SequenceRequest, SequenceSlots
 from tensorgate.errors import InvalidArgument, ResourceExhausted
 
 MS = 1_000_000
@@ -131,3 +131,35 @@ def test_a_running_request_whose_caller_left_stays_until_its_batch_finishes() ->
     assert list(a.pending) == [first, second]
     policy.finished([a], 2)
     assert list(a.pending) == [second]
+
+
+# Waiting for more sequences --------------------------------------------------------------
+
+
+def test_direct_waits_for_the_slot_utilization_until_the_delay_passes() -> None:
+    wait = BatchWait(10 * MS, min_utilization=0.5)
+    policy = SequenceSlots("m", 1, 4, 4, 100 * MS, 2, True, wait)
+    a = policy.add(1, req(start=True, at=0), 0)
+    assert policy.due([a], 3 * MS) == (0, 7 * MS)  # 1 of 4 slots: wait from a's arrival
+    assert policy.due([a], 10 * MS) == (1, 0)  # the delay has passed
+    b = policy.add(2, req(start=True, at=4 * MS), 4 * MS)
+    assert policy.due([a, b], 4 * MS) == (2, 0)  # 2 of 4 slots: half, it goes
+
+
+def test_direct_without_a_minimum_utilization_never_waits() -> None:
+    policy = SequenceSlots("m", 1, 4, 4, 100 * MS, 2, True, BatchWait(10 * MS))
+    a = policy.add(1, req(start=True), 0)
+    assert policy.due([a], 0) == (1, 0)
+
+
+def test_oldest_sends_a_preferred_size_at_once_and_waits_below_it() -> None:
+    wait = BatchWait(10 * MS, preferred=(2, 3))
+    policy = SequenceSlots("m", 1, 8, 4, 100 * MS, 2, False, wait)
+    a = policy.add(1, req(start=True, at=0), 0)
+    assert policy.due([a], 1 * MS) == (0, 9 * MS)
+    b = policy.add(2, req(start=True, at=1 * MS), 1 * MS)
+    c = policy.add(3, req(start=True, at=2 * MS), 2 * MS)
+    d = policy.add(4, req(start=True, at=2 * MS), 2 * MS)
+    assert policy.due([a, b], 2 * MS) == (2, 0)
+    assert policy.due([a, b, c, d], 2 * MS) == (4, 0)  # the maximum batch goes whole
+    assert policy.due([a, b, c], 2 * MS) == (3, 0)

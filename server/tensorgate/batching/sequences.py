@@ -13,6 +13,10 @@ It follows Triton's sequence batcher:
   (direct: at its slot's row; oldest: the oldest first, up to `max_batch_size`).
 - A sequence with nothing queued or running for `max_sequence_idle_microseconds` is
   released; a later request with its id is refused as not started.
+- A ready batch may wait up to `max_queue_delay_microseconds` for more sequences: with
+  direct, until `minimum_slot_utilization` of the instance's slots are ready (0, the
+  default, waits for nothing); with oldest, until a `preferred_batch_size` or the maximum
+  batch can be formed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from typing import Any
 from tensorgate.errors import InvalidArgument, ResourceExhausted
 
 CorrelationId = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWait:
+    """How long a ready batch may wait for more sequences, and what ends the wait early."""
+
+    delay_ns: int = 0
+    min_utilization: float = 0.0  # direct: the share of slots ready that sends a batch
+    preferred: tuple[int, ...] = ()  # oldest: batch sizes sent as soon as they can form
 
 
 @dataclass(slots=True, eq=False)
@@ -63,8 +76,11 @@ class SequenceSlots:
         idle_ns: int,
         max_backlog: int,
         direct: bool,
+        wait: BatchWait | None = None,
     ) -> None:
         self.model = model
+        self.slots = slots
+        self.wait = wait or BatchWait()
         self.max_batch = max_batch
         self.idle_ns = idle_ns
         self.max_backlog = max_backlog
@@ -132,6 +148,24 @@ class SequenceSlots:
         else:
             ready.sort(key=lambda s: s.pending[0].enqueued_ns)
         return ready[: self.max_batch]
+
+    def due(self, batch: list[Sequence], now_ns: int) -> tuple[int, int]:
+        """How many of a ready `batch` go now and, when none may go yet, how many ns until
+        they may (0 and that wait; the wait runs from the oldest request's arrival)."""
+        wait = self.wait
+        if not wait.delay_ns:
+            return len(batch), 0
+        if self.direct:
+            if not wait.min_utilization or len(batch) >= wait.min_utilization * self.slots:
+                return len(batch), 0
+        else:
+            if len(batch) >= self.max_batch:
+                return len(batch), 0
+            fitting = [size for size in wait.preferred if size <= len(batch)]
+            if fitting:
+                return max(fitting), 0
+        remaining = min(s.pending[0].enqueued_ns for s in batch) + wait.delay_ns - now_ns
+        return (len(batch), 0) if remaining <= 0 else (0, remaining)
 
     def taken(self, batch: list[Sequence]) -> None:
         """The batch's requests are running."""

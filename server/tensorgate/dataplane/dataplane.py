@@ -41,14 +41,19 @@ from tensorgate.runners.base import ModelVersion, Scheduled
 log = logging.getLogger(__name__)
 
 _DRAIN_POLL_S = 0.02
+# Triton's names for the protocol extensions served here (trace settings are not).
 EXTENSIONS = (
-    "model_repository",
-    "model_configuration",
-    "statistics",
-    "parameters",
-    "logging",
-    "system_shared_memory",
     "classification",
+    "sequence",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
 )
 
 

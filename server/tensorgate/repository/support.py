@@ -58,8 +58,12 @@ SUPPORTED: dict[str, Any] = {
             "dims": ALL,
             "initial_state": ALL,
         },
-        "direct": {},
-        "oldest": {"max_candidate_sequences": ALL},
+        "direct": {"max_queue_delay_microseconds": ALL, "minimum_slot_utilization": ALL},
+        "oldest": {
+            "max_candidate_sequences": ALL,
+            "max_queue_delay_microseconds": ALL,
+            "preferred_batch_size": ALL,
+        },
     },
     "ensemble_scheduling": {
         "step": {"model_name": ALL, "model_version": ALL, "input_map": ALL, "output_map": ALL}
@@ -94,14 +98,6 @@ REASONS = {
     "sequence_batching.state.use_growable_memory": "states live in host memory; growable "
     "GPU state buffers are not implemented",
     "sequence_batching.iterative_sequence": "iterative sequences are not implemented",
-    "sequence_batching.direct.max_queue_delay_microseconds": "a queue delay for sequence "
-    "batches is not implemented (a batch goes as soon as its instance is free)",
-    "sequence_batching.oldest.max_queue_delay_microseconds": "a queue delay for sequence "
-    "batches is not implemented (a batch goes as soon as its instance is free)",
-    "sequence_batching.direct.minimum_slot_utilization": "minimum slot utilization is not "
-    "implemented",
-    "sequence_batching.oldest.preferred_batch_size": "preferred batch sizes for sequences are "
-    "not implemented",
     "sequence_batching.oldest.preserve_ordering": "it is not implemented (each sequence's "
     "requests are always answered in order)",
     "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",

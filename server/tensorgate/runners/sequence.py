@@ -26,6 +26,7 @@ from tensorgate_protos import model_config_pb2 as mc
 from tensorgate.backends.base import Backend
 from tensorgate.batching.scheduler import ExecutionObserver
 from tensorgate.batching.sequences import (
+    BatchWait,
     CorrelationId,
     Sequence,
     SequenceRequest,
@@ -108,6 +109,34 @@ def control_inputs(config: mc.ModelConfig) -> list[ControlInput]:
     return controls
 
 
+def batch_wait(config: mc.ModelConfig) -> BatchWait:
+    """How long the strategy lets a ready batch wait for more sequences; a value that
+    cannot work fails the load, naming it."""
+    batching = config.sequence_batching
+    if batching.WhichOneof("strategy_choice") == "oldest":
+        oldest = batching.oldest
+        max_batch = max(config.max_batch_size, 1)
+        wrong = [size for size in oldest.preferred_batch_size if not 0 < size <= max_batch]
+        if wrong:
+            raise ModelLoadError(
+                f"sequence_batching.oldest.preferred_batch_size {wrong} must lie in 1 to "
+                f"max_batch_size ({max_batch})"
+            )
+        return BatchWait(
+            oldest.max_queue_delay_microseconds * 1000, preferred=tuple(oldest.preferred_batch_size)
+        )
+    direct = batching.direct
+    if not 0.0 <= direct.minimum_slot_utilization <= 1.0:
+        raise ModelLoadError(
+            "sequence_batching.direct.minimum_slot_utilization must lie in 0 to 1, got "
+            f"{direct.minimum_slot_utilization:g}"
+        )
+    return BatchWait(
+        direct.max_queue_delay_microseconds * 1000,
+        min_utilization=direct.minimum_slot_utilization,
+    )
+
+
 def sequence_parameters(
     params: dict[str, ParameterValue], model: str
 ) -> tuple[CorrelationId, bool, bool]:
@@ -160,12 +189,15 @@ class SequenceRunner:
         max_batch = max(config.max_batch_size, 1)
         slots = max_batch if direct else max(batching.oldest.max_candidate_sequences, max_batch)
         idle_us = batching.max_sequence_idle_microseconds or DEFAULT_IDLE_US
+        wait = batch_wait(config)
         self.policy = SequenceSlots(
-            name, len(instances), slots, max_batch, idle_us * 1000, max_backlog, direct
+            name, len(instances), slots, max_batch, idle_us * 1000, max_backlog, direct, wait
         )
         self._on_execution = on_execution
         self._busy = [False] * len(instances)
         self._timer: asyncio.TimerHandle | None = None
+        # Per instance: the wake-up of a batch waiting for more sequences (BatchWait).
+        self._holds: list[asyncio.TimerHandle | None] = [None] * len(instances)
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
 
@@ -215,6 +247,13 @@ class SequenceRunner:
             self._arm_expiry()
             self._check_drained()
             return
+        count, wait_ns = (
+            (len(batch), 0) if self._closing else self.policy.due(batch, time.perf_counter_ns())
+        )
+        if not count:
+            self._hold(instance, wait_ns)
+            return
+        batch = batch[:count]
         self.policy.taken(batch)
         self._busy[instance] = True
         rows = [s.slot for s in batch] if self.policy.direct else list(range(len(batch)))
@@ -223,6 +262,19 @@ class SequenceRunner:
         worker = self.instances.instances[instance]
         future = worker.call(_execute, worker.backend, inputs)
         future.add_done_callback(partial(self._finished, instance, batch, rows, dispatched))
+
+    def _hold(self, instance: int, wait_ns: int) -> None:
+        """Look at the instance's ready batch again once it may go (or sooner, when more
+        sequences become ready: each new request dispatches)."""
+        if self._holds[instance] is not None:
+            return
+        self._holds[instance] = asyncio.get_running_loop().call_later(
+            wait_ns / 1e9, self._held, instance
+        )
+
+    def _held(self, instance: int) -> None:
+        self._holds[instance] = None
+        self._dispatch(instance)
 
     def _matching(self, ready: list[Sequence]) -> list[Sequence]:
         """The ready sequences whose next inputs can share a batch with the first's."""
@@ -343,6 +395,10 @@ class SequenceRunner:
 
     async def close(self) -> None:
         self._closing = True
+        for instance, hold in enumerate(self._holds):
+            if hold is not None:  # a waiting batch goes now: nothing more will join it
+                hold.cancel()
+                self._held(instance)
         if any(self._busy) or self.status().queued:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
