@@ -66,7 +66,7 @@ REFUSED_FIELDS = {
     "instance_group.rate_limiter": (
         "instance_group [{ count: 1, kind: KIND_CPU, rate_limiter { priority: 2 } }]"
     ),
-    "optimization": "optimization { graph { level: 1 } }",
+    "optimization.cuda": "optimization { cuda { graphs: true } }",
 }
 
 IDENTITY_MODEL = """

@@ -30,7 +30,7 @@ def test_the_bundled_examples_use_only_supported_fields() -> None:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ("optimization { cuda { graphs: true } }", "optimization"),
+        ("optimization { cuda { graphs: true } }", "optimization.cuda"),
         ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
         ("input [{ name: 'x', allow_ragged_batch: true }]", "input.allow_ragged_batch"),
         (

@@ -1,4 +1,5 @@
-"""ONNX Runtime backend: CPU execution provider, CUDA execution provider when present."""
+"""ONNX Runtime backend: CPU execution provider, CUDA execution provider when present.
+Session, run and provider settings come from the config (backends/onnx_options.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from tensorgate.backends.base import InstanceContext, ModelSignature, TensorSignature
+from tensorgate.backends.onnx_options import cuda_provider_options, run_options, session_options
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import InvalidArgument, ModelLoadError
 from tensorgate.executors.cuda import CudaStream, cuda_available
-from tensorgate.repository.config import parameter_int
 
 _ORT_TYPES = {
     "tensor(bool)": "TYPE_BOOL",
@@ -51,10 +52,9 @@ class OnnxInstance:
     def __init__(self, context: InstanceContext) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        threads = parameter_int(context.config, "intra_op_thread_count", context.intra_op_threads)
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = parameter_int(context.config, "inter_op_thread_count", 1)
+        config = context.config
+        options = session_options(ort, config, context.intra_op_threads)
+        self._run_options = run_options(ort, config)
         providers: list[Any] = ["CPUExecutionProvider"]
         if context.device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -64,8 +64,8 @@ class OnnxInstance:
                 )
             # Kept on the instance: the stream must outlive the session that runs on it.
             self._stream = CudaStream(context.device) if cuda_available() else None
-            options = _cuda_options(context.device, self._stream)
-            providers = [("CUDAExecutionProvider", options), *providers]
+            cuda = {**cuda_provider_options(config), **_cuda_options(context.device, self._stream)}
+            providers = [("CUDAExecutionProvider", cuda), *providers]
         try:
             self._session = ort.InferenceSession(
                 str(context.model_file), options, providers=providers
@@ -91,7 +91,7 @@ class OnnxInstance:
             feed = dict(inputs)
             for name in self._string_inputs & inputs.keys():
                 feed[name] = np.vectorize(_to_str, otypes=[object])(inputs[name])
-        results = self._session.run(self._output_names, feed)
+        results = self._session.run(self._output_names, feed, self._run_options)
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:

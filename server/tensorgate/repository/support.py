@@ -74,6 +74,8 @@ SUPPORTED: dict[str, Any] = {
     # Handed to the backend and the model as Triton does; keys a backend reads are documented.
     "parameters": ALL,
     "model_warmup": ALL,
+    # onnxruntime's graph optimization level (backends/onnx_options.py); refused elsewhere.
+    "optimization": {"graph": {"level": ALL}},
     "response_cache": ALL,
 }
 
@@ -81,8 +83,14 @@ SUPPORTED: dict[str, Any] = {
 REASONS = {
     "batch_input": "ragged batching inputs are not implemented",
     "batch_output": "ragged batching outputs are not implemented",
-    "optimization": "optimization policies (graph level, CUDA graphs, accelerators such as "
-    "TensorRT, pinned memory) are not implemented",
+    "optimization.priority": "stream priorities are not implemented",
+    "optimization.cuda": "CUDA graphs and the other CUDA execution settings are not implemented",
+    "optimization.execution_accelerators": "execution accelerators (TensorRT, OpenVINO) are "
+    "not implemented",
+    "optimization.input_pinned_memory": "pinned-memory settings are not implemented",
+    "optimization.output_pinned_memory": "pinned-memory settings are not implemented",
+    "optimization.gather_kernel_buffer_threshold": "it is not implemented",
+    "optimization.eager_batching": "it is not implemented",
     "model_operations": "model operations (op libraries) are not implemented",
     "model_repository_agents": "repository agents are not implemented",
     "cc_model_filenames": "per-compute-capability model files are not implemented",

@@ -155,6 +155,8 @@ class VersionBuilder:
                 "generation models"
             )
         labels = read_labels(config, model_dir)
+        if config.platform == ENSEMBLE or config.backend == GENERATION:
+            _check_graph_level(config, "ensemble" if config.platform == ENSEMBLE else GENERATION)
         if config.platform == ENSEMBLE:
             return self._ensemble(name, version, config, labels)
         if config.backend == GENERATION:
@@ -231,6 +233,7 @@ class VersionBuilder:
         """The config's instances, and how to create instance i again (a replacement)."""
         version_dir = model_dir / str(version)
         factory = resolve_backend(config, version_dir)
+        _check_graph_level(config, factory.name)
         path = model_file(config, factory, version_dir)
         devices = instance_devices(config)
         in_process = execution(config, self.settings.execution) == "process"
@@ -318,6 +321,14 @@ class VersionBuilder:
             self.settings.max_queue_wait,
             placement if placement in ("inline", "auto") else "thread",
             self.settings.inline_max_us,
+        )
+
+
+def _check_graph_level(config: mc.ModelConfig, backend: str) -> None:
+    if config.optimization.HasField("graph") and backend != "onnxruntime":
+        raise ModelLoadError(
+            "optimization.graph sets onnxruntime's graph optimization level; the "
+            f"{backend} backend has none"
         )
 
 
