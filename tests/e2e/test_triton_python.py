@@ -27,6 +27,26 @@ def test_add_sub_directly_and_through_bls(stream_server: Server, model: str) -> 
     np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
 
 
+def test_a_model_completes_its_own_config_as_in_triton(stream_server: Server) -> None:
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        config = client.get_model_config("triton_auto_complete", as_json=True)["config"]
+        result = client.infer("triton_auto_complete", pair("FP32", a, a))
+        index = client.get_model_repository_index(as_json=True)["models"]
+    assert config["max_batch_size"] == 8 and "dynamic_batching" in config
+    assert [(t["name"], t["dims"]) for t in config["input"]] == [
+        ("INPUT0", ["4"]),
+        ("INPUT1", ["4"]),
+    ]
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+    conflict = next(m for m in index if m["name"] == "triton_auto_complete_conflict")
+    assert conflict["state"] == "UNAVAILABLE"
+    assert (
+        "configuration specified max_batch_size 2, but in auto-complete-config"
+        in (conflict["reason"])
+    )
+
+
 def test_an_error_response_fails_only_its_own_request(stream_server: Server) -> None:
     check_error_responses_fail_alone(stream_server.url, "triton_add_sub")
 

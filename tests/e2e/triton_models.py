@@ -105,8 +105,50 @@ REPEAT_CONFIG = (
 )
 
 
+# auto_complete_config as Triton's examples write it: the model names its tensors, batch
+# size and scheduler, and its directory has no config.pbtxt.
+AUTO_COMPLETE = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        inputs = [
+            {"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]},
+            {"name": "INPUT1", "data_type": "TYPE_FP32", "dims": [4]},
+        ]
+        outputs = [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}]
+        config = auto_complete_model_config.as_dict()
+        input_names = [i["name"] for i in config["input"]]
+        output_names = [o["name"] for o in config["output"]]
+        for tensor in inputs:
+            if tensor["name"] not in input_names:
+                auto_complete_model_config.add_input(tensor)
+        for tensor in outputs:
+            if tensor["name"] not in output_names:
+                auto_complete_model_config.add_output(tensor)
+        auto_complete_model_config.set_max_batch_size(8)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            a = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            b = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", a + b)])
+            )
+        return responses
+"""
+
+
 def build_triton_models(root: Path) -> None:
-    """Triton-style model.py files: add_sub (FP32 and INT8), BLS, decoupled, strings."""
+    """Triton-style model.py files: add_sub (FP32 and INT8), BLS, decoupled, strings, and
+    one that completes its own config (`triton_auto_complete`, no config.pbtxt) beside one
+    whose config contradicts it (`triton_auto_complete_conflict`)."""
     models = {
         "triton_add_sub": (python_config("FP32", extra="dynamic_batching { }"), ADD_SUB),
         "simple_int8": (python_config("INT8"), ADD_SUB),
@@ -119,6 +161,12 @@ def build_triton_models(root: Path) -> None:
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "config.pbtxt").write_text(config)
         (root / name / "1" / "model.py").write_text(code)
+    (root / "triton_auto_complete" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "triton_auto_complete" / "1" / "model.py").write_text(AUTO_COMPLETE)
+    conflict = root / "triton_auto_complete_conflict"
+    (conflict / "1").mkdir(parents=True, exist_ok=True)
+    (conflict / "1" / "model.py").write_text(AUTO_COMPLETE)
+    (conflict / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 2\n')
 
 
 def pair(dtype: str, a: np.ndarray, b: np.ndarray) -> list[grpcclient.InferInput]:

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from google.protobuf import json_format
+from tensorgate_protos import model_config_pb2 as mc
+
 from tensorgate.backends import triton_utils
 from tensorgate.backends.base import InstanceContext, ModelSignature
-from tensorgate.backends.triton_python import TritonPythonInstance
+from tensorgate.backends.triton_python import TritonPythonInstance, config_dict
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError
 
@@ -49,12 +53,20 @@ class PythonModel:
 def import_model_file(context: InstanceContext) -> ModuleType:
     """Import the version's model.py as a module of its own (Triton's utils importable)."""
     if not context.config.input or not context.config.output:
-        raise ModelLoadError("a Python model needs a config.pbtxt listing inputs and outputs")
+        raise ModelLoadError(
+            "a Python model needs inputs and outputs: list them in config.pbtxt, or add them "
+            "in TritonPythonModel.auto_complete_config"
+        )
+    return load_module(context.model_name, context.version, context.model_file)
+
+
+def load_module(model_name: str, version: int, model_file: Path) -> ModuleType:
+    """Execute a model.py as the module `tensorgate_models.<model>.v<version>`."""
     sys.modules.setdefault("triton_python_backend_utils", triton_utils)
-    module_name = f"tensorgate_models.{context.model_name}.v{context.version}"
-    spec = importlib.util.spec_from_file_location(module_name, context.model_file)
+    module_name = f"tensorgate_models.{model_name}.v{version}"
+    spec = importlib.util.spec_from_file_location(module_name, model_file)
     if spec is None or spec.loader is None:
-        raise ModelLoadError(f"cannot import {context.model_file}")
+        raise ModelLoadError(f"cannot import {model_file}")
     module = importlib.util.module_from_spec(spec)
     try:
         sys.modules[module_name] = module
@@ -94,6 +106,35 @@ class PythonInstance:
         unload = getattr(self._model, "unload", None)
         if unload is not None:
             unload()
+
+
+def auto_complete(config: mc.ModelConfig, model_name: str, version: int, model_file: Path) -> None:
+    """Let a Triton Python model complete its config, as Triton calls
+    `TritonPythonModel.auto_complete_config` before the model loads. Only a model.py that
+    defines it is imported here, once, in the server's process."""
+    if "auto_complete_config" not in model_file.read_text(encoding="utf-8", errors="replace"):
+        return
+    module = load_module(model_name, version, model_file)
+    complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
+    if complete is None:
+        return
+    given = triton_utils.ModelConfig(config_dict(config), model_name)
+    try:
+        returned = complete(given)
+    except Exception as exc:  # user code may raise anything
+        raise ModelLoadError(
+            f"TritonPythonModel.auto_complete_config failed: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(returned, triton_utils.ModelConfig):
+        raise ModelLoadError(
+            "TritonPythonModel.auto_complete_config must return the pb_utils.ModelConfig it "
+            f"was given, got {type(returned).__name__}"
+        )
+    try:
+        completed = json_format.ParseDict(returned.as_dict(), mc.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ModelLoadError(f"TritonPythonModel.auto_complete_config: {exc}") from None
+    config.CopyFrom(completed)
 
 
 class PythonFactory:

@@ -4,9 +4,10 @@ A Triton Python-backend `model.py` imports this module under Triton's name (the 
 backend registers it in `sys.modules` before importing the file), so such files serve
 unchanged. Covered: `Tensor`, `InferenceRequest` (as received, and built for BLS with
 `exec` / `async_exec`, decoupled included), `InferenceResponse`, the response sender of
-decoupled models, `TritonError` / `TritonModelException`, the config helpers, `Logger`
-and the flag constants. Tensors live in CPU memory as numpy arrays: `to_dlpack` /
-`from_dlpack` go through numpy's DLPack support, and GPU tensors are not supported.
+decoupled models, `TritonError` / `TritonModelException`, the config helpers, `ModelConfig`
+(what `auto_complete_config` receives), `Logger` and the flag constants. Tensors live in
+CPU memory as numpy arrays: `to_dlpack` / `from_dlpack` go through numpy's DLPack support,
+and GPU tensors are not supported.
 """
 
 from __future__ import annotations
@@ -29,6 +30,93 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 
 _log = logging.getLogger("tensorgate.models")
+
+
+class ModelConfig:
+    """The model config `TritonPythonModel.auto_complete_config` receives and returns: the
+    model may set its max batch size, dynamic batching, inputs, outputs and decoupled
+    policy where the config leaves them unset, and is refused where it contradicts it."""
+
+    def __init__(self, model_config: dict[str, Any], model_name: str = "") -> None:
+        self._config = model_config
+        self._name = model_name or str(model_config.get("name", ""))
+        # Triton's JSON always carries these, and models index them without checking.
+        for key, empty in (("input", []), ("output", []), ("max_batch_size", 0)):
+            model_config.setdefault(key, empty)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        given = int(self._config.get("max_batch_size", 0))
+        if given and given != max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {given}, but in auto-complete-config "
+                f"function for model '{self._name}' specified max_batch_size {max_batch_size}"
+            )
+        self._config["max_batch_size"] = int(max_batch_size)
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if other in self._config:
+                raise ValueError(
+                    f"configuration specified scheduling_choice as '{other}', but "
+                    f"auto-complete-config function for model '{self._name}' tries to set it "
+                    "as 'dynamic_batching'"
+                )
+        self._config.setdefault("dynamic_batching", {})
+
+    def add_input(self, input: dict[str, Any]) -> None:  # Triton's parameter name
+        self._add("input", input, {"name", "data_type", "dims", "optional"})
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output, {"name", "data_type", "dims"})
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        unknown = set(transaction_policy_dict) - {"decoupled"}
+        if unknown:
+            raise ValueError(
+                f"model transaction property in auto-complete-config function for model "
+                f"'{self._name}' contains unknown properties {sorted(unknown)}"
+            )
+        decoupled = bool(transaction_policy_dict.get("decoupled", False))
+        given = self._config.get("model_transaction_policy")
+        if given is not None and bool(given.get("decoupled", False)) != decoupled:
+            raise ValueError(
+                "trying to change decoupled property in auto-complete-config for model "
+                f"'{self._name}', which is already set to {given.get('decoupled', False)}"
+            )
+        self._config["model_transaction_policy"] = {"decoupled": decoupled}
+
+    def _add(self, kind: str, tensor: dict[str, Any], allowed: set[str]) -> None:
+        if not isinstance(tensor, dict):
+            raise ValueError(f"model '{self._name}': an {kind} must be a dict")
+        unknown = set(tensor) - allowed
+        if unknown:
+            raise ValueError(
+                f"model '{self._name}': {kind} '{tensor.get('name')}' has properties "
+                f"{sorted(unknown)}; allowed are {sorted(allowed)}"
+            )
+        missing = [key for key in ("name", "data_type", "dims") if key not in tensor]
+        if missing:
+            raise ValueError(
+                f"model '{self._name}': {kind} '{tensor.get('name')}' is missing {missing}"
+            )
+        entry = dict(tensor, dims=[int(d) for d in tensor["dims"]])
+        listed = self._config.setdefault(kind, [])
+        for existing in listed:
+            if existing.get("name") != entry["name"]:
+                continue
+            for key in ("data_type", "dims"):
+                if key in existing and existing[key] != entry[key]:
+                    raise ValueError(
+                        f"model '{self._name}', tensor '{entry['name']}': the model expects "
+                        f"{key} {entry[key]} but the model configuration specifies "
+                        f"{existing[key]}"
+                    )
+            existing.update({k: v for k, v in entry.items() if k not in existing})
+            return
+        listed.append(entry)
 
 
 class TritonError:

@@ -24,6 +24,7 @@ from typing import Any
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends.base import Backend, InstanceContext, ModelSignature
+from tensorgate.backends.python_model import auto_complete
 from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
 from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
@@ -235,6 +236,9 @@ class VersionBuilder:
         factory = resolve_backend(config, version_dir)
         _check_graph_level(config, factory.name)
         path = model_file(config, factory, version_dir)
+        if factory.name == "python":
+            auto_complete(config, name, version, path)
+            check_supported(config)  # what the model added is held to the same table
         devices = instance_devices(config)
         in_process = execution(config, self.settings.execution) == "process"
 
