@@ -24,6 +24,10 @@ HELP = {
     "repository_poll_secs": "poll mode: seconds between two looks at the repository",
     "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
     "exit_on_error": "exit non-zero if any model fails to load at start",
+    "model_config_name": "read each model's configs/NAME.pbtxt where it has one, else its "
+    "config.pbtxt (one repository, configs per deployment)",
+    "disable_auto_complete_config": "take configs as written: inputs, outputs and batching "
+    "are not completed from model files or TritonPythonModel.auto_complete_config",
     "strict_readiness": "ready only when every model loaded (default true)",
     "http_port": "port of the REST shim and browser page; -1 disables HTTP",
     "http_max_body_bytes": "largest HTTP request body accepted (413 beyond)",
@@ -104,6 +108,8 @@ class Settings:
     repository_poll_secs: float = 15.0  # poll mode: Triton's flag and default
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)
     exit_on_error: bool = False
+    model_config_name: str = ""  # configs/<name>.pbtxt before config.pbtxt, as Triton's flag
+    disable_auto_complete_config: bool = False
     default_max_batch_size: int = 4
     # tritonclient uses INT32_MAX for both directions; anything smaller rejects big tensors.
     max_message_bytes: int = 2**31 - 1
@@ -198,6 +204,9 @@ def _check(settings: Settings) -> None:
         raise ValueError("model_control_mode must be 'none', 'explicit' or 'poll'")
     if not settings.repository_poll_secs > 0:
         raise ValueError("repository_poll_secs must be a number of seconds > 0")
+    name = settings.model_config_name
+    if name and (name != name.strip() or any(c.isspace() or c in "/\\" for c in name)):
+        raise ValueError("model_config_name must be a file name without spaces or slashes")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):

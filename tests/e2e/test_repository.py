@@ -235,3 +235,38 @@ def test_a_busy_port_is_a_clear_start_up_error(tmp_path: Path, flag: str) -> Non
         result = serve_until_exit(tmp_path / "repo", flag, str(port))
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+IDENTITY_CONFIG = (
+    'max_batch_size: {batch}\ninput [{{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }}]\n'
+    'output [{{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }}]\n'
+)
+
+
+def test_a_named_config_is_chosen_per_model_and_completion_can_be_turned_off(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    for name in ("named", "default", "bare"):
+        identity_onnx(repo / name / "1" / "model.onnx", "FP32")
+    (repo / "named" / "config.pbtxt").write_text(IDENTITY_CONFIG.format(batch=4))
+    (repo / "named" / "configs").mkdir()
+    (repo / "named" / "configs" / "small.pbtxt").write_text(IDENTITY_CONFIG.format(batch=2))
+    (repo / "default" / "config.pbtxt").write_text(IDENTITY_CONFIG.format(batch=3))
+    args = ("--model-config-name", "small", "--disable-auto-complete-config")
+    server = start_server(
+        repo, tmp_path / "log", *args, "--no-strict-readiness", wait_model="default"
+    )
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            assert client.is_model_ready("named")
+            named = client.get_model_config("named", as_json=True)["config"]
+            default = client.get_model_config("default", as_json=True)["config"]
+            assert identity_infer(client, "named") == [[0.0, 1.0, 2.0, 3.0]]
+            index = {m.name: m for m in client.get_model_repository_index().models}
+    finally:
+        assert server.stop() == 0
+    assert named["max_batch_size"] == 2  # configs/small.pbtxt, not config.pbtxt
+    assert default["max_batch_size"] == 3  # no configs/small.pbtxt: its config.pbtxt
+    assert index["bare"].state == "UNAVAILABLE"
+    assert "--disable-auto-complete-config" in index["bare"].reason

@@ -22,3 +22,10 @@ def test_a_negative_exit_timeout_is_refused_and_zero_cuts_off_at_once() -> None:
         build_settings({"exit_timeout": -1}, {})
     assert build_settings({}, {"TENSORGATE_EXIT_TIMEOUT": "0"}).exit_timeout == 0.0
     assert build_settings({}, {}).exit_timeout == 5.0
+
+
+@pytest.mark.parametrize("name", ["a b", "../h100", "gpu/h100", " h100"])
+def test_a_model_config_name_that_is_not_a_plain_file_name_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="model_config_name must be a file name"):
+        build_settings({"model_config_name": name}, {})
+    assert build_settings({"model_config_name": "h100"}, {}).model_config_name == "h100"

@@ -80,9 +80,18 @@ def _check(
 
 
 def complete_config(
-    config: mc.ModelConfig, signature: ModelSignature | None, default_max_batch_size: int
+    config: mc.ModelConfig,
+    signature: ModelSignature | None,
+    default_max_batch_size: int,
+    fill: bool = True,
 ) -> None:
-    """Fill what the config leaves out and reject what contradicts the model file."""
+    """Fill what the config leaves out (unless `fill` is off: --disable-auto-complete-config)
+    and reject what contradicts the model file."""
+    if not fill and (not config.input or not config.output):
+        raise ModelLoadError(
+            "config.pbtxt must list input and output: the server runs with "
+            "--disable-auto-complete-config"
+        )
     if signature is None:
         if not config.input or not config.output:
             raise ModelLoadError(

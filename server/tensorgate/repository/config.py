@@ -13,6 +13,7 @@ from tensorgate.errors import ModelLoadError
 from tensorgate.protocol import datatypes
 
 CONFIG_FILE = "config.pbtxt"
+CONFIGS_DIR = "configs"  # named configs, chosen by --model-config-name
 
 
 def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:
@@ -25,12 +26,16 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> mc.ModelConfig:
     return config
 
 
-def read_config(model_dir: Path) -> mc.ModelConfig | None:
-    """The model's config.pbtxt, or None when the directory has none."""
+def read_config(model_dir: Path, config_name: str = "") -> mc.ModelConfig | None:
+    """The model's configs/<config_name>.pbtxt when the name is given and the file exists,
+    else its config.pbtxt; None when it has neither."""
     path = model_dir / CONFIG_FILE
+    if config_name and (model_dir / CONFIGS_DIR / f"{config_name}.pbtxt").is_file():
+        path = model_dir / CONFIGS_DIR / f"{config_name}.pbtxt"
     if not path.is_file():
         return None
-    return parse_config(path.read_text(encoding="utf-8"), f"{model_dir.name}/{CONFIG_FILE}")
+    source = path.relative_to(model_dir.parent)
+    return parse_config(path.read_text(encoding="utf-8"), str(source))
 
 
 def parameter_int(config: mc.ModelConfig, key: str, default: int) -> int:

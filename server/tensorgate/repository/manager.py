@@ -147,7 +147,7 @@ class ModelRepository:
 
     async def _load_steps(self, name: str, model_dir: Path) -> None:
         """An ensemble's step models load first (once; one already loading is awaited)."""
-        config = read_config(model_dir)
+        config = read_config(model_dir, self.settings.model_config_name)
         if config is None or config.platform != "ensemble":
             return
         for step in sorted({s.model_name for s in config.ensemble_scheduling.step} - {name}):
@@ -223,7 +223,7 @@ class ModelRepository:
             await version.runner.close()
 
     def _load_blocking(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
-        config = read_config(model_dir) or mc.ModelConfig()
+        config = read_config(model_dir, self.settings.model_config_name) or mc.ModelConfig()
         if config.name and config.name != name:
             raise ModelLoadError(
                 f"config.pbtxt names the model '{config.name}' but its directory is '{name}'"

@@ -236,7 +236,8 @@ class VersionBuilder:
         factory = resolve_backend(config, version_dir)
         _check_graph_level(config, factory.name)
         path = model_file(config, factory, version_dir)
-        if factory.name == "python":
+        fill = not self.settings.disable_auto_complete_config
+        if factory.name == "python" and fill:
             auto_complete(config, name, version, path)
             check_supported(config)  # what the model added is held to the same table
         devices = instance_devices(config)
@@ -270,6 +271,7 @@ class VersionBuilder:
                         config,
                         _client_signature(signature, config),
                         self.settings.default_max_batch_size,
+                        fill,
                     )
         except BaseException:
             for instance in instances:

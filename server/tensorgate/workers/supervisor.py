@@ -69,7 +69,7 @@ def worker_count(settings: Settings) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for model_dir in sorted(p for p in settings.model_repository.iterdir() if p.is_dir()):
         try:
-            config = read_config(model_dir)
+            config = read_config(model_dir, settings.model_config_name)
         except TensorgateError:
             continue
         if config is None:
