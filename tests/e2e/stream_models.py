@@ -92,6 +92,7 @@ def build_stream_repository(root: Path, counter: Path) -> None:
     build_triton_models(root)
     build_refused_combinations(root)
     _write(root, "repeat_int32", REPEAT_CONFIG.format(counter=counter), REPEAT_MODEL)
+    build_decoupled_ensemble(root, counter.parent / "ensemble_repeat.log")
     for field, text in REFUSED_FIELDS.items():
         config = (
             'backend: "python"\nmax_batch_size: 8\n'
@@ -253,6 +254,65 @@ def build_ensemble_models(root: Path) -> None:
     for name, (config, _) in BROKEN_ENSEMBLES.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)
         (root / name / "config.pbtxt").write_text(config)
+
+
+SCALAR_INT32 = "data_type: TYPE_INT32, dims: [1]"
+
+SQUARE_CONFIG = f"""
+backend: "python"
+max_batch_size: 0
+input [{{ name: "X", {SCALAR_INT32} }}]
+output [{{ name: "Y", {SCALAR_INT32} }}]
+"""
+SQUARE_MODEL = """
+class Model:
+    def execute(self, inputs):
+        return {"Y": inputs["X"] * inputs["X"]}
+"""
+MULTIPLY_CONFIG = f"""
+backend: "python"
+max_batch_size: 0
+input [{{ name: "A", {SCALAR_INT32} }}, {{ name: "B", {SCALAR_INT32} }}]
+output [{{ name: "C", {SCALAR_INT32} }}]
+"""
+MULTIPLY_MODEL = """
+class Model:
+    def execute(self, inputs):
+        return {"C": inputs["A"] * inputs["B"]}
+"""
+# repeat_scaled: each response of a decoupled step (ensemble_repeat) runs `multiply`; the
+# `square` step waits on no decoupled step, so it runs once per request.
+DECOUPLED_ENSEMBLE_CONFIG = f"""
+platform: "ensemble"
+max_batch_size: 0
+input [
+  {{ name: "IN", data_type: TYPE_INT32, dims: [-1] }},
+  {{ name: "DELAY", data_type: TYPE_UINT32, dims: [-1] }},
+  {{ name: "WAIT", data_type: TYPE_UINT32, dims: [1] }},
+  {{ name: "SCALE", {SCALAR_INT32} }}
+]
+output [{{ name: "SCALED", {SCALAR_INT32} }}, {{ name: "IDX", data_type: TYPE_UINT32, dims: [1] }}]
+ensemble_scheduling {{ step [
+  {{ model_name: "ensemble_repeat",
+     input_map [{{ key: "IN" value: "IN" }}, {{ key: "DELAY" value: "DELAY" }},
+                {{ key: "WAIT" value: "WAIT" }}],
+     output_map [{{ key: "OUT" value: "value" }}, {{ key: "IDX" value: "IDX" }}] }},
+  {{ model_name: "square", input_map {{ key: "X" value: "SCALE" }},
+     output_map {{ key: "Y" value: "factor" }} }},
+  {{ model_name: "multiply",
+     input_map [{{ key: "A" value: "value" }}, {{ key: "B" value: "factor" }}],
+     output_map {{ key: "C" value: "SCALED" }} }}
+] }}
+"""
+
+
+def build_decoupled_ensemble(root: Path, counter: Path) -> None:
+    """repeat_scaled and its steps: ensemble_repeat (REPEAT_MODEL), square, multiply."""
+    _write(root, "ensemble_repeat", REPEAT_CONFIG.format(counter=counter), REPEAT_MODEL)
+    _write(root, "square", SQUARE_CONFIG, SQUARE_MODEL)
+    _write(root, "multiply", MULTIPLY_CONFIG, MULTIPLY_MODEL)
+    (root / "repeat_scaled" / "1").mkdir(parents=True, exist_ok=True)
+    (root / "repeat_scaled" / "config.pbtxt").write_text(DECOUPLED_ENSEMBLE_CONFIG)
 
 
 def build_refused_combinations(root: Path) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from tests.e2e.stream_models import (
     BROKEN_ENSEMBLES,
     build_ensemble_models,
     build_refused_combinations,
+    repeat_inputs,
+    stream_client,
 )
 
 pytestmark = pytest.mark.slow
@@ -112,3 +115,64 @@ def test_loading_an_ensemble_loads_its_steps_and_unloading_one_makes_it_not_read
         assert infer(client, "pipeline", RAW=np.ones((1, 16), dtype=np.float32))[
             "RESULT"
         ].shape == (1, 16)
+
+
+def test_each_response_of_a_decoupled_step_streams_through_the_steps_after_it(
+    stream_server: Server,
+) -> None:
+    client, results = stream_client(stream_server.url)
+    inputs = repeat_inputs([1, 2, 3], 0, 0)
+    scale = grpcclient.InferInput("SCALE", [1], "INT32")
+    scale.set_data_from_numpy(np.array([3], dtype=np.int32))
+    before = _inference_counts(client)
+    client.async_stream_infer("repeat_scaled", [*inputs, scale], enable_empty_final_response=True)
+    received = []
+    while True:
+        item = results.get(timeout=30)
+        assert not isinstance(item, InferenceServerException), item
+        response = item.get_response()
+        if response.parameters["triton_final_response"].bool_param and not response.outputs:
+            break
+        received.append((int(item.as_numpy("IDX")[0]), int(item.as_numpy("SCALED")[0])))
+    with pytest.raises(InferenceServerException) as unary:
+        client.infer("repeat_scaled", [*inputs, scale])
+    after = _inference_counts(client)
+    client.stop_stream()
+    client.close()
+    assert received == [(0, 9), (1, 18), (2, 27)]  # SCALE squared, times each IN
+    assert after["square"] - before["square"] == 1  # it waits on no decoupled step
+    assert after["multiply"] - before["multiply"] == 3
+    assert unary.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "decoupled" in unary.value.message()
+
+
+def _inference_counts(client: grpcclient.InferenceServerClient) -> dict[str, int]:
+    stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    return {
+        s["name"]: int(s.get("inference_count", 0))
+        for s in stats
+        if s["name"] in ("square", "multiply")
+    }
+
+
+def test_cancelling_a_decoupled_ensemble_closes_its_decoupled_step(
+    stream_server: Server, counter: Path
+) -> None:
+    log = counter.parent / "ensemble_repeat.log"
+    client, results = stream_client(stream_server.url)
+    scale = grpcclient.InferInput("SCALE", [1], "INT32")
+    scale.set_data_from_numpy(np.array([1], dtype=np.int32))
+    before = log.read_text().split() if log.exists() else []
+    client.async_stream_infer("repeat_scaled", [*repeat_inputs(list(range(50)), 50, 0), scale])
+    for _ in range(2):
+        assert not isinstance(results.get(timeout=30), InferenceServerException)
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 10
+    while log.read_text().split().count("closed") == before.count("closed"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    lines = log.read_text().split()
+    assert lines.count("closed") == before.count("closed") + 1
+    assert lines.count("step") - before.count("step") < 50  # stopped early, not run to the end

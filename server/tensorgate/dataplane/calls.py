@@ -41,6 +41,7 @@ class ModelCalls:
 
     def __init__(self, infer: Infer, stream: Stream) -> None:
         self.on_loop = infer  # for callers already on the server's loop (ensembles)
+        self.stream_on_loop = stream
         self._infer = infer
         self._stream = stream
         self._loop: asyncio.AbstractEventLoop | None = None

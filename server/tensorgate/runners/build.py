@@ -208,7 +208,7 @@ class VersionBuilder:
         config.backend = ""
         spec = ModelSpec.from_config(config, labels)
         plan = EnsemblePlan.from_config(config, self.resolve)
-        runner = EnsembleRunner(name, plan, spec, self.calls.on_loop)
+        runner = EnsembleRunner(name, plan, spec, self.calls.on_loop, self.calls.stream_on_loop)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
         needs = tuple(sorted({step.model for step in plan.steps}))
         return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)

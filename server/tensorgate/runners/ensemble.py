@@ -8,6 +8,13 @@ and producer and consumer agree on datatype and dims. A request then runs each s
 soon as its inputs exist, steps whose inputs are ready at the same time concurrently, each
 through its own model's runner via the data plane, so a step batches with the model's other
 traffic and counts in its statistics. Tensors pass from step to step as the same arrays.
+
+A decoupled step makes the ensemble decoupled (answered over a stream, as Triton's): every
+step that does not wait on a decoupled step runs once; then each response of the
+decoupled step runs the steps after it, and each run that completes the ensemble's
+outputs is one response of the ensemble. The next response is taken from the decoupled
+step once the steps after the previous one are done, so a fast producer waits for its
+consumers instead of piling responses up in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 
 from tensorgate_protos import model_config_pb2 as mc
 
@@ -28,6 +36,8 @@ from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, Strea
 Resolve = Callable[[str, str], ModelVersion]
 # Runs one inference through the data plane.
 Infer = Callable[[InferRequest], Awaitable[InferResponse]]
+# Runs one inference of a decoupled model through the data plane: its responses.
+Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,7 @@ class Step:
     version: str  # "" for the latest
     inputs: dict[str, str]  # model input -> ensemble tensor
     outputs: dict[str, str]  # model output -> ensemble tensor
+    decoupled: bool = False  # its model answers with a stream of responses
 
     @property
     def label(self) -> str:
@@ -73,6 +84,8 @@ class EnsemblePlan:
         plan = cls(steps, inputs, tuple(t.name for t in config.output), {})
         spec = ModelSpec.from_config(config)
         models = {step.index: _composing(config.name, step, resolve) for step in steps}
+        steps = tuple(replace(s, decoupled=models[s.index].runner.decoupled) for s in steps)
+        plan = cls(steps, plan.inputs, plan.outputs, {})
         producers = plan._producers(spec, models)
         plan._check_consumers(spec, models, producers)
         plan._check_acyclic()
@@ -152,8 +165,6 @@ def _composing(ensemble: str, step: Step, resolve: Resolve) -> ModelVersion:
         model = resolve(step.model, step.version)
     except TensorgateError as exc:
         raise ModelLoadError(f"{step.label}: {exc.message}") from None
-    if model.runner.decoupled:
-        raise ModelLoadError(f"{step.label}: decoupled models cannot be ensemble steps")
     return model
 
 
@@ -186,13 +197,15 @@ def _check_match(
 class EnsembleRunner:
     """Runs an ensemble's steps for each request through the data plane."""
 
-    decoupled = False
-
-    def __init__(self, name: str, plan: EnsemblePlan, spec: ModelSpec, infer: Infer) -> None:
+    def __init__(
+        self, name: str, plan: EnsemblePlan, spec: ModelSpec, infer: Infer, stream: Stream
+    ) -> None:
         self.name = name
         self.plan = plan
         self.spec = spec
+        self.decoupled = any(step.decoupled for step in plan.steps)
         self._infer = infer
+        self._stream = stream
         self._running = 0
         self._drained: asyncio.Future[None] | None = None
 
@@ -200,40 +213,109 @@ class EnsembleRunner:
         return RunnerStatus(0, self._running, 0)
 
     def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
-        return one_result(self.run(request, rows))
+        if not self.decoupled:
+            return one_result(self.run(request, rows))
+        return self._responses(request)
 
-    async def run(self, request: InferRequest, rows: int) -> Scheduled:
-        """1. Start every step whose inputs exist. 2. As each finishes, add its outputs and
-        start the steps they complete. 3. Answer with the ensemble's outputs."""
-        started = time.perf_counter_ns()
-        tensors: dict[str, Array] = dict(request.inputs)
-        waiting = list(self.plan.steps)
-        running: dict[asyncio.Task[InferResponse], Step] = {}
+    async def _responses(self, request: InferRequest) -> AsyncGenerator[Streamed, None]:
+        """A decoupled ensemble's stream: one response per completed run of its outputs,
+        then the final flag."""
         self._running += 1
         try:
-            while waiting or running:
-                for step in [s for s in waiting if set(s.inputs.values()) <= tensors.keys()]:
+            async with aclosing(
+                self._flow(request, dict(request.inputs), list(self.plan.steps))
+            ) as runs:
+                async for outputs in runs:
+                    yield Streamed(outputs, False)
+            yield Streamed(None, True)
+        finally:
+            self._finished_one()
+
+    async def _flow(
+        self, request: InferRequest, tensors: dict[str, Array], waiting: list[Step]
+    ) -> AsyncGenerator[dict[str, Array], None]:
+        """Run the steps that wait on no decoupled step, then fork the rest on each
+        response of a decoupled one; yields the ensemble's outputs of every finished run."""
+        running: dict[asyncio.Task[InferResponse], Step] = {}
+        try:
+            while True:
+                for step in self._ready(waiting, tensors, decoupled=False):
                     waiting.remove(step)
                     task = asyncio.ensure_future(
                         self._infer(self._step_request(step, request, tensors))
                     )
                     running[task] = step
-                if not running:
+                if running:
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        step = running.pop(task)
+                        self._keep(step, self._step_result(step, task), tensors)
+                    continue
+                if not waiting:
+                    yield {name: tensors[name] for name in self.plan.outputs}
+                    return
+                ready = self._ready(waiting, tensors, decoupled=True)
+                if not ready:
                     raise Unavailable(f"ensemble '{self.name}' has steps that can never run")
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    step = running.pop(task)
-                    response = self._step_result(step, task)
-                    for model_output, tensor in step.outputs.items():
-                        tensors[tensor] = response.outputs[model_output]
+                step = ready[0]
+                waiting.remove(step)
+                responses = self._stream(self._step_request(step, request, tensors))
+                async with aclosing(responses):
+                    async for response in self._step_responses(step, responses):
+                        fork = dict(tensors)
+                        self._keep(step, response, fork)
+                        async with aclosing(self._flow(request, fork, list(waiting))) as runs:
+                            async for outputs in runs:
+                                yield outputs
+                return
         finally:
-            self._running -= 1
             for task in running:
                 task.cancel()
-            if not self._running and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-        outputs = {name: tensors[name] for name in self.plan.outputs}
+
+    @staticmethod
+    def _ready(waiting: list[Step], tensors: dict[str, Array], decoupled: bool) -> list[Step]:
+        return [
+            s
+            for s in waiting
+            if s.decoupled == decoupled and set(s.inputs.values()) <= tensors.keys()
+        ]
+
+    @staticmethod
+    def _keep(step: Step, response: InferResponse, tensors: dict[str, Array]) -> None:
+        for model_output, tensor in step.outputs.items():
+            tensors[tensor] = response.outputs[model_output]
+
+    async def _step_responses(
+        self, step: Step, responses: AsyncGenerator[InferResponse, None]
+    ) -> AsyncGenerator[InferResponse, None]:
+        """A decoupled step's responses that carry outputs (a bare final flag carries
+        none); a failure names the step."""
+        try:
+            async for response in responses:
+                if response.outputs:
+                    yield response
+        except TensorgateError as exc:
+            raise TensorgateError(
+                f"ensemble '{self.name}' {step.label} failed: {exc.message}", exc.kind
+            ) from None
+
+    async def run(self, request: InferRequest, rows: int) -> Scheduled:
+        """1. Start every step whose inputs exist. 2. As each finishes, add its outputs and
+        start the steps they complete. 3. Answer with the ensemble's outputs."""
+        started = time.perf_counter_ns()
+        self._running += 1
+        try:
+            flow = self._flow(request, dict(request.inputs), list(self.plan.steps))
+            async with aclosing(flow) as runs:
+                (outputs,) = [outputs async for outputs in runs]  # no decoupled step: one run
+        finally:
+            self._finished_one()
         return Scheduled(outputs, 0, 0, time.perf_counter_ns() - started, 0, None)
+
+    def _finished_one(self) -> None:
+        self._running -= 1
+        if not self._running and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _step_request(
         self, step: Step, request: InferRequest, tensors: dict[str, Array]
