@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
@@ -176,3 +178,14 @@ def test_cancelling_a_decoupled_ensemble_closes_its_decoupled_step(
     lines = log.read_text().split()
     assert lines.count("closed") == before.count("closed") + 1
     assert lines.count("step") - before.count("step") < 50  # stopped early, not run to the end
+
+
+def test_a_decoupled_ensemble_streams_over_http_generate_stream(stream_server: Server) -> None:
+    reply = requests.post(
+        f"http://{stream_server.http_url}/v2/models/repeat_scaled/generate_stream",
+        json={"IN": [1, 2, 3], "DELAY": [0, 0, 0], "WAIT": [0], "SCALE": [2]},
+        timeout=30,
+    )
+    events = [json.loads(line[len("data: ") :]) for line in reply.text.splitlines() if line]
+    assert reply.status_code == 200
+    assert [(e["IDX"], e["SCALED"]) for e in events] == [(0, 4), (1, 8), (2, 12)]
