@@ -3,6 +3,7 @@ and poll mode following the repository on disk."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import ROOT, start_server
@@ -270,3 +272,54 @@ def test_a_named_config_is_chosen_per_model_and_completion_can_be_turned_off(
     assert default["max_batch_size"] == 3  # no configs/small.pbtxt: its config.pbtxt
     assert index["bare"].state == "UNAVAILABLE"
     assert "--disable-auto-complete-config" in index["bare"].reason
+
+
+IDENTITY_JSON = {
+    "backend": "onnxruntime",
+    "max_batch_size": 2,
+    "input": [{"name": "INPUT", "data_type": "TYPE_FP32", "dims": [4]}],
+    "output": [{"name": "OUTPUT", "data_type": "TYPE_FP32", "dims": [4]}],
+}
+
+
+def test_a_load_can_bring_its_own_config_and_files_and_an_unload_its_dependents(
+    tmp_path: Path,
+) -> None:
+    from tests.e2e.stream_models import build_ensemble_models
+
+    repo = tmp_path / "repo"
+    identity_onnx(repo / "first" / "1" / "model.onnx", "FP32")
+    build_ensemble_models(repo)
+    upload = tmp_path / "upload" / "model.onnx"
+    identity_onnx(upload, "FP32")
+    files = {"file:1/model.onnx": upload.read_bytes()}
+    args = ("--model-control-mode", "explicit", "--load-model", "first", "--load-model", "pipeline")
+    server = start_server(repo, tmp_path / "log", *args, wait_model="pipeline")
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        client.load_model("first", config=json.dumps(IDENTITY_JSON))
+        overridden = client.get_model_config("first", as_json=True)["config"]["max_batch_size"]
+        client.load_model("first")  # no parameters: the repository again
+        again = client.get_model_config("first", as_json=True)["config"]["max_batch_size"]
+        client.load_model("uploaded", config=json.dumps(IDENTITY_JSON), files=files)
+        uploaded = identity_infer(client, "uploaded")
+        http = httpclient.InferenceServerClient(server.http_url)
+        http.load_model("uploaded_http", config=json.dumps(IDENTITY_JSON), files=files)
+        over_http = identity_infer(client, "uploaded_http")
+        refusals = []
+        for kwargs in ({"files": files}, {"config": '{"max_batch_size": "many"}'}):
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model("uploaded", **kwargs)
+            refusals.append(refused.value)
+        client.unload_model("uploaded")
+        client.unload_model("pipeline", unload_dependents=True)
+        steps_ready = [client.is_model_ready(m) for m in ("preprocess", "add_sub", "postprocess")]
+        assert identity_infer(client, "first") == [[0.0, 1.0, 2.0, 3.0]]
+    finally:
+        assert server.stop() == 0
+    assert (overridden, again) == (2, 4)  # the override, then config-less completion's 4
+    assert uploaded == over_http == [[0.0, 1.0, 2.0, 3.0]]
+    assert refusals[0].status() == "StatusCode.INVALID_ARGUMENT"
+    assert "need the model config beside them" in refusals[0].message()
+    assert "load parameter 'config' is not a model config" in refusals[1].message()
+    assert steps_ready == [False, False, False]

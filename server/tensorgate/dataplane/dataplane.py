@@ -29,18 +29,19 @@ from tensorgate.errors import (
     ModelExecutionError,
     TensorgateError,
     Unavailable,
-    Unimplemented,
 )
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol import datatypes
 from tensorgate.repository.config import TensorSpec
 from tensorgate.repository.manager import LOADING, UNAVAILABLE, ModelRepository
+from tensorgate.repository.overrides import load_override
 from tensorgate.runners.base import ModelVersion, Scheduled
 
 log = logging.getLogger(__name__)
 
 _DRAIN_POLL_S = 0.02
+UNLOAD_DEPENDENTS = "unload_dependents"
 # Triton's names for the protocol extensions served here (trace settings are not).
 EXTENSIONS = (
     "classification",
@@ -121,19 +122,22 @@ class DataPlane:
 
     # Repository ----------------------------------------------------------------------
 
-    async def load_model(self, name: str, parameters: list[str] | None = None) -> None:
-        """Load (or reload) a model; `parameters` names the load parameters the client sent."""
+    async def load_model(self, name: str, parameters: dict[str, object] | None = None) -> None:
+        """Load (or reload) a model, with the config and files its parameters give."""
         self._require_explicit("load")
-        if parameters:
-            raise Unimplemented(
-                "load parameters (config override, file content) are not supported: "
-                f"got {', '.join(map(repr, parameters))}"
-            )
-        await self.repository.load(name)
+        await self.repository.load(name, load_override(parameters))
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, parameters: dict[str, object] | None = None) -> None:
+        """Unload a model; `unload_dependents` unloads an ensemble's step models too."""
         self._require_explicit("unload")
-        await self.repository.unload(name)
+        parameters = dict(parameters or {})
+        dependents = parameters.pop(UNLOAD_DEPENDENTS, False)
+        if parameters or not isinstance(dependents, bool):
+            raise InvalidArgument(
+                f"unload takes one parameter, {UNLOAD_DEPENDENTS} (a boolean); got "
+                f"{', '.join(map(repr, parameters)) or repr(dependents)}"
+            )
+        await self.repository.unload(name, dependents)
 
     def _require_explicit(self, action: str) -> None:
         if not self.explicit_control:

@@ -19,6 +19,7 @@ from tensorgate_protos import model_config_pb2 as mc
 from tensorgate.errors import ModelLoadError, NotFound, TensorgateError, Unavailable
 from tensorgate.observability.metrics import MetricsStore
 from tensorgate.repository.config import read_config
+from tensorgate.repository.overrides import LoadOverride, remove_files
 from tensorgate.repository.versions import available_versions, is_version_number, select_versions
 from tensorgate.runners.base import ModelVersion
 from tensorgate.runners.build import VersionBuilder
@@ -39,6 +40,7 @@ class ModelRecord:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     load_seconds: float = 0.0  # the last load, successful or not
     loads: dict[str, int] = field(default_factory=dict)  # "success" / "failure" -> count
+    files_dir: Path | None = None  # where a load's own files were written (LoadOverride)
 
 
 class ModelRepository:
@@ -105,13 +107,16 @@ class ModelRepository:
                 return f"its step model '{need}' is {state}"
         return ""
 
-    async def load(self, name: str) -> None:
-        """Load or reload a model; on failure the record holds the reason and it is raised."""
+    async def load(self, name: str, override: LoadOverride | None = None) -> None:
+        """Load or reload a model, from the repository or with the config and files a load
+        request gave; on failure the record holds the reason and it is raised."""
         model_dir = self.root / name
-        if not model_dir.is_dir():
+        from_files = override is not None and bool(override.files)
+        if not from_files and not model_dir.is_dir():
             raise NotFound(f"model '{name}' is not in the repository {self.root}")
         record = self.records.setdefault(name, ModelRecord(name))
         async with self._locks.setdefault(name, asyncio.Lock()):
+            old_files = record.files_dir
             previous = record.versions
             if not previous:
                 record.state = LOADING
@@ -120,10 +125,16 @@ class ModelRepository:
             started = time.perf_counter()
             if self.builder.calls is not None:
                 self.builder.calls.bind(asyncio.get_running_loop())
+            files_dir = None
             try:
-                await self._load_steps(name, model_dir)
-                versions = await asyncio.to_thread(self._load_blocking, name, model_dir)
+                if override is not None and from_files:
+                    files_dir = model_dir = await asyncio.to_thread(override.materialize, name)
+                config = override.config if override is not None else None
+                await self._load_steps(name, model_dir, config)
+                versions = await asyncio.to_thread(self._load_blocking, name, model_dir, config)
             except Exception as exc:
+                if files_dir is not None:
+                    await asyncio.to_thread(remove_files, files_dir)
                 reason = exc.message if isinstance(exc, TensorgateError) else repr(exc)
                 self._finish_load(record, started, "failure", READY if previous else UNAVAILABLE)
                 record.reason = reason
@@ -133,7 +144,7 @@ class ModelRepository:
                     exc_info=not isinstance(exc, TensorgateError),
                 )
                 raise ModelLoadError(f"failed to load '{name}': {reason}") from None
-            record.versions = versions
+            record.versions, record.files_dir = versions, files_dir
             self._finish_load(record, started, "success", READY)
             log.info(
                 "model loaded",
@@ -144,10 +155,15 @@ class ModelRepository:
                 },
             )
         await self._close_versions(previous)
+        if old_files is not None:
+            await asyncio.to_thread(remove_files, old_files)
 
-    async def _load_steps(self, name: str, model_dir: Path) -> None:
+    async def _load_steps(
+        self, name: str, model_dir: Path, config: mc.ModelConfig | None = None
+    ) -> None:
         """An ensemble's step models load first (once; one already loading is awaited)."""
-        config = read_config(model_dir, self.settings.model_config_name)
+        if config is None:
+            config = read_config(model_dir, self.settings.model_config_name)
         if config is None or config.platform != "ensemble":
             return
         for step in sorted({s.model_name for s in config.ensemble_scheduling.step} - {name}):
@@ -174,11 +190,20 @@ class ModelRepository:
         record.state = state
         self._on_state_change()
 
-    async def unload(self, name: str) -> None:
-        """Stop serving a model and release its instances once running work has finished."""
+    async def unload(self, name: str, dependents: bool = False) -> None:
+        """Stop serving a model and release its instances once running work has finished;
+        with `dependents`, an ensemble's step models too (Triton's unload_dependents)."""
         record = self.records.get(name)
         if record is None:
             raise NotFound(f"model '{name}' is not in the repository {self.root}")
+        steps = sorted(
+            {
+                s.model_name
+                for v in record.versions.values()
+                for s in v.config.ensemble_scheduling.step
+            }
+            - {name}
+        )
         async with self._locks.setdefault(name, asyncio.Lock()):
             previous, record.versions = record.versions, {}
             record.state, record.reason = UNLOADING, ""
@@ -186,7 +211,14 @@ class ModelRepository:
             await self._close_versions(previous)
             record.state, record.reason = UNAVAILABLE, "unloaded"
             self._on_state_change()
+            if record.files_dir is not None:
+                await asyncio.to_thread(remove_files, record.files_dir)
+                record.files_dir = None
             log.info("model unloaded", extra={"model": name})
+        if dependents:
+            for step in steps:
+                if step in self.records and self.records[step].versions:
+                    await self.unload(step, dependents=True)
 
     async def forget(self, name: str) -> None:
         """A model whose directory is gone (poll mode): unloaded, then no longer known."""
@@ -222,8 +254,14 @@ class ModelRepository:
         for version in versions.values():
             await version.runner.close()
 
-    def _load_blocking(self, name: str, model_dir: Path) -> dict[int, ModelVersion]:
-        config = read_config(model_dir, self.settings.model_config_name) or mc.ModelConfig()
+    def _load_blocking(
+        self, name: str, model_dir: Path, override: mc.ModelConfig | None = None
+    ) -> dict[int, ModelVersion]:
+        if override is not None:
+            config = mc.ModelConfig()
+            config.CopyFrom(override)
+        else:
+            config = read_config(model_dir, self.settings.model_config_name) or mc.ModelConfig()
         if config.name and config.name != name:
             raise ModelLoadError(
                 f"config.pbtxt names the model '{config.name}' but its directory is '{name}'"

@@ -150,7 +150,7 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load_model(request.model_name, list(request.parameters))
+        await self.dataplane.load_model(request.model_name, _repository_parameters(request))
         if self.siblings is not None:  # every worker has it before the caller hears back
             await self.siblings.gather("RepositoryModelLoad", request)
         return pb.RepositoryModelLoadResponse()
@@ -158,7 +158,7 @@ class InferenceServicer:
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dataplane.unload_model(request.model_name)
+        await self.dataplane.unload_model(request.model_name, _repository_parameters(request))
         if self.siblings is not None:
             await self.siblings.gather("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
@@ -461,3 +461,14 @@ def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStre
 def status_code(exc: TensorgateError) -> grpc.StatusCode:
     """The gRPC status for an expected failure, from the one error table."""
     return grpc.StatusCode[exc.kind.grpc_status_name]
+
+
+def _repository_parameters(
+    request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest,
+) -> dict[str, object]:
+    """A load or unload request's parameters as plain values (a bytes file stays bytes)."""
+    values: dict[str, object] = {}
+    for key, param in request.parameters.items():
+        choice = param.WhichOneof("parameter_choice")
+        values[key] = getattr(param, choice) if choice is not None else None
+    return values
