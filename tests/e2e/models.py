@@ -101,8 +101,8 @@ model_warmup [{
 
 def reshaped_onnx(root: Path) -> None:
     """Y = the sum of each [2, 2] X."""
-    import onnx
     from onnx import TensorProto, helper
+    from tensorgate.examples.build import save_onnx
 
     graph = helper.make_graph(
         [helper.make_node("ReduceSum", ["X", "AXES"], ["Y"], keepdims=0)],
@@ -111,11 +111,7 @@ def reshaped_onnx(root: Path) -> None:
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch"])],
         [helper.make_tensor("AXES", TensorProto.INT64, [2], [1, 2])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    (root / "reshaped" / "1").mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(root / "reshaped" / "1" / "model.onnx"))
+    save_onnx(graph, root / "reshaped" / "1" / "model.onnx")
     (root / "reshaped" / "config.pbtxt").write_text(RESHAPED_CONFIG)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tensorgate.examples.build import TEMPLATES
+from tensorgate.examples.build import TEMPLATES, save_onnx
 
 # Triton's repeat example model, as a generator: one response per element of IN, each after
 # its DELAY (ms), then WAIT (ms) before the stream ends. Every step and the generator's
@@ -196,11 +196,7 @@ def _running_sum_onnx(path: Path, with_start: bool) -> None:
     graph = helper.make_graph(
         nodes, "running_sum", inputs, [tensor("OUTPUT"), tensor("OUTPUT_STATE")]
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    save_onnx(graph, path)
 
 
 def build_state_models(root: Path) -> None:

@@ -69,13 +69,8 @@ def test_quickstart_curl_example_runs_and_answers(server: Server) -> None:
     assert json.loads(output)["outputs"][0]["data"] == [float(v) for v in range(2, 18)]
 
 
-@pytest.mark.parametrize(
-    ("page", "block"),
-    [("README.md", "readme-python"), ("docs/pages/quickstart.md", "quickstart-python")],
-)
-def test_first_inference_with_tritonclient_runs_as_written(
-    server: Server, page: str, block: str
-) -> None:
+def run_python_block(page: str, block: str, server: Server) -> subprocess.CompletedProcess[str]:
+    """Run a documented `.venv/bin/python - <<'PY'` block against `server`; it must succeed."""
     script = doc_block(page, block).replace(".venv/bin/python", sys.executable)
     result = subprocess.run(
         ["bash", "-c", script.replace("localhost:8001", server.url)],
@@ -85,20 +80,22 @@ def test_first_inference_with_tritonclient_runs_as_written(
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize(
+    ("page", "block"),
+    [("README.md", "readme-python"), ("docs/pages/quickstart.md", "quickstart-python")],
+)
+def test_first_inference_with_tritonclient_runs_as_written(
+    server: Server, page: str, block: str
+) -> None:
+    result = run_python_block(page, block, server)
     assert result.stdout.strip() == "[[" + " ".join(["3."] * 16) + "]]"
 
 
 def test_the_classification_example_prints_three_labelled_classes(server: Server) -> None:
-    script = doc_block("docs/pages/protocols.md", "classification-python")
-    script = script.replace(".venv/bin/python", sys.executable)
-    result = subprocess.run(
-        ["bash", "-c", script.replace("localhost:8001", server.url)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_python_block("docs/pages/protocols.md", "classification-python", server)
     entries = re.findall(r"b'(-?[0-9.]+):([0-9]):([a-z]+)'", result.stdout)
     assert len(entries) == 3, result.stdout
     assert [float(value) for value, _, _ in entries] == sorted(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from tensorgate.examples.tiny_lm import GENERATION_CONFIG, build_tiny_llama
 
@@ -79,6 +80,14 @@ def build_add_sub(path: Path) -> None:
         [tensor("INPUT0"), tensor("INPUT1")],
         [tensor("OUTPUT0"), tensor("OUTPUT1")],
     )
+    save_onnx(graph, path)
+
+
+def save_onnx(graph: Any, path: Path) -> None:
+    """An ONNX graph as a checked model file (opset 17, IR 8: what onnxruntime reads)."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
