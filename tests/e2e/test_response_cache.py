@@ -93,3 +93,36 @@ def test_a_cached_model_needs_a_server_cache(
                 break
             time.sleep(0.1)
         assert "start it with --cache-size" in index[0]["reason"]
+
+
+def test_an_ensemble_answers_a_repeated_request_from_the_cache_without_its_steps(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "executions"
+    monkeypatch.setenv("CACHE_TEST_LOG", str(log))
+    root = tmp_path_factory.mktemp("cached_ensemble")
+    _model(root, "step")
+    (root / "step" / "config.pbtxt").write_text(
+        (root / "step" / "config.pbtxt")
+        .read_text()
+        .replace("response_cache { enable: true }\n", "")
+    )
+    (root / "doubled" / "1").mkdir(parents=True)
+    (root / "doubled" / "config.pbtxt").write_text(
+        'platform: "ensemble"\nmax_batch_size: 4\nresponse_cache { enable: true }\n'
+        'input [{ name: "X", data_type: TYPE_FP32, dims: [3] }]\n'
+        'output [{ name: "Y", data_type: TYPE_FP32, dims: [3] }]\n'
+        'ensemble_scheduling { step [{ model_name: "step", '
+        'input_map { key: "INPUT" value: "X" }, output_map { key: "OUTPUT" value: "Y" } }] }\n'
+    )
+    with (
+        serving(root, tmp_path_factory, "--cache-size", str(2**20)) as server,
+        grpcclient.InferenceServerClient(server.url) as client,
+    ):
+        tensor = grpcclient.InferInput("X", [1, 3], "FP32")
+        tensor.set_data_from_numpy(np.array([[1, 2, 3]], np.float32))
+        answers = [client.infer("doubled", [tensor]).as_numpy("Y") for _ in range(3)]
+        stats = client.get_inference_statistics("doubled").model_stats[0]
+    assert len(log.read_text().split()) == 1  # the step ran once
+    assert [a.tolist() for a in answers] == [[[2.0, 4.0, 6.0]]] * 3
+    assert stats.inference_stats.cache_hit.count == 2

@@ -143,12 +143,10 @@ class VersionBuilder:
         config = mc.ModelConfig()
         config.CopyFrom(base_config)
         check_supported(config)
-        if config.response_cache.enable and (
-            config.platform == ENSEMBLE or config.backend == GENERATION
-        ):
+        if config.response_cache.enable and config.backend == GENERATION:
             raise ModelLoadError(
-                "response_cache is implemented for models with instances, not for ensembles "
-                "or generation models"
+                "response_cache is implemented for models that answer each request once, not "
+                "for generation models"
             )
         if config.model_warmup and (config.platform == ENSEMBLE or config.backend == GENERATION):
             raise ModelLoadError(
@@ -211,7 +209,19 @@ class VersionBuilder:
         runner = EnsembleRunner(name, plan, spec, self.calls.on_loop, self.calls.stream_on_loop)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
         needs = tuple(sorted({step.model for step in plan.steps}))
-        return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics, needs)
+        stateful = runner.decoupled or any(
+            self.resolve(step.model, step.version).config.HasField("sequence_batching")
+            for step in plan.steps
+        )
+        if config.response_cache.enable and stateful:
+            raise ModelLoadError(
+                "response_cache is implemented for ensembles that answer each request once "
+                "and keep no state, not for ones with a decoupled or sequence step"
+            )
+        cached = self._cached(config)
+        return ModelVersion(
+            name, version, config, spec, runner, ModelStats(), metrics, needs, cached
+        )
 
     def _generation(
         self, name: str, version_dir: Path, version: int, config: mc.ModelConfig, labels: Labels
