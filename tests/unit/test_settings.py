@@ -29,3 +29,22 @@ def test_a_model_config_name_that_is_not_a_plain_file_name_is_refused(name: str)
     with pytest.raises(ValueError, match="model_config_name must be a file name"):
         build_settings({"model_config_name": name}, {})
     assert build_settings({"model_config_name": "h100"}, {}).model_config_name == "h100"
+
+
+def test_every_flag_the_triton_page_names_exists() -> None:
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from tensorgate.settings import Settings
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "pages" / "from-triton.md"
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| `--")]
+    ours: set[str] = set()
+    for row in rows:
+        triton, tensorgate = row.split(" | ")[:2]
+        # "the same": Triton's own flag names are tensorgate's too.
+        named = triton if tensorgate.startswith("the same") else tensorgate
+        ours.update(re.findall(r"--([a-z][a-z-]*)", named))
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert ours and {f.replace("-", "_") for f in ours} <= fields
