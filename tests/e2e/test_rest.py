@@ -177,9 +177,11 @@ def test_explicit_load_and_unload_over_http(tmp_path: Path) -> None:
         with pytest.raises(InferenceServerException, match="not in the repository") as info:
             http.load_model("third")
         assert info.value.status() == "404"
-        with pytest.raises(InferenceServerException, match="not supported") as info:
-            http.load_model("first", config='{"max_batch_size": 2}')
-        assert info.value.status() == "501"
+        http.load_model("first", config='{"max_batch_size": 2}')  # a config override
+        assert http.get_model_config("first")["max_batch_size"] == 2
+        with pytest.raises(InferenceServerException, match="is not a model config") as info:
+            http.load_model("first", config='{"max_batch_size": "two"}')
+        assert info.value.status() == "400"
     finally:
         assert server.stop() == 0, server.output()
 
