@@ -323,6 +323,10 @@ def build_refused_combinations(root: Path) -> dict[str, str]:
             PIPELINE_CONFIG + "instance_group [ { count: 2 } ]\n",
             "an ensemble takes no 'instance_group'",
         ),
+        "onnx_kind_model": (
+            'backend: "onnxruntime"\ninstance_group [ { kind: KIND_MODEL } ]\n',
+            "only Python models can, not the onnxruntime backend",
+        ),
     }
     for name, (config, _) in cases.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)
@@ -330,6 +334,9 @@ def build_refused_combinations(root: Path) -> dict[str, str]:
     if (root / "decoupled_batching").is_dir():
         model = (TEMPLATES / "words" / "1" / "model.py").read_text()
         (root / "decoupled_batching" / "1" / "model.py").write_text(model)
+    from tensorgate.examples.build import build_add_sub
+
+    build_add_sub(root / "onnx_kind_model" / "1" / "model.onnx")
     return {name: reason for name, (_, reason) in cases.items()}
 
 

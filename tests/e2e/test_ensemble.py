@@ -76,7 +76,7 @@ def test_a_broken_ensemble_fails_its_load_with_a_reason(stream_server: Server, n
     assert BROKEN_ENSEMBLES[name][1] in entry["reason"]
 
 
-@pytest.mark.parametrize("name", ["decoupled_batching", "ensemble_instances"])
+@pytest.mark.parametrize("name", ["decoupled_batching", "ensemble_instances", "onnx_kind_model"])
 def test_a_setting_the_runner_would_ignore_fails_the_load(
     stream_server: Server, name: str, tmp_path: Path
 ) -> None:

@@ -47,6 +47,14 @@ def test_a_model_completes_its_own_config_as_in_triton(stream_server: Server) ->
     )
 
 
+def test_a_kind_model_instance_is_told_its_kind(stream_server: Server) -> None:
+    tensor = grpcclient.InferInput("ANY", [1], "INT32")
+    tensor.set_data_from_numpy(np.array([0], dtype=np.int32))
+    with grpcclient.InferenceServerClient(stream_server.url) as client:
+        result = client.infer("triton_kind_model", [tensor])
+    assert result.as_numpy("KIND").tolist() == [b"MODEL"]
+
+
 def test_an_error_response_fails_only_its_own_request(stream_server: Server) -> None:
     check_error_responses_fail_alone(stream_server.url, "triton_add_sub")
 

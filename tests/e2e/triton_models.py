@@ -145,6 +145,29 @@ class TritonPythonModel:
 """
 
 
+# KIND_MODEL: the model is told so, and answers with the kind it was given.
+INSTANCE_KIND = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kind = args["model_instance_kind"]
+
+    def execute(self, requests):
+        kind = np.array([self.kind.encode()], dtype=np.object_)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("KIND", kind)]) for _ in requests]
+"""
+INSTANCE_KIND_CONFIG = """
+backend: "python"
+max_batch_size: 0
+instance_group [ { kind: KIND_MODEL, count: 2 } ]
+input [ { name: "ANY", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "KIND", data_type: TYPE_STRING, dims: [ 1 ] } ]
+"""
+
+
 def build_triton_models(root: Path) -> None:
     """Triton-style model.py files: add_sub (FP32 and INT8), BLS, decoupled, strings, and
     one that completes its own config (`triton_auto_complete`, no config.pbtxt) beside one
@@ -156,6 +179,7 @@ def build_triton_models(root: Path) -> None:
         "triton_bls_async": (python_config("FP32"), BLS_ASYNC),
         "triton_repeat_int32": (REPEAT_CONFIG, REPEAT),
         "simple_string": (python_config("STRING"), STRING),
+        "triton_kind_model": (INSTANCE_KIND_CONFIG, INSTANCE_KIND),
     }
     for name, (config, code) in models.items():
         (root / name / "1").mkdir(parents=True, exist_ok=True)

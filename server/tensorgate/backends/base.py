@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from tensorgate.dataplane.calls import Caller
 
 
+# The device of a KIND_MODEL instance: Python model code that chooses its devices itself.
+MODEL_DEVICE = "model"
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSignature:
     """A tensor as the model file declares it; -1 marks a dynamic dimension."""
@@ -40,7 +44,7 @@ class InstanceContext:
     model_dir: Path
     model_file: Path
     config: mc.ModelConfig
-    device: str  # "cpu" or "cuda:<id>"
+    device: str  # "cpu", "cuda:<id>", or MODEL_DEVICE (KIND_MODEL: the model places itself)
     intra_op_threads: int
     index: int = 0  # which instance of the version this is
     calls: Caller | None = None  # how model code calls other models (BLS)

@@ -19,7 +19,12 @@ from google.protobuf import json_format
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.backends import triton_utils as pb
-from tensorgate.backends.base import InstanceContext, ModelSignature, ResponseSender
+from tensorgate.backends.base import (
+    MODEL_DEVICE,
+    InstanceContext,
+    ModelSignature,
+    ResponseSender,
+)
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import ModelExecutionError, ModelLoadError
 from tensorgate.executors.instance_threads import thread_event_loop
@@ -67,9 +72,10 @@ class TritonPythonInstance:
         self._outputs = [o.name for o in config.output]
         self._model: Any = module.TritonPythonModel()
         gpu = context.device.startswith("cuda")
+        kind = "GPU" if gpu else "MODEL" if context.device == MODEL_DEVICE else "CPU"
         args = {
             "model_config": json.dumps(config_dict(config)),
-            "model_instance_kind": "GPU" if gpu else "CPU",
+            "model_instance_kind": kind,
             "model_instance_name": f"{context.model_name}_{context.index}",
             "model_instance_device_id": context.device.split(":")[1] if gpu else "0",
             "model_repository": str(context.model_dir),

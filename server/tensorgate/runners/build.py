@@ -23,7 +23,7 @@ from typing import Any
 
 from tensorgate_protos import model_config_pb2 as mc
 
-from tensorgate.backends.base import Backend, InstanceContext, ModelSignature
+from tensorgate.backends.base import MODEL_DEVICE, Backend, InstanceContext, ModelSignature
 from tensorgate.backends.python_model import auto_complete
 from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
@@ -69,6 +69,8 @@ def instance_devices(config: mc.ModelConfig) -> list[str]:
                 devices += [f"cuda:{gpu}"] * count
         elif group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO):
             devices += ["cpu"] * count
+        elif group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            devices += [MODEL_DEVICE] * count
         else:
             raise ModelLoadError(
                 f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} "
@@ -245,6 +247,11 @@ class VersionBuilder:
         version_dir = model_dir / str(version)
         factory = resolve_backend(config, version_dir)
         _check_graph_level(config, factory.name)
+        if factory.name != "python" and MODEL_DEVICE in instance_devices(config):
+            raise ModelLoadError(
+                "instance_group kind KIND_MODEL lets model code place itself on devices; only "
+                f"Python models can, not the {factory.name} backend (use KIND_CPU or KIND_GPU)"
+            )
         path = model_file(config, factory, version_dir)
         fill = not self.settings.disable_auto_complete_config
         if factory.name == "python" and fill:

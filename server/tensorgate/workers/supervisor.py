@@ -74,7 +74,8 @@ def worker_count(settings: Settings) -> int:
             continue
         if config is None:
             continue
-        gpu = any(g.kind == g.KIND_GPU for g in config.instance_group)
+        # KIND_MODEL: model code places itself, on a GPU as likely as not.
+        gpu = any(g.kind in (g.KIND_GPU, g.KIND_MODEL) for g in config.instance_group)
         if config.backend == "generation" or gpu:
             log.info(
                 "--workers auto: one worker",
