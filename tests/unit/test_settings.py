@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tensorgate.settings import build_settings
 
@@ -48,3 +50,20 @@ def test_every_flag_the_triton_page_names_exists() -> None:
         ours.update(re.findall(r"--([a-z][a-z-]*)", named))
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert ours and {f.replace("-", "_") for f in ours} <= fields
+
+
+def test_workers_auto_runs_one_worker_beside_a_model_that_may_hold_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from tensorgate.workers.supervisor import worker_count
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    (tmp_path / "cpu_model").mkdir()
+    (tmp_path / "cpu_model" / "config.pbtxt").write_text("instance_group [{ kind: KIND_CPU }]")
+    settings = build_settings({"workers": "auto", "model_repository": tmp_path}, {})
+    assert worker_count(settings) == 4
+    (tmp_path / "placed").mkdir()
+    (tmp_path / "placed" / "config.pbtxt").write_text("instance_group [{ kind: KIND_MODEL }]")
+    assert worker_count(settings) == 1
