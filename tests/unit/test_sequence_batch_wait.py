@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError
+from tensorgate.executors.instance_threads import InstanceThreads
 from tensorgate.repository.config import parse_config
-from tensorgate.runners.sequence import batch_wait
+from tensorgate.runners.sequence import SequenceRunner, batch_wait
+from tensorgate.runners.sequence_state import state_tensors
 
 from tests.unit.test_sequence_state import Accumulator, _config, _request, _runner, on_a_loop
 
@@ -93,3 +97,36 @@ async def test_unloading_sends_a_waiting_batch_at_once(tmp_path: Path) -> None:
 def test_a_wait_that_cannot_work_fails_the_load(strategy: str, reason: str) -> None:
     with pytest.raises(ModelLoadError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         batch_wait(parse_config(_waiting(strategy)))
+
+
+class Sleeper(Accumulator):
+    """Sleeps as many milliseconds as its input says, then answers the input."""
+
+    def execute(self, inputs: dict[str, Array]) -> dict[str, Array]:
+        value = inputs["INPUT"]
+        time.sleep(float(value.max()) / 1000)
+        return {"OUTPUT": value, "STATE_OUT": inputs["STATE_IN"]}
+
+
+@pytest.mark.parametrize("preserve", [True, False])
+@on_a_loop
+async def test_preserve_ordering_answers_in_arrival_order_across_instances(
+    tmp_path: Path, preserve: bool
+) -> None:
+    strategy = (
+        f"oldest {{ max_candidate_sequences: 1, preserve_ordering: {str(preserve).lower()} }}"
+    )
+    parsed = parse_config(_waiting(strategy).replace("max_batch_size: 4", "max_batch_size: 1"))
+    instances = InstanceThreads("acc", [Sleeper(), Sleeper()])
+    runner = SequenceRunner("acc", parsed, instances, 16, None, state_tensors(parsed, tmp_path))
+    answered: list[int] = []
+    try:
+        # The slow request arrives first, on one instance; the quick one on the other.
+        slow = asyncio.ensure_future(runner.run(_request(1, 1000, start=True), 1))
+        quick = asyncio.ensure_future(runner.run(_request(2, 0, start=True), 1))
+        for task, corrid in ((slow, 1), (quick, 2)):
+            task.add_done_callback(lambda _, c=corrid: answered.append(c))
+        await asyncio.wait_for(asyncio.gather(slow, quick), 30)
+    finally:
+        await runner.close()
+    assert answered == ([1, 2] if preserve else [2, 1])

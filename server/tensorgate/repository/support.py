@@ -63,6 +63,7 @@ SUPPORTED: dict[str, Any] = {
             "max_candidate_sequences": ALL,
             "max_queue_delay_microseconds": ALL,
             "preferred_batch_size": ALL,
+            "preserve_ordering": ALL,
         },
     },
     "ensemble_scheduling": {
@@ -106,8 +107,6 @@ REASONS = {
     "sequence_batching.state.use_growable_memory": "states live in host memory; growable "
     "GPU state buffers are not implemented",
     "sequence_batching.iterative_sequence": "iterative sequences are not implemented",
-    "sequence_batching.oldest.preserve_ordering": "it is not implemented (each sequence's "
-    "requests are always answered in order)",
     "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "output.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "input.allow_ragged_batch": "ragged batching is not implemented",

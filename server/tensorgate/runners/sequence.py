@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import partial
@@ -157,6 +158,8 @@ def sequence_parameters(
 class _Ticket:
     future: asyncio.Future[Scheduled]
     inputs: dict[str, Array]
+    # Held until every earlier request is answered (oldest.preserve_ordering).
+    outcome: Scheduled | BaseException | None = None
 
 
 def _execute(backend: Backend, inputs: dict[str, Array]) -> tuple[dict[str, Array], int, int]:
@@ -200,6 +203,9 @@ class SequenceRunner:
         self._holds: list[asyncio.TimerHandle | None] = [None] * len(instances)
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
+        # oldest.preserve_ordering: requests in arrival order, answered in that order.
+        self._ordered = not direct and batching.oldest.preserve_ordering
+        self._arrivals: deque[_Ticket] = deque()
 
     def status(self) -> RunnerStatus:
         queued = sum(len(s.pending) for s in self.policy.sequences.values())
@@ -219,13 +225,18 @@ class SequenceRunner:
         self._check_corrid_type(corrid)
         now = time.perf_counter_ns()
         future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
-        item = SequenceRequest(start, end, now, _Ticket(future, request.inputs))
+        ticket = _Ticket(future, request.inputs)
+        item = SequenceRequest(start, end, now, ticket)
         sequence = self.policy.add(corrid, item, now)
+        if self._ordered:
+            self._arrivals.append(ticket)
         self._dispatch(sequence.instance)
         try:
             return await future
         except asyncio.CancelledError:
             self.policy.drop(sequence, item)
+            if self._ordered:
+                self._release()  # the requests behind it need not wait for it
             raise
 
     def _check_corrid_type(self, corrid: CorrelationId) -> None:
@@ -335,7 +346,7 @@ class SequenceRunner:
             error = self._keep_states(batch, rows, future.result()[0])
         if error is not None:
             for head in heads:
-                _settle(head.handle.future, error)
+                self._answer(head.handle, error)
         else:
             outputs, started, inferred = future.result()
             timing = BatchTiming(dispatched, started, inferred, now, len(batch), len(batch))
@@ -357,11 +368,27 @@ class SequenceRunner:
                     now - inferred,
                     timing,
                 )
-                _settle(head.handle.future, done)
+                self._answer(head.handle, done)
         woken = self.policy.finished(batch, now)
         self._busy[instance] = False
         for index in {instance, *woken}:
             self._dispatch(index)
+
+    def _answer(self, ticket: _Ticket, outcome: Scheduled | BaseException) -> None:
+        if not self._ordered:
+            _settle(ticket.future, outcome)
+            return
+        ticket.outcome = outcome
+        self._release()
+
+    def _release(self) -> None:
+        """Answer the requests at the head of the arrival order that have their outcome
+        (or whose caller left)."""
+        arrivals = self._arrivals
+        while arrivals and (arrivals[0].outcome is not None or arrivals[0].future.done()):
+            ticket = arrivals.popleft()
+            if ticket.outcome is not None:
+                _settle(ticket.future, ticket.outcome)
 
     def _keep_states(
         self, batch: list[Sequence], rows: list[int], outputs: dict[str, Array]
