@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, start_server
+from tests.e2e.models import identity_onnx
 from tests.e2e.triton_models import check_error_responses_fail_alone, pair
 
 pytestmark = pytest.mark.slow
@@ -104,3 +107,72 @@ def test_decoupled_model_answers_through_its_response_sender(stream_server: Serv
     assert [int(o[0]) for o in outputs[:-1]] == list(values)
     assert outputs[-1] is None
     assert received[-1].get_response().parameters["triton_final_response"].bool_param
+
+
+# BLS model loading: the model loads, unloads and checks other models by name.
+LOADER = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            op, name = (
+                v.decode() for v in pb_utils.get_input_tensor_by_name(request, "OP").as_numpy()
+            )
+            try:
+                if op == "load":
+                    pb_utils.load_model(name)
+                elif op == "load_small":
+                    pb_utils.load_model(name, config=json.dumps({"max_batch_size": 2}))
+                elif op == "unload":
+                    pb_utils.unload_model(name)
+                ready = np.array([pb_utils.is_model_ready(name)])
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("READY", ready)]))
+            except pb_utils.TritonModelException as exc:
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.message()))
+                )
+        return responses
+"""
+LOADER_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "OP", data_type: TYPE_STRING, dims: [ 2 ] } ]
+output [ { name: "READY", data_type: TYPE_BOOL, dims: [ 1 ] } ]
+"""
+
+
+def test_model_code_loads_and_unloads_models_in_threads_and_processes(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    identity_onnx(repo / "target" / "1" / "model.onnx", "FP32")
+    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
+    for name, extra in (("loader", ""), ("loader_process", process)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(LOADER)
+        (repo / name / "config.pbtxt").write_text(LOADER_CONFIG + extra)
+    args = ("--model-control-mode", "explicit", "--load-model", "loader")
+    server = start_server(repo, tmp_path / "log", *args, "--load-model", "loader_process")
+
+    def ask(client: grpcclient.InferenceServerClient, loader: str, op: str, name: str) -> bool:
+        tensor = grpcclient.InferInput("OP", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array([op.encode(), name.encode()], dtype=np.object_))
+        return bool(client.infer(loader, [tensor]).as_numpy("READY")[0])
+
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            before = ask(client, "loader", "ready", "target")
+            loaded = ask(client, "loader", "load", "target")
+            seen = client.is_model_ready("target")
+            unloaded = ask(client, "loader_process", "unload", "target")
+            small = ask(client, "loader_process", "load_small", "target")
+            batch = client.get_model_config("target", as_json=True)["config"]["max_batch_size"]
+            with pytest.raises(InferenceServerException) as missing:
+                ask(client, "loader", "load", "missing")
+    finally:
+        assert server.stop() == 0
+    assert (before, loaded, seen, unloaded, small, batch) == (False, True, True, False, True, 2)
+    assert "not in the repository" in missing.value.message()

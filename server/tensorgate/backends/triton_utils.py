@@ -5,9 +5,9 @@ backend registers it in `sys.modules` before importing the file), so such files 
 unchanged. Covered: `Tensor`, `InferenceRequest` (as received, and built for BLS with
 `exec` / `async_exec`, decoupled included), `InferenceResponse`, the response sender of
 decoupled models, `TritonError` / `TritonModelException`, the config helpers, `ModelConfig`
-(what `auto_complete_config` receives), `Logger` and the flag constants. Tensors live in
-CPU memory as numpy arrays: `to_dlpack` / `from_dlpack` go through numpy's DLPack support,
-and GPU tensors are not supported.
+(what `auto_complete_config` receives), `load_model` / `unload_model` / `is_model_ready`,
+`Logger` and the flag constants. Tensors live in CPU memory as numpy arrays: `to_dlpack` /
+`from_dlpack` go through numpy's DLPack support, and GPU tensors are not supported.
 """
 
 from __future__ import annotations
@@ -363,6 +363,37 @@ def _response_of(response: InferResponse) -> InferenceResponse:
 def outputs_of(response: InferenceResponse) -> dict[str, Array]:
     """A response's output tensors as named arrays (tensorgate's side of the API)."""
     return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+
+def _repository(operation: str, *arguments: Any) -> Any:
+    """A repository operation on the server, as a model's BLS code asks for it; the server's
+    refusal comes back as TritonModelException."""
+    calls = InferenceRequest._calls
+    if calls is None:
+        raise TritonModelException("loading models needs a running tensorgate server")
+    try:
+        return calls.control(operation, *arguments)
+    except TensorgateError as exc:
+        raise TritonModelException(exc.message) from None
+
+
+def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
+    """Load (or reload) a model, as a client's load with these parameters would: the server
+    must run with --model-control-mode explicit. A model cannot load itself."""
+    parameters: dict[str, object] = dict(files or {})
+    if config:
+        parameters["config"] = config
+    _repository("load", model_name, parameters)
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    """Unload a model (explicit model control only); a model cannot unload itself."""
+    _repository("unload", model_name, {"unload_dependents": unload_dependents})
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    """Whether the server serves the model (that version, else its latest) now."""
+    return bool(_repository("ready", model_name, str(model_version)))
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -21,6 +21,8 @@ from tensorgate.errors import FailedPrecondition
 
 Infer = Callable[[InferRequest], Coroutine[Any, Any, InferResponse]]
 Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
+# Repository operations model code may ask for: ("load" | "unload" | "ready", arguments).
+Control = Callable[[str, tuple[Any, ...]], Coroutine[Any, Any, Any]]
 # What a stream's `deliver` is given after its last response (or its error).
 STREAM_END = object()
 
@@ -35,15 +37,18 @@ class Caller(Protocol):
 
     def stream(self, request: InferRequest) -> Iterator[InferResponse]: ...
 
+    def control(self, operation: str, *arguments: Any) -> Any: ...
+
 
 class ModelCalls:
     """The data plane's infer and stream, callable from model threads."""
 
-    def __init__(self, infer: Infer, stream: Stream) -> None:
+    def __init__(self, infer: Infer, stream: Stream, control: Control | None = None) -> None:
         self.on_loop = infer  # for callers already on the server's loop (ensembles)
         self.stream_on_loop = stream
         self._infer = infer
         self._stream = stream
+        self._control = control
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -78,6 +83,20 @@ class ModelCalls:
                 deliver(STREAM_END)
 
         return asyncio.run_coroutine_threadsafe(pump(), self._server_loop())
+
+    def submit_control(
+        self, operation: str, arguments: tuple[Any, ...]
+    ) -> concurrent.futures.Future[Any]:
+        """Start a repository operation (load, unload, ready) from any thread but the loop's."""
+        if self._control is None:
+            raise FailedPrecondition("models can only load models in a server")
+        return asyncio.run_coroutine_threadsafe(
+            self._control(operation, arguments), self._server_loop()
+        )
+
+    def control(self, operation: str, *arguments: Any) -> Any:
+        """Blocking: a repository operation's result (from a model's thread)."""
+        return self.submit_control(operation, arguments).result()
 
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Blocking: one response (from a model's thread)."""

@@ -75,7 +75,9 @@ class DataPlane:
         self.cache = cache  # the response cache (--cache-size); models opt in by config
         self.shared_memory = SharedMemoryRegistry()  # system shared-memory regions
         # Ensembles and model code (BLS) call models through here.
-        repository.builder.calls = self.calls = ModelCalls(self.infer, self.stream)
+        repository.builder.calls = self.calls = ModelCalls(
+            self.infer, self.stream, self._model_control
+        )
         self.explicit_control = explicit_control
         self.observer = observer or InferObserver(None, 0.0)
         self.strict_readiness = strict_readiness
@@ -139,6 +141,19 @@ class DataPlane:
                 f"{', '.join(map(repr, parameters)) or repr(dependents)}"
             )
         await self.repository.unload(name, dependents)
+
+    async def _model_control(self, operation: str, arguments: tuple[Any, ...]) -> object:
+        """Repository operations model code asks for (Triton's BLS load_model,
+        unload_model, is_model_ready), held to the same rules as a client's."""
+        if operation == "load":
+            await self.load_model(*arguments)
+            return None
+        if operation == "unload":
+            await self.unload_model(*arguments)
+            return None
+        if operation == "ready":
+            return self.model_ready(*arguments)
+        raise InvalidArgument(f"unknown repository operation '{operation}'")
 
     def _require_explicit(self, action: str) -> None:
         if not self.explicit_control:

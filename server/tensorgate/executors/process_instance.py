@@ -313,6 +313,17 @@ class _ChildCalls:
         response: InferResponse = payload
         return response
 
+    def control(self, operation: str, *arguments: Any) -> Any:
+        call_id, answers = self._channel.open_call()
+        try:
+            self._channel.send(("control", call_id, (operation, arguments)))
+            kind, payload = answers.get()
+        finally:
+            self._channel.close_call(call_id)
+        if kind == "error":
+            raise _raised(payload)
+        return payload
+
     async def infer_async(self, request: InferRequest) -> InferResponse:
         # A thread per waiting call lets `asyncio.gather` keep several in flight.
         return await asyncio.get_running_loop().run_in_executor(None, self.infer, request)
@@ -635,14 +646,17 @@ class ProcessInstance:
     def _model_call(self, message: tuple[Any, ...]) -> bool:
         """Start (or cancel) a call the child's model code makes; False: not such a message."""
         kind = message[0]
-        if kind in ("call", "stream"):
+        if kind in ("call", "stream", "control"):
             call_id, request = message[1], message[2]
-            if self._calls is None:
+            calls = self._calls
+            if calls is None:
                 self._refuse(call_id, FailedPrecondition("models can only call models in a server"))
             elif kind == "call":
-                self._start_call(self._calls, call_id, request)
+                self._start_call(call_id, lambda: calls.submit(request))
+            elif kind == "control":
+                self._start_call(call_id, lambda: calls.submit_control(*request))
             else:
-                self._start_stream(self._calls, call_id, request)
+                self._start_stream(calls, call_id, request)
         elif kind == "cancel":
             future = self._open_calls.get(message[1])
             if future is not None:
@@ -668,8 +682,10 @@ class ProcessInstance:
         else:
             self._outbox.put(("error", call_id, _failure(error)))
 
-    def _start_call(self, calls: ModelCalls, call_id: int, request: InferRequest) -> None:
-        def answered(future: concurrent.futures.Future[InferResponse]) -> None:
+    def _start_call(
+        self, call_id: int, submit: Callable[[], concurrent.futures.Future[Any]]
+    ) -> None:
+        def answered(future: concurrent.futures.Future[Any]) -> None:
             if not future.cancelled():
                 error = future.exception()
                 if error is None:
@@ -678,7 +694,7 @@ class ProcessInstance:
                     self._tell_child(("error", call_id, _failure(error)))
             self._open_calls.pop(call_id, None)
 
-        self._started(call_id, lambda: calls.submit(request), answered)
+        self._started(call_id, submit, answered)
 
     def _start_stream(self, calls: ModelCalls, call_id: int, request: InferRequest) -> None:
         def deliver(item: object) -> None:
