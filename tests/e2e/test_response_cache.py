@@ -25,11 +25,12 @@ class Model:
 """
 
 
-def _model(root: Path, name: str) -> None:
+def _model(root: Path, name: str, cached: bool = True) -> None:
     (root / name / "1").mkdir(parents=True)
     (root / name / "1" / "model.py").write_text(COUNTING)
+    cache = "response_cache { enable: true }\n" if cached else ""
     (root / name / "config.pbtxt").write_text(
-        'backend: "python"\nmax_batch_size: 4\nresponse_cache { enable: true }\n'
+        f'backend: "python"\nmax_batch_size: 4\n{cache}'
         'input [{ name: "INPUT", data_type: TYPE_FP32, dims: [3] }]\n'
         'output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [3] },'
         ' { name: "TWICE", data_type: TYPE_FP32, dims: [3] }]\n'
@@ -101,12 +102,7 @@ def test_an_ensemble_answers_a_repeated_request_from_the_cache_without_its_steps
     log = tmp_path / "executions"
     monkeypatch.setenv("CACHE_TEST_LOG", str(log))
     root = tmp_path_factory.mktemp("cached_ensemble")
-    _model(root, "step")
-    (root / "step" / "config.pbtxt").write_text(
-        (root / "step" / "config.pbtxt")
-        .read_text()
-        .replace("response_cache { enable: true }\n", "")
-    )
+    _model(root, "step", cached=False)
     (root / "doubled" / "1").mkdir(parents=True)
     (root / "doubled" / "config.pbtxt").write_text(
         'platform: "ensemble"\nmax_batch_size: 4\nresponse_cache { enable: true }\n'

@@ -19,7 +19,7 @@ from typing import Any
 from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.errors import ModelLoadError
-from tensorgate.repository.config import parameter_int
+from tensorgate.repository.config import parameter_flag, parameter_int
 
 # Triton's numbering, which is not onnxruntime's: 2 turns every optimization off.
 _GRAPH_LEVELS = {
@@ -35,18 +35,6 @@ _REFUSED = {
 
 _CONV_SEARCH = {"0": "EXHAUSTIVE", "1": "HEURISTIC", "2": "DEFAULT"}
 _ARENA_STRATEGY = {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}
-
-
-def _flag(config: mc.ModelConfig, key: str) -> bool | None:
-    param = config.parameters.get(key)
-    if param is None or not param.string_value:
-        return None
-    value = param.string_value.strip().lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    raise ModelLoadError(f"parameter {key} must be true or false (1 or 0), got {value!r}")
 
 
 def session_options(ort: Any, config: mc.ModelConfig, default_threads: int) -> Any:
@@ -73,7 +61,7 @@ def session_options(ort: Any, config: mc.ModelConfig, default_threads: int) -> A
         ("enable_mem_arena", "enable_cpu_mem_arena"),
         ("enable_mem_pattern", "enable_mem_pattern"),
     ):
-        value = _flag(config, key)
+        value = parameter_flag(config, key)
         if value is not None:
             setattr(options, attribute, value)
     key = "session.use_device_allocator_for_initializers"
@@ -109,7 +97,7 @@ def cuda_provider_options(config: mc.ModelConfig) -> dict[str, str]:
     limit = parameter_int(config, "gpu_mem_limit", 0)
     if limit:
         options["gpu_mem_limit"] = str(limit)
-    copy = _flag(config, "do_copy_in_default_stream")
+    copy = parameter_flag(config, "do_copy_in_default_stream")
     if copy is not None:
         options["do_copy_in_default_stream"] = "1" if copy else "0"
     return options

@@ -33,7 +33,7 @@ from tensorgate.backends.base import (
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelExecutionError, ModelLoadError
 from tensorgate.executors.cuda import CudaStream
-from tensorgate.repository.config import parameter_int
+from tensorgate.repository.config import parameter_flag, parameter_int
 
 
 class TorchInstance:
@@ -66,9 +66,9 @@ class TorchInstance:
         for key in _REFUSED_PARAMETERS:
             if key in config.parameters:
                 raise ModelLoadError(f"parameter {key} of the pytorch backend is not implemented")
-        self._inference_mode = _flag(config, "INFERENCE_MODE", True)
-        self._optimized = not _flag(config, "DISABLE_OPTIMIZED_EXECUTION", False)
-        self._clean_cache = _flag(config, "ENABLE_CACHE_CLEANING", False) and bool(self._cuda)
+        self._inference_mode = parameter_flag(config, "INFERENCE_MODE") is not False
+        self._optimized = not parameter_flag(config, "DISABLE_OPTIMIZED_EXECUTION")
+        self._clean_cache = bool(parameter_flag(config, "ENABLE_CACHE_CLEANING") and self._cuda)
         _set_threads(torch, config, context.intra_op_threads)
         path = str(context.model_file)
         try:
@@ -152,16 +152,6 @@ _REFUSED_PARAMETERS = (
     "ENABLE_NVFUSER",
     "ENABLE_TENSOR_FUSER",
 )
-
-
-def _flag(config: mc.ModelConfig, key: str, default: bool) -> bool:
-    param = config.parameters.get(key)
-    if param is None or not param.string_value:
-        return default
-    value = param.string_value.strip().lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ModelLoadError(f"parameter {key} must be true or false, got {value!r}")
-    return value in ("true", "1")
 
 
 def _set_threads(torch: Any, config: mc.ModelConfig, default_intra: int) -> None:

@@ -50,6 +50,19 @@ def parameter_int(config: mc.ModelConfig, key: str, default: int) -> int:
         raise ModelLoadError(f"parameter {key} must be an integer, got {value!r}") from None
 
 
+def parameter_flag(config: mc.ModelConfig, key: str) -> bool | None:
+    """A config `parameters` entry read as true or false; absent or empty: None."""
+    param = config.parameters.get(key)
+    if param is None or not param.string_value:
+        return None
+    value = param.string_value.strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise ModelLoadError(f"parameter {key} must be true or false (1 or 0), got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One input or output as the config declares it; dims exclude the batch dimension."""

@@ -247,7 +247,8 @@ class VersionBuilder:
         version_dir = model_dir / str(version)
         factory = resolve_backend(config, version_dir)
         _check_graph_level(config, factory.name)
-        if factory.name != "python" and MODEL_DEVICE in instance_devices(config):
+        devices = instance_devices(config)
+        if factory.name != "python" and MODEL_DEVICE in devices:
             raise ModelLoadError(
                 "instance_group kind KIND_MODEL lets model code place itself on devices; only "
                 f"Python models can, not the {factory.name} backend (use KIND_CPU or KIND_GPU)"
@@ -257,7 +258,6 @@ class VersionBuilder:
         if factory.name == "python" and fill:
             auto_complete(config, name, version, path)
             check_supported(config)  # what the model added is held to the same table
-        devices = instance_devices(config)
         in_process = execution(config, self.settings.execution) == "process"
 
         def create(index: int) -> Backend:

@@ -80,12 +80,11 @@ class EnsemblePlan:
         )
         if not steps:
             raise ModelLoadError("an ensemble needs at least one ensemble_scheduling step")
-        inputs = tuple(t.name for t in config.input)
-        plan = cls(steps, inputs, tuple(t.name for t in config.output), {})
         spec = ModelSpec.from_config(config)
         models = {step.index: _composing(config.name, step, resolve) for step in steps}
         steps = tuple(replace(s, decoupled=models[s.index].runner.decoupled) for s in steps)
-        plan = cls(steps, plan.inputs, plan.outputs, {})
+        inputs = tuple(t.name for t in config.input)
+        plan = cls(steps, inputs, tuple(t.name for t in config.output), {})
         producers = plan._producers(spec, models)
         plan._check_consumers(spec, models, producers)
         plan._check_acyclic()
@@ -295,9 +294,7 @@ class EnsembleRunner:
                 if response.outputs:
                     yield response
         except TensorgateError as exc:
-            raise TensorgateError(
-                f"ensemble '{self.name}' {step.label} failed: {exc.message}", exc.kind
-            ) from None
+            raise self._failed(step, exc) from None
 
     async def run(self, request: InferRequest, rows: int) -> Scheduled:
         """1. Start every step whose inputs exist. 2. As each finishes, add its outputs and
@@ -338,9 +335,13 @@ class EnsembleRunner:
         try:
             return task.result()
         except TensorgateError as exc:
-            raise TensorgateError(
-                f"ensemble '{self.name}' {step.label} failed: {exc.message}", exc.kind
-            ) from None
+            raise self._failed(step, exc) from None
+
+    def _failed(self, step: Step, exc: TensorgateError) -> TensorgateError:
+        """A step's error as the ensemble's, naming the step."""
+        return TensorgateError(
+            f"ensemble '{self.name}' {step.label} failed: {exc.message}", exc.kind
+        )
 
     async def close(self) -> None:
         """Wait for running requests; the composing models are unloaded on their own."""
