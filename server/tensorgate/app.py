@@ -21,7 +21,8 @@ from tensorgate.observability.logs import LogControl
 from tensorgate.observability.metrics import MetricsStore, TensorgateCollector, build_registry
 from tensorgate.observability.metrics_server import MetricsApp, metrics_server
 from tensorgate.observability.requests import InferObserver
-from tensorgate.observability.tracing import Tracing
+from tensorgate.observability.trace_file import TraceFileSink
+from tensorgate.observability.tracing import SpanSink, TraceSink, Tracing
 from tensorgate.protocol.tensors import LIMITS
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.polling import RepositoryPoller
@@ -52,6 +53,22 @@ def models_to_load(settings: Settings, names: list[str]) -> list[str]:
     return list(settings.load_model)
 
 
+def _tracing(settings: Settings, role: WorkerRole | None) -> Tracing | None:
+    """Where traces go: Triton's trace file, OpenTelemetry, or nowhere (None)."""
+    sink: TraceSink
+    trace_settings = settings.trace_settings()
+    if settings.trace_file is not None:
+        path = settings.trace_file
+        if role is not None:  # one file per worker process, each whole and valid
+            path = path.with_name(f"{path.name}.worker{role.index}")
+        sink = TraceFileSink(path, trace_settings)
+    elif settings.trace_exporter != "none":
+        sink = SpanSink(settings.trace_exporter)
+    else:
+        return None
+    return Tracing(trace_settings, sink)
+
+
 class Servers:
     """Everything `serve` starts, wired together; tests build one with their own tracer."""
 
@@ -68,9 +85,7 @@ class Servers:
         LIMITS.max_bytes_element = settings.max_bytes_element
         self.metrics = MetricsStore() if settings.metrics_port >= 0 else None
         self.repository = ModelRepository(settings, self.metrics, self._state_changed)
-        self.tracing = tracing
-        if tracing is None and settings.trace_exporter != "none":
-            self.tracing = Tracing(settings.trace_exporter, settings.trace_rate)
+        self.tracing = tracing if tracing is not None else _tracing(settings, role)
         self.cache = ResponseCache(settings.cache_size) if settings.cache_size else None
         self.dataplane = DataPlane(
             self.repository,

@@ -7,7 +7,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tensorgate.errors import TensorgateError
+
+if TYPE_CHECKING:
+    from tensorgate.observability.trace_settings import TraceSettings
 
 ENV_PREFIX = "TENSORGATE_"
 # A list setting's separator in a variable, where its items may hold commas themselves.
@@ -39,7 +44,14 @@ HELP = {
     "dev": "human-readable console logs instead of JSON lines",
     "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
     "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
-    "trace_rate": "share (0-1) of requests traced when no sampled traceparent arrives",
+    "trace_file": "write traces to this file in Triton's JSON trace format (instead of "
+    "--trace-exporter)",
+    "trace_level": "OFF, TIMESTAMPS or TENSORS (the trace file only; repeatable); changeable at "
+    "run time, also per model, via /v2/trace/setting",
+    "trace_rate": "trace every N-th request (a client's traceparent decides for its own)",
+    "trace_count": "traces to collect before tracing stops; -1: no limit",
+    "trace_log_frequency": "write the trace file every N traces, to FILE.0, FILE.1, ...; 0: "
+    "append to FILE as traces finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
     "tls_cert": "PEM certificate: serve gRPC and HTTP over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
@@ -143,10 +155,28 @@ class Settings:
     dev: bool = False  # readable console logs instead of JSON lines
     access_log_rate: float = 0.01  # share of successful inferences logged; failures always
     trace_exporter: str = "none"  # none | console | otlp (needs the otel extra)
-    trace_rate: float = 1.0  # share of root requests traced; a sampled traceparent wins
+    trace_file: Path | None = None  # Triton's JSON trace file instead of OpenTelemetry
+    # Triton's trace settings at start (observability/trace_settings.py).
+    trace_level: list[str] = field(default_factory=lambda: ["TIMESTAMPS"])
+    trace_rate: int = 1
+    trace_count: int = -1
+    trace_log_frequency: int = 0
     # Generation models' KV cache; 0: half the free memory of a GPU, 256 MiB on the CPU.
     kv_cache_bytes: int = 0
     config: Path | None = None
+
+    def trace_settings(self) -> TraceSettings:
+        """Triton's trace settings as this server starts with them."""
+        from tensorgate.observability.trace_settings import TraceSettings
+
+        return TraceSettings(
+            self.trace_level,
+            self.trace_rate,
+            self.trace_count,
+            self.trace_log_frequency,
+            "" if self.trace_file is None else str(self.trace_file),
+            files=self.trace_file is not None,
+        )
 
     @property
     def log_updates_allowed(self) -> bool:
@@ -211,6 +241,12 @@ def _check(settings: Settings) -> None:
         raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):
         raise ValueError("trace_exporter must be 'none', 'console' or 'otlp'")
+    if settings.trace_file is not None and settings.trace_exporter != "none":
+        raise ValueError("trace_file and trace_exporter are two places for traces: pick one")
+    try:
+        settings.trace_settings()
+    except TensorgateError as exc:
+        raise ValueError(exc.message) from None
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ValueError("tls_cert and tls_key go together")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
@@ -236,9 +272,8 @@ def _check_numbers(settings: Settings) -> None:
         raise ValueError("exit_timeout must be a number of seconds >= 0")
     if not settings.http_header_timeout > 0:
         raise ValueError("http_header_timeout must be a number of seconds > 0")
-    for name in ("access_log_rate", "trace_rate"):
-        if not 0.0 <= getattr(settings, name) <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1")
+    if not 0.0 <= settings.access_log_rate <= 1.0:
+        raise ValueError("access_log_rate must be between 0 and 1")
 
 
 def _check_access(settings: Settings) -> None:

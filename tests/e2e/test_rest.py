@@ -137,7 +137,7 @@ def test_nested_and_flat_json_data_are_row_major(server: Server) -> None:
     assert out["data"] == [v + 1 for row in rows for v in row]
 
 
-def test_statistics_load_unload_and_unsupported_extensions(
+def test_statistics_load_unload_and_extensions_that_need_setup(
     http: httpclient.InferenceServerClient,
 ) -> None:
     before = http.get_inference_statistics("add_sub")["model_stats"][0]["inference_count"]
@@ -151,9 +151,11 @@ def test_statistics_load_unload_and_unsupported_extensions(
     with pytest.raises(InferenceServerException, match="explicit") as info:
         http.load_model("add_sub")
     assert info.value.status() == "400"
-    with pytest.raises(InferenceServerException, match="not supported") as info:
-        http.get_trace_settings()
-    assert info.value.status() == "501"
+    # Trace settings read OFF without a trace destination, and cannot be turned on.
+    assert http.get_trace_settings()["trace_level"] == ["OFF"]
+    with pytest.raises(InferenceServerException, match="tracing is off") as info:
+        http.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]})
+    assert info.value.status() == "400"
     # CUDA shared memory is served (refused at registration without a GPU): nothing yet.
     assert http.get_cuda_shared_memory_status() == {"regions": {}}
 

@@ -22,7 +22,8 @@ pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra: pip insta
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tensorgate.app import Servers
-from tensorgate.observability.tracing import Tracing
+from tensorgate.observability.trace_settings import TraceSettings
+from tensorgate.observability.tracing import SpanSink, Tracing
 from tensorgate.settings import Settings
 from tensorgate_protos import grpc_service_pb2 as pb
 from tensorgate_protos import grpc_service_pb2_grpc as pb_grpc
@@ -99,7 +100,8 @@ def test_traces_show_the_request_tree_and_the_batch_linking_requests(tmp_path: P
         metrics_port=-1,
         trace_exporter="console",
     )
-    asyncio.run(_serve_and_call(settings, Tracing("memory", 1.0, exporter)))
+    tracing = Tracing(TraceSettings(files=False), SpanSink("memory", exporter))
+    asyncio.run(_serve_and_call(settings, tracing))
     spans = exporter.get_finished_spans()
     by_id = {s.context.span_id: s for s in spans}
     http = [s for s in spans if s.name == "POST /v2/models/{model_name}/infer"]

@@ -27,10 +27,12 @@ from tensorgate.errors import (
     FailedPrecondition,
     InvalidArgument,
     ModelExecutionError,
+    NotFound,
     TensorgateError,
     Unavailable,
 )
 from tensorgate.observability.requests import InferObserver
+from tensorgate.observability.trace_settings import TRACING_OFF, tracing_off
 from tensorgate.observability.tracing import Tracing
 from tensorgate.protocol import datatypes
 from tensorgate.repository.config import TensorSpec
@@ -55,6 +57,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 )
 
@@ -122,6 +125,19 @@ class DataPlane:
     def model_versions(self, name: str) -> list[str]:
         record = self.repository.records.get(name)
         return [str(v) for v in sorted(record.versions)] if record else []
+
+    def trace_settings(
+        self, model: str, changes: dict[str, list[str] | None]
+    ) -> dict[str, list[str]]:
+        """Triton's trace settings for `model` ("" for the server's), changed by `changes`."""
+        if model and model not in self.repository.records:
+            raise NotFound(f"Request for unknown model: '{model}' is not found")
+        if self.tracing is None:
+            if changes:
+                raise tracing_off()
+            return TRACING_OFF
+        settings = self.tracing.settings
+        return settings.update(changes, model) if changes else settings.get(model)
 
     # Repository ----------------------------------------------------------------------
 

@@ -1,10 +1,16 @@
-"""OpenTelemetry traces, an optional extra (`pip install tensorgate[otel]`).
+"""Request traces: which requests are traced, and the two places traces go.
 
-A traced inference is a server span with children for decode, queue and encode; the batch it
-rode in is one `execute` span per batch, a child of the first traced request in the batch and
-linked to every traced request in it, so a trace of any request leads to the batch and the
-batch to all its requests. Timings are measured on the request path with perf_counter_ns
-(cheap, monotonic) and turned into wall-clock span times only for requests being traced.
+`Tracing` asks the trace settings (observability/trace_settings.py) whether a request is
+traced, then starts its trace in a sink: OpenTelemetry spans (`SpanSink`, the `otel` extra), or
+Triton's JSON trace file (observability/trace_file.py). The transports call `start_call`, and
+`traced_infer` runs decode, infer and encode under the trace; the data plane adds the batch.
+
+In OpenTelemetry a traced inference is a server span with children for decode, queue and
+encode; the batch it rode in is one `execute` span per batch, a child of the first traced
+request in the batch and linked to every traced request in it, so a trace of any request leads
+to the batch and the batch to all its requests. Timings are measured on the request path with
+perf_counter_ns (cheap, monotonic) and turned into wall-clock span times only for requests
+being traced.
 
 With tracing off (the default) nothing here is imported beyond this module and the request
 path pays one `is None` check.
@@ -15,18 +21,86 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import TensorgateError
 from tensorgate.observability.context import current_call
+from tensorgate.observability.trace_settings import TraceSettings
 from tensorgate.runners.base import BatchTiming
 
 
-class Tracing:
-    """The tracer and propagator, built once from the settings."""
+class RequestTrace(Protocol):
+    """One traced request, as the request path reports it (perf_counter_ns times)."""
 
-    def __init__(self, exporter_name: str, rate: float, exporter: Any = None) -> None:
+    def child(self, name: str, start_ns: int, end_ns: int) -> None:
+        """A finished step: `decode` (request bytes to arrays) or `encode` (and back)."""
+
+    def decoded(self, request: InferRequest) -> None: ...
+
+    def answered(self, response: InferResponse) -> None: ...
+
+    def batch(self, timing: BatchTiming, queue_ns: int) -> None:
+        """The request waited `queue_ns` and then ran in this batch."""
+
+    def end(self, error: BaseException | None = None, end_ns: int | None = None) -> None: ...
+
+
+class TraceSink(Protocol):
+    """Where traces go: starts one request's trace, and flushes at shutdown."""
+
+    def start(
+        self,
+        name: str,
+        attributes: Mapping[str, Any],
+        traceparent: str,
+        tracestate: str,
+        model: str,
+        levels: tuple[str, ...],
+    ) -> RequestTrace | None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Tracing:
+    """The trace settings and the sink, built once at start."""
+
+    def __init__(self, settings: TraceSettings, sink: TraceSink) -> None:
+        self.settings = settings
+        self.sink = sink
+
+    def start_call(
+        self, name: str, attributes: Mapping[str, Any], model: str
+    ) -> RequestTrace | None:
+        """The trace of the current call's request for `model`; None when not traced."""
+        call = current_call()
+        traceparent, tracestate = (call.traceparent, call.tracestate) if call else ("", "")
+        levels = self.settings.sample(model, _sampled(traceparent))
+        if levels is None:
+            return None
+        if call is not None:
+            attributes = {**attributes, "tensorgate.request_id": call.request_id}
+        return self.sink.start(name, attributes, traceparent, tracestate, model, levels)
+
+    def shutdown(self) -> None:
+        self.sink.shutdown()
+
+
+def _sampled(traceparent: str) -> bool | None:
+    """The sampled flag of a W3C traceparent; None when there is none (or it is malformed)."""
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[3]) != 2:
+        return None
+    try:
+        return bool(int(parts[3], 16) & 1)
+    except ValueError:
+        return None
+
+
+class SpanSink:
+    """OpenTelemetry: a tracer, a propagator and an exporter."""
+
+    def __init__(self, exporter_name: str, exporter: Any = None) -> None:
         try:
             from opentelemetry.propagators.textmap import DefaultGetter
             from opentelemetry.sdk.resources import Resource
@@ -36,7 +110,6 @@ class Tracing:
                 ConsoleSpanExporter,
                 SimpleSpanProcessor,
             )
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
             from opentelemetry.trace import Link, SpanKind, Status, StatusCode
             from opentelemetry.trace.propagation.tracecontext import (
                 TraceContextTextMapPropagator,
@@ -48,11 +121,11 @@ class Tracing:
             ) from None
         from tensorgate import __version__
 
+        # No sampler of its own: the trace settings choose which requests get a span.
         provider = TracerProvider(
             resource=Resource.create(
                 {"service.name": "tensorgate", "service.version": __version__}
             ),
-            sampler=ParentBased(TraceIdRatioBased(rate)),
         )
         if exporter is not None:  # tests hand in an in-memory exporter
             provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -75,10 +148,15 @@ class Tracing:
         self.offset_ns = time.time_ns() - time.perf_counter_ns()
 
     def start(
-        self, name: str, traceparent: str, tracestate: str, attributes: Mapping[str, Any]
-    ) -> RequestTrace | None:
-        """A server span for one request, under the client's trace if it sent one; None when
-        the sampler drops it."""
+        self,
+        name: str,
+        attributes: Mapping[str, Any],
+        traceparent: str,
+        tracestate: str,
+        model: str,
+        levels: tuple[str, ...],
+    ) -> SpanTrace | None:
+        """A server span for one request, under the client's trace if it sent one."""
         carrier = {"traceparent": traceparent, "tracestate": tracestate} if traceparent else {}
         parent = self.propagator.extract(carrier, getter=self._getter)
         span = self.tracer.start_span(
@@ -86,31 +164,22 @@ class Tracing:
         )
         if not span.is_recording():
             return None
-        return RequestTrace(self, span)
-
-    def start_call(self, name: str, attributes: dict[str, Any]) -> RequestTrace | None:
-        """`start` for the current call: its traceparent, and its request id as an attribute."""
-        call = current_call()
-        if call is None:
-            return self.start(name, "", "", attributes)
-        attributes = {**attributes, "tensorgate.request_id": call.request_id}
-        return self.start(name, call.traceparent, call.tracestate, attributes)
+        return SpanTrace(self, span)
 
     def shutdown(self) -> None:
         self.provider.shutdown()
 
 
-class RequestTrace:
+class SpanTrace:
     """The spans of one request being traced."""
 
     __slots__ = ("span", "tracing")
 
-    def __init__(self, tracing: Tracing, span: Any) -> None:
+    def __init__(self, tracing: SpanSink, span: Any) -> None:
         self.tracing = tracing
         self.span = span
 
     def child(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
-        """A finished child span from perf_counter_ns times."""
         from opentelemetry import trace
 
         offset = self.tracing.offset_ns
@@ -122,8 +191,11 @@ class RequestTrace:
         )
         span.end(end_time=end_ns + offset)
 
-    def set(self, key: str, value: Any) -> None:
-        self.span.set_attribute(key, value)
+    def decoded(self, request: InferRequest) -> None:
+        self.span.set_attribute("tensorgate.model", request.model_name)
+
+    def answered(self, response: InferResponse) -> None:
+        self.span.set_attribute("tensorgate.model_version", response.model_version)
 
     def batch(self, timing: BatchTiming, queue_ns: int) -> None:
         """This request's queue span, and its place in the batch's execute span."""
@@ -158,10 +230,10 @@ async def traced_infer(
         decoded = time.perf_counter_ns()
         trace.child("decode", started, decoded)
         request.trace = trace
-        trace.set("tensorgate.model", request.model_name)
+        trace.decoded(request)
         response = await infer(request)
         answered = time.perf_counter_ns()
-        trace.set("tensorgate.model_version", response.model_version)
+        trace.answered(response)
         encoded = encode(response)
         trace.child("encode", answered, time.perf_counter_ns())
     except BaseException as exc:

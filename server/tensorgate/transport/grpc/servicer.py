@@ -64,12 +64,12 @@ class InferenceServicer:
         # and log settings answer for all of them. None: this process is the whole server.
         self.siblings = siblings
 
-    def _trace(self, name: str) -> RequestTrace | None:
+    def _trace(self, name: str, model: str) -> RequestTrace | None:
         tracing = self.dataplane.tracing
         if tracing is None:
             return None
         method = name.rsplit("/", 1)[-1]
-        return tracing.start_call(name, {"rpc.system": "grpc", "rpc.method": method})
+        return tracing.start_call(name, {"rpc.system": "grpc", "rpc.method": method}, model)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Any
@@ -167,7 +167,10 @@ class InferenceServicer:
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
         shm = self.dataplane.shared_memory
-        if self.dataplane.tracing is not None and (trace := self._trace(_INFER)) is not None:
+        if (
+            self.dataplane.tracing is not None
+            and (trace := self._trace(_INFER, request.model_name)) is not None
+        ):
             return await self._traced(trace, request, "grpc")
         decoded = decode_infer_request(request, shm)
         remaining_s = context.time_remaining()
@@ -206,7 +209,10 @@ class InferenceServicer:
     async def _stream_one(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
         answer = pb.ModelStreamInferResponse()  # the response is encoded into it, not copied
         try:
-            if self.dataplane.tracing is not None and (trace := self._trace(_STREAM)) is not None:
+            if (
+                self.dataplane.tracing is not None
+                and (trace := self._trace(_STREAM, request.model_name)) is not None
+            ):
                 await self._traced(trace, request, "grpc_stream", answer.infer_response)
             else:
                 decoded = self._decode_streamed(request)
@@ -385,8 +391,19 @@ class InferenceServicer:
             await self.siblings.gather("CudaSharedMemoryUnregister", request)
         return pb.CudaSharedMemoryUnregisterResponse()
 
-    async def TraceSetting(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("trace settings are not supported by tensorgate")
+    async def TraceSetting(
+        self, request: pb.TraceSettingRequest, context: Any
+    ) -> pb.TraceSettingResponse:
+        """Triton's trace settings: read them, or change them, for the server or one model.
+        A setting sent without values is cleared, falling back to the server's."""
+        changes = {key: list(setting.value) or None for key, setting in request.settings.items()}
+        current = self.dataplane.trace_settings(request.model_name, changes)
+        if changes and self.siblings is not None:
+            await self.siblings.gather("TraceSetting", request)
+        response = pb.TraceSettingResponse()
+        for key, values in current.items():
+            response.settings[key].value.extend(values)
+        return response
 
 
 class StatusServicer:

@@ -315,7 +315,7 @@ class RestApp:
         model, version = params["model_name"], params.get("model_version", "")
         tracing = self.dataplane.tracing
         if tracing is not None and (
-            trace := tracing.start_call(_INFER_SPAN, {"http.request.method": "POST"})
+            trace := tracing.start_call(_INFER_SPAN, {"http.request.method": "POST"}, model)
         ):
             payload, json_length = await self._traced_infer(
                 trace, body, headers, model, version, scope, receive

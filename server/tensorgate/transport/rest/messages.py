@@ -1,9 +1,12 @@
 """Protobuf messages to and from the JSON that KServe v2 REST and Triton's HTTP API use.
 
-It is protobuf's JSON mapping with three differences that Triton's clients rely on: field names
+It is protobuf's JSON mapping with four differences that Triton's clients rely on: field names
 stay as in the .proto (`max_batch_size`), 64-bit integers are JSON numbers rather than strings
-(perf_analyzer reads `dims` and `max_batch_size` as numbers), and a parameter message, one
-oneof of scalars such as InferParameter, is written as its bare value (`{"priority": 1}`).
+(perf_analyzer reads `dims` and `max_batch_size` as numbers), a parameter message, one
+oneof of scalars such as InferParameter, is written as its bare value (`{"priority": 1}`), and
+in a map a list message, one repeated string (the trace settings' SettingValue), is written as
+its one string, or as an array where it holds several or its key is in LIST_KEYS
+(`{"trace_rate": "1", "trace_level": ["TIMESTAMPS"]}`); JSON null clears it (no values).
 Fields without presence are always written, with their defaults, as Triton does.
 """
 
@@ -31,6 +34,16 @@ def is_parameter_message(descriptor: Descriptor) -> bool:
         and len(descriptor.fields) == len(descriptor.oneofs[0].fields)
         and all(f.type != _F.TYPE_MESSAGE for f in descriptor.fields)
     )
+
+
+# Map keys whose list message Triton always writes as an array, even with one value.
+LIST_KEYS = frozenset({"trace_level"})
+
+
+def is_list_message(descriptor: Descriptor) -> bool:
+    """A message that is nothing but one repeated string (TraceSetting's SettingValue)."""
+    fields = descriptor.fields
+    return len(fields) == 1 and fields[0].is_repeated and fields[0].type == _F.TYPE_STRING
 
 
 def _is_map(field: Field) -> bool:
@@ -65,10 +78,31 @@ def field_to_json(message: Message, field: Field) -> Any:
     value = getattr(message, field.name)
     if _is_map(field):
         value_field = field.message_type.fields_by_name["value"]
+        value_type = value_field.message_type
+        if value_type is not None and is_list_message(value_type):
+            name = value_type.fields[0].name
+            return {str(k): _list_value(str(k), getattr(v, name)) for k, v in value.items()}
         return {str(k): _value(value_field, v) for k, v in value.items()}
     if field.is_repeated:
         return [_value(field, v) for v in value]
     return _value(field, value)
+
+
+def _list_value(key: str, values: Any) -> str | list[str]:
+    return values[0] if len(values) == 1 and key not in LIST_KEYS else list(values)
+
+
+def _list_to_proto(descriptor: Descriptor, value: Any, where: str) -> dict[str, Any]:
+    """A bare string, array of strings or null as the list message."""
+    if value is None:
+        values = []
+    elif isinstance(value, str):
+        values = [value]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        values = value
+    else:
+        raise InvalidArgument(f"{where} must be a string, an array of strings or null")
+    return {descriptor.fields[0].name: values}
 
 
 def message_to_json(message: Message) -> dict[str, Any]:
@@ -123,7 +157,11 @@ def _to_proto_json(descriptor: Descriptor, doc: Any, where: str) -> Any:
             value_type = inner.fields_by_name["value"].message_type
             if value_type is not None and isinstance(value, dict):
                 convert = (
-                    _parameter_to_proto if is_parameter_message(value_type) else _to_proto_json
+                    _parameter_to_proto
+                    if is_parameter_message(value_type)
+                    else _list_to_proto
+                    if is_list_message(value_type)
+                    else _to_proto_json
                 )
                 out[key] = {
                     k: convert(value_type, v, f"{where}.{key}.{k}") for k, v in value.items()

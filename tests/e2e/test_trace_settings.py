@@ -1,0 +1,248 @@
+"""Triton's trace extension with Triton's own clients: trace settings over HTTP and gRPC,
+Triton's JSON trace file, and perf_analyzer's trace options."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from google.protobuf import json_format
+from tritonclient.utils import InferenceServerException
+
+from tests.e2e.conftest import Server, serving
+from tests.e2e.test_observability import grpc_input, http_input, write_repository
+from tests.e2e.test_tools import perf_analyzer
+
+CLEAR = dict.fromkeys(("trace_level", "trace_rate", "trace_count", "log_frequency"))
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("traces") / "trace.json"
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterator[Server]:
+    repo = write_repository(tmp_path_factory.mktemp("trace_repo"), ["plain"])
+    with serving(repo, tmp_path_factory, "--trace-file", str(trace_file)) as server:
+        yield server
+
+
+def _triton_defaults(trace_file: Path) -> dict[str, Any]:
+    return {
+        "trace_file": str(trace_file),
+        "trace_level": ["TIMESTAMPS"],
+        "trace_rate": "1",
+        "trace_count": "-1",
+        "log_frequency": "0",
+    }
+
+
+def _wait_for(path: Path) -> list[dict[str, Any]]:
+    """The entries of a trace file the server's writer thread is about to write."""
+    for _ in range(100):
+        if path.exists():
+            return list(json.loads(path.read_bytes()))
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was not written")
+
+
+def test_settings_are_read_changed_and_cleared_as_on_triton_over_http(
+    traced: Server, trace_file: Path
+) -> None:
+    client = httpclient.InferenceServerClient(traced.http_url)
+    defaults = _triton_defaults(trace_file)
+    assert client.get_trace_settings() == defaults
+    assert client.get_trace_settings(model_name="plain") == defaults
+    try:
+        own = client.update_trace_settings("plain", {"trace_rate": "12", "log_frequency": "34"})
+        assert own == {**defaults, "trace_rate": "12", "log_frequency": "34"}
+        server_wide = client.update_trace_settings(
+            settings={"trace_rate": "56", "trace_count": "78", "trace_level": ["OFF"]}
+        )
+        assert server_wide == {
+            **defaults,
+            "trace_rate": "56",
+            "trace_count": "78",
+            "trace_level": ["OFF"],
+        }
+        # The model keeps what it set and follows the server in the rest.
+        assert client.get_trace_settings(model_name="plain") == {
+            **defaults,
+            "trace_rate": "12",
+            "log_frequency": "34",
+            "trace_count": "78",
+            "trace_level": ["OFF"],
+        }
+        # Cleared settings fall back: the server's to its start, the model's to the server's.
+        cleared = client.update_trace_settings(settings={"trace_rate": None, "trace_count": None})
+        assert cleared == {**defaults, "trace_level": ["OFF"]}
+        model = client.update_trace_settings("plain", {"trace_rate": None, "trace_level": None})
+        assert model == {**defaults, "trace_level": ["OFF"], "log_frequency": "34"}
+    finally:
+        client.update_trace_settings("plain", CLEAR)
+        client.update_trace_settings(settings=CLEAR)
+    assert client.get_trace_settings(model_name="plain") == defaults
+
+    with pytest.raises(InferenceServerException, match="unknown model: 'nope'"):
+        client.get_trace_settings(model_name="nope")
+    with pytest.raises(InferenceServerException, match="unknown trace level 'LOUD'") as bad:
+        client.update_trace_settings(settings={"trace_level": ["LOUD"]})
+    assert bad.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="trace_file is fixed"):
+        client.update_trace_settings(settings={"trace_file": "/tmp/elsewhere.json"})
+    assert client.get_trace_settings() == defaults
+
+
+def test_settings_over_grpc_are_lists_of_strings_and_errors_are_precise(
+    traced: Server, trace_file: Path
+) -> None:
+    client = grpcclient.InferenceServerClient(traced.url)
+    expected = grpcclient.service_pb2.TraceSettingResponse()
+    json_format.ParseDict(
+        {
+            "settings": {
+                k: {"value": v if isinstance(v, list) else [v]}
+                for k, v in _triton_defaults(trace_file).items()
+            }
+        },
+        expected,
+    )
+    assert client.get_trace_settings() == expected
+    try:
+        updated = client.update_trace_settings(
+            "plain", {"trace_level": ["TIMESTAMPS", "TENSORS"]}, as_json=True
+        )
+        assert updated["settings"]["trace_level"]["value"] == ["TIMESTAMPS", "TENSORS"]
+    finally:
+        client.update_trace_settings("plain", CLEAR)
+    stub_error = None
+    try:
+        client.update_trace_settings("nope", {"trace_rate": "2"})
+    except InferenceServerException as exc:
+        stub_error = exc
+    assert stub_error is not None and stub_error.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="'trace_rate' must be a whole number"):
+        client.update_trace_settings(settings={"trace_rate": "0"})
+
+
+def test_traced_requests_are_written_in_tritons_trace_format_with_their_tensors(
+    traced: Server, trace_file: Path
+) -> None:
+    http_client = httpclient.InferenceServerClient(traced.http_url)
+    grpc_client = grpcclient.InferenceServerClient(traced.url)
+    http_client.update_trace_settings(
+        "plain", {"log_frequency": "1", "trace_level": ["TIMESTAMPS", "TENSORS"]}
+    )
+    try:
+        http_client.infer("plain", [http_input()], headers={"x-request-id": "over-http"})
+        first = _wait_for(trace_file.with_name("trace.json.0"))
+        grpc_client.infer("plain", [grpc_input(sign=0.5)], request_id="over-grpc")
+        second = _wait_for(trace_file.with_name("trace.json.1"))
+    finally:
+        http_client.update_trace_settings("plain", CLEAR)
+
+    for entries, transport, request_id, value in (
+        (first, "HTTP", "over-http", 1.0),
+        (second, "GRPC", "over-grpc", 0.5),
+    ):
+        header, stamps, *tensors = entries
+        trace_id = header["id"]
+        assert header == {
+            "id": trace_id,
+            "model_name": "plain",
+            "model_version": 1,
+            "request_id": request_id,
+        }
+        names = [s["name"] for s in stamps["timestamps"]]
+        received = "GRPC_WAITREAD_END" if transport == "GRPC" else "HTTP_RECV_END"
+        assert names == [
+            received,
+            "REQUEST_START",
+            "QUEUE_START",
+            "COMPUTE_START",
+            "COMPUTE_INPUT_END",
+            "COMPUTE_OUTPUT_START",
+            "COMPUTE_END",
+            "REQUEST_END",
+            f"{transport}_SEND_START",
+            f"{transport}_SEND_END",
+        ]
+        ns = [s["ns"] for s in stamps["timestamps"]]
+        assert ns == sorted(ns) and ns[-1] - ns[0] < 10**10
+        assert tensors == [
+            {
+                "id": trace_id,
+                "activity": "TENSOR_QUEUE_INPUT",
+                "tensor": {
+                    "name": "INPUT",
+                    "data": ",".join([str(value)] * 4),
+                    "shape": "1,4",
+                    "dtype": "FP32",
+                },
+            },
+            {
+                "id": trace_id,
+                "activity": "TENSOR_BACKEND_OUTPUT",
+                "tensor": {
+                    "name": "OUTPUT",
+                    "data": ",".join([str(value * 2)] * 4),
+                    "shape": "1,4",
+                    "dtype": "FP32",
+                },
+            },
+        ]
+
+
+def test_perf_analyzer_trace_options_are_obeyed_and_unwritten_traces_are_written_at_exit(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    trace_file = tmp_path_factory.mktemp("pa_traces") / "trace.json"
+    repo = write_repository(tmp_path_factory.mktemp("pa_trace_repo"), ["plain", "batched"])
+    with serving(repo, tmp_path_factory, "--trace-file", str(trace_file)) as server:
+        perf_analyzer(
+            server,
+            "plain",
+            "--input-data",
+            "zero",
+            "--trace-level",
+            "TIMESTAMPS",
+            "--trace-rate",
+            "5",
+            "--trace-count",
+            "4",
+            "--log-frequency",
+            "2",
+        )
+        client = httpclient.InferenceServerClient(server.http_url)
+        # perf_analyzer changes the server's settings, as on Triton, and spends the count.
+        assert client.get_trace_settings() == {
+            **_triton_defaults(trace_file),
+            "trace_rate": "5",
+            "trace_count": "0",
+            "log_frequency": "2",
+        }
+        numbered = _wait_for(trace_file.with_name("trace.json.0")) + _wait_for(
+            trace_file.with_name("trace.json.1")
+        )
+        # Three requests with the start settings again (log_frequency 0): kept until exit.
+        client.update_trace_settings(settings=CLEAR)
+
+        def infer(_: int) -> None:  # a client each: tritonclient's HTTP client is per thread
+            httpclient.InferenceServerClient(server.http_url).infer("batched", [http_input()])
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(infer, range(3)))
+        assert not trace_file.exists()
+    headers = [e for e in numbered if "model_name" in e]
+    assert len(headers) == 4 and {h["model_name"] for h in headers} == {"plain"}
+    assert not trace_file.with_name("trace.json.2").exists()
+    at_exit = json.loads(trace_file.read_bytes())
+    assert [e["model_name"] for e in at_exit if "model_name" in e] == ["batched"] * 3
