@@ -5,6 +5,7 @@ on and off, in one run on the same machine, configurations interleaved round by 
   default   metrics on, access log sampled at 1 %, JSON logs at INFO
   all-logs  metrics on, every request access-logged
   traced    default + OpenTelemetry spans for every request, console exporter to the log file
+  trace-file  default + every request in Triton's JSON trace file (--trace-file)
 
 Target (issue 5): default costs at most 5 % of the off throughput.
 Writes benchmarks/results/observability.json and the section of benchmarks/RESULTS.md.
@@ -26,6 +27,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "default": (),
     "all-logs": ("--access-log-rate", "1"),
     "traced": ("--trace-exporter", "console"),
+    "trace-file": ("--trace-file", "/tmp/tensorgate-obs-bench/trace.json"),
 }
 CONCURRENCY = 32
 BEGIN, END = "<!-- observability:begin -->", "<!-- observability:end -->"
