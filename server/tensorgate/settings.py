@@ -61,6 +61,10 @@ HELP = {
     "auth_token_file": "file of bearer tokens, one per line, each optionally followed by the "
     "endpoint groups it grants; every group but --auth-public then needs one; re-read on change",
     "auth_public": "endpoint groups that need no token when --auth-token-file is set",
+    "rate_limit": "off, or execution_count: an instance runs model code only while it holds "
+    "the resources its instance_group's rate_limiter names",
+    "rate_limit_resource": "NAME:COUNT[:DEVICE]: how much of a rate-limiter resource there is, "
+    "on every device or on GPU DEVICE (repeatable; default: the largest need of any instance)",
     "allow_log_updates": "let clients change log settings without explicit model-control mode",
     "max_tensor_elements": "elements one request tensor may hold (INVALID_ARGUMENT beyond, "
     "checked before anything is allocated)",
@@ -147,6 +151,9 @@ class Settings:
     restrict: list[str] = field(default_factory=list)
     auth_token_file: Path | None = None
     auth_public: list[str] = field(default_factory=lambda: ["health"])
+    # Triton's rate limiter (executors/rate_limiter.py): off or execution_count.
+    rate_limit: str = "off"
+    rate_limit_resource: list[str] = field(default_factory=list)
     # Log settings are read-only to clients unless this, or explicit model-control mode.
     allow_log_updates: bool = False
     # Like Triton: the server is ready only if every model it was asked to load is READY.
@@ -241,6 +248,12 @@ def _check(settings: Settings) -> None:
         raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):
         raise ValueError("trace_exporter must be 'none', 'console' or 'otlp'")
+    if settings.rate_limit not in ("off", "execution_count"):
+        raise ValueError("rate_limit must be 'off' or 'execution_count'")
+    from tensorgate.executors.rate_limiter import parse_resource
+
+    for resource in settings.rate_limit_resource:
+        parse_resource(resource)
     if settings.trace_file is not None and settings.trace_exporter != "none":
         raise ValueError("trace_file and trace_exporter are two places for traces: pick one")
     try:

@@ -63,9 +63,7 @@ REFUSED_FIELDS = {
     ),
     "model_operations": 'model_operations { op_library_filename: ["ops.so"] }',
     "model_repository_agents": 'model_repository_agents { agents [{ name: "checksum" }] }',
-    "instance_group.rate_limiter": (
-        "instance_group [{ count: 1, kind: KIND_CPU, rate_limiter { priority: 2 } }]"
-    ),
+    "instance_group.passive": "instance_group [{ count: 1, kind: KIND_CPU, passive: true }]",
     "optimization.cuda": "optimization { cuda { graphs: true } }",
 }
 

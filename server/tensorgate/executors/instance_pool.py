@@ -18,10 +18,12 @@ joins the pool when ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from tensorgate.backends.base import Backend
@@ -45,9 +47,18 @@ def _no_next_job() -> None:
 class _Instance(Generic[T]):
     """One backend instance and the thread that runs it."""
 
-    def __init__(self, backend: Backend, name: str, report: Report[T], index: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        name: str,
+        report: Report[T],
+        index: int,
+        gate: AbstractContextManager[None] | None = None,
+    ) -> None:
         self.backend = backend
         self.index = index  # which of the config's instances: a replacement takes it over
+        # Held while model code runs: the rate limiter's resources (nullcontext: none).
+        self.gate = gate or contextlib.nullcontext()
         self.abandoned = False  # set on the loop; the thread then ends after its job
         self.next_job: NextJob[T] = _no_next_job
         self._report = report
@@ -67,7 +78,8 @@ class _Instance(Generic[T]):
                 work, done = job
                 result: T | BaseException
                 try:
-                    result = work(self.backend)
+                    with self.gate:
+                        result = work(self.backend)
                 except BaseException as exc:  # handed to the loop, which decides
                     result = exc
                 if self.abandoned:  # it ran past its timeout: nobody waits for this any more
@@ -101,12 +113,17 @@ class InstancePool(Generic[T]):
     """The instances of one model version. Methods other than `close` run on the loop."""
 
     def __init__(
-        self, name: str, backends: list[Backend], create: Callable[[int], Backend] | None = None
+        self,
+        name: str,
+        backends: list[Backend],
+        create: Callable[[int], Backend] | None = None,
+        gates: Sequence[AbstractContextManager[None] | None] = (),
     ) -> None:
         self.name = name
         self._create = create  # builds instance i again (blocking); None: no replacements
+        self._gates = list(gates) or [None] * len(backends)  # instance i's rate-limiter gate
         self._instances = [
-            _Instance[T](backend, f"tg-{name}-{i}", self._report, i)
+            _Instance[T](backend, f"tg-{name}-{i}", self._report, i, self._gates[i])
             for i, backend in enumerate(backends)
         ]
         self._idle = list(self._instances)
@@ -170,7 +187,9 @@ class InstancePool(Generic[T]):
         if self._closed:
             backend.close()
             return
-        instance = _Instance[T](backend, f"tg-{self.name}-{index}r", self._report, index)
+        instance = _Instance[T](
+            backend, f"tg-{self.name}-{index}r", self._report, index, self._gates[index]
+        )
         instance.next_job = self._next_job
         self._instances.append(instance)
         self._idle.append(instance)

@@ -15,7 +15,8 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from tensorgate.backends.base import Backend
@@ -31,9 +32,13 @@ _Call = tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Callable[..., Any]
 class InstanceThread:
     """One backend instance and the thread that runs calls on it, in order."""
 
-    def __init__(self, backend: Backend, name: str) -> None:
+    def __init__(
+        self, backend: Backend, name: str, gate: AbstractContextManager[None] | None = None
+    ) -> None:
         self.backend = backend
         self.name = name
+        # Held while model code runs: the rate limiter's resources (nullcontext: none).
+        self.gate = gate or contextlib.nullcontext()
         self.pending = 0  # calls queued or running; read and written on the loop only
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -57,7 +62,8 @@ class InstanceThread:
             if future.done():  # cancelled while it waited: the caller is gone
                 continue
             try:
-                outcome: tuple[bool, Any] = (True, fn(*args))
+                with self.gate:
+                    outcome: tuple[bool, Any] = (True, fn(*args))
             except BaseException as exc:  # handed to the loop, which decides
                 outcome = (False, exc)
             try:
@@ -85,9 +91,16 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
 class InstanceThreads:
     """The instances of one model version, each with its own thread and queue of calls."""
 
-    def __init__(self, name: str, backends: list[Backend]) -> None:
+    def __init__(
+        self,
+        name: str,
+        backends: list[Backend],
+        gates: Sequence[AbstractContextManager[None] | None] = (),
+    ) -> None:
+        gates = list(gates) or [None] * len(backends)
         self.instances = [
-            InstanceThread(backend, f"tg-{name}-{i}") for i, backend in enumerate(backends)
+            InstanceThread(backend, f"tg-{name}-{i}", gates[i])
+            for i, backend in enumerate(backends)
         ]
 
     def __len__(self) -> int:

@@ -69,7 +69,7 @@ SUPPORTED: dict[str, Any] = {
     "ensemble_scheduling": {
         "step": {"model_name": ALL, "model_version": ALL, "input_map": ALL, "output_map": ALL}
     },
-    "instance_group": {"name": ALL, "kind": ALL, "count": ALL, "gpus": ALL},
+    "instance_group": {"name": ALL, "kind": ALL, "count": ALL, "gpus": ALL, "rate_limiter": ALL},
     "default_model_filename": ALL,
     "model_transaction_policy": {"decoupled": ALL},
     # Handed to the backend and the model as Triton does; keys a backend reads are documented.
@@ -97,7 +97,6 @@ REASONS = {
     "cc_model_filenames": "per-compute-capability model files are not implemented",
     "metric_tags": "custom metric labels are not implemented",
     "runtime": "custom backend runtimes are not implemented",
-    "instance_group.rate_limiter": "the rate limiter is not implemented",
     "instance_group.secondary_devices": "secondary devices are not supported",
     "instance_group.profile": "optimization profiles are TensorRT's and not supported",
     "instance_group.passive": "passive instances are not implemented",

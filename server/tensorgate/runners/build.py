@@ -17,6 +17,7 @@ says what a loaded version is made of. Steps, in order:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.executors.instance_threads import InstanceThreads
 from tensorgate.executors.process_instance import ProcessInstance
+from tensorgate.executors.rate_limiter import Gate, RateLimiter, instance_needs
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec
@@ -46,6 +48,8 @@ from tensorgate.runners.sequence import SequenceRunner
 from tensorgate.runners.sequence_state import StateTensor, check_signature, state_tensors
 from tensorgate.runners.warmup import warm_up
 from tensorgate.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
 GENERATION = "generation"  # a language model served by tensorgate's generation engine
@@ -79,12 +83,13 @@ def instance_devices(config: mc.ModelConfig) -> list[str]:
     return devices
 
 
-def execution(config: mc.ModelConfig, server_default: str) -> str:
+def execution(config: mc.ModelConfig, server_default: str, rate_limited: bool = False) -> str:
     """Where the model's batches run: `thread` (an instance thread of the server),
     `process` (each instance its own process), `inline` (on the event loop) or `auto`
     (inline while batches are short, else threads); the model's `execution` parameter,
     else the server's --execution. What a model cannot run is refused when the model asks
-    for it, and falls back to threads when it comes from the server's default."""
+    for it, and falls back to threads when it comes from the server's default. A
+    `rate_limited` model's instances wait for resources, which only a thread may do."""
     param = config.parameters.get(EXECUTION_PARAMETER)
     asked = param is not None and bool(param.string_value)
     chosen = param.string_value if param is not None and asked else server_default
@@ -94,6 +99,8 @@ def execution(config: mc.ModelConfig, server_default: str) -> str:
             f"got {chosen!r}"
         )
     why = _cannot_run(config, chosen)
+    if rate_limited and chosen in ("inline", "auto"):
+        why = "its instances wait for the rate limiter's resources, off the event loop"
     if why and asked:
         raise ModelLoadError(f"execution: {chosen} is not possible for this model: {why}")
     return "thread" if why else chosen
@@ -135,6 +142,12 @@ class VersionBuilder:
         self.settings = settings
         self.metrics = metrics
         self.resolve = resolve  # finds loaded models: an ensemble's steps
+        # Triton's rate limiter, shared by every model (--rate-limit execution_count).
+        self.limiter = (
+            RateLimiter.from_flags(settings.rate_limit_resource)
+            if settings.rate_limit == "execution_count"
+            else None
+        )
         # How ensembles and model code call models: the data plane sets it (None: refused).
         self.calls: ModelCalls | None = None
 
@@ -163,19 +176,40 @@ class VersionBuilder:
         if config.backend == GENERATION:
             return self._generation(name, model_dir / str(version), version, config, labels)
         states = state_tensors(config, model_dir)
+        gates = self._gates(name, config)
         instances, create = self._instances(name, model_dir, version, config, states)
         try:
             spec = ModelSpec.from_config(config, labels)
             warm_up(config, spec, instances, model_dir)
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
-            runner = self._runner(name, version, config, instances, create, stats, metrics, states)
+            runner = self._runner(
+                name, version, config, instances, create, stats, metrics, states, gates
+            )
         except BaseException:
             for instance in instances:
                 instance.close()
             raise
         cached = self._cached(config)
         return ModelVersion(name, version, config, spec, runner, stats, metrics, cached=cached)
+
+    def _gates(self, name: str, config: mc.ModelConfig) -> list[Gate | None] | None:
+        """Each instance's rate-limiter gate; None when no instance of the model needs one."""
+        needs = instance_needs(config, instance_devices(config))
+        if not any(needs):
+            return None
+        if self.limiter is None:
+            log.info(
+                "%s: rate_limiter resources take effect with --rate-limit execution_count", name
+            )
+            return None
+        for need in needs:
+            if need is not None:
+                try:
+                    self.limiter.admit(need)
+                except ValueError as exc:
+                    raise ModelLoadError(str(exc)) from None
+        return [None if need is None else self.limiter.gate(need) for need in needs]
 
     def _cached(self, config: mc.ModelConfig) -> bool:
         """Whether the model's answers may be cached (`response_cache { enable: true }`)."""
@@ -306,8 +340,10 @@ class VersionBuilder:
         stats: ModelStats,
         metrics: ModelMetrics | None,
         states: list[StateTensor],
+        gates: list[Gate | None] | None,
     ) -> ModelRunner:
         observer = _execution_observer(stats, metrics)
+        gated = gates or ()
         sequences = config.WhichOneof("scheduling_choice") == "sequence_batching"
         if (sequences or config.model_transaction_policy.decoupled) and (
             TIMEOUT_PARAMETER in config.parameters
@@ -319,7 +355,7 @@ class VersionBuilder:
         if sequences and config.model_transaction_policy.decoupled:
             raise ModelLoadError("a decoupled model with sequence_batching is not supported")
         if sequences:
-            threads = InstanceThreads(f"{name}_{version}", instances)
+            threads = InstanceThreads(f"{name}_{version}", instances, gated)
             return SequenceRunner(
                 name, config, threads, self.settings.max_queue_size, observer, states
             )
@@ -329,12 +365,12 @@ class VersionBuilder:
                     "dynamic_batching on a decoupled model is not supported: each request "
                     "runs on its own, one generator step at a time"
                 )
-            threads = InstanceThreads(f"{name}_{version}", instances)
+            threads = InstanceThreads(f"{name}_{version}", instances, gated)
             return DecoupledRunner(name, threads, self.settings.max_queue_size, observer)
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
-        pool = InstancePool[Any](f"{name}_{version}", instances, create)
+        pool = InstancePool[Any](f"{name}_{version}", instances, create, gated)
         timeout = model_timeout(config, self.settings.model_timeout)
-        placement = execution(config, self.settings.execution)
+        placement = execution(config, self.settings.execution, rate_limited=bool(gates))
         return Scheduler(
             name,
             policy,
