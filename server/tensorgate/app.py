@@ -109,7 +109,10 @@ class Servers:
                 __version__,
             )
             generation = GenerationCollector(self.dataplane.generation_snapshots)
-            extra: list[Collector] = [AccessCollector(self.policy)]
+            extra: list[Collector] = [
+                AccessCollector(self.policy),
+                self.dataplane.model_code_metrics,
+            ]
             if self.cache is not None:
                 extra.append(ResponseCacheCollector(self.cache))
             registry = build_registry(collector, generation, *extra)

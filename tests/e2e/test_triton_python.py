@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -176,3 +178,97 @@ def test_model_code_loads_and_unloads_models_in_threads_and_processes(tmp_path: 
         assert server.stop() == 0
     assert (before, loaded, seen, unloaded, small, batch) == (False, True, True, False, True, 2)
     assert "not in the repository" in missing.value.message()
+
+
+# Custom metrics, as Triton's Python backend defines them: made in initialize, updated per
+# request; one model name per placement, each in its own label.
+METERED = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        where = args["model_name"]
+        requests = pb_utils.MetricFamily(
+            "custom_requests", "requests seen by model code", pb_utils.MetricFamily.COUNTER
+        )
+        self.requests = requests.Metric(labels={"model": where})
+        self.last = pb_utils.MetricFamily(
+            "custom_last_value", "the last X", pb_utils.MetricFamily.GAUGE
+        ).Metric(labels={"model": where})
+        self.sizes = pb_utils.MetricFamily(
+            "custom_x", "X values", pb_utils.MetricFamily.HISTOGRAM
+        ).Metric(labels={"model": where}, buckets=[1.0, 10.0])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            self.requests.increment(1)
+            self.last.set(float(x[0]))
+            self.sizes.observe(float(x[0]))
+            try:
+                self.requests.set(0)
+                refused = ""
+            except pb_utils.TritonModelException as exc:
+                refused = exc.message()
+            seen = np.array([self.requests.value()], np.float64)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("SEEN", seen),
+                     pb_utils.Tensor("REFUSED", np.array([refused.encode()], np.object_))]
+                )
+            )
+        return responses
+"""
+METERED_CONFIG = """
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "SEEN", data_type: TYPE_FP64, dims: [ 1 ] },
+         { name: "REFUSED", data_type: TYPE_STRING, dims: [ 1 ] } ]
+"""
+
+
+def test_model_code_defines_metrics_served_on_metrics_from_threads_and_processes(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
+    for name, extra in (("metered", ""), ("metered_process", process)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(METERED)
+        (repo / name / "config.pbtxt").write_text(METERED_CONFIG + extra)
+    server = start_server(repo, tmp_path / "log")
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            answers = {}
+            for name in ("metered", "metered_process"):
+                for value in (0.5, 5.0, 50.0):
+                    tensor = grpcclient.InferInput("X", [1], "FP32")
+                    tensor.set_data_from_numpy(np.array([value], np.float32))
+                    answers[name] = client.infer(name, [tensor])
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    finally:
+        assert server.stop() == 0
+    for name in ("metered", "metered_process"):
+        assert answers[name].as_numpy("SEEN")[0] == 3.0  # value() read the server's count
+        assert answers[name].as_numpy("REFUSED")[0] == b"set is supported on gauge metrics only"
+        samples = {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in ("custom_requests", "custom_last_value", "custom_x")
+            for s in families[family].samples
+            if s.labels.get("model") == name
+        }
+        assert samples == {
+            ("custom_requests_total", ""): 3.0,
+            ("custom_last_value", ""): 50.0,
+            ("custom_x_bucket", "1.0"): 1.0,
+            ("custom_x_bucket", "10.0"): 2.0,
+            ("custom_x_bucket", "+Inf"): 3.0,
+            ("custom_x_count", ""): 3.0,
+            ("custom_x_sum", ""): 55.5,
+        }
+    assert families["custom_requests"].documentation == "requests seen by model code"

@@ -6,8 +6,9 @@ unchanged. Covered: `Tensor`, `InferenceRequest` (as received, and built for BLS
 `exec` / `async_exec`, decoupled included), `InferenceResponse`, the response sender of
 decoupled models, `TritonError` / `TritonModelException`, the config helpers, `ModelConfig`
 (what `auto_complete_config` receives), `load_model` / `unload_model` / `is_model_ready`,
-`Logger` and the flag constants. Tensors live in CPU memory as numpy arrays: `to_dlpack` /
-`from_dlpack` go through numpy's DLPack support, and GPU tensors are not supported.
+custom metrics (`MetricFamily`, `Metric`), `Logger` and the flag constants. Tensors live in
+CPU memory as numpy arrays: `to_dlpack` / `from_dlpack` go through numpy's DLPack support, and
+GPU tensors are not supported.
 """
 
 from __future__ import annotations
@@ -394,6 +395,67 @@ def unload_model(model_name: str, unload_dependents: bool = False) -> None:
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
     """Whether the server serves the model (that version, else its latest) now."""
     return bool(_repository("ready", model_name, str(model_version)))
+
+
+class MetricFamily:
+    """A family of custom metrics, exported on the server's /metrics (Triton's API)."""
+
+    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        _metrics("family", name, description, kind)
+        self.name = name
+        self.kind = kind
+
+    def Metric(  # Triton's name for it
+        self, labels: dict[str, str] | None = None, buckets: list[float] | None = None
+    ) -> Metric:
+        """The family's series with these labels (created, or the existing one)."""
+        key = tuple(sorted((labels or {}).items()))
+        _metrics("metric", self.name, key, None if buckets is None else list(buckets))
+        return Metric(self, key)
+
+
+class Metric:
+    """One series of a MetricFamily: `increment`, `set` (gauges), `observe` (histograms),
+    `value` (counters and gauges)."""
+
+    def __init__(self, family: MetricFamily, labels: tuple[tuple[str, str], ...]) -> None:
+        self._family = family
+        self._labels = labels
+
+    def increment(self, value: float) -> None:
+        if self._family.kind == MetricFamily.HISTOGRAM:
+            raise TritonModelException("increment is not supported on a histogram metric")
+        if self._family.kind == MetricFamily.COUNTER and value < 0:
+            raise TritonModelException("a counter's increment must not be negative")
+        self._update("increment", value)
+
+    def set(self, value: float) -> None:
+        if self._family.kind != MetricFamily.GAUGE:
+            raise TritonModelException("set is supported on gauge metrics only")
+        self._update("set", value)
+
+    def observe(self, value: float) -> None:
+        if self._family.kind != MetricFamily.HISTOGRAM:
+            raise TritonModelException("observe is supported on histogram metrics only")
+        self._update("observe", value)
+
+    def value(self) -> float:
+        return float(_metrics("value", self._family.name, self._labels))
+
+    def _update(self, operation: str, value: float) -> None:
+        _metrics(operation, self._family.name, self._labels, float(value))
+
+
+def _metrics(operation: str, *arguments: Any) -> Any:
+    calls = InferenceRequest._calls
+    if calls is None:
+        raise TritonModelException("custom metrics need a running tensorgate server")
+    try:
+        return calls.metrics(operation, *arguments)
+    except TensorgateError as exc:
+        raise TritonModelException(exc.message) from None
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import FailedPrecondition
+from tensorgate.observability.model_code_metrics import ModelCodeMetrics
 
 Infer = Callable[[InferRequest], Coroutine[Any, Any, InferResponse]]
 Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
@@ -39,12 +40,22 @@ class Caller(Protocol):
 
     def control(self, operation: str, *arguments: Any) -> Any: ...
 
+    def metrics(self, operation: str, *arguments: Any) -> Any:
+        """An operation on the metrics model code defines (ModelCodeMetrics.apply)."""
+
 
 class ModelCalls:
     """The data plane's infer and stream, callable from model threads."""
 
-    def __init__(self, infer: Infer, stream: Stream, control: Control | None = None) -> None:
+    def __init__(
+        self,
+        infer: Infer,
+        stream: Stream,
+        control: Control | None = None,
+        model_code_metrics: ModelCodeMetrics | None = None,
+    ) -> None:
         self.on_loop = infer  # for callers already on the server's loop (ensembles)
+        self.model_code_metrics = model_code_metrics or ModelCodeMetrics()
         self.stream_on_loop = stream
         self._infer = infer
         self._stream = stream
@@ -97,6 +108,10 @@ class ModelCalls:
     def control(self, operation: str, *arguments: Any) -> Any:
         """Blocking: a repository operation's result (from a model's thread)."""
         return self.submit_control(operation, arguments).result()
+
+    def metrics(self, operation: str, *arguments: Any) -> Any:
+        """Applied here and now: the store is thread-safe and never waits on the loop."""
+        return self.model_code_metrics.apply(operation, arguments)
 
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         """Blocking: one response (from a model's thread)."""

@@ -31,6 +31,7 @@ from tensorgate.errors import (
     TensorgateError,
     Unavailable,
 )
+from tensorgate.observability.model_code_metrics import ModelCodeMetrics
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.trace_settings import TRACING_OFF, tracing_off
 from tensorgate.observability.tracing import Tracing
@@ -78,8 +79,10 @@ class DataPlane:
         self.cache = cache  # the response cache (--cache-size); models opt in by config
         self.shared_memory = SharedMemoryRegistry()  # system shared-memory regions
         # Ensembles and model code (BLS) call models through here.
+        # The metrics model code defines (Triton's MetricFamily), exported with the server's.
+        self.model_code_metrics = ModelCodeMetrics()
         repository.builder.calls = self.calls = ModelCalls(
-            self.infer, self.stream, self._model_control
+            self.infer, self.stream, self._model_control, self.model_code_metrics
         )
         self.explicit_control = explicit_control
         self.observer = observer or InferObserver(None, 0.0)

@@ -324,6 +324,20 @@ class _ChildCalls:
             raise _raised(payload)
         return payload
 
+    def metrics(self, operation: str, *arguments: Any) -> Any:
+        if operation in ("increment", "set", "observe"):  # checked already: nothing to await
+            self._channel.send(("metric", 0, (operation, arguments)))
+            return None
+        call_id, answers = self._channel.open_call()
+        try:
+            self._channel.send(("metric", call_id, (operation, arguments)))
+            kind, payload = answers.get()
+        finally:
+            self._channel.close_call(call_id)
+        if kind == "error":
+            raise _raised(payload)
+        return payload
+
     async def infer_async(self, request: InferRequest) -> InferResponse:
         # A thread per waiting call lets `asyncio.gather` keep several in flight.
         return await asyncio.get_running_loop().run_in_executor(None, self.infer, request)
@@ -481,7 +495,9 @@ class ProcessInstance:
         process.start()
         child.close()
         try:
-            reply = parent.recv()
+            # Model code may define its metrics while it loads, and wait for the answer.
+            while (reply := parent.recv())[0] == "metric":
+                self._metric(reply[1], reply[2], parent.send)
         except EOFError:
             process.join(5)
             raise ModelLoadError(
@@ -661,9 +677,29 @@ class ProcessInstance:
             future = self._open_calls.get(message[1])
             if future is not None:
                 future.cancel()
+        elif kind == "metric":
+            self._metric(message[1], message[2], self._tell_child)
         else:
             return False
         return True
+
+    def _metric(
+        self, call_id: int, request: tuple[str, tuple[Any, ...]], answer: Callable[[Any], None]
+    ) -> None:
+        """Apply an operation on model code's metrics; answer it unless call_id is 0 (an
+        update the child checked and does not wait for)."""
+        try:
+            if self._calls is None:
+                raise FailedPrecondition("custom metrics need a running tensorgate server")
+            result = self._calls.model_code_metrics.apply(*request)
+        except TensorgateError as exc:
+            if call_id:
+                answer(("error", call_id, _failure(exc)))
+            else:
+                log.warning("%s: a metric update failed: %s", self.name, exc.message)
+            return
+        if call_id:
+            answer(("answer", call_id, result))
 
     def _tell_child(self, message: tuple[Any, ...]) -> None:
         """From the server's loop: queue a message for the child, wake the instance thread
