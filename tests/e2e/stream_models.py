@@ -58,11 +58,11 @@ output [
 
 # Config fields tensorgate refuses, each on an otherwise valid Python model.
 REFUSED_FIELDS = {
-    "batch_input": (
-        'batch_input [{ kind: BATCH_ELEMENT_COUNT, target_name: ["N"], data_type: TYPE_INT32 }]'
-    ),
-    "model_operations": 'model_operations { op_library_filename: ["ops.so"] }',
     "model_repository_agents": 'model_repository_agents { agents [{ name: "checksum" }] }',
+    "model_operations": 'model_operations { op_library_filename: ["ops.so"] }',
+    "input.is_shape_tensor": (
+        'input [{ name: "SHAPE", data_type: TYPE_INT32, dims: [1], is_shape_tensor: true }]'
+    ),
     "instance_group.passive": "instance_group [{ count: 1, kind: KIND_CPU, passive: true }]",
     "optimization.cuda": "optimization { cuda { graphs: true } }",
 }

@@ -285,7 +285,7 @@ def test_the_state_tensors_are_the_servers_not_the_clients(stream_server: Server
         )
     client.close()
     assert sent_state.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "'INPUT_STATE' of model 'running_sum' is supplied by the sequence batcher" in (
+    assert "'INPUT_STATE' of model 'running_sum' is supplied by the batcher" in (
         sent_state.value.message()
     )
     assert asked_state.value.status() == "StatusCode.INVALID_ARGUMENT"

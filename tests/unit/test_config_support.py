@@ -32,7 +32,7 @@ def test_the_bundled_examples_use_only_supported_fields() -> None:
     [
         ("optimization { cuda { graphs: true } }", "optimization.cuda"),
         ("instance_group [{ count: 1, host_policy: 'numa0' }]", "instance_group.host_policy"),
-        ("input [{ name: 'x', allow_ragged_batch: true }]", "input.allow_ragged_batch"),
+        ("input [{ name: 'x', is_shape_tensor: true }]", "input.is_shape_tensor"),
         (
             "sequence_batching { state [{ input_name: 'a', use_growable_memory: true }] }",
             "sequence_batching.state.use_growable_memory",

@@ -93,6 +93,8 @@ class BatchingPolicy:
     # Whether two valid requests can differ in non-batch shapes or in which inputs they
     # carry (variable dims, optional inputs); when not, every request has the same key.
     shapes_vary: bool = True
+    # Inputs whose shapes may differ within a batch (`allow_ragged_batch`): not in the key.
+    ragged: frozenset[str] = frozenset()
 
     @property
     def max_preferred(self) -> int:
@@ -123,6 +125,7 @@ class BatchingPolicy:
             default_level=max(default_level - 1, 0),
             preserve_ordering=batching.preserve_ordering,
             shapes_vary=not config.input or any(t.optional or -1 in t.dims for t in config.input),
+            ragged=frozenset(t.name for t in config.input if t.allow_ragged_batch),
         )
 
     def level_for(self, priority: int) -> int:

@@ -47,6 +47,7 @@ from tensorgate.backends.base import Backend
 from tensorgate.batching.assemble import Staging, split_outputs
 from tensorgate.batching.placement import AutoPlacement
 from tensorgate.batching.policy import BatchingPolicy, BatchQueue, Pending, queue_parameters
+from tensorgate.batching.ragged import RaggedBatching
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import DeadlineExceeded, ResourceExhausted, TensorgateError, Unavailable
 from tensorgate.executors.instance_pool import Done, InstancePool, Job
@@ -96,6 +97,7 @@ def _run_batch(
     inputs: list[dict[str, Array]],
     rows: list[int],
     cpu_timed: bool,
+    ragged: RaggedBatching | None,
     backend: Backend,
 ) -> _Executed:
     started = time.perf_counter_ns()
@@ -106,13 +108,13 @@ def _run_batch(
         ended = time.perf_counter_ns()
         return _Executed(parts, started, started, ended, _cpu_since(cpu, cpu_timed))
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
-    merged = stage.merge(inputs)
+    merged = stage.merge(inputs) if ragged is None else ragged.merge(stage, inputs)
     merged_at = time.perf_counter_ns()
     outputs = backend.execute(merged)
     inferred_at = time.perf_counter_ns()
     if len(inputs) > 1:
         outputs = stage.detach(outputs)
-    parts = split_outputs(outputs, rows)
+    parts = split_outputs(outputs, rows) if ragged is None else ragged.split(outputs, inputs, rows)
     return _Executed(parts, started, merged_at, inferred_at, _cpu_since(cpu, cpu_timed))
 
 
@@ -161,8 +163,11 @@ class Scheduler:
         max_wait_s: float = 0.0,
         execution: str = "thread",
         inline_max_us: int = 200,
+        ragged: RaggedBatching | None = None,
     ) -> None:
         self.name = name
+        # How batches of differently shaped requests are joined and split; None: by rows.
+        self._ragged = ragged
         # Where batches run: "thread" (an instance's thread), "inline" (on the event loop,
         # at the end of its pass) or "auto" (either, as batching/placement.py decides).
         self.execution = execution
@@ -267,6 +272,8 @@ class Scheduler:
         key: Hashable = 0
         if policy.dynamic and policy.shapes_vary:
             key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items()))
+            if policy.ragged:  # a ragged input's shape does not keep requests apart
+                key = tuple((n, () if n in policy.ragged else shape) for n, shape in key)
         future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
         item = Pending(
             rows,
@@ -413,7 +420,9 @@ class Scheduler:
     def _job(self, batch: list[Pending], dispatched_ns: int) -> Job[_Executed]:
         inputs = [p.handle.inputs for p in batch]
         rows = [p.rows for p in batch]
-        work = partial(_run_batch, self._staging, inputs, rows, self._auto is not None)
+        work = partial(
+            _run_batch, self._staging, inputs, rows, self._auto is not None, self._ragged
+        )
         return work, partial(self._finished, batch, dispatched_ns)
 
     def _pull(self) -> Job[_Ran] | None:

@@ -14,8 +14,8 @@ def _check_input(name: str, array: Array, declared: str, spec: ModelSpec) -> int
     tensor = spec.inputs.get(name)
     if tensor is None and name in spec.supplied:
         raise InvalidArgument(
-            f"input '{name}' of model '{model}' is supplied by the sequence batcher (a control "
-            "or implicit state input): requests must not send it"
+            f"input '{name}' of model '{model}' is supplied by the batcher (a sequence control, "
+            "implicit state or batch input): requests must not send it"
         )
     if tensor is None:
         raise InvalidArgument(

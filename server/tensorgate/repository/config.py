@@ -89,7 +89,7 @@ class ModelSpec:
     outputs: dict[str, TensorSpec]
     # The v2 datatype name of every output, built once: a response carries it per output.
     output_datatypes: dict[str, str] = field(default_factory=dict)
-    # Inputs the sequence batcher supplies (control and state inputs): never the client's.
+    # Inputs the batchers supply (control, state and batch inputs): never the client's.
     supplied: frozenset[str] = frozenset()
     # The inputs with a `reshape`, for the data plane to reshape before the batcher.
     reshaped_inputs: tuple[TensorSpec, ...] = ()
@@ -130,7 +130,11 @@ class ModelSpec:
         output_datatypes = {name: t.datatype.name for name, t in outputs.items()}
         batching = config.sequence_batching
         supplied = frozenset(
-            [*(c.name for c in batching.control_input), *(s.input_name for s in batching.state)]
+            [
+                *(c.name for c in batching.control_input),
+                *(s.input_name for s in batching.state),
+                *(name for b in config.batch_input for name in b.target_name),
+            ]
         )
         reshaped_inputs = tuple(t for t in inputs.values() if t.reshape is not None)
         return cls(

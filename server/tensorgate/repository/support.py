@@ -31,6 +31,7 @@ SUPPORTED: dict[str, Any] = {
         "dims": ALL,
         "optional": ALL,
         "reshape": ALL,
+        "allow_ragged_batch": ALL,
     },
     "output": {
         "name": ALL,
@@ -78,12 +79,13 @@ SUPPORTED: dict[str, Any] = {
     # onnxruntime's graph optimization level (backends/onnx_options.py); refused elsewhere.
     "optimization": {"graph": {"level": ALL}},
     "response_cache": ALL,
+    # Ragged batching (batching/ragged.py): the dynamic batcher's, checked when it is built.
+    "batch_input": ALL,
+    "batch_output": ALL,
 }
 
 # Why a field is refused, for the ones users meet most; others get a generic reason.
 REASONS = {
-    "batch_input": "ragged batching inputs are not implemented",
-    "batch_output": "ragged batching outputs are not implemented",
     "optimization.priority": "stream priorities are not implemented",
     "optimization.cuda": "CUDA graphs and the other CUDA execution settings are not implemented",
     "optimization.execution_accelerators": "execution accelerators (TensorRT, OpenVINO) are "
@@ -108,7 +110,6 @@ REASONS = {
     "sequence_batching.iterative_sequence": "iterative sequences are not implemented",
     "input.is_shape_tensor": "shape tensors are TensorRT's and not supported",
     "output.is_shape_tensor": "shape tensors are TensorRT's and not supported",
-    "input.allow_ragged_batch": "ragged batching is not implemented",
 }
 
 

@@ -17,6 +17,7 @@ says what a loaded version is made of. Steps, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,17 @@ from typing import Any
 
 from tensorgate_protos import model_config_pb2 as mc
 
-from tensorgate.backends.base import MODEL_DEVICE, Backend, InstanceContext, ModelSignature
+from tensorgate.backends.base import (
+    MODEL_DEVICE,
+    Backend,
+    InstanceContext,
+    ModelSignature,
+    TensorSignature,
+)
 from tensorgate.backends.python_model import auto_complete
 from tensorgate.backends.registry import model_file, resolve_backend
 from tensorgate.batching.policy import BatchingPolicy
+from tensorgate.batching.ragged import RaggedBatching
 from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
 from tensorgate.dataplane.calls import ModelCalls
 from tensorgate.dataplane.classification import Labels, read_labels
@@ -176,6 +184,7 @@ class VersionBuilder:
         if config.backend == GENERATION:
             return self._generation(name, model_dir / str(version), version, config, labels)
         states = state_tensors(config, model_dir)
+        ragged = _ragged(config)
         gates = self._gates(name, config)
         instances, create = self._instances(name, model_dir, version, config, states)
         try:
@@ -184,7 +193,7 @@ class VersionBuilder:
             stats = ModelStats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
             runner = self._runner(
-                name, version, config, instances, create, stats, metrics, states, gates
+                name, version, config, instances, create, stats, metrics, states, gates, ragged
             )
         except BaseException:
             for instance in instances:
@@ -341,6 +350,7 @@ class VersionBuilder:
         metrics: ModelMetrics | None,
         states: list[StateTensor],
         gates: list[Gate | None] | None,
+        ragged: RaggedBatching | None,
     ) -> ModelRunner:
         observer = _execution_observer(stats, metrics)
         gated = gates or ()
@@ -367,6 +377,11 @@ class VersionBuilder:
                 )
             threads = InstanceThreads(f"{name}_{version}", instances, gated)
             return DecoupledRunner(name, threads, self.settings.max_queue_size, observer)
+        if ragged is not None and getattr(instances[0], "execute_requests", None) is not None:
+            raise ModelLoadError(
+                "ragged batching hands the model one merged batch; a Triton Python model takes "
+                "the batch's requests one by one, each with its own shapes"
+            )
         policy = BatchingPolicy.from_config(config, self.settings.max_queue_size)
         pool = InstancePool[Any](f"{name}_{version}", instances, create, gated)
         timeout = model_timeout(config, self.settings.model_timeout)
@@ -380,7 +395,23 @@ class VersionBuilder:
             self.settings.max_queue_wait,
             placement if placement in ("inline", "auto") else "thread",
             self.settings.inline_max_us,
+            ragged,
         )
+
+
+def _ragged(config: mc.ModelConfig) -> RaggedBatching | None:
+    """The model's ragged batching, where the runner serving it can do it."""
+    ragged = RaggedBatching.from_config(config)
+    if ragged is None:
+        return None
+    if config.HasField("sequence_batching") or config.model_transaction_policy.decoupled:
+        raise ModelLoadError(
+            "ragged batching (allow_ragged_batch, batch_input, batch_output) is implemented for "
+            "the dynamic batcher, not for sequence or decoupled models"
+        )
+    if config.model_warmup:
+        raise ModelLoadError("model_warmup is not implemented for models with ragged batching")
+    return ragged
 
 
 def _check_graph_level(config: mc.ModelConfig, backend: str) -> None:
@@ -399,12 +430,24 @@ def _client_signature(
     `output` list does not name (a client may read a state only where the config lists it)."""
     batching = config.sequence_batching
     supplied = {c.name for c in batching.control_input} | {s.input_name for s in batching.state}
+    supplied |= {name for b in config.batch_input for name in b.target_name}
     listed = {o.name for o in config.output}
     hidden = {s.output_name for s in batching.state} - listed
-    if signature is None or not (supplied or hidden):
+    # Ragged inputs and scattered outputs are 1-D in the model file; clients see their dims.
+    flat = {t.name: len(t.dims) for t in config.input if t.allow_ragged_batch}
+    output_ranks = {o.name: len(o.dims) for o in config.output}
+    for entry in config.batch_output:
+        flat.update((n, output_ranks[n]) for n in entry.target_name if n in output_ranks)
+    if signature is None or not (supplied or hidden or flat):
         return signature
-    inputs = tuple(t for t in signature.inputs if t.name not in supplied)
-    outputs = tuple(t for t in signature.outputs if t.name not in hidden)
+
+    def seen(tensor: TensorSignature) -> TensorSignature:
+        if tensor.name not in flat:
+            return tensor
+        return dataclasses.replace(tensor, shape=(-1,) * (flat[tensor.name] + 1))
+
+    inputs = tuple(seen(t) for t in signature.inputs if t.name not in supplied)
+    outputs = tuple(seen(t) for t in signature.outputs if t.name not in hidden)
     return ModelSignature(inputs, outputs)
 
 
