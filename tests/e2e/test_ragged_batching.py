@@ -18,7 +18,7 @@ from tests.e2e.conftest import serving
 # INPUT's shapes), ENDS is INDEX as floats (one row per request).
 ONNX_CONFIG = """
 max_batch_size: 8
-dynamic_batching { max_queue_delay_microseconds: 500000 }
+dynamic_batching { preferred_batch_size: [ 3 ] max_queue_delay_microseconds: 5000000 }
 input [{ name: "INPUT", data_type: TYPE_FP32, dims: [ -1 ], allow_ragged_batch: true }]
 batch_input [{
   kind: BATCH_ACCUMULATED_ELEMENT_COUNT
@@ -57,7 +57,7 @@ class Model:
 PYTHON_CONFIG = """
 backend: "python"
 max_batch_size: 8
-dynamic_batching { max_queue_delay_microseconds: 500000 }
+dynamic_batching { preferred_batch_size: [ 2 ] max_queue_delay_microseconds: 5000000 }
 input [{ name: "INPUT", data_type: TYPE_FP32, dims: [ -1 ], allow_ragged_batch: true }]
 batch_input [
   { kind: BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO, target_name: "STARTS",
@@ -104,7 +104,8 @@ def _ragged_onnx(path: Path) -> None:
 
 
 def _together(url: str, model: str, lengths: list[int]) -> list[Any]:
-    """One request per length, sent at once (they share a batch); each one's result."""
+    """One request per length, sent at once; each one's result. The models' preferred batch
+    size is the number sent, so the batch goes when the last one arrives."""
 
     def call(length: int) -> Any:
         client = grpcclient.InferenceServerClient(url)
@@ -131,8 +132,12 @@ def test_requests_of_different_lengths_share_a_batch_unpadded(
         assert [i["name"] for i in metadata["inputs"]] == ["INPUT"]  # INDEX is the batcher's
 
         results = _together(server.url, "ragged", [3, 4, 5])
-        ends = sorted(float(r.as_numpy("ENDS")[0, 0]) for r in results)
-        assert ends == [3.0, 7.0, 12.0]  # one batch: each request's end in the 12 values
+        # One batch of 12 values, the requests in arrival order: each starts where another
+        # ends (or at 0).
+        lengths = [3, 4, 5]
+        ends = {n: int(r.as_numpy("ENDS")[0, 0]) for r, n in zip(results, lengths, strict=True)}
+        starts = sorted(end - length for length, end in ends.items())
+        assert max(ends.values()) == 12 and starts == [0, *sorted(ends.values())[:-1]]
         for result, length in zip(results, [3, 4, 5], strict=True):
             doubled = result.as_numpy("DOUBLED")
             assert doubled.shape == (1, length)
