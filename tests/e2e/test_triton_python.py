@@ -174,6 +174,12 @@ def test_model_code_loads_and_unloads_models_in_threads_and_processes(tmp_path: 
             batch = client.get_model_config("target", as_json=True)["config"]["max_batch_size"]
             with pytest.raises(InferenceServerException) as missing:
                 ask(client, "loader", "load", "missing")
+            # A model asking for its own unload or reload would wait for itself: refused.
+            with pytest.raises(InferenceServerException, match="cannot unload itself"):
+                ask(client, "loader", "unload", "loader")
+            with pytest.raises(InferenceServerException, match="cannot load itself"):
+                ask(client, "loader_process", "load", "loader_process")
+            assert client.is_model_ready("loader") and client.is_model_ready("loader_process")
     finally:
         assert server.stop() == 0
     assert (before, loaded, seen, unloaded, small, batch) == (False, True, True, False, True, 2)

@@ -85,7 +85,8 @@ class TritonPythonInstance:
         initialize = getattr(self._model, "initialize", None)
         if initialize is not None:
             try:
-                _run(initialize(args))
+                with pb.running(self._name):
+                    _run(initialize(args))
             except Exception as exc:  # user code may raise anything while loading
                 raise ModelLoadError(
                     f"TritonPythonModel.initialize failed: {type(exc).__name__}: {exc}"
@@ -97,7 +98,8 @@ class TritonPythonInstance:
     def execute_requests(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
         """The batch's requests as Triton passes them; one outputs dict (or error) each."""
         requests = [self._received(inputs) for inputs in batch]
-        responses = _run(self._model.execute(requests))
+        with pb.running(self._name):
+            responses = _run(self._model.execute(requests))
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):
             count = (
                 len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
@@ -117,7 +119,8 @@ class TritonPythonInstance:
         """A decoupled model: `execute` answers through the request's response sender."""
         received = self._received(request.inputs, request)
         received._sender = sender
-        responses = _run(self._model.execute([received]))
+        with pb.running(self._name):
+            responses = _run(self._model.execute([received]))
         if responses:  # answered like an ordinary model: pass those on, then end
             for response in responses:
                 sender.send(_outputs_for(response), False)

@@ -13,10 +13,12 @@ GPU tensors are not supported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -31,6 +33,21 @@ TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
 
 _log = logging.getLogger("tensorgate.models")
+
+# The model whose code this thread is running (set around initialize and execute).
+_running = threading.local()
+
+
+@contextlib.contextmanager
+def running(model_name: str) -> Iterator[None]:
+    """Mark this thread as running `model_name`'s code, so that it cannot load or unload
+    itself: the batch asking would wait for its own end."""
+    outer = getattr(_running, "model", None)
+    _running.model = model_name
+    try:
+        yield
+    finally:
+        _running.model = outer
 
 
 class ModelConfig:
@@ -366,21 +383,31 @@ def outputs_of(response: InferenceResponse) -> dict[str, Array]:
     return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
 
-def _repository(operation: str, *arguments: Any) -> Any:
-    """A repository operation on the server, as a model's BLS code asks for it; the server's
-    refusal comes back as TritonModelException."""
+def _on_server(service: Literal["control", "metrics"], operation: str, *arguments: Any) -> Any:
+    """An operation model code asks the server for: on the repository (`control`) or on its
+    metrics; the server's refusal comes back as TritonModelException."""
     calls = InferenceRequest._calls
     if calls is None:
-        raise TritonModelException("loading models needs a running tensorgate server")
+        what = "loading models" if service == "control" else "custom metrics"
+        raise TritonModelException(f"{what} needs a running tensorgate server")
     try:
-        return calls.control(operation, *arguments)
+        return getattr(calls, service)(operation, *arguments)
     except TensorgateError as exc:
         raise TritonModelException(exc.message) from None
+
+
+def _repository(operation: str, *arguments: Any) -> Any:
+    return _on_server("control", operation, *arguments)
+
+
+def _metrics(operation: str, *arguments: Any) -> Any:
+    return _on_server("metrics", operation, *arguments)
 
 
 def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None = None) -> None:
     """Load (or reload) a model, as a client's load with these parameters would: the server
     must run with --model-control-mode explicit. A model cannot load itself."""
+    _not_itself("load", model_name)
     parameters: dict[str, object] = dict(files or {})
     if config:
         parameters["config"] = config
@@ -389,7 +416,16 @@ def load_model(model_name: str, config: str = "", files: dict[str, bytes] | None
 
 def unload_model(model_name: str, unload_dependents: bool = False) -> None:
     """Unload a model (explicit model control only); a model cannot unload itself."""
+    _not_itself("unload", model_name)
     _repository("unload", model_name, {"unload_dependents": unload_dependents})
+
+
+def _not_itself(operation: str, model_name: str) -> None:
+    if getattr(_running, "model", None) == model_name:
+        raise TritonModelException(
+            f"model '{model_name}' cannot {operation} itself: the server would wait for the "
+            "very batch that asks to finish"
+        )
 
 
 def is_model_ready(model_name: str, model_version: str = "") -> bool:
@@ -446,16 +482,6 @@ class Metric:
 
     def _update(self, operation: str, value: float) -> None:
         _metrics(operation, self._family.name, self._labels, float(value))
-
-
-def _metrics(operation: str, *arguments: Any) -> Any:
-    calls = InferenceRequest._calls
-    if calls is None:
-        raise TritonModelException("custom metrics need a running tensorgate server")
-    try:
-        return calls.metrics(operation, *arguments)
-    except TensorgateError as exc:
-        raise TritonModelException(exc.message) from None
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

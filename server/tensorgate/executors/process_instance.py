@@ -314,27 +314,23 @@ class _ChildCalls:
         return response
 
     def control(self, operation: str, *arguments: Any) -> Any:
-        call_id, answers = self._channel.open_call()
-        try:
-            self._channel.send(("control", call_id, (operation, arguments)))
-            kind, payload = answers.get()
-        finally:
-            self._channel.close_call(call_id)
-        if kind == "error":
-            raise _raised(payload)
-        return payload
+        return self._ask("control", operation, arguments)
 
     def metrics(self, operation: str, *arguments: Any) -> Any:
         if operation in ("increment", "set", "observe"):  # checked already: nothing to await
             self._channel.send(("metric", 0, (operation, arguments)))
             return None
+        return self._ask("metric", operation, arguments)
+
+    def _ask(self, kind: str, operation: str, arguments: tuple[Any, ...]) -> Any:
+        """Send one operation to the server's side and wait for its answer (or error)."""
         call_id, answers = self._channel.open_call()
         try:
-            self._channel.send(("metric", call_id, (operation, arguments)))
-            kind, payload = answers.get()
+            self._channel.send((kind, call_id, (operation, arguments)))
+            answer, payload = answers.get()
         finally:
             self._channel.close_call(call_id)
-        if kind == "error":
+        if answer == "error":
             raise _raised(payload)
         return payload
 
