@@ -28,9 +28,26 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("traces") / "trace.json"
 
 
+# Two steps of `plain` (OUTPUT = INPUT * 2), one after the other.
+TWICE = """
+platform: "ensemble"
+max_batch_size: 8
+input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
+output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
+ensemble_scheduling { step [
+  { model_name: "plain", model_version: -1,
+    input_map { key: "INPUT" value: "INPUT" } output_map { key: "OUTPUT" value: "MID" } },
+  { model_name: "plain", model_version: -1,
+    input_map { key: "INPUT" value: "MID" } output_map { key: "OUTPUT" value: "OUTPUT" } }
+] }
+"""
+
+
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterator[Server]:
     repo = write_repository(tmp_path_factory.mktemp("trace_repo"), ["plain"])
+    (repo / "twice" / "1").mkdir(parents=True)
+    (repo / "twice" / "config.pbtxt").write_text(TWICE)
     with serving(repo, tmp_path_factory, "--trace-file", str(trace_file)) as server:
         yield server
 
@@ -198,6 +215,39 @@ def test_traced_requests_are_written_in_tritons_trace_format_with_their_tensors(
                     "dtype": "FP32",
                 },
             },
+        ]
+
+
+def test_an_ensemble_s_steps_are_traced_under_its_trace(traced: Server, trace_file: Path) -> None:
+    http_client = httpclient.InferenceServerClient(traced.http_url)
+    http_client.update_trace_settings("twice", {"log_frequency": "1"})
+    before = set(trace_file.parent.glob("trace.json.*"))
+    try:
+        http_client.infer("twice", [http_input()], headers={"x-request-id": "ensemble"})
+        for _ in range(100):
+            written = set(trace_file.parent.glob("trace.json.*")) - before
+            if written:
+                break
+            time.sleep(0.05)
+    finally:
+        http_client.update_trace_settings("twice", CLEAR)
+    (path,) = written
+    entries = json.loads(path.read_bytes())
+    headers = {e["id"]: e for e in entries if "model_name" in e}
+    (parent,) = [h for h in headers.values() if h["model_name"] == "twice"]
+    steps = [h for h in headers.values() if h["model_name"] == "plain"]
+    assert len(steps) == 2 and "parent_id" not in parent
+    assert all(h["parent_id"] == parent["id"] and h["request_id"] == "ensemble" for h in steps)
+    stamps = {e["id"]: [s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e}
+    for step in steps:
+        assert stamps[step["id"]] == [
+            "REQUEST_START",
+            "QUEUE_START",
+            "COMPUTE_START",
+            "COMPUTE_INPUT_END",
+            "COMPUTE_OUTPUT_START",
+            "COMPUTE_END",
+            "REQUEST_END",
         ]
 
 

@@ -140,3 +140,16 @@ def test_traces_show_the_request_tree_and_the_batch_linking_requests(tmp_path: P
         )
         assert queue.end_time == batch.start_time
         assert server_span.start_time <= queue.start_time <= server_span.end_time
+
+
+def test_an_ensemble_step_is_a_span_under_its_request() -> None:
+    exporter = InMemorySpanExporter()
+    sink = SpanSink("memory", exporter)
+    trace = sink.start("infer", {}, "", "", "pipeline", ("TIMESTAMPS",))
+    assert trace is not None
+    step = trace.step("preprocess")
+    step.end()
+    trace.end()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["step preprocess"].parent.span_id == spans["infer"].context.span_id
+    assert spans["step preprocess"].attributes["tensorgate.model"] == "preprocess"

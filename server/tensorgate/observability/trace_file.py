@@ -13,7 +13,9 @@ Timestamps are nanoseconds of the monotonic clock, as Triton's are. tensorgate r
 - `REQUEST_END`, `GRPC_SEND_START` / `HTTP_SEND_START`: the answer is back at the transport;
 - `GRPC_SEND_END` / `HTTP_SEND_END`: the answer is encoded for the transport to send.
 
-The start of reading a request happens before tensorgate sees it and is not recorded.
+The start of reading a request happens before tensorgate sees it and is not recorded. An
+ensemble's steps are traced as requests of their own, with the ensemble's trace id as their
+`parent_id`, from `REQUEST_START` to `REQUEST_END`.
 
 With `log_frequency` 0 traces are appended to `trace_file` itself, a complete JSON array after
 every write; with N they go N at a time to `trace_file.0`, `trace_file.1`, ... One thread of
@@ -23,6 +25,7 @@ its own writes, so the event loop never waits on the disk.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,6 +68,9 @@ class TraceFileSink:
         transport = "GRPC" if attributes.get("rpc.system") == "grpc" else "HTTP"
         request_id = str(attributes.get("tensorgate.request_id", ""))
         return FileTrace(self, next(self._ids), model, request_id, transport, levels)
+
+    def next_id(self) -> int:
+        return next(self._ids)
 
     def finished(self, entries: list[bytes], model: str) -> None:
         self._entries.extend(entries)
@@ -117,6 +123,7 @@ class FileTrace:
         "id",
         "levels",
         "model",
+        "parent_id",
         "request_id",
         "sink",
         "stamps",
@@ -133,9 +140,11 @@ class FileTrace:
         request_id: str,
         transport: str,
         levels: tuple[str, ...],
+        parent_id: int = 0,
     ) -> None:
         self.sink = sink
         self.id = trace_id
+        self.parent_id = parent_id  # the ensemble request's trace, for a step's; 0: none
         self.model = model
         self.version = -1
         self.request_id = request_id
@@ -184,6 +193,15 @@ class FileTrace:
         }
         self.tensors.append(orjson.dumps({"id": self.id, "activity": activity, "tensor": tensor}))
 
+    def step(self, model: str) -> FileTrace:
+        """A step's request, traced with this one's id as its parent: it is not received or
+        sent by a transport, so its timestamps run from REQUEST_START to REQUEST_END."""
+        trace = FileTrace(
+            self.sink, self.sink.next_id(), model, self.request_id, "", self.levels, self.id
+        )
+        trace.stamps.append(("REQUEST_START", time.perf_counter_ns()))
+        return trace
+
     def batch(self, timing: BatchTiming, queue_ns: int) -> None:
         self.stamps += [
             ("QUEUE_START", timing.dispatched_ns - queue_ns),
@@ -194,12 +212,16 @@ class FileTrace:
         ]
 
     def end(self, error: BaseException | None = None, end_ns: int | None = None) -> None:
-        header = {
+        if self.parent_id:
+            self.stamps.append(("REQUEST_END", time.perf_counter_ns()))
+        header: dict[str, object] = {
             "id": self.id,
             "model_name": self.model,
             "model_version": self.version,
             "request_id": self.request_id,
         }
+        if self.parent_id:
+            header["parent_id"] = self.parent_id
         stamps = [{"name": n, "ns": ns} for n, ns in sorted(self.stamps, key=lambda s: s[1])]
         entries = [orjson.dumps(header), orjson.dumps({"id": self.id, "timestamps": stamps})]
         self.sink.finished(entries + self.tensors, self.model)

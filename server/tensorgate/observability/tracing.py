@@ -43,6 +43,9 @@ class RequestTrace(Protocol):
     def batch(self, timing: BatchTiming, queue_ns: int) -> None:
         """The request waited `queue_ns` and then ran in this batch."""
 
+    def step(self, model: str) -> RequestTrace:
+        """The trace of a request this one makes to `model` (an ensemble's step), under it."""
+
     def end(self, error: BaseException | None = None, end_ns: int | None = None) -> None: ...
 
 
@@ -196,6 +199,16 @@ class SpanTrace:
 
     def answered(self, response: InferResponse) -> None:
         self.span.set_attribute("tensorgate.model_version", response.model_version)
+
+    def step(self, model: str) -> SpanTrace:
+        from opentelemetry import trace
+
+        span = self.tracing.tracer.start_span(
+            f"step {model}",
+            context=trace.set_span_in_context(self.span),
+            attributes={"tensorgate.model": model},
+        )
+        return SpanTrace(self.tracing, span)
 
     def batch(self, timing: BatchTiming, queue_ns: int) -> None:
         """This request's queue span, and its place in the batch's execute span."""

@@ -241,7 +241,7 @@ class EnsembleRunner:
                 for step in self._ready(waiting, tensors, decoupled=False):
                     waiting.remove(step)
                     task = asyncio.ensure_future(
-                        self._infer(self._step_request(step, request, tensors))
+                        self._run_step(self._step_request(step, request, tensors))
                     )
                     running[task] = step
                 if running:
@@ -270,6 +270,20 @@ class EnsembleRunner:
         finally:
             for task in running:
                 task.cancel()
+
+    async def _run_step(self, step_request: InferRequest) -> InferResponse:
+        trace = step_request.trace
+        if trace is None:
+            return await self._infer(step_request)
+        trace.decoded(step_request)
+        try:
+            response = await self._infer(step_request)
+        except BaseException as exc:
+            trace.end(exc)
+            raise
+        trace.answered(response)
+        trace.end()
+        return response
 
     @staticmethod
     def _ready(waiting: list[Step], tensors: dict[str, Array], decoupled: bool) -> list[Step]:
@@ -320,6 +334,9 @@ class EnsembleRunner:
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.inputs.items()}
         types = self.plan.datatypes
         declared = {model_input: types[tensor] for model_input, tensor in step.inputs.items()}
+        # A traced ensemble request traces its steps under it (a decoupled step's stream not).
+        traced = request.trace is not None and not step.decoupled
+        trace = request.trace.step(step.model) if traced else None
         return InferRequest(
             model_name=step.model,
             model_version=step.version,
@@ -329,6 +346,7 @@ class EnsembleRunner:
             requested_outputs=list(step.outputs),
             parameters=request.parameters,
             protocol=request.protocol,
+            trace=trace,
         )
 
     def _step_result(self, step: Step, task: asyncio.Task[InferResponse]) -> InferResponse:
