@@ -26,6 +26,9 @@ class ErrorKind(enum.Enum):
     UNAUTHENTICATED = ("UNAUTHENTICATED", 401)
     PERMISSION_DENIED = ("PERMISSION_DENIED", 403)
     INTERNAL = ("INTERNAL", 500)
+    # What Triton Python models may report besides the above (TritonError's codes).
+    ALREADY_EXISTS = ("ALREADY_EXISTS", 409)
+    UNKNOWN = ("UNKNOWN", 500)
     # HTTP's own: a route that takes other methods, a body over the size limit.
     METHOD_NOT_ALLOWED = ("UNIMPLEMENTED", 405)
     PAYLOAD_TOO_LARGE = ("RESOURCE_EXHAUSTED", 413)

@@ -223,6 +223,7 @@ def check_error_responses_fail_alone(url: str, model: str) -> None:
         if index % 2:
             assert isinstance(result, InferenceServerException)
             assert "INPUT0 holds NaN" in str(result.message())
+            assert result.status() == "StatusCode.INVALID_ARGUMENT"  # the TritonError's code
         else:
             assert isinstance(result, np.ndarray)
             np.testing.assert_array_equal(result, good * 2)

@@ -26,7 +26,7 @@ from tensorgate.backends.base import (
     ResponseSender,
 )
 from tensorgate.dataplane.types import Array, InferRequest
-from tensorgate.errors import ModelExecutionError, ModelLoadError
+from tensorgate.errors import ErrorKind, ModelExecutionError, ModelLoadError
 from tensorgate.executors.instance_threads import thread_event_loop
 
 # Config fields Triton writes as JSON numbers that protobuf's JSON form writes as strings.
@@ -167,6 +167,19 @@ def _outputs_for(response: Any) -> dict[str, Array]:
     return outputs
 
 
+# TritonError's codes as the status the client gets, as Triton maps them.
+_ERROR_KINDS = {
+    pb.TritonError.UNKNOWN: ErrorKind.UNKNOWN,
+    pb.TritonError.INTERNAL: ErrorKind.INTERNAL,
+    pb.TritonError.NOT_FOUND: ErrorKind.NOT_FOUND,
+    pb.TritonError.INVALID_ARG: ErrorKind.INVALID_ARGUMENT,
+    pb.TritonError.UNAVAILABLE: ErrorKind.UNAVAILABLE,
+    pb.TritonError.UNSUPPORTED: ErrorKind.UNIMPLEMENTED,
+    pb.TritonError.ALREADY_EXISTS: ErrorKind.ALREADY_EXISTS,
+    pb.TritonError.CANCELLED: ErrorKind.CANCELLED,
+}
+
+
 def _outputs_or_error(response: Any) -> dict[str, Array] | Exception:
     if not isinstance(response, pb.InferenceResponse):
         return ModelExecutionError(
@@ -175,5 +188,6 @@ def _outputs_or_error(response: Any) -> dict[str, Array] | Exception:
         )
     error = response.error()
     if error is not None:
-        return ModelExecutionError(error.message())
+        kind = _ERROR_KINDS.get(error.code(), ErrorKind.INTERNAL)
+        return ModelExecutionError(error.message(), kind)
     return pb.outputs_of(response)

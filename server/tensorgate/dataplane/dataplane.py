@@ -472,8 +472,8 @@ def _response(
 def _model_error(model: ModelVersion, exc: Exception) -> TensorgateError:
     """What the client is told when running the model failed: expected errors as they are,
     the model's own failures with its name, anything else as a model failure."""
-    if isinstance(exc, ModelExecutionError):
-        return ModelExecutionError(f"model '{model.name}' failed: {exc.message}")
+    if isinstance(exc, ModelExecutionError):  # its kind: the model's own choice of status
+        return ModelExecutionError(f"model '{model.name}' failed: {exc.message}", exc.kind)
     if isinstance(exc, TensorgateError):
         return exc
     log.warning("model %s raised %s: %s", model.name, type(exc).__name__, exc)

@@ -23,7 +23,7 @@ class TritonPythonModel:
             in0 = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             in1 = pb_utils.get_input_tensor_by_name(request, "INPUT1").as_numpy()
             if np.isnan(in0).any():
-                error = pb_utils.TritonError("INPUT0 holds NaN")
+                error = pb_utils.TritonError("INPUT0 holds NaN", pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             out0 = pb_utils.Tensor("OUTPUT0", (in0 + in1).astype(self.dtype0))
