@@ -31,6 +31,11 @@ from tensorgate.protocol import datatypes
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_END = 2
+TRITONSERVER_REQUEST_RELEASE_ALL = 1
+TRITONSERVER_REQUEST_RELEASE_RESCHEDULE = 2
+TRITONSERVER_MEMORY_CPU = 0
+TRITONSERVER_MEMORY_CPU_PINNED = 1
+TRITONSERVER_MEMORY_GPU = 2
 
 _log = logging.getLogger("tensorgate.models")
 
@@ -243,6 +248,18 @@ class InferenceResponseSender:
         return self._sender.is_cancelled()
 
 
+class InferenceTrace:
+    """What `InferenceRequest.trace()` returns: a handle a BLS request may be given."""
+
+
+class PreferredMemory:
+    """Where a BLS call's outputs should be placed: tensorgate's are in CPU memory."""
+
+    def __init__(self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, device_id: int = 0):
+        self.preferred_memory_type = preferred_memory_type
+        self.device_id = device_id
+
+
 class InferenceRequest:
     """A request a model receives in `execute`, or one it builds to call a model (BLS)."""
 
@@ -314,6 +331,20 @@ class InferenceRequest:
 
     def is_cancelled(self) -> bool:
         return self._sender is not None and self._sender.is_cancelled()
+
+    def trace(self) -> InferenceTrace:
+        """This request's trace, to hand to a BLS request (`trace=`); tensorgate does not
+        trace BLS calls, so it carries nothing."""
+        return InferenceTrace()
+
+    def set_release_flags(self, flags: int) -> None:
+        """Triton's request rescheduling: releasing a request (the default) is accepted,
+        rescheduling it is not implemented."""
+        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+            raise TritonModelException(
+                "request rescheduling (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) is not "
+                "implemented by tensorgate"
+            )
 
     # BLS ----------------------------------------------------------------------------
 

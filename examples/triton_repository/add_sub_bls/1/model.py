@@ -14,6 +14,9 @@ class TritonPythonModel:
                     pb_utils.get_input_tensor_by_name(request, "INPUT0"),
                     pb_utils.get_input_tensor_by_name(request, "INPUT1"),
                 ],
+                # As Triton's trace guide writes BLS calls; on tensorgate they go untraced.
+                trace=request.trace(),
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
             )
             answer = call.exec()
             if answer.has_error():
