@@ -144,6 +144,11 @@ class PythonFactory:
     default_filename = "model.py"
 
     def create(self, context: InstanceContext) -> PythonInstance | TritonPythonInstance:
+        if "EXECUTION_ENV_PATH" in context.config.parameters:
+            raise ModelLoadError(
+                "parameter EXECUTION_ENV_PATH (a packed Python environment for the model) is "
+                "not implemented: install the model's packages where the server runs"
+            )
         module = import_model_file(context)
         if hasattr(module, "TritonPythonModel"):
             return TritonPythonInstance(module, context)
