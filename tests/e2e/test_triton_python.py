@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, start_server
 from tests.e2e.models import identity_onnx
-from tests.e2e.triton_models import check_error_responses_fail_alone, pair
+from tests.e2e.triton_models import AUTO_COMPLETE, check_error_responses_fail_alone, pair
 
 pytestmark = pytest.mark.slow
 
@@ -278,3 +278,41 @@ def test_model_code_defines_metrics_served_on_metrics_from_threads_and_processes
             ("custom_x_sum", ""): 55.5,
         }
     assert families["custom_requests"].documentation == "requests seen by model code"
+
+
+# Each import of the model file leaves the importing process's id beside it.
+IMPORTS_LOGGED = """
+import os
+import pathlib
+
+with (pathlib.Path(__file__).parent / "imports.log").open("a") as log:
+    log.write(f"{os.getpid()}\\n")
+"""
+
+
+def test_a_model_placed_in_processes_completes_its_config_outside_the_server(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
+    for name, config in (("in_thread", ""), ("in_process", process)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(IMPORTS_LOGGED + AUTO_COMPLETE)
+        (repo / name / "config.pbtxt").write_text(config)
+    server = start_server(repo, tmp_path / "log")
+    a = np.ones((1, 4), dtype=np.float32)
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            for name in ("in_thread", "in_process"):
+                result = client.infer(name, pair("FP32", a, a)).as_numpy("OUTPUT0")
+                np.testing.assert_array_equal(result, a + a)
+                assert client.get_model_config(name).config.max_batch_size == 8
+    finally:
+        assert server.stop() == 0
+
+    def importers(name: str) -> list[int]:
+        return [int(line) for line in (repo / name / "1" / "imports.log").read_text().split()]
+
+    assert set(importers("in_thread")) == {server.process.pid}  # completed and served here
+    in_process = importers("in_process")
+    assert len(set(in_process)) == 2 and server.process.pid not in in_process

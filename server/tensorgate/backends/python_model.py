@@ -20,7 +20,9 @@ adapter (backends/triton_python.py), unchanged.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
+import multiprocessing
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -108,11 +110,24 @@ class PythonInstance:
             unload()
 
 
-def auto_complete(config: mc.ModelConfig, model_name: str, version: int, model_file: Path) -> None:
+def auto_complete(
+    config: mc.ModelConfig,
+    model_name: str,
+    version: int,
+    model_file: Path,
+    in_child: bool = False,
+) -> None:
     """Let a Triton Python model complete its config, as Triton calls
     `TritonPythonModel.auto_complete_config` before the model loads. Only a model.py that
-    defines it is imported here, once, in the server's process."""
+    defines it is imported for it: once, in the server's process, or `in_child`, in a process
+    of its own (a model whose instances run in processes never runs in the server's)."""
     if "auto_complete_config" not in model_file.read_text(encoding="utf-8", errors="replace"):
+        return
+    if in_child:
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
+            args = (config.SerializeToString(), model_name, version, str(model_file))
+            config.CopyFrom(mc.ModelConfig.FromString(child.submit(_completed, *args).result()))
         return
     module = load_module(model_name, version, model_file)
     complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
@@ -135,6 +150,13 @@ def auto_complete(config: mc.ModelConfig, model_name: str, version: int, model_f
     except json_format.ParseError as exc:
         raise ModelLoadError(f"TritonPythonModel.auto_complete_config: {exc}") from None
     config.CopyFrom(completed)
+
+
+def _completed(config: bytes, model_name: str, version: int, model_file: str) -> bytes:
+    """`auto_complete` in a child process: the config in and out as bytes."""
+    completing = mc.ModelConfig.FromString(config)
+    auto_complete(completing, model_name, version, Path(model_file))
+    return completing.SerializeToString()
 
 
 class PythonFactory:

@@ -298,10 +298,10 @@ class VersionBuilder:
             )
         path = model_file(config, factory, version_dir)
         fill = not self.settings.disable_auto_complete_config
-        if factory.name == "python" and fill:
-            auto_complete(config, name, version, path)
-            check_supported(config)  # what the model added is held to the same table
         in_process = execution(config, self.settings.execution) == "process"
+        if factory.name == "python" and fill:
+            auto_complete(config, name, version, path, in_child=in_process)
+            check_supported(config)  # what the model added is held to the same table
 
         def create(index: int) -> Backend:
             context = InstanceContext(
