@@ -21,6 +21,9 @@ from tests.e2e.triton_models import AUTO_COMPLETE, check_error_responses_fail_al
 
 pytestmark = pytest.mark.slow
 
+# A config line that places the model's instances in processes of their own.
+IN_PROCESS = 'parameters { key: "execution" value { string_value: "process" } }\n'
+
 
 @pytest.mark.parametrize("model", ["triton_add_sub", "triton_bls", "triton_bls_async"])
 def test_add_sub_directly_and_through_bls(stream_server: Server, model: str) -> None:
@@ -151,8 +154,7 @@ output [ { name: "READY", data_type: TYPE_BOOL, dims: [ 1 ] } ]
 def test_model_code_loads_and_unloads_models_in_threads_and_processes(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     identity_onnx(repo / "target" / "1" / "model.onnx", "FP32")
-    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
-    for name, extra in (("loader", ""), ("loader_process", process)):
+    for name, extra in (("loader", ""), ("loader_process", IN_PROCESS)):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(LOADER)
         (repo / name / "config.pbtxt").write_text(LOADER_CONFIG + extra)
@@ -241,8 +243,7 @@ def test_model_code_defines_metrics_served_on_metrics_from_threads_and_processes
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
-    for name, extra in (("metered", ""), ("metered_process", process)):
+    for name, extra in (("metered", ""), ("metered_process", IN_PROCESS)):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(METERED)
         (repo / name / "config.pbtxt").write_text(METERED_CONFIG + extra)
@@ -294,8 +295,7 @@ def test_a_model_placed_in_processes_completes_its_config_outside_the_server(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    process = 'parameters { key: "execution" value { string_value: "process" } }\n'
-    for name, config in (("in_thread", ""), ("in_process", process)):
+    for name, config in (("in_thread", ""), ("in_process", IN_PROCESS)):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(IMPORTS_LOGGED + AUTO_COMPLETE)
         (repo / name / "config.pbtxt").write_text(config)
