@@ -46,3 +46,19 @@ def test_a_log_frequency_writes_that_many_traces_per_numbered_file(tmp_path: Pat
     sizes = [len(json.loads(path.with_name(f"trace.json.{i}").read_bytes())) for i in range(3)]
     assert sizes == [6, 6, 2]
     assert not path.exists() and not path.with_name("trace.json.3").exists()
+
+
+def test_each_worker_process_writes_a_trace_file_of_its_own(tmp_path: Path) -> None:
+    from tensorgate.app import _tracing
+    from tensorgate.settings import Settings
+    from tensorgate.workers.role import WorkerRole
+
+    settings = Settings(model_repository=tmp_path, trace_file=tmp_path / "trace.json")
+    alone = _tracing(settings, None)
+    worker = _tracing(settings, WorkerRole(1, 2, tmp_path))
+    assert alone is not None and worker is not None
+    assert isinstance(alone.sink, TraceFileSink) and isinstance(worker.sink, TraceFileSink)
+    assert (alone.sink.path.name, worker.sink.path.name) == ("trace.json", "trace.json.worker1")
+    for tracing in (alone, worker):
+        tracing.shutdown()
+    assert _tracing(Settings(model_repository=tmp_path), None) is None  # nowhere to trace to
