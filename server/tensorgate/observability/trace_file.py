@@ -110,8 +110,8 @@ def _write(path: Path, entries: list[bytes], append: bool) -> None:
         with path.open("r+b") as file:
             file.seek(-1, 2)  # over the closing bracket, which the new entries end with
             file.write(b"," + body + b"]")
-    else:  # whole or not at all, for whoever reads the file as it appears
-        partial = path.with_name(path.name + ".partial")
+    else:  # whole or not at all, and hidden until then from whoever lists FILE.*
+        partial = path.with_name(f".{path.name}.partial")
         partial.write_bytes(b"[" + body + b"]")
         partial.replace(path)
 
