@@ -25,6 +25,14 @@ pytestmark = pytest.mark.slow
 IN_PROCESS = 'parameters { key: "execution" value { string_value: "process" } }\n'
 
 
+def _in_both_placements(repo: Path, names: tuple[str, str], code: str, config: str) -> None:
+    """The same model twice: the first name in instance threads, the second in processes."""
+    for name, placement in zip(names, ("", IN_PROCESS), strict=True):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(code)
+        (repo / name / "config.pbtxt").write_text(config + placement)
+
+
 @pytest.mark.parametrize("model", ["triton_add_sub", "triton_bls", "triton_bls_async"])
 def test_add_sub_directly_and_through_bls(stream_server: Server, model: str) -> None:
     a = np.arange(16, dtype=np.float32).reshape(1, 16)
@@ -154,10 +162,7 @@ output [ { name: "READY", data_type: TYPE_BOOL, dims: [ 1 ] } ]
 def test_model_code_loads_and_unloads_models_in_threads_and_processes(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     identity_onnx(repo / "target" / "1" / "model.onnx", "FP32")
-    for name, extra in (("loader", ""), ("loader_process", IN_PROCESS)):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(LOADER)
-        (repo / name / "config.pbtxt").write_text(LOADER_CONFIG + extra)
+    _in_both_placements(repo, ("loader", "loader_process"), LOADER, LOADER_CONFIG)
     args = ("--model-control-mode", "explicit", "--load-model", "loader")
     server = start_server(repo, tmp_path / "log", *args, "--load-model", "loader_process")
 
@@ -243,10 +248,7 @@ def test_model_code_defines_metrics_served_on_metrics_from_threads_and_processes
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    for name, extra in (("metered", ""), ("metered_process", IN_PROCESS)):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(METERED)
-        (repo / name / "config.pbtxt").write_text(METERED_CONFIG + extra)
+    _in_both_placements(repo, ("metered", "metered_process"), METERED, METERED_CONFIG)
     server = start_server(repo, tmp_path / "log")
     try:
         with grpcclient.InferenceServerClient(server.url) as client:
@@ -295,10 +297,7 @@ def test_a_model_placed_in_processes_completes_its_config_outside_the_server(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    for name, config in (("in_thread", ""), ("in_process", IN_PROCESS)):
-        (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(IMPORTS_LOGGED + AUTO_COMPLETE)
-        (repo / name / "config.pbtxt").write_text(config)
+    _in_both_placements(repo, ("in_thread", "in_process"), IMPORTS_LOGGED + AUTO_COMPLETE, "")
     server = start_server(repo, tmp_path / "log")
     a = np.ones((1, 4), dtype=np.float32)
     try:

@@ -47,24 +47,18 @@ class _Waiter:
     granted: bool = False
 
 
-def instance_needs(config: mc.ModelConfig, devices: list[str]) -> list[Need | None]:
-    """Each instance's need, from its group's `rate_limiter` (None: it needs nothing).
-    `devices` are the instances' devices, in the order the groups list them."""
-    groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
+def instance_needs(placements: list[tuple[mc.ModelInstanceGroup, str]]) -> list[Need | None]:
+    """Each instance's need, from its group's `rate_limiter` and its device (None: it needs
+    nothing); `placements` are the instances' (group, device), as runners/build.py lists them."""
     needs: list[Need | None] = []
-    for group in groups:
+    for group, device in placements:
         limiter = group.rate_limiter
-        instances = (group.count or 1) * (
-            max(len(group.gpus), 1) if group.kind == mc.ModelInstanceGroup.KIND_GPU else 1
+        counts = tuple(
+            ((r.name, None if getattr(r, "global") else _counted_on(device)), r.count)
+            for r in limiter.resources
+            if r.count
         )
-        for _ in range(instances):
-            device = devices[len(needs)]
-            counts = tuple(
-                ((r.name, None if getattr(r, "global") else _counted_on(device)), r.count)
-                for r in limiter.resources
-                if r.count
-            )
-            needs.append(Need(counts, max(limiter.priority, 1)) if counts else None)
+        needs.append(Need(counts, max(limiter.priority, 1)) if counts else None)
     return needs
 
 

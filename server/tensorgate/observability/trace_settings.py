@@ -51,6 +51,7 @@ class TraceSettings:
         self._layers: dict[str, dict[str, Values]] = {_GLOBAL: {}}
         self._seen: dict[str, int] = {_GLOBAL: 0}  # requests counted for the rate, per layer
         self._left: dict[str, int] = {_GLOBAL: count}  # traces left, per layer
+        self._rates: dict[str, int] = {_GLOBAL: rate}  # each layer's rate, resolved once
 
     # -- reading and changing ------------------------------------------------------------
 
@@ -86,6 +87,8 @@ class TraceSettings:
                 self._left.pop(model, None)  # back on the server's budget
             else:
                 self._left[model] = int(self._configured(model)["trace_count"][0])
+        # Sampling reads the rates for every request: resolve them here, once per change.
+        self._rates = {name: int(self._configured(name)["trace_rate"][0]) for name in self._layers}
         return self.get(model)
 
     def _check(self, layer: Mapping[str, Values]) -> None:
@@ -135,10 +138,9 @@ class TraceSettings:
             return None
         if parent_sampled is None:
             owner = model if layer is not None and "trace_rate" in layer else _GLOBAL
-            rate = int(self._configured(owner)["trace_rate"][0])
             seen = self._seen.get(owner, 0)
             self._seen[owner] = seen + 1
-            if seen % rate:
+            if seen % self._rates[owner]:
                 return None
         owner = self._owner(model, "trace_count")
         left = self._left[owner]

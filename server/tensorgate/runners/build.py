@@ -70,25 +70,30 @@ EXECUTION_PARAMETER = "execution"
 EXECUTIONS = ("thread", "process", "inline", "auto")
 
 
-def instance_devices(config: mc.ModelConfig) -> list[str]:
-    """One device name per instance the config's instance groups ask for."""
+def instance_placements(config: mc.ModelConfig) -> list[tuple[mc.ModelInstanceGroup, str]]:
+    """One (instance group, device name) per instance the config's instance groups ask for."""
     groups = list(config.instance_group) or [mc.ModelInstanceGroup(count=1)]
-    devices: list[str] = []
+    placements: list[tuple[mc.ModelInstanceGroup, str]] = []
     for group in groups:
         count = group.count or 1
         if group.kind == mc.ModelInstanceGroup.KIND_GPU:
-            for gpu in group.gpus or [0]:
-                devices += [f"cuda:{gpu}"] * count
+            devices = [f"cuda:{gpu}" for gpu in group.gpus or [0] for _ in range(count)]
         elif group.kind in (mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_AUTO):
-            devices += ["cpu"] * count
+            devices = ["cpu"] * count
         elif group.kind == mc.ModelInstanceGroup.KIND_MODEL:
-            devices += [MODEL_DEVICE] * count
+            devices = [MODEL_DEVICE] * count
         else:
             raise ModelLoadError(
                 f"instance_group kind {mc.ModelInstanceGroup.Kind.Name(group.kind)} "
                 "is not supported"
             )
-    return devices
+        placements += [(group, device) for device in devices]
+    return placements
+
+
+def instance_devices(config: mc.ModelConfig) -> list[str]:
+    """One device name per instance the config's instance groups ask for."""
+    return [device for _, device in instance_placements(config)]
 
 
 def execution(config: mc.ModelConfig, server_default: str, rate_limited: bool = False) -> str:
@@ -204,7 +209,7 @@ class VersionBuilder:
 
     def _gates(self, name: str, config: mc.ModelConfig) -> list[Gate | None] | None:
         """Each instance's rate-limiter gate; None when no instance of the model needs one."""
-        needs = instance_needs(config, instance_devices(config))
+        needs = instance_needs(instance_placements(config))
         if not any(needs):
             return None
         if self.limiter is None:
