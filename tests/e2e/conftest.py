@@ -215,3 +215,19 @@ def stream_server(tmp_path_factory: pytest.TempPathFactory, counter: Path) -> It
     build_stream_repository(root, counter)
     with serving(root, tmp_path_factory, "--no-strict-readiness") as server:
         yield server
+
+
+def instance_children(pid: int) -> list[int]:
+    """The server's spawned instance processes (multiprocessing's resource tracker aside)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == pid and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import serving
+from tests.e2e.conftest import instance_children, serving
 from tests.e2e.stream_models import cancel_after_two_responses, repeat_inputs, stream_client
 from tests.e2e.triton_models import (
     ADD_SUB,
@@ -317,7 +317,7 @@ def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
 ) -> None:
     root, _ = _decoupled_repository(tmp_path_factory)
     with serving(root, tmp_path_factory) as server:
-        before = set(_children(server.process.pid))
+        before = set(instance_children(server.process.pid))
         client, results = stream_client(server.url)
         with client:
             client.async_stream_infer("sender_in_process", repeat_inputs(list(range(100)), 50, 0))
@@ -333,20 +333,4 @@ def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
             assert error is not None and "died" in str(error.message())
             client.stop_stream()
         assert _streamed(server.url, "sender_in_process", [4, 5], 0) == [4, 5]
-        assert not before & set(_children(server.process.pid))
-
-
-def _children(pid: int) -> list[int]:
-    """The server's spawned instance processes (multiprocessing's resource tracker aside)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == pid and b"spawn_main" in command:
-            found.append(int(entry.name))
-    return found
+        assert not before & set(instance_children(server.process.pid))

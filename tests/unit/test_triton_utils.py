@@ -6,11 +6,15 @@ import pytest
 from tensorgate.backends import triton_utils as pb
 
 
-def test_releasing_a_request_is_accepted_and_rescheduling_is_refused_by_name() -> None:
+def test_only_a_request_of_an_iterative_sequence_may_be_rescheduled() -> None:
     request = pb.InferenceRequest("m", [])
     request.set_release_flags(pb.TRITONSERVER_REQUEST_RELEASE_ALL)
-    with pytest.raises(pb.TritonModelException, match="request rescheduling"):
+    assert not request._rescheduled()
+    with pytest.raises(pb.TritonModelException, match="iterative_sequence: true"):
         request.set_release_flags(pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+    request._reschedulable = True
+    request.set_release_flags(pb.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
+    assert request._rescheduled()
 
 
 def test_model_code_cannot_load_or_unload_its_own_model() -> None:

@@ -12,6 +12,7 @@ from tensorgate.dataplane.types import Array
 
 if TYPE_CHECKING:
     from tensorgate.dataplane.calls import Caller
+    from tensorgate.dataplane.types import InferRequest
 
 
 # The device of a KIND_MODEL instance: Python model code that chooses its devices itself.
@@ -107,3 +108,37 @@ class ResponseSender(Protocol):
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None: ...
 
     def is_cancelled(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class SequenceStep:
+    """One request of a sequence as a model that takes its requests one by one sees it
+    (Triton Python models under the sequence batcher): its inputs with the control and
+    state inputs added, its sequence's correlation id, Triton's START/END request flags
+    for this execution, and, for a decoupled model, where its responses go."""
+
+    inputs: dict[str, Array]
+    request: InferRequest
+    correlation_id: int | str
+    flags: int
+    sender: ResponseSender | None = None
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """What became of one SequenceStep: its outputs (None for a decoupled model, whose
+    responses went through the sender, and for a rescheduled request) or its error, and
+    whether the model rescheduled it to run again in a later batch (iterative sequences)."""
+
+    outputs: dict[str, Array] | None
+    error: Exception | None = None
+    rescheduled: bool = False
+
+
+class SteppedBackend(Backend, Protocol):
+    """A backend that runs a sequence batch as separate requests, each of which it may
+    answer, fail or reschedule on its own."""
+
+    def execute_steps(self, steps: list[SequenceStep], iterative: bool) -> list[StepOutcome]:
+        """Run one batch of steps; `iterative`: the model may reschedule requests."""
+        ...

@@ -24,6 +24,8 @@ from tensorgate.backends.base import (
     InstanceContext,
     ModelSignature,
     ResponseSender,
+    SequenceStep,
+    StepOutcome,
 )
 from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import ErrorKind, ModelExecutionError, ModelLoadError
@@ -115,6 +117,38 @@ class TritonPythonInstance:
             raise outputs
         return outputs
 
+    def execute_steps(self, steps: list[SequenceStep], iterative: bool) -> list[StepOutcome]:
+        """A sequence batch, one request per step with its correlation id and flags, as
+        Triton's sequence batcher hands them; a decoupled model answers through each step's
+        sender. With `iterative`, a request the model releases with RELEASE_RESCHEDULE comes
+        back in a later batch (its response is None, or nothing sent)."""
+        requests = []
+        for step in steps:
+            received = self._received(step.inputs, step.request)
+            received._correlation_id = step.correlation_id
+            received._flags = step.flags
+            received._sender = step.sender
+            received._reschedulable = iterative
+            requests.append(received)
+        with pb.running(self._name):
+            responses = _run(self._model.execute(requests))
+        decoupled = steps[0].sender is not None
+        if decoupled:
+            if responses:  # answered like an ordinary model: pass those on, then end
+                for response, step in zip(responses, steps, strict=False):
+                    assert step.sender is not None
+                    step.sender.send(_outputs_for(response), False)
+                    step.sender.send(None, True)
+            return [StepOutcome(None, rescheduled=r._rescheduled()) for r in requests]
+        if not isinstance(responses, list | tuple) or len(responses) != len(requests):
+            count = (
+                len(responses) if isinstance(responses, list | tuple) else type(responses).__name__
+            )
+            raise ModelExecutionError(
+                f"TritonPythonModel.execute returned {count} responses for {len(requests)} requests"
+            )
+        return [_step_outcome(r, response) for r, response in zip(requests, responses, strict=True)]
+
     def execute_decoupled(self, request: InferRequest, sender: ResponseSender) -> None:
         """A decoupled model: `execute` answers through the request's response sender."""
         received = self._received(request.inputs, request)
@@ -158,6 +192,23 @@ def _run(result: Any) -> Any:
     if inspect.isawaitable(result):
         return thread_event_loop().run_until_complete(result)
     return result
+
+
+def _step_outcome(request: pb.InferenceRequest, response: Any) -> StepOutcome:
+    if request._rescheduled():
+        if response is None:
+            return StepOutcome(None, rescheduled=True)
+        return StepOutcome(
+            None,
+            ModelExecutionError(
+                "TritonPythonModel.execute returned a response for a request it rescheduled; "
+                "a rescheduled request's place in the list holds None"
+            ),
+        )
+    outputs = _outputs_or_error(response)
+    if isinstance(outputs, Exception):
+        return StepOutcome(None, outputs)
+    return StepOutcome(outputs)
 
 
 def _outputs_for(response: Any) -> dict[str, Array]:

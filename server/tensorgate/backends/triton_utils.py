@@ -291,6 +291,9 @@ class InferenceRequest:
             parameters = json.loads(parameters) if parameters else {}
         self._parameters: dict[str, Any] = dict(parameters or {})
         self._sender: ResponseSender | None = None
+        # Set by the sequence batcher of a model with `iterative_sequence: true`.
+        self._reschedulable = False
+        self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
 
     # As received --------------------------------------------------------------------
 
@@ -338,13 +341,19 @@ class InferenceRequest:
         return InferenceTrace()
 
     def set_release_flags(self, flags: int) -> None:
-        """Triton's request rescheduling: releasing a request (the default) is accepted,
-        rescheduling it is not implemented."""
-        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
+        """Release the request when `execute` returns (RELEASE_ALL, the default), or run it
+        again in a later batch (RELEASE_RESCHEDULE), which only an iterative sequence model
+        may ask for."""
+        if flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE and not self._reschedulable:
             raise TritonModelException(
-                "request rescheduling (TRITONSERVER_REQUEST_RELEASE_RESCHEDULE) is not "
-                "implemented by tensorgate"
+                "Request is released with TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, but model "
+                f"'{self._model_name}' does not set sequence_batching {{ iterative_sequence: "
+                "true }: only iterative sequences reschedule requests"
             )
+        self._release_flags = flags
+
+    def _rescheduled(self) -> bool:
+        return bool(self._release_flags & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE)
 
     # BLS ----------------------------------------------------------------------------
 

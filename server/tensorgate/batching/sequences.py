@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,30 +173,41 @@ class SequenceSlots:
         for sequence in batch:
             sequence.running = True
 
-    def finished(self, batch: list[Sequence], now_ns: int) -> list[int]:
-        """The batch's requests are done: drop them, release sequences that ended. Returns
-        the instances that took sequences from the backlog (they have work now)."""
+    def finished(
+        self, batch: list[Sequence], now_ns: int, again: Collection[Sequence] = ()
+    ) -> list[int]:
+        """The batch's requests are done: drop them, release sequences that ended. The
+        requests of the sequences in `again` were rescheduled (iterative sequences): each
+        stays at its sequence's head and runs in a later batch. Returns the instances that
+        took sequences from the backlog (they have work now)."""
         woken: list[int] = []
         for sequence in batch:
-            request = sequence.pending.popleft()
             sequence.running = False
             sequence.last_ns = now_ns
+            if sequence in again:
+                continue
+            request = sequence.pending.popleft()
             if request.end:
                 woken += self._release(sequence)
         return woken
 
-    def drop(self, sequence: Sequence, request: SequenceRequest) -> None:
+    def drop(self, sequence: Sequence, request: SequenceRequest) -> list[int]:
         """Forget a queued request whose caller left. The sequence stays (its client may go
         on) and, left idle, expires; a dropped END reopens it for another END. A request
-        already running stays: its batch is under way, and `finished` takes it off."""
+        already running stays: its batch is under way, and `finished` takes it off. A
+        sequence of one request (START and END) ends with it. Returns the instances that
+        took sequences from the backlog."""
         if sequence.running and sequence.pending and sequence.pending[0] is request:
-            return
+            return []
         try:
             sequence.pending.remove(request)
         except ValueError:
-            return
+            return []
+        if request.start and request.end and not sequence.pending:
+            return self._release(sequence)
         if request.end:
             sequence.ended = False
+        return []
 
     def expire(self, now_ns: int) -> list[int]:
         """Release sequences idle past the limit; returns instances that took new ones."""

@@ -22,6 +22,12 @@ child and returns, and a reader thread forwards each response the child sends to
 stream's channel. The child keeps each stream's window (it sends on only when the server
 says the client has read a response) and stops a stream whose client has left.
 
+A sequence batch for a model that takes its requests one by one (a Triton Python model under
+the sequence batcher) travels as one "steps" message: the tensors in the slab, each
+request's correlation id, flags and, for a decoupled model, the stream its responses go to
+(a request rescheduled by an iterative model keeps its stream from execution to execution).
+The child answers which requests were rescheduled beside the outputs.
+
 A child that dies fails the batch (or the streams) it was running with a clear error; the
 next batch starts a new child (loading the model again), so the instance heals itself. BYTES
 tensors travel as length-prefixed elements.
@@ -49,7 +55,7 @@ from typing import Any
 import numpy as np
 from tensorgate_protos import model_config_pb2 as mc
 
-from tensorgate.backends.base import InstanceContext, ModelSignature
+from tensorgate.backends.base import InstanceContext, ModelSignature, SequenceStep, StepOutcome
 from tensorgate.dataplane.calls import STREAM_END, ModelCalls
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import (
@@ -76,6 +82,9 @@ Placed = tuple[str, str, tuple[int, ...], int, int]
 # An exception, portable between the processes: its type's name, its ErrorKind's name (""
 # when it is not a TensorgateError) and its message.
 Failure = tuple[str, str, str]
+# A sequence step in a "steps" message: the request (its tensors in the slab), its
+# correlation id, its flags, and its stream (0: not decoupled).
+StepMeta = tuple[InferRequest, int | str, int, int]
 
 
 def _failure(exc: BaseException) -> Failure:
@@ -189,7 +198,7 @@ class _ChildChannel:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 break
-            if message[0] in ("run", "open", "close"):
+            if message[0] in ("run", "steps", "open", "close"):
                 self.batches.put(message)
                 continue
             if message[0] in ("room", "cancel-stream"):
@@ -385,6 +394,39 @@ def _open_stream(
     threading.Thread(target=_drain, args=(source, sender, steps), daemon=True).start()
 
 
+def _steps_of(
+    channel: _ChildChannel, inputs: list[dict[str, Array]], metas: list[StepMeta]
+) -> list[SequenceStep]:
+    """The steps of a "steps" message; a decoupled step answers through its stream's sender,
+    the same one on every execution of a rescheduled request."""
+    steps = []
+    for arrays, (request, corrid, flags, stream_id) in zip(inputs, metas, strict=True):
+        request.inputs = arrays
+        sender = None
+        if stream_id:
+            sender = channel.streams.get(stream_id)
+            if sender is None:
+                sender = channel.streams[stream_id] = _ChildSender(channel, stream_id)
+        steps.append(SequenceStep(arrays, request, corrid, flags, sender))
+    return steps
+
+
+def _outcome_parts(
+    outcomes: list[StepOutcome],
+) -> tuple[list[dict[str, Array] | Failure], list[tuple[bool, bool]]]:
+    """Outcomes as what crosses the pipe: outputs (or failures) for the slab, and for each
+    whether it was rescheduled and whether it has outputs."""
+    parts: list[dict[str, Array] | Failure] = []
+    shapes = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            parts.append(_failure(outcome.error))
+        else:
+            parts.append({k: np.asarray(v) for k, v in (outcome.outputs or {}).items()})
+        shapes.append((outcome.rescheduled, outcome.outputs is not None))
+    return parts, shapes
+
+
 def child_main(conn: Connection, spec: ChildSpec) -> None:
     """The instance's process: create the backend, then run batches until told to stop."""
     from tensorgate.backends.registry import resolve_backend
@@ -410,31 +452,38 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
             )
         )
         separate = getattr(backend, "execute_requests", None) is not None
-        channel.send(("ready", backend.signature(), separate))
+        stepped = getattr(backend, "execute_steps", None) is not None
+        channel.send(("ready", backend.signature(), separate, stepped))
     except Exception as exc:
         channel.send(("error", type(exc).__name__, str(exc)))
         return
-    steps = threading.Lock()
+    steps_lock = threading.Lock()
     while (message := channel.batches.get())[0] != "close":
         if message[0] == "open":
-            _open_stream(backend, channel, message[1], message[2], steps)
+            _open_stream(backend, channel, message[1], message[2], steps_lock)
             continue
-        _, in_name, requests, out_name = message
+        in_name, requests, out_name = message[1:4]
         for name in (in_name, out_name):
             if name not in slabs:
                 slabs[name] = SharedMemory(name=name)  # the server's; it unlinks them
         try:
             inputs = [_read(places, slabs[in_name].buf, copy=False) for places in requests]
-            if separate:
+            shapes: list[tuple[bool, bool]] = []
+            if message[0] == "steps":
+                steps = _steps_of(channel, inputs, message[4])
+                with steps_lock:
+                    outcomes = backend.execute_steps(steps, message[5])  # type: ignore[attr-defined]
+                parts, shapes = _outcome_parts(outcomes)
+            elif separate:
                 parts = _as_parts(backend.execute_requests(inputs))  # type: ignore[attr-defined]
             else:
                 parts = _as_parts([backend.execute(inputs[0])])
             placed, blobs, needed = _layout(parts)
             if needed <= slabs[out_name].size:
                 _write(blobs, slabs[out_name])
-                channel.send(("ok", placed))
+                channel.send(("ok", placed, shapes))
             else:  # too big for the slab: through the pipe this once
-                channel.send(("big", parts, needed))
+                channel.send(("big", parts, needed, shapes))
         except Exception as exc:
             channel.send(("failed", _failure(exc)))
     backend.close()
@@ -472,8 +521,12 @@ class ProcessInstance:
         self._outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
-        # Triton Python-backend models take a batch's requests one by one, as in a thread.
+        # Triton Python-backend models take a batch's requests one by one, as in a thread,
+        # and a sequence batch's with their flags (execute_steps).
         self.execute_requests: Any = None
+        self.execute_steps: Any = None
+        # A decoupled instance's batch of steps waits here for its reply from the reader.
+        self._step_reply: queue.SimpleQueue[tuple[Any, ...] | None] | None = None
         # A decoupled model's instance: a reader thread takes everything the child sends and
         # forwards each response to its stream's channel (no batches run).
         self._decoupled = context.config.model_transaction_policy.decoupled
@@ -505,6 +558,7 @@ class ProcessInstance:
         self._process, self._conn = process, parent
         signature: ModelSignature | None = reply[1]
         self.execute_requests = self._execute_requests if reply[2] else None
+        self.execute_steps = self._execute_steps if reply[3] else None
         if self._decoupled:
             # Each child's streams in a dict of their own: the reader of a dead child fails
             # its streams, never those of the child that replaced it.
@@ -544,43 +598,112 @@ class ProcessInstance:
 
     def _run(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
         with self._lock:
-            if self._conn is None:  # the last child died: a new one, with the model loaded
-                log.warning("restarting process instance %s", self.name)
-                self._signature = self._start()
-            assert self._conn is not None
-            requests, blobs, needed = _layout(batch)
-            self._inputs = self._slab(self._inputs, needed)
-            self._outputs = self._slab(self._outputs, _SLAB_MIN)
-            _write(blobs, self._inputs)
-            try:
-                self._conn.send(("run", self._inputs.name, requests, self._outputs.name))
+            self._live_child()
+            parts, _ = self._exchange(batch, ("run",))
+            return parts
+
+    def _execute_steps(self, steps: list[SequenceStep], iterative: bool) -> list[StepOutcome]:
+        """A sequence batch in the child, each request with its flags; a decoupled step's
+        responses come back through the reader thread to its channel."""
+        with self._lock:
+            self._live_child()  # first: a new child comes with new streams
+            metas: list[StepMeta] = []
+            for step in steps:
+                portable = dataclasses.replace(
+                    step.request, inputs={}, trace=None, output_regions=None
+                )
+                stream = self._stream_of(step.sender) if step.sender is not None else 0
+                metas.append((portable, step.correlation_id, step.flags, stream))
+            parts, shapes = self._exchange([s.inputs for s in steps], ("steps", metas, iterative))
+        return [
+            StepOutcome(None, part, rescheduled)
+            if isinstance(part, Exception)
+            else StepOutcome(part if has_outputs else None, rescheduled=rescheduled)
+            for part, (rescheduled, has_outputs) in zip(parts, shapes, strict=True)
+        ]
+
+    def _await_steps(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Send a batch of steps to a decoupled instance's child and wait for the reader
+        thread to hand over the reply; EOFError when the child dies first."""
+        waiting: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._step_reply = waiting
+        try:
+            self._send_quietly(message)
+            while True:
+                try:
+                    reply = waiting.get(timeout=1.0)
+                except queue.Empty:  # the reader may have ended before it saw the wait
+                    if self._process is not None and self._process.is_alive():
+                        continue
+                    reply = None
+                if reply is None:
+                    raise EOFError
+                return reply
+        finally:
+            self._step_reply = None
+
+    def _stream_of(self, channel: Any) -> int:
+        """The id a decoupled step's responses travel under: its channel's, kept while the
+        request runs again (rescheduled), a new one for a new request."""
+        streams = self._streams
+        stream_id: int | None = channel.route
+        if stream_id is None or streams.get(stream_id) is not channel:
+            stream_id = channel.route = next(self._stream_ids)
+            streams[stream_id] = channel
+            channel.on_read = lambda: self._send_quietly(("room", stream_id))
+            channel.on_cancel = lambda: self._cancel_stream(streams, stream_id)
+        return stream_id
+
+    def _exchange(
+        self, batch: list[dict[str, Array]], head: tuple[Any, ...]
+    ) -> tuple[list[dict[str, Array] | Exception], list[tuple[bool, bool]]]:
+        """Under the lock: the batch's tensors into the slab, `head` and the slabs' names to
+        the child, its outputs (or errors) back, with the steps' shapes."""
+        assert self._conn is not None
+        requests, blobs, needed = _layout(batch)
+        self._inputs = self._slab(self._inputs, needed)
+        self._outputs = self._slab(self._outputs, _SLAB_MIN)
+        _write(blobs, self._inputs)
+        message = (head[0], self._inputs.name, requests, self._outputs.name, *head[1:])
+        try:
+            if self._decoupled:  # the reader thread reads the reply and hands it over
+                reply = self._await_steps(message)
+            else:
+                self._conn.send(message)
                 reply = self._reply(self._conn)
-            except (EOFError, OSError):
-                code = self._died()
-                raise ModelExecutionError(
-                    f"its process instance {self.name} died (exit code {code}) while running "
-                    "the batch; a new one starts with the next batch"
-                ) from None
-            if reply[0] == "ok":
-                buffer = self._outputs.buf
-                return [
-                    _read(part, buffer, copy=True) if isinstance(part, list) else _raised(part)
-                    for part in reply[1]
-                ]
-            if reply[0] == "big":
-                self._outputs = self._slab(self._outputs, reply[2])
-                return [part if isinstance(part, dict) else _raised(part) for part in reply[1]]
-            raise _raised(reply[1])
+        except (EOFError, OSError):
+            code = self._died()
+            raise ModelExecutionError(
+                f"its process instance {self.name} died (exit code {code}) while running "
+                "the batch; a new one starts with the next batch"
+            ) from None
+        if reply[0] == "ok":
+            buffer = self._outputs.buf
+            return [
+                _read(part, buffer, copy=True) if isinstance(part, list) else _raised(part)
+                for part in reply[1]
+            ], reply[2]
+        if reply[0] == "big":
+            self._outputs = self._slab(self._outputs, reply[2])
+            return [part if isinstance(part, dict) else _raised(part) for part in reply[1]], reply[
+                3
+            ]
+        raise _raised(reply[1])
+
+    def _live_child(self) -> None:
+        """Under the lock: start a new child (the model loaded again) if the last one died."""
+        alive = self._process is not None and self._process.is_alive()
+        if self._conn is None or (self._decoupled and not alive):
+            code = self._died()
+            log.warning("restarting process instance %s (exit code %s)", self.name, code)
+            self._signature = self._start()
 
     def execute_decoupled(self, request: InferRequest, channel: Any) -> None:
         """Start a decoupled request in the child; its responses reach `channel` (the
         runner's ResponseChannel) from the reader thread. The request and its responses
         travel pickled through the pipe."""
         with self._lock:
-            if self._conn is None or self._process is None or not self._process.is_alive():
-                code = self._died()
-                log.warning("restarting process instance %s (exit code %s)", self.name, code)
-                self._signature = self._start()
+            self._live_child()
             stream_id = next(self._stream_ids)
             streams = self._streams
             streams[stream_id] = channel
@@ -621,9 +744,16 @@ class ProcessInstance:
                 channel = streams.pop(message[1], None)
                 if channel is not None:
                     channel.fail(_raised(message[2]))
+            elif kind in ("ok", "big", "failed"):  # a batch of steps is done
+                waiting = self._step_reply
+                if waiting is not None:
+                    waiting.put(message)
             else:
                 self._model_call(message)
         conn.close()
+        waiting = self._step_reply
+        if waiting is not None:  # a batch of steps waits, holding the lock, for a dead child
+            waiting.put(None)
         # Under the lock that opens streams: a stream opened before this point is failed
         # here; one opened after it finds the connection gone and starts a new child (the
         # child's process may still be exiting, alive to `is_alive`).

@@ -8,10 +8,9 @@ says what a loaded version is made of. Steps, in order:
    generation model (`backend: "generation"`) is built by generation/build.py.
 2. Resolve the backend and create one instance per `instance_group` entry and count; the
    first instance's signature completes and checks the config.
-3. Choose the runner the config asks for: the decoupled runner for
-   `model_transaction_policy { decoupled: true }`, the sequence batcher for
-   `sequence_batching`, else the dynamic batcher (with or
-   without `dynamic_batching`).
+3. Choose the runner the config asks for: the sequence batcher for `sequence_batching`
+   (decoupled or not), the decoupled runner for `model_transaction_policy { decoupled:
+   true }`, else the dynamic batcher (with or without `dynamic_batching`).
 4. Attach statistics and metrics.
 """
 
@@ -367,8 +366,11 @@ class VersionBuilder:
                 f"parameter {TIMEOUT_PARAMETER} is implemented for models served by the "
                 "dynamic batcher only, not for sequence or decoupled models"
             )
-        if sequences and config.model_transaction_policy.decoupled:
-            raise ModelLoadError("a decoupled model with sequence_batching is not supported")
+        if sequences and config.model_transaction_policy.decoupled and states:
+            raise ModelLoadError(
+                "sequence_batching.state (implicit state) is not implemented for decoupled "
+                "models: their outputs go to the client, not back to the batcher"
+            )
         if sequences:
             threads = InstanceThreads(f"{name}_{version}", instances, gated)
             return SequenceRunner(

@@ -61,6 +61,8 @@ class ResponseChannel:
         self._final_sent = False
         self.on_read: Callable[[], None] | None = None
         self.on_cancel: Callable[[], None] | None = None
+        # The id a process instance forwards this channel's responses under.
+        self.route: int | None = None
 
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
         if self._final_sent:

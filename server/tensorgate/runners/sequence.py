@@ -8,12 +8,22 @@ sequence's instance, and hands each request its row of the outputs. An instance 
 batch at a time, so a sequence's requests run strictly in order. A model with implicit
 state (runners/sequence_state.py) gets each sequence's state as an input and leaves its
 next state in an output.
+
+A model that takes a batch's requests one by one (a Triton Python model) gets them so here
+too, each with its correlation id and START/END flags, and may be decoupled: it answers each
+request through its response sender. With `iterative_sequence: true` such a model may
+reschedule a request (`set_release_flags(RELEASE_RESCHEDULE)`): the request stays at its
+sequence's head, holds its slot, and runs again in a later batch beside new ones, which is
+how a model batches requests at different steps of their generation. A request without a
+`sequence_id` to an iterative model is a sequence of its own, started and ended by the
+batcher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -24,7 +34,7 @@ from typing import Any
 import numpy as np
 from tensorgate_protos import model_config_pb2 as mc
 
-from tensorgate.backends.base import Backend
+from tensorgate.backends.base import Backend, SequenceStep, StepOutcome, SteppedBackend
 from tensorgate.batching.scheduler import ExecutionObserver
 from tensorgate.batching.sequences import (
     BatchWait,
@@ -44,11 +54,15 @@ from tensorgate.errors import (
 from tensorgate.executors.instance_threads import InstanceThreads, in_daemon_thread
 from tensorgate.protocol import datatypes
 from tensorgate.runners.base import BatchTiming, RunnerStatus, Scheduled, Streamed, one_result
+from tensorgate.runners.decoupled import ResponseChannel
 from tensorgate.runners.sequence_state import StateTensor, next_states
 
 Control = mc.ModelSequenceBatching.Control
 # Triton's default idle limit when the config sets none.
 DEFAULT_IDLE_US = 1_000_000
+# Triton's request flags, as a model that takes requests one by one reads them.
+FLAG_START = 1
+FLAG_END = 2
 _KINDS = {
     Control.CONTROL_SEQUENCE_START: "start",
     Control.CONTROL_SEQUENCE_END: "end",
@@ -156,10 +170,26 @@ def sequence_parameters(
 
 @dataclass(slots=True)
 class _Ticket:
-    future: asyncio.Future[Scheduled]
-    inputs: dict[str, Array]
+    request: InferRequest
+    # The flags the model sees on the request's next execution; a rescheduled request
+    # runs again with neither, as in Triton.
+    start: bool
+    end: bool
+    # Where its result goes: the caller's future, or a decoupled model's response stream.
+    future: asyncio.Future[Scheduled] | None
+    channel: ResponseChannel | None = None
     # Held until every earlier request is answered (oldest.preserve_ordering).
     outcome: Scheduled | BaseException | None = None
+
+    @property
+    def inputs(self) -> dict[str, Array]:
+        return self.request.inputs
+
+    def left(self) -> bool:
+        """Whether its caller stopped waiting for it."""
+        if self.channel is not None:
+            return self.channel.is_cancelled()
+        return self.future is not None and self.future.done()
 
 
 def _execute(backend: Backend, inputs: dict[str, Array]) -> tuple[dict[str, Array], int, int]:
@@ -168,10 +198,18 @@ def _execute(backend: Backend, inputs: dict[str, Array]) -> tuple[dict[str, Arra
     return outputs, started, time.perf_counter_ns()
 
 
+def _execute_steps(
+    backend: SteppedBackend, steps: list[SequenceStep], iterative: bool
+) -> tuple[list[StepOutcome], int, int]:
+    started = time.perf_counter_ns()
+    outcomes = backend.execute_steps(steps, iterative)
+    if len(outcomes) != len(steps):
+        raise ModelExecutionError(f"{len(outcomes)} outcomes for a batch of {len(steps)}")
+    return outcomes, started, time.perf_counter_ns()
+
+
 class SequenceRunner:
     """Runs a stateful model's sequences, each on the instance and slot it holds."""
-
-    decoupled = False
 
     def __init__(
         self,
@@ -188,6 +226,18 @@ class SequenceRunner:
         self.controls = control_inputs(config)
         self.states = states or []
         batching = config.sequence_batching
+        self.decoupled = config.model_transaction_policy.decoupled
+        self.iterative = batching.iterative_sequence
+        # Requests one by one (SequenceStep) instead of one merged batch.
+        self.stepped = getattr(instances.instances[0].backend, "execute_steps", None) is not None
+        if (self.decoupled or self.iterative) and not self.stepped:
+            raise ModelLoadError(
+                "decoupled sequence models and iterative sequences need a model that takes "
+                "its requests one by one: a Triton Python model (TritonPythonModel)"
+            )
+        # Correlation ids of the sequences the batcher opens for iterative requests without
+        # one; Triton counts them from 1 too, and a client's own ids share the space.
+        self._own_ids = itertools.count(1)
         direct = batching.WhichOneof("strategy_choice") != "oldest"
         max_batch = max(config.max_batch_size, 1)
         slots = max_batch if direct else max(batching.oldest.max_candidate_sequences, max_batch)
@@ -212,32 +262,72 @@ class SequenceRunner:
         return RunnerStatus(queued, sum(self._busy), len(self.instances))
 
     def stream(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
+        if self.decoupled:
+            return self._responses(request, rows)
         return one_result(self.run(request, rows))
 
     async def run(self, request: InferRequest, rows: int) -> Scheduled:
+        if self.decoupled:
+            raise InvalidArgument(f"model '{self.name}' is decoupled: it answers through a stream")
+        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        sequence, item = self._enqueue(request, rows, future, None)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._drop(sequence, item)
+            if self._ordered:
+                self._release()  # the requests behind it need not wait for it
+            raise
+
+    async def _responses(self, request: InferRequest, rows: int) -> AsyncGenerator[Streamed, None]:
+        """A decoupled model's request: its responses as the model sends them, to the final
+        one; a client that leaves stops the request's next executions."""
+        channel = ResponseChannel(asyncio.get_running_loop())
+        sequence, item = self._enqueue(request, rows, None, channel)
+        try:
+            while True:
+                streamed = await channel.get()
+                yield streamed
+                if streamed.final:
+                    break
+        finally:
+            channel.cancel()
+            self._drop(sequence, item)
+
+    def _enqueue(
+        self,
+        request: InferRequest,
+        rows: int,
+        future: asyncio.Future[Scheduled] | None,
+        channel: ResponseChannel | None,
+    ) -> tuple[Sequence, SequenceRequest]:
         if self._closing:
             raise Unavailable(f"model '{self.name}' is being unloaded")
-        corrid, start, end = sequence_parameters(request.parameters, self.name)
+        if self.iterative and request.parameters.get("sequence_id", 0) in (0, ""):
+            # A sequence of its own: started by this request and ended when the model
+            # releases it. The model sees START only, as on Triton.
+            corrid: CorrelationId = next(self._own_ids)
+            start, end, flags = True, True, (True, False)
+        else:
+            corrid, start, end = sequence_parameters(request.parameters, self.name)
+            flags = (start, end)
         if self.batched and rows != 1:
             raise InvalidArgument(
                 f"sequence model '{self.name}' takes one row per request, got {rows}"
             )
         self._check_corrid_type(corrid)
         now = time.perf_counter_ns()
-        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
-        ticket = _Ticket(future, request.inputs)
+        ticket = _Ticket(request, *flags, future, channel)
         item = SequenceRequest(start, end, now, ticket)
         sequence = self.policy.add(corrid, item, now)
-        if self._ordered:
+        if self._ordered and future is not None:
             self._arrivals.append(ticket)
         self._dispatch(sequence.instance)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.policy.drop(sequence, item)
-            if self._ordered:
-                self._release()  # the requests behind it need not wait for it
-            raise
+        return sequence, item
+
+    def _drop(self, sequence: Sequence, item: SequenceRequest) -> None:
+        for instance in self.policy.drop(sequence, item):
+            self._dispatch(instance)
 
     def _check_corrid_type(self, corrid: CorrelationId) -> None:
         for control in self.controls:
@@ -253,7 +343,8 @@ class SequenceRunner:
         """Start the instance's next batch if it is free and has requests ready."""
         if instance < 0 or self._busy[instance]:
             return
-        batch = self._matching(self.policy.ready(instance))
+        ready = self.policy.ready(instance)
+        batch = ready if self.stepped else self._matching(ready)
         if not batch:
             self._arm_expiry()
             self._check_drained()
@@ -267,10 +358,16 @@ class SequenceRunner:
         batch = batch[:count]
         self.policy.taken(batch)
         self._busy[instance] = True
+        worker = self.instances.instances[instance]
+        if self.stepped:
+            steps = [self._step(sequence) for sequence in batch]
+            dispatched = time.perf_counter_ns()
+            stepped = worker.call(_execute_steps, worker.backend, steps, self.iterative)
+            stepped.add_done_callback(partial(self._stepped, instance, batch, dispatched))
+            return
         rows = [s.slot for s in batch] if self.policy.direct else list(range(len(batch)))
         inputs = self._assemble(batch, rows)
         dispatched = time.perf_counter_ns()
-        worker = self.instances.instances[instance]
         future = worker.call(_execute, worker.backend, inputs)
         future.add_done_callback(partial(self._finished, instance, batch, rows, dispatched))
 
@@ -331,6 +428,88 @@ class SequenceRunner:
                 inputs[name] = _merged([values[name] for values in states], rows, size)
         return inputs
 
+    def _step(self, sequence: Sequence) -> SequenceStep:
+        """The sequence's next request as a model that takes requests one by one gets it:
+        its own inputs (one row), its control inputs and its state."""
+        head = sequence.pending[0]
+        ticket: _Ticket = head.handle
+        inputs = dict(ticket.inputs)
+        for control in self.controls:
+            values = _control_values(control, [sequence], [head], [0], 1)
+            inputs[control.name] = values if self.batched else values.reshape(1)
+        for name, state in self._state_of(sequence).items():
+            inputs[name] = state[np.newaxis] if self.batched else state
+        flags = (FLAG_START if ticket.start else 0) | (FLAG_END if ticket.end else 0)
+        return SequenceStep(inputs, ticket.request, sequence.corrid, flags, ticket.channel)
+
+    def _stepped(
+        self,
+        instance: int,
+        batch: list[Sequence],
+        dispatched: int,
+        future: asyncio.Future[tuple[list[StepOutcome], int, int]],
+    ) -> None:
+        """A batch of steps is done: answer the requests the model released, keep those it
+        rescheduled at their sequence's head."""
+        now = time.perf_counter_ns()
+        tickets: list[_Ticket] = [s.pending[0].handle for s in batch]
+        again: list[Sequence] = []
+        error = future.exception()
+        if error is not None:
+            for ticket in tickets:
+                self._fail(ticket, error)
+        else:
+            outcomes, started, inferred = future.result()
+            timing = BatchTiming(dispatched, started, inferred, now, len(batch), len(batch))
+            if self._on_execution is not None:
+                self._on_execution(
+                    len(batch), started - dispatched, inferred - started, now - inferred
+                )
+            for sequence, ticket, outcome in zip(batch, tickets, outcomes, strict=True):
+                if outcome.rescheduled and not ticket.left():
+                    ticket.start = ticket.end = False
+                    again.append(sequence)
+                elif outcome.error is not None:
+                    self._fail(ticket, outcome.error)
+                elif outcome.outputs is not None:
+                    self._answer_step(sequence, ticket, outcome.outputs, timing)
+        woken = self.policy.finished(batch, now, again)
+        self._busy[instance] = False
+        for index in {instance, *woken}:
+            self._dispatch(index)
+
+    def _answer_step(
+        self,
+        sequence: Sequence,
+        ticket: _Ticket,
+        outputs: dict[str, Array],
+        timing: BatchTiming,
+    ) -> None:
+        if self.states:
+            try:
+                (sequence.state,) = next_states(
+                    self.name, self.states, outputs, [0] if self.batched else None
+                )
+            except ModelExecutionError as exc:
+                self._fail(ticket, exc)
+                return
+        enqueued = sequence.pending[0].enqueued_ns
+        done = Scheduled(
+            outputs,
+            timing.dispatched_ns - enqueued,
+            timing.merged_ns - timing.dispatched_ns,
+            timing.inferred_ns - timing.merged_ns,
+            timing.finished_ns - timing.inferred_ns,
+            timing,
+        )
+        self._answer(ticket, done)
+
+    def _fail(self, ticket: _Ticket, error: BaseException) -> None:
+        if ticket.channel is not None:
+            ticket.channel.fail(copy.copy(error) if isinstance(error, TensorgateError) else error)
+        else:
+            self._answer(ticket, error)
+
     def _finished(
         self,
         instance: int,
@@ -375,6 +554,7 @@ class SequenceRunner:
             self._dispatch(index)
 
     def _answer(self, ticket: _Ticket, outcome: Scheduled | BaseException) -> None:
+        assert ticket.future is not None
         if not self._ordered:
             _settle(ticket.future, outcome)
             return
@@ -385,9 +565,9 @@ class SequenceRunner:
         """Answer the requests at the head of the arrival order that have their outcome
         (or whose caller left)."""
         arrivals = self._arrivals
-        while arrivals and (arrivals[0].outcome is not None or arrivals[0].future.done()):
+        while arrivals and (arrivals[0].outcome is not None or arrivals[0].left()):
             ticket = arrivals.popleft()
-            if ticket.outcome is not None:
+            if ticket.outcome is not None and ticket.future is not None:
                 _settle(ticket.future, ticket.outcome)
 
     def _keep_states(
@@ -462,7 +642,8 @@ def _control_values(
     false, true = control.false_true
     values = np.full((size, 1), false, dtype=control.dtype)
     for head, row in zip(heads, rows, strict=True):
-        on = {"start": head.start, "end": head.end, "ready": True}[control.kind]
+        ticket: _Ticket = head.handle
+        on = {"start": ticket.start, "end": ticket.end, "ready": True}[control.kind]
         values[row, 0] = true if on else false
     return values
 
