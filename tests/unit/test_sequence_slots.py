@@ -163,3 +163,30 @@ def test_oldest_sends_a_preferred_size_at_once_and_waits_below_it() -> None:
     assert policy.due([a, b], 2 * MS) == (2, 0)
     assert policy.due([a, b, c, d], 2 * MS) == (4, 0)  # the maximum batch goes whole
     assert policy.due([a, b, c], 2 * MS) == (3, 0)
+
+
+def test_a_rescheduled_request_stays_at_its_sequences_head_and_keeps_its_slot() -> None:
+    policy = slots(per_instance=1)
+    a = policy.add(1, req(start=True, end=True), 0)
+    waiting = policy.add(2, req(start=True, end=True), 0)
+    assert waiting.instance == -1  # the only slot is a's
+    for now in (1, 2):
+        policy.taken([a])
+        assert policy.finished([a], now, again=[a]) == []
+        assert policy.ready(0) == [a] and a.last_ns == now
+    policy.taken([a])
+    assert policy.finished([a], 3) == [0]  # released at last: the waiting one takes the slot
+    assert 1 not in policy.sequences and waiting.slot == 0
+
+
+def test_a_dropped_request_that_was_a_whole_sequence_frees_its_slot_at_once() -> None:
+    policy = slots(per_instance=1)
+    only = req(start=True, end=True)
+    a = policy.add(1, only, 0)
+    waiting = policy.add(2, req(start=True), 0)
+    assert policy.drop(a, only) == [0]
+    assert 1 not in policy.sequences and waiting.instance == 0
+    # A dropped END of a longer sequence only reopens it, as before.
+    end = req(end=True)
+    policy.add(2, end, 1)
+    assert policy.drop(waiting, end) == [] and not waiting.ended
