@@ -315,3 +315,81 @@ def test_a_model_placed_in_processes_completes_its_config_outside_the_server(
     assert set(importers("in_thread")) == {server.process.pid}  # completed and served here
     in_process = importers("in_process")
     assert len(set(in_process)) == 2 and server.process.pid not in in_process
+
+
+# Each request of a dynamic batch as Triton hands it: its own id, parameters and requested
+# outputs, beside the inputs.
+ECHO_REQUEST = """
+import json
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.05)  # long enough for the other clients' requests to queue behind it
+        responses = []
+        for request in requests:
+            described = {
+                "id": request.request_id(),
+                "parameters": json.loads(request.parameters()),
+                "wanted": sorted(request.requested_output_names()),
+                "batch": len(requests),
+            }
+            text = np.array([[json.dumps(described).encode()]], np.object_)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("DESCRIBED", text), pb_utils.Tensor("OTHER", text)]
+                )
+            )
+        return responses
+"""
+ECHO_REQUEST_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "DESCRIBED", data_type: TYPE_STRING, dims: [ 1 ] },
+         { name: "OTHER", data_type: TYPE_STRING, dims: [ 1 ] } ]
+dynamic_batching { }
+"""
+
+
+def test_each_request_of_a_dynamic_batch_keeps_its_id_parameters_and_outputs(
+    tmp_path: Path,
+) -> None:
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = tmp_path / "repo"
+    _in_both_placements(repo, ("echo", "echo_process"), ECHO_REQUEST, ECHO_REQUEST_CONFIG)
+    server = start_server(repo, tmp_path / "log")
+
+    def ask(model: str, index: int) -> dict[str, Any]:
+        tensor = grpcclient.InferInput("X", [1, 1], "INT32")
+        tensor.set_data_from_numpy(np.array([[index]], dtype=np.int32))
+        with grpcclient.InferenceServerClient(server.url) as client:
+            result = client.infer(
+                model,
+                [tensor],
+                request_id=f"r{index}",
+                parameters={"top_k": index, "label": f"n{index}", "greedy": index % 2 == 0},
+                outputs=[grpcclient.InferRequestedOutput("DESCRIBED")],
+            )
+        described: dict[str, Any] = json.loads(result.as_numpy("DESCRIBED")[0, 0])
+        return described
+
+    try:
+        for model in ("echo", "echo_process"):
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(lambda i, m=model: ask(m, i), range(6)))
+            for index, described in enumerate(answers):
+                assert described["id"] == f"r{index}", described
+                assert described["parameters"] == {
+                    "top_k": index,
+                    "label": f"n{index}",
+                    "greedy": index % 2 == 0,
+                }
+                assert described["wanted"] == ["DESCRIBED"]
+    finally:
+        assert server.stop() == 0

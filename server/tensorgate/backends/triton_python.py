@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -97,9 +98,15 @@ class TritonPythonInstance:
     def signature(self) -> ModelSignature | None:
         return None
 
-    def execute_requests(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
-        """The batch's requests as Triton passes them; one outputs dict (or error) each."""
-        requests = [self._received(inputs) for inputs in batch]
+    def execute_requests(
+        self, batch: list[dict[str, Array]], sent: Sequence[InferRequest | None] = ()
+    ) -> list[dict[str, Array] | Exception]:
+        """The batch's requests as Triton passes them, each with its id, parameters and
+        requested outputs when `sent` has them; one outputs dict (or error) each."""
+        requests = [
+            self._received(inputs, request)
+            for inputs, request in zip(batch, sent or [None] * len(batch), strict=True)
+        ]
         with pb.running(self._name):
             responses = _run(self._model.execute(requests))
         if not isinstance(responses, list | tuple) or len(responses) != len(requests):

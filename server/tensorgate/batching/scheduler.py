@@ -84,12 +84,20 @@ class _Executed:
 class _Ticket:
     """The scheduler's side of a queued request."""
 
-    __slots__ = ("future", "inputs", "seq")
+    __slots__ = ("future", "inputs", "request", "seq")
 
-    def __init__(self, future: asyncio.Future[Scheduled], inputs: dict[str, Array], seq: int):
+    def __init__(
+        self,
+        future: asyncio.Future[Scheduled],
+        inputs: dict[str, Array],
+        seq: int,
+        request: InferRequest | None,
+    ):
         self.future = future
         self.inputs = inputs
         self.seq = seq
+        # Its id, parameters and requested outputs, for models that take requests one by one.
+        self.request = request
 
 
 def _run_batch(
@@ -98,13 +106,14 @@ def _run_batch(
     rows: list[int],
     cpu_timed: bool,
     ragged: RaggedBatching | None,
+    batch: list[Pending],
     backend: Backend,
 ) -> _Executed:
     started = time.perf_counter_ns()
     cpu = time.thread_time_ns() if cpu_timed else 0  # a system call: only when it is read
     execute_requests = getattr(backend, "execute_requests", None)
     if execute_requests is not None:  # it takes the batch's requests one by one, unmerged
-        parts = execute_requests(inputs)
+        parts = execute_requests(inputs, [p.handle.request for p in batch])
         ended = time.perf_counter_ns()
         return _Executed(parts, started, started, ended, _cpu_since(cpu, cpu_timed))
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
@@ -217,7 +226,7 @@ class Scheduler:
         priority, timeout_us = queue_parameters(request.parameters)
         if self.queue.live and (request.deadline_ns or self.max_wait_ns):
             self._admit(request.deadline_ns)
-        return self.submit(request.inputs, rows, priority, timeout_us)
+        return self.submit(request.inputs, rows, priority, timeout_us, request)
 
     def expected_wait_ns(self) -> int:
         """How long a request queued now would wait for its batch to start, from the
@@ -260,7 +269,12 @@ class Scheduler:
         self.pool.close()
 
     async def submit(
-        self, inputs: dict[str, Array], rows: int, priority: int = 0, timeout_us: int = 0
+        self,
+        inputs: dict[str, Array],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+        request: InferRequest | None = None,
     ) -> Scheduled:
         """Queue a request and wait for its share of a batch's outputs."""
         if self._closing:
@@ -281,7 +295,7 @@ class Scheduler:
             level,
             now,
             now + timeout_ns if timeout_ns else 0,
-            _Ticket(future, inputs, self._seq),
+            _Ticket(future, inputs, self._seq, request),
         )
         with self._lock:
             self.queue.push(item)
@@ -421,7 +435,7 @@ class Scheduler:
         inputs = [p.handle.inputs for p in batch]
         rows = [p.rows for p in batch]
         work = partial(
-            _run_batch, self._staging, inputs, rows, self._auto is not None, self._ragged
+            _run_batch, self._staging, inputs, rows, self._auto is not None, self._ragged, batch
         )
         return work, partial(self._finished, batch, dispatched_ns)
 

@@ -394,6 +394,14 @@ def _open_stream(
     threading.Thread(target=_drain, args=(source, sender, steps), daemon=True).start()
 
 
+def _portable(request: InferRequest | None) -> InferRequest | None:
+    """What of a request crosses the pipe beside its tensors (those go through the slab):
+    its id, parameters and requested outputs."""
+    if request is None:
+        return None
+    return dataclasses.replace(request, inputs={}, trace=None, output_regions=None)
+
+
 def _steps_of(
     channel: _ChildChannel, inputs: list[dict[str, Array]], metas: list[StepMeta]
 ) -> list[SequenceStep]:
@@ -425,6 +433,27 @@ def _outcome_parts(
             parts.append({k: np.asarray(v) for k, v in (outcome.outputs or {}).items()})
         shapes.append((outcome.rescheduled, outcome.outputs is not None))
     return parts, shapes
+
+
+def _execute(
+    backend: Any,
+    channel: _ChildChannel,
+    message: tuple[Any, ...],
+    inputs: list[dict[str, Array]],
+    steps_lock: threading.Lock,
+) -> tuple[list[dict[str, Array] | Failure], list[tuple[bool, bool]]]:
+    """In the child: run a "run" or "steps" message's batch, whose tensors are `inputs`."""
+    if message[0] == "steps":
+        steps = _steps_of(channel, inputs, message[4])
+        with steps_lock:
+            return _outcome_parts(backend.execute_steps(steps, message[5]))
+    if getattr(backend, "execute_requests", None) is None:
+        return _as_parts([backend.execute(inputs[0])]), []
+    sent = message[4] or ()
+    for request, arrays in zip(sent, inputs, strict=False):
+        if request is not None:
+            request.inputs = arrays
+    return _as_parts(backend.execute_requests(inputs, sent)), []
 
 
 def child_main(conn: Connection, spec: ChildSpec) -> None:
@@ -468,16 +497,7 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
                 slabs[name] = SharedMemory(name=name)  # the server's; it unlinks them
         try:
             inputs = [_read(places, slabs[in_name].buf, copy=False) for places in requests]
-            shapes: list[tuple[bool, bool]] = []
-            if message[0] == "steps":
-                steps = _steps_of(channel, inputs, message[4])
-                with steps_lock:
-                    outcomes = backend.execute_steps(steps, message[5])  # type: ignore[attr-defined]
-                parts, shapes = _outcome_parts(outcomes)
-            elif separate:
-                parts = _as_parts(backend.execute_requests(inputs))  # type: ignore[attr-defined]
-            else:
-                parts = _as_parts([backend.execute(inputs[0])])
+            parts, shapes = _execute(backend, channel, message, inputs, steps_lock)
             placed, blobs, needed = _layout(parts)
             if needed <= slabs[out_name].size:
                 _write(blobs, slabs[out_name])
@@ -592,14 +612,16 @@ class ProcessInstance:
         return outputs
 
     def _execute_requests(
-        self, batch: list[dict[str, Array]]
+        self, batch: list[dict[str, Array]], sent: Sequence[InferRequest | None] = ()
     ) -> list[dict[str, Array] | Exception]:
-        return self._run(batch)
+        return self._run(batch, [_portable(r) for r in sent] if sent else None)
 
-    def _run(self, batch: list[dict[str, Array]]) -> list[dict[str, Array] | Exception]:
+    def _run(
+        self, batch: list[dict[str, Array]], sent: list[InferRequest | None] | None = None
+    ) -> list[dict[str, Array] | Exception]:
         with self._lock:
             self._live_child()
-            parts, _ = self._exchange(batch, ("run",))
+            parts, _ = self._exchange(batch, ("run", sent))
             return parts
 
     def _execute_steps(self, steps: list[SequenceStep], iterative: bool) -> list[StepOutcome]:
@@ -609,9 +631,8 @@ class ProcessInstance:
             self._live_child()  # first: a new child comes with new streams
             metas: list[StepMeta] = []
             for step in steps:
-                portable = dataclasses.replace(
-                    step.request, inputs={}, trace=None, output_regions=None
-                )
+                portable = _portable(step.request)
+                assert portable is not None
                 stream = self._stream_of(step.sender) if step.sender is not None else 0
                 metas.append((portable, step.correlation_id, step.flags, stream))
             parts, shapes = self._exchange([s.inputs for s in steps], ("steps", metas, iterative))
