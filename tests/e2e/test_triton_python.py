@@ -393,3 +393,62 @@ def test_each_request_of_a_dynamic_batch_keeps_its_id_parameters_and_outputs(
                 assert described["wanted"] == ["DESCRIBED"]
     finally:
         assert server.stop() == 0
+
+
+# A long computation that stops when its client is gone, as Triton's non-decoupled models
+# may: it checks `request.is_cancelled()` and records what it saw in a file beside it.
+PATIENT = """
+import time
+from pathlib import Path
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.record = Path(args["model_repository"]) / "seen.txt"
+
+    def execute(self, requests):
+        request = requests[0]
+        wait = float(pb_utils.get_input_tensor_by_name(request, "SECONDS").as_numpy()[0, 0])
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not request.is_cancelled():
+            time.sleep(0.01)
+        with self.record.open("a") as record:
+            record.write(f"{request.request_id()} {request.is_cancelled()}\\n")
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("DONE", np.array([[1]], np.int32))])
+            for _ in requests
+        ]
+"""
+PATIENT_CONFIG = """
+backend: "python"
+max_batch_size: 1
+input [ { name: "SECONDS", data_type: TYPE_FP32, dims: [ 1 ] } ]
+output [ { name: "DONE", data_type: TYPE_INT32, dims: [ 1 ] } ]
+"""
+
+
+def test_model_code_sees_a_request_its_client_gave_up_on_as_cancelled(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _in_both_placements(repo, ("patient", "patient_process"), PATIENT, PATIENT_CONFIG)
+    server = start_server(repo, tmp_path / "log")
+
+    def wait(client: Any, model: str, seconds: float, **kw: Any) -> Any:
+        tensor = grpcclient.InferInput("SECONDS", [1, 1], "FP32")
+        tensor.set_data_from_numpy(np.array([[seconds]], dtype=np.float32))
+        return client.infer(model, [tensor], **kw)
+
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            for model in ("patient", "patient_process"):
+                with pytest.raises(InferenceServerException, match="Deadline"):
+                    wait(client, model, 60, request_id="gave-up", client_timeout=0.5)
+                # The model stopped at once: the next request is not stuck behind 60 s.
+                assert wait(client, model, 0.0, request_id="kept", client_timeout=30).as_numpy(
+                    "DONE"
+                ).tolist() == [[1]]
+                seen = (repo / model / "seen.txt").read_text().split("\n")
+                assert seen[:2] == ["gave-up True", "kept False"], seen
+    finally:
+        assert server.stop() == 0

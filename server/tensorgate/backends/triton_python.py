@@ -178,7 +178,7 @@ class TritonPythonInstance:
         if params.pop("sequence_end", False):
             flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
         wanted = request.requested_outputs if request is not None else None
-        return pb.InferenceRequest(
+        received = pb.InferenceRequest(
             self._name,
             [pb.Tensor(name, array) for name, array in inputs.items()],
             wanted or self._outputs,
@@ -187,6 +187,8 @@ class TritonPythonInstance:
             flags=flags,
             parameters=params,
         )
+        received._cancelled = request.cancelled if request is not None else None
+        return received
 
     def close(self) -> None:
         finalize = getattr(self._model, "finalize", None)

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -291,6 +291,7 @@ class InferenceRequest:
             parameters = json.loads(parameters) if parameters else {}
         self._parameters: dict[str, Any] = dict(parameters or {})
         self._sender: ResponseSender | None = None
+        self._cancelled: Callable[[], bool] | None = None
         # Set by the sequence batcher of a model with `iterative_sequence: true`.
         self._reschedulable = False
         self._release_flags = TRITONSERVER_REQUEST_RELEASE_ALL
@@ -333,7 +334,11 @@ class InferenceRequest:
         return InferenceResponseSender(self._sender)
 
     def is_cancelled(self) -> bool:
-        return self._sender is not None and self._sender.is_cancelled()
+        """Whether the request's client has cancelled it, disconnected or passed its
+        deadline: a long computation may stop early."""
+        if self._sender is not None:
+            return self._sender.is_cancelled()
+        return self._cancelled is not None and self._cancelled()
 
     def trace(self) -> InferenceTrace:
         """This request's trace, to hand to a BLS request (`trace=`); tensorgate does not

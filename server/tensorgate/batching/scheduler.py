@@ -289,6 +289,8 @@ class Scheduler:
             if policy.ragged:  # a ragged input's shape does not keep requests apart
                 key = tuple((n, () if n in policy.ragged else shape) for n, shape in key)
         future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        if request is not None:
+            request.cancelled = future.done  # while it runs, only a caller that left is done
         item = Pending(
             rows,
             key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ class InferRequest:
     output_regions: dict[str, Any] | None = None
     # Outputs asked for as their top classes (class count by output name); None: none.
     classifications: dict[str, int] | None = None
+    # Set by the runner holding the request: whether its caller stopped waiting for it
+    # (model code asks through `request.is_cancelled()`); callable from any thread.
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass(slots=True)

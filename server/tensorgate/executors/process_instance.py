@@ -47,6 +47,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -303,6 +304,20 @@ class _ChildCalls:
     def __init__(self, channel: _ChildChannel) -> None:
         self._channel = channel
 
+    @property
+    def channel(self) -> _ChildChannel:
+        return self._channel
+
+    def cancelled(self, index: int) -> bool:
+        """Whether the client of the running batch's `index`-th request stopped waiting."""
+        call_id, answers = self._channel.open_call()
+        try:
+            self._channel.send(("cancelled", call_id, index))
+            answer, payload = answers.get()
+        finally:
+            self._channel.close_call(call_id)
+        return answer == "answer" and bool(payload)
+
     def infer(self, request: InferRequest, timeout_s: float | None = None) -> InferResponse:
         call_id, answers = self._channel.open_call()
         try:
@@ -399,7 +414,7 @@ def _portable(request: InferRequest | None) -> InferRequest | None:
     its id, parameters and requested outputs."""
     if request is None:
         return None
-    return dataclasses.replace(request, inputs={}, trace=None, output_regions=None)
+    return dataclasses.replace(request, inputs={}, trace=None, output_regions=None, cancelled=None)
 
 
 def _steps_of(
@@ -437,22 +452,26 @@ def _outcome_parts(
 
 def _execute(
     backend: Any,
-    channel: _ChildChannel,
+    calls: _ChildCalls,
     message: tuple[Any, ...],
     inputs: list[dict[str, Array]],
     steps_lock: threading.Lock,
 ) -> tuple[list[dict[str, Array] | Failure], list[tuple[bool, bool]]]:
-    """In the child: run a "run" or "steps" message's batch, whose tensors are `inputs`."""
+    """In the child: run a "run" or "steps" message's batch, whose tensors are `inputs`.
+    Each request's `cancelled` asks the server about the request at its place in the batch."""
     if message[0] == "steps":
-        steps = _steps_of(channel, inputs, message[4])
+        steps = _steps_of(calls.channel, inputs, message[4])
+        for index, step in enumerate(steps):
+            step.request.cancelled = partial(calls.cancelled, index)
         with steps_lock:
             return _outcome_parts(backend.execute_steps(steps, message[5]))
     if getattr(backend, "execute_requests", None) is None:
         return _as_parts([backend.execute(inputs[0])]), []
     sent = message[4] or ()
-    for request, arrays in zip(sent, inputs, strict=False):
+    for index, (request, arrays) in enumerate(zip(sent, inputs, strict=False)):
         if request is not None:
             request.inputs = arrays
+            request.cancelled = partial(calls.cancelled, index)
     return _as_parts(backend.execute_requests(inputs, sent)), []
 
 
@@ -464,6 +483,7 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
         os.nice(spec.nice)
     config = mc.ModelConfig.FromString(spec.config)
     channel = _ChildChannel(conn)
+    calls = _ChildCalls(channel)
     slabs: dict[str, SharedMemory] = {}
     try:
         factory = resolve_backend(config, Path(spec.model_dir) / str(spec.version))
@@ -477,7 +497,7 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
                 spec.device,
                 spec.intra_op_threads,
                 spec.index,
-                _ChildCalls(channel),
+                calls,
             )
         )
         separate = getattr(backend, "execute_requests", None) is not None
@@ -497,7 +517,7 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
                 slabs[name] = SharedMemory(name=name)  # the server's; it unlinks them
         try:
             inputs = [_read(places, slabs[in_name].buf, copy=False) for places in requests]
-            parts, shapes = _execute(backend, channel, message, inputs, steps_lock)
+            parts, shapes = _execute(backend, calls, message, inputs, steps_lock)
             placed, blobs, needed = _layout(parts)
             if needed <= slabs[out_name].size:
                 _write(blobs, slabs[out_name])
@@ -547,6 +567,8 @@ class ProcessInstance:
         self.execute_steps: Any = None
         # A decoupled instance's batch of steps waits here for its reply from the reader.
         self._step_reply: queue.SimpleQueue[tuple[Any, ...] | None] | None = None
+        # The requests of the batch in the child, which its model code may ask about.
+        self._batch: Sequence[InferRequest | None] = ()
         # A decoupled model's instance: a reader thread takes everything the child sends and
         # forwards each response to its stream's channel (no batches run).
         self._decoupled = context.config.model_transaction_policy.decoupled
@@ -614,14 +636,16 @@ class ProcessInstance:
     def _execute_requests(
         self, batch: list[dict[str, Array]], sent: Sequence[InferRequest | None] = ()
     ) -> list[dict[str, Array] | Exception]:
-        return self._run(batch, [_portable(r) for r in sent] if sent else None)
+        return self._run(batch, sent)
 
     def _run(
-        self, batch: list[dict[str, Array]], sent: list[InferRequest | None] | None = None
+        self, batch: list[dict[str, Array]], sent: Sequence[InferRequest | None] = ()
     ) -> list[dict[str, Array] | Exception]:
         with self._lock:
             self._live_child()
-            parts, _ = self._exchange(batch, ("run", sent))
+            self._batch = sent
+            portable = [_portable(r) for r in sent] if sent else None
+            parts, _ = self._exchange(batch, ("run", portable))
             return parts
 
     def _execute_steps(self, steps: list[SequenceStep], iterative: bool) -> list[StepOutcome]:
@@ -629,6 +653,7 @@ class ProcessInstance:
         responses come back through the reader thread to its channel."""
         with self._lock:
             self._live_child()  # first: a new child comes with new streams
+            self._batch = [step.request for step in steps]
             metas: list[StepMeta] = []
             for step in steps:
                 portable = _portable(step.request)
@@ -826,9 +851,16 @@ class ProcessInstance:
                 future.cancel()
         elif kind == "metric":
             self._metric(message[1], message[2], self._tell_child)
+        elif kind == "cancelled":
+            self._tell_child(("answer", message[1], self._cancelled(message[2])))
         else:
             return False
         return True
+
+    def _cancelled(self, index: int) -> bool:
+        batch = self._batch
+        request = batch[index] if 0 <= index < len(batch) else None
+        return request is not None and request.cancelled is not None and request.cancelled()
 
     def _metric(
         self, call_id: int, request: tuple[str, tuple[Any, ...]], answer: Callable[[Any], None]

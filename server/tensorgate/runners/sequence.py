@@ -318,6 +318,7 @@ class SequenceRunner:
         self._check_corrid_type(corrid)
         now = time.perf_counter_ns()
         ticket = _Ticket(request, *flags, future, channel)
+        request.cancelled = ticket.left
         item = SequenceRequest(start, end, now, ticket)
         sequence = self.policy.add(corrid, item, now)
         if self._ordered and future is not None:
