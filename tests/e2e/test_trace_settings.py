@@ -53,11 +53,47 @@ ensemble_scheduling { step [
 """
 
 
+# A Triton Python model that calls `plain` (BLS) under its own request's trace.
+CALLER = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            call = pb_utils.InferenceRequest(
+                model_name="plain",
+                inputs=[pb_utils.get_input_tensor_by_name(request, "INPUT")],
+                requested_output_names=["OUTPUT"],
+                trace=request.trace(),
+            )
+            answer = call.exec()
+            if answer.has_error():
+                raise pb_utils.TritonModelException(answer.error().message())
+            responses.append(
+                pb_utils.InferenceResponse([pb_utils.get_output_tensor_by_name(answer, "OUTPUT")])
+            )
+        return responses
+"""
+CALLER_CONFIG = """
+backend: "python"
+max_batch_size: 8
+input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
+output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
+"""
+IN_PROCESS = 'parameters { key: "execution" value { string_value: "process" } }\n'
+
+
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterator[Server]:
     repo = write_repository(tmp_path_factory.mktemp("trace_repo"), ["plain"])
     (repo / "twice" / "1").mkdir(parents=True)
     (repo / "twice" / "config.pbtxt").write_text(TWICE)
+    for name, placement in (("caller", ""), ("caller_process", IN_PROCESS)):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(CALLER)
+        (repo / name / "config.pbtxt").write_text(CALLER_CONFIG + placement)
     with serving(repo, tmp_path_factory, "--trace-file", str(trace_file)) as server:
         yield server
 
@@ -222,29 +258,47 @@ def test_traced_requests_are_written_in_tritons_trace_format_with_their_tensors(
         ]
 
 
-def test_an_ensemble_s_steps_are_traced_under_its_trace(traced: Server, trace_file: Path) -> None:
+def _traced_alone(traced: Server, trace_file: Path, model: str) -> list[dict[str, Any]]:
+    """The entries of the trace file one request to `model` writes (log_frequency 1)."""
     http_client = httpclient.InferenceServerClient(traced.http_url)
-    http_client.update_trace_settings("twice", {"log_frequency": "1"})
+    http_client.update_trace_settings(model, {"log_frequency": "1"})
     before = set(trace_file.parent.glob("trace.json.*"))
     try:
-        http_client.infer("twice", [http_input()], headers={"x-request-id": "ensemble"})
+        http_client.infer(model, [http_input()], headers={"x-request-id": model})
         for _ in range(100):
             written = set(trace_file.parent.glob("trace.json.*")) - before
             if written:
                 break
             time.sleep(0.05)
     finally:
-        http_client.update_trace_settings("twice", CLEAR)
+        http_client.update_trace_settings(model, CLEAR)
     (path,) = written
-    entries = json.loads(path.read_bytes())
+    entries: list[dict[str, Any]] = json.loads(path.read_bytes())
+    return entries
+
+
+def _calls_under(entries: list[dict[str, Any]], model: str, called: int) -> None:
+    """`model`'s trace heads the file, with `called` traces of `plain` under it, each with
+    the timestamps of a request served in a batch."""
     headers = {e["id"]: e for e in entries if "model_name" in e}
-    (parent,) = [h for h in headers.values() if h["model_name"] == "twice"]
+    (parent,) = [h for h in headers.values() if h["model_name"] == model]
     steps = [h for h in headers.values() if h["model_name"] == "plain"]
-    assert len(steps) == 2 and "parent_id" not in parent
-    assert all(h["parent_id"] == parent["id"] and h["request_id"] == "ensemble" for h in steps)
+    assert len(steps) == called and "parent_id" not in parent
+    assert all(h["parent_id"] == parent["id"] and h["request_id"] == model for h in steps)
     stamps = {e["id"]: [s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e}
     for step in steps:
         assert stamps[step["id"]] == SERVED
+
+
+def test_an_ensemble_s_steps_are_traced_under_its_trace(traced: Server, trace_file: Path) -> None:
+    _calls_under(_traced_alone(traced, trace_file, "twice"), "twice", 2)
+
+
+@pytest.mark.parametrize("model", ["caller", "caller_process"])
+def test_a_bls_call_is_traced_under_the_request_that_made_it(
+    traced: Server, trace_file: Path, model: str
+) -> None:
+    _calls_under(_traced_alone(traced, trace_file, model), model, 1)
 
 
 def test_perf_analyzer_trace_options_are_obeyed_and_unwritten_traces_are_written_at_exit(

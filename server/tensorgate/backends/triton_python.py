@@ -188,6 +188,7 @@ class TritonPythonInstance:
             parameters=params,
         )
         received._cancelled = request.cancelled if request is not None else None
+        received._trace = request.trace if request is not None else None
         return received
 
     def close(self) -> None:

@@ -249,7 +249,11 @@ class InferenceResponseSender:
 
 
 class InferenceTrace:
-    """What `InferenceRequest.trace()` returns: a handle a BLS request may be given."""
+    """What `InferenceRequest.trace()` returns: a handle a BLS request may be given, so
+    that the call is traced under the request making it (when that one is traced)."""
+
+    def __init__(self, handle: Any = None) -> None:
+        self._handle = handle  # the received request's trace, opaque to model code
 
 
 class PreferredMemory:
@@ -277,9 +281,12 @@ class InferenceRequest:
         flags: int = 0,
         timeout: int = 0,
         parameters: dict[str, Any] | str | None = None,
+        trace: InferenceTrace | None = None,
         **_: Any,
     ) -> None:
         self._model_name = model_name
+        # As received: this request's trace; built for BLS: the trace it is made under.
+        self._trace = trace._handle if trace is not None else None
         self._inputs = list(inputs or [])
         self._requested = list(requested_output_names or [])
         self._model_version = model_version
@@ -341,9 +348,9 @@ class InferenceRequest:
         return self._cancelled is not None and self._cancelled()
 
     def trace(self) -> InferenceTrace:
-        """This request's trace, to hand to a BLS request (`trace=`); tensorgate does not
-        trace BLS calls, so it carries nothing."""
-        return InferenceTrace()
+        """This request's trace, to hand to a BLS request (`trace=`): a traced request's
+        calls are traced under it, as steps of an ensemble are."""
+        return InferenceTrace(self._trace)
 
     def set_release_flags(self, flags: int) -> None:
         """Release the request when `execute` returns (RELEASE_ALL, the default), or run it
@@ -368,6 +375,7 @@ class InferenceRequest:
             str(self._model_version) if self._model_version > 0 else "",
             self._request_id,
             protocol="bls",
+            trace=self._trace,  # the caller's: the data plane's calls trace the call under it
         )
         for tensor in self._inputs:
             request.inputs[tensor.name()] = tensor.as_numpy()

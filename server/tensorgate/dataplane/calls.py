@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import FailedPrecondition
 from tensorgate.observability.model_code_metrics import ModelCodeMetrics
+from tensorgate.observability.tracing import traced_step
 
 Infer = Callable[[InferRequest], Coroutine[Any, Any, InferResponse]]
 Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
@@ -75,14 +76,24 @@ class ModelCalls:
         return loop
 
     def submit(self, request: InferRequest) -> concurrent.futures.Future[InferResponse]:
-        """Start a call from any thread but the loop's; its future resolves on the loop."""
-        return asyncio.run_coroutine_threadsafe(self._infer(request), self._server_loop())
+        """Start a call from any thread but the loop's; its future resolves on the loop.
+        A call made under a traced request (`request.trace` is the caller's) is traced
+        as a step of it."""
+        call = self._infer(request) if request.trace is None else self._traced(request)
+        return asyncio.run_coroutine_threadsafe(call, self._server_loop())
+
+    async def _traced(self, request: InferRequest) -> InferResponse:
+        # On the loop, where the caller's trace is written to.
+        request.trace = request.trace.step(request.model_name)
+        return await traced_step(request, self._infer)
 
     def submit_stream(
         self, request: InferRequest, deliver: Callable[[object], None]
     ) -> concurrent.futures.Future[None]:
         """Start a decoupled call: `deliver` gets each response, then an error if one ends
-        it, then STREAM_END, on the server's loop; cancel the future to stop early."""
+        it, then STREAM_END, on the server's loop; cancel the future to stop early. It is
+        not traced, as an ensemble's decoupled step is not."""
+        request.trace = None
 
         async def pump() -> None:
             try:

@@ -27,7 +27,10 @@ class InferRequest:
     requested_outputs: list[str] | None = None
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
     protocol: str = "grpc"  # which transport brought it: grpc, grpc_stream or http
-    trace: Any = None  # observability.tracing.RequestTrace when this request is traced
+    # observability.tracing.RequestTrace when this request is traced. A call model code
+    # makes (BLS) carries the trace of the request making it, until ModelCalls starts the
+    # call's own trace under that one.
+    trace: Any = None
     # time.monotonic_ns() at which the caller stops waiting (a gRPC deadline); 0: none.
     # Runners that can end early with a partial answer (generation) read it.
     deadline_ns: int = 0

@@ -409,12 +409,21 @@ def _open_stream(
     threading.Thread(target=_drain, args=(source, sender, steps), daemon=True).start()
 
 
-def _portable(request: InferRequest | None) -> InferRequest | None:
-    """What of a request crosses the pipe beside its tensors (those go through the slab):
-    its id, parameters and requested outputs."""
+@dataclass(frozen=True, slots=True)
+class BatchTrace:
+    """In the child, the trace of the running batch's `index`-th request, which stays in
+    the server: a call its model code makes under it is traced there."""
+
+    index: int
+
+
+def _portable(request: InferRequest | None, index: int) -> InferRequest | None:
+    """What of the batch's `index`-th request crosses the pipe beside its tensors (those go
+    through the slab): its id, parameters, requested outputs and whether it is traced."""
     if request is None:
         return None
-    return dataclasses.replace(request, inputs={}, trace=None, output_regions=None, cancelled=None)
+    trace = BatchTrace(index) if request.trace is not None else None
+    return dataclasses.replace(request, inputs={}, trace=trace, output_regions=None, cancelled=None)
 
 
 def _steps_of(
@@ -644,7 +653,7 @@ class ProcessInstance:
         with self._lock:
             self._live_child()
             self._batch = sent
-            portable = [_portable(r) for r in sent] if sent else None
+            portable = [_portable(r, i) for i, r in enumerate(sent)] if sent else None
             parts, _ = self._exchange(batch, ("run", portable))
             return parts
 
@@ -655,8 +664,8 @@ class ProcessInstance:
             self._live_child()  # first: a new child comes with new streams
             self._batch = [step.request for step in steps]
             metas: list[StepMeta] = []
-            for step in steps:
-                portable = _portable(step.request)
+            for index, step in enumerate(steps):
+                portable = _portable(step.request, index)
                 assert portable is not None
                 stream = self._stream_of(step.sender) if step.sender is not None else 0
                 metas.append((portable, step.correlation_id, step.flags, stream))
@@ -840,6 +849,8 @@ class ProcessInstance:
             if calls is None:
                 self._refuse(call_id, FailedPrecondition("models can only call models in a server"))
             elif kind == "call":
+                if isinstance(request.trace, BatchTrace):  # made under a traced request
+                    request.trace = self._traced_under(request.trace.index)
                 self._start_call(call_id, lambda: calls.submit(request))
             elif kind == "control":
                 self._start_call(call_id, lambda: calls.submit_control(*request))
@@ -856,6 +867,11 @@ class ProcessInstance:
         else:
             return False
         return True
+
+    def _traced_under(self, index: int) -> Any:
+        batch = self._batch
+        request = batch[index] if 0 <= index < len(batch) else None
+        return request.trace if request is not None else None
 
     def _cancelled(self, index: int) -> bool:
         batch = self._batch

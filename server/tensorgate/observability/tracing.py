@@ -256,6 +256,23 @@ async def traced_infer(
     return encoded
 
 
+async def traced_step(
+    request: InferRequest, infer: Callable[[InferRequest], Awaitable[InferResponse]]
+) -> InferResponse:
+    """A request one model makes to another (an ensemble's step, a BLS call), whose
+    `trace` is a step of the caller's: infer under it, which ends with the request."""
+    trace = request.trace
+    trace.decoded(request)
+    try:
+        response = await infer(request)
+    except BaseException as exc:
+        trace.end(exc)
+        raise
+    trace.answered(response)
+    trace.end()
+    return response
+
+
 def _emit_batch(timing: BatchTiming) -> None:
     from opentelemetry import trace
 

@@ -29,6 +29,7 @@ from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import ModelLoadError, TensorgateError, Unavailable
+from tensorgate.observability.tracing import traced_step
 from tensorgate.repository.config import ModelSpec, TensorSpec
 from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, Streamed, one_result
 
@@ -272,18 +273,9 @@ class EnsembleRunner:
                 task.cancel()
 
     async def _run_step(self, step_request: InferRequest) -> InferResponse:
-        trace = step_request.trace
-        if trace is None:
+        if step_request.trace is None:
             return await self._infer(step_request)
-        trace.decoded(step_request)
-        try:
-            response = await self._infer(step_request)
-        except BaseException as exc:
-            trace.end(exc)
-            raise
-        trace.answered(response)
-        trace.end()
-        return response
+        return await traced_step(step_request, self._infer)
 
     @staticmethod
     def _ready(waiting: list[Step], tensors: dict[str, Array], decoupled: bool) -> list[Step]:
