@@ -39,3 +39,20 @@ def test_a_packed_python_environment_fails_the_load_by_name(tmp_path: object) ->
     context = InstanceContext("m", 1, model_dir, model_dir / "1" / "model.py", config, "cpu", 1, 0)
     with pytest.raises(ModelLoadError, match="parameter EXECUTION_ENV_PATH"):
         PythonFactory().create(context)
+
+
+def test_the_type_and_bytes_helpers_answer_as_tritons_do() -> None:
+    import numpy as np
+
+    assert pb.numpy_to_triton_type(np.float32) == 11
+    assert pb.numpy_to_triton_type(np.object_) == pb.numpy_to_triton_type(np.bytes_) == 13
+    assert pb.numpy_to_triton_type(np.complex64) is None
+    assert pb.triton_to_numpy_type(8) is np.int32 and pb.triton_to_numpy_type(13) is np.object_
+    assert pb.triton_to_numpy_type(99) is None
+    assert pb.TRITON_STRING_TO_NUMPY["TYPE_STRING"] is np.object_
+    assert pb.TRITON_STRING_TO_NUMPY["TYPE_FP16"] is np.float16
+    strings = np.array([[b"ab", "c"], [b"", b"\x00z"]], dtype=np.object_)
+    encoded = pb.serialize_byte_tensor(strings)
+    assert encoded == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c\x00\x00\x00\x00\x02\x00\x00\x00\x00z"
+    assert pb.deserialize_bytes_tensor(encoded).tolist() == [b"ab", b"c", b"", b"\x00z"]
+    assert pb.serialize_byte_tensor(np.array([], dtype=np.object_)) == ()

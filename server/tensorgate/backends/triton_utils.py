@@ -27,6 +27,7 @@ from tensorgate.dataplane.calls import Caller
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import TensorgateError
 from tensorgate.protocol import datatypes
+from tensorgate.protocol.tensors import serialize_bytes
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -571,9 +572,74 @@ def triton_string_to_numpy(triton_type: str) -> Any:
     return row.numpy.type if row.name != "BYTES" else np.object_
 
 
-def numpy_to_triton_type(dtype: Any) -> str:
-    """The v2 datatype name of a numpy dtype (`FP32`, `BYTES`...)."""
-    return datatypes.from_numpy(np.dtype(dtype)).name
+# TRITONSERVER_DataType's values, the codes Triton's type helpers use (BF16 has no numpy type).
+_TYPE_CODES = {
+    "BOOL": 1,
+    "UINT8": 2,
+    "UINT16": 3,
+    "UINT32": 4,
+    "UINT64": 5,
+    "INT8": 6,
+    "INT16": 7,
+    "INT32": 8,
+    "INT64": 9,
+    "FP16": 10,
+    "FP32": 11,
+    "FP64": 12,
+    "BYTES": 13,
+}
+
+
+def _numpy_type(name: str) -> Any:
+    return np.object_ if name == "BYTES" else datatypes.BY_NAME[name].numpy.type
+
+
+TRITON_STRING_TO_NUMPY = {
+    "TYPE_STRING" if name == "BYTES" else f"TYPE_{name}": _numpy_type(name) for name in _TYPE_CODES
+}
+
+
+def numpy_to_triton_type(dtype: Any) -> int | None:
+    """The TRITONSERVER_DataType code of a numpy type (numpy.float32 → 11); None when it
+    has none, as in Triton."""
+    try:
+        kind = np.dtype(dtype)
+    except TypeError:
+        return None
+    if kind.type is np.bytes_:
+        return _TYPE_CODES["BYTES"]
+    try:
+        return _TYPE_CODES.get(datatypes.from_numpy(kind).name)
+    except TensorgateError:
+        return None
+
+
+def triton_to_numpy_type(code: int) -> Any:
+    """The numpy type of a TRITONSERVER_DataType code (11 → numpy.float32); None when none."""
+    for name, value in _TYPE_CODES.items():
+        if value == code:
+            return _numpy_type(name)
+    return None
+
+
+def serialize_byte_tensor(array: Array) -> bytes | tuple[()]:
+    """A BYTES tensor as Triton's flat encoding: each element's 4-byte little-endian length,
+    then its bytes, in row-major order (an empty tensor gives `()`, as in Triton)."""
+    if array.size == 0:
+        return ()
+    return serialize_bytes(array)
+
+
+def deserialize_bytes_tensor(encoded: bytes) -> Array:
+    """Triton's flat BYTES encoding back into a 1-D object array of bytes elements."""
+    elements = []
+    view = memoryview(encoded)
+    offset = 0
+    while offset < len(view):
+        size = int.from_bytes(view[offset : offset + 4], "little")
+        elements.append(bytes(view[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    return np.array(elements, dtype=np.object_)
 
 
 class Logger:
