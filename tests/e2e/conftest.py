@@ -231,3 +231,18 @@ def instance_children(pid: int) -> list[int]:
         if int(stat[1]) == pid and b"spawn_main" in command:
             found.append(int(entry.name))
     return found
+
+
+def kill_children_and_await_failure(server: Server, results: Any) -> str:
+    """Kill every instance process of `server` and wait (at most 30 s) for the error that
+    fails the stream whose `results` queue is given: that error's message."""
+    from tritonclient.utils import InferenceServerException
+
+    for pid in instance_children(server.process.pid):  # the stream's child is among them
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        item = results.get(timeout=30)
+        if isinstance(item, InferenceServerException):
+            return str(item.message())
+    raise AssertionError("the stream was not failed within 30 s")

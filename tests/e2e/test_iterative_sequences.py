@@ -5,10 +5,7 @@ instance placements."""
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import Server, instance_children, serving
+from tests.e2e.conftest import Server, kill_children_and_await_failure, serving
 from tests.e2e.iterative_models import build_iterative_models
 from tests.e2e.stream_models import stream_client
 
@@ -183,16 +180,7 @@ def test_a_child_that_dies_mid_iteration_fails_its_requests_and_is_replaced(
     with client:
         client.async_stream_infer(model, [_count(100_000)])
         _next(results)
-        before = set(instance_children(server.process.pid))
-        for pid in before:  # every model's children: this stream's is among them
-            os.kill(pid, signal.SIGKILL)
-        error = None
-        deadline = time.monotonic() + 30
-        while error is None and time.monotonic() < deadline:
-            item = results.get(timeout=30)
-            if isinstance(item, InferenceServerException):
-                error = item
-        assert error is not None and "died" in str(error.message())
+        assert "died" in kill_children_and_await_failure(server, results)
         client.stop_stream()
     client, results = stream_client(server.url)
     with client:

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.conftest import instance_children, serving
+from tests.e2e.conftest import instance_children, kill_children_and_await_failure, serving
 from tests.e2e.stream_models import cancel_after_two_responses, repeat_inputs, stream_client
 from tests.e2e.triton_models import (
     ADD_SUB,
@@ -322,15 +322,7 @@ def test_a_child_that_dies_mid_stream_fails_that_stream_and_is_replaced(
         with client:
             client.async_stream_infer("sender_in_process", repeat_inputs(list(range(100)), 50, 0))
             assert not isinstance(results.get(timeout=30), InferenceServerException)
-            for pid in before:  # both models' children: the stream's is among them
-                os.kill(pid, signal.SIGKILL)
-            error = None
-            deadline = time.monotonic() + 30
-            while error is None and time.monotonic() < deadline:
-                item = results.get(timeout=30)
-                if isinstance(item, InferenceServerException):
-                    error = item
-            assert error is not None and "died" in str(error.message())
+            assert "died" in kill_children_and_await_failure(server, results)
             client.stop_stream()
         assert _streamed(server.url, "sender_in_process", [4, 5], 0) == [4, 5]
         assert not before & set(instance_children(server.process.pid))

@@ -51,7 +51,7 @@ from tensorgate.repository.support import check_supported
 from tensorgate.runners.base import ModelRunner, ModelVersion
 from tensorgate.runners.decoupled import DecoupledRunner
 from tensorgate.runners.ensemble import EnsemblePlan, EnsembleRunner, Resolve
-from tensorgate.runners.sequence import SequenceRunner
+from tensorgate.runners.sequence import SequenceRunner, check_sequence_config
 from tensorgate.runners.sequence_state import StateTensor, check_signature, state_tensors
 from tensorgate.runners.warmup import warm_up
 from tensorgate.settings import Settings
@@ -372,6 +372,7 @@ class VersionBuilder:
                 "models: their outputs go to the client, not back to the batcher"
             )
         if sequences:
+            check_sequence_config(config, instances[0])
             threads = InstanceThreads(f"{name}_{version}", instances, gated)
             return SequenceRunner(
                 name, config, threads, self.settings.max_queue_size, observer, states

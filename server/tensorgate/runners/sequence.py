@@ -152,6 +152,26 @@ def batch_wait(config: mc.ModelConfig) -> BatchWait:
     )
 
 
+def takes_steps(config: mc.ModelConfig, backend: Backend) -> bool:
+    """Whether the backend takes a sequence batch's requests one by one; a model the config
+    needs to (decoupled or iterative) fails the load if it does not."""
+    stepped = getattr(backend, "execute_steps", None) is not None
+    policy = config.model_transaction_policy
+    if (policy.decoupled or config.sequence_batching.iterative_sequence) and not stepped:
+        raise ModelLoadError(
+            "decoupled sequence models and iterative sequences need a model that takes its "
+            "requests one by one: a Triton Python model (TritonPythonModel)"
+        )
+    return stepped
+
+
+def check_sequence_config(config: mc.ModelConfig, backend: Backend) -> None:
+    """What fails a sequence model's load, checked before its instance threads start."""
+    control_inputs(config)
+    batch_wait(config)
+    takes_steps(config, backend)
+
+
 def sequence_parameters(
     params: dict[str, ParameterValue], model: str
 ) -> tuple[CorrelationId, bool, bool]:
@@ -229,12 +249,7 @@ class SequenceRunner:
         self.decoupled = config.model_transaction_policy.decoupled
         self.iterative = batching.iterative_sequence
         # Requests one by one (SequenceStep) instead of one merged batch.
-        self.stepped = getattr(instances.instances[0].backend, "execute_steps", None) is not None
-        if (self.decoupled or self.iterative) and not self.stepped:
-            raise ModelLoadError(
-                "decoupled sequence models and iterative sequences need a model that takes "
-                "its requests one by one: a Triton Python model (TritonPythonModel)"
-            )
+        self.stepped = takes_steps(config, instances.instances[0].backend)
         # Correlation ids of the sequences the batcher opens for iterative requests without
         # one; Triton counts them from 1 too, and a client's own ids share the space.
         self._own_ids = itertools.count(1)
@@ -461,11 +476,7 @@ class SequenceRunner:
                 self._fail(ticket, error)
         else:
             outcomes, started, inferred = future.result()
-            timing = BatchTiming(dispatched, started, inferred, now, len(batch), len(batch))
-            if self._on_execution is not None:
-                self._on_execution(
-                    len(batch), started - dispatched, inferred - started, now - inferred
-                )
+            timing = self._executed(len(batch), dispatched, started, inferred, now)
             for sequence, ticket, outcome in zip(batch, tickets, outcomes, strict=True):
                 if outcome.rescheduled and not ticket.left():
                     ticket.start = ticket.end = False
@@ -478,6 +489,14 @@ class SequenceRunner:
         self._busy[instance] = False
         for index in {instance, *woken}:
             self._dispatch(index)
+
+    def _executed(
+        self, size: int, dispatched: int, started: int, inferred: int, now: int
+    ) -> BatchTiming:
+        """A batch of `size` ran: count it, and its timing for its requests' answers."""
+        if self._on_execution is not None:
+            self._on_execution(size, started - dispatched, inferred - started, now - inferred)
+        return BatchTiming(dispatched, started, inferred, now, size, size)
 
     def _answer_step(
         self,
@@ -529,11 +548,7 @@ class SequenceRunner:
                 self._answer(head.handle, error)
         else:
             outputs, started, inferred = future.result()
-            timing = BatchTiming(dispatched, started, inferred, now, len(batch), len(batch))
-            if self._on_execution is not None:
-                self._on_execution(
-                    len(batch), started - dispatched, inferred - started, now - inferred
-                )
+            timing = self._executed(len(batch), dispatched, started, inferred, now)
             for head, row in zip(heads, rows, strict=True):
                 part = (
                     outputs
