@@ -1,4 +1,5 @@
-"""add_sub over gRPC, then the decoupled repeat_int32 over a stream, with tritonclient.
+"""add_sub over gRPC, then the decoupled repeat_int32 and the iterative countdown over
+streams, with tritonclient.
 
 usage: python python_grpc.py [HOST:PORT]    (default localhost:8001)
 """
@@ -43,5 +44,20 @@ while True:
     if item.get_response().parameters["triton_final_response"].bool_param:
         break
     print("repeat_int32 OUT:", int(item.as_numpy("OUT")[0]))
+client.stop_stream()
+
+# An iterative sequence: countdown runs once per step and reschedules the request until it
+# reaches zero, one response per step; requests at different steps share each execution.
+responses = queue.Queue()
+client.start_stream(callback=lambda result, error: responses.put(error or result))
+for start in (3, 5):
+    count = grpcclient.InferInput("IN", [1, 1], "INT32")
+    count.set_data_from_numpy(np.array([[start]], dtype=np.int32))
+    client.async_stream_infer("countdown", [count], request_id=f"from-{start}")
+for _ in range(3 + 5):
+    item = responses.get(timeout=30)
+    if isinstance(item, Exception):
+        raise item
+    print("countdown", item.get_response().id, "OUT:", int(item.as_numpy("OUT")[0, 0]))
 client.stop_stream()
 client.close()

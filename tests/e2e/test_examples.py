@@ -40,6 +40,12 @@ def test_the_python_grpc_client_runs_against_the_triton_repository(
         "20",
         "30",
     ]
+    counted: dict[str, list[int]] = {}
+    for line in out.splitlines():
+        if line.startswith("countdown "):
+            _, request, _, value = line.split()
+            counted.setdefault(request, []).append(int(value))
+    assert counted == {"from-3": [2, 1, 0], "from-5": [4, 3, 2, 1, 0]}
 
 
 def test_the_python_http_client_runs_against_the_triton_repository(

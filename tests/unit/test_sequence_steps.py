@@ -39,6 +39,7 @@ class Stepper:
     def __init__(self) -> None:
         self.batches: list[list[tuple[Any, int, int]]] = []
         self.runs: dict[Any, int] = {}
+        self.cancelled: list[bool] = []  # each run's request.cancelled(), in order
 
     def signature(self) -> None:
         return None
@@ -52,6 +53,8 @@ class Stepper:
         )
         outcomes = []
         for step in steps:
+            assert step.request.cancelled is not None
+            self.cancelled.append(step.request.cancelled())
             want = int(step.inputs["N"][0, 0])
             if want < 0:
                 outcomes.append(StepOutcome(None, ModelExecutionError("negative")))
@@ -135,6 +138,25 @@ async def test_a_decoupled_iterative_request_streams_each_iterations_response() 
         assert streamed == [(1, False), (2, False), (3, True)]
     finally:
         await runner.close()
+
+
+@on_a_loop
+async def test_a_request_whose_client_left_runs_once_more_seen_cancelled_then_ends() -> None:
+    model = Stepper()
+    runner = _runner(model, extra="model_transaction_policy { decoupled: true }\n")
+    try:
+        items = runner.stream(_request(1_000_000), 1)
+        assert (await items.__anext__()).outputs is not None
+        await items.aclose()  # the client leaves mid-iteration
+        for _ in range(500):  # bounded: at most 5 s
+            if not runner.policy.sequences:
+                break
+            await asyncio.sleep(0.01)
+        assert not runner.policy.sequences  # its slot is free
+    finally:
+        await runner.close()
+    # Every run before the client left saw it waiting; exactly one run after saw it gone.
+    assert model.cancelled.count(True) == 1 and model.cancelled[-1] is True
 
 
 def test_a_model_that_takes_merged_batches_cannot_iterate() -> None:

@@ -200,6 +200,8 @@ class _Ticket:
     channel: ResponseChannel | None = None
     # Held until every earlier request is answered (oldest.preserve_ordering).
     outcome: Scheduled | BaseException | None = None
+    ran: bool = False  # it has run once: a rescheduled request
+    farewell: bool = False  # its client left: its next run is its last
 
     @property
     def inputs(self) -> dict[str, Array]:
@@ -342,6 +344,13 @@ class SequenceRunner:
         return sequence, item
 
     def _drop(self, sequence: Sequence, item: SequenceRequest) -> None:
+        ticket: _Ticket = item.handle
+        if ticket.ran:
+            # A rescheduled request runs once more, where the model sees it cancelled: the
+            # next run if it waits for one, the run after this one if it is running.
+            running = sequence.running and sequence.pending and sequence.pending[0] is item
+            ticket.farewell = ticket.farewell or not running
+            return
         for instance in self.policy.drop(sequence, item):
             self._dispatch(instance)
 
@@ -478,7 +487,11 @@ class SequenceRunner:
             outcomes, started, inferred = future.result()
             timing = self._executed(len(batch), dispatched, started, inferred, now)
             for sequence, ticket, outcome in zip(batch, tickets, outcomes, strict=True):
-                if outcome.rescheduled and not ticket.left():
+                ticket.ran = True
+                if outcome.rescheduled and not ticket.farewell:
+                    # A client that left gets one more run: the model sees `is_cancelled()`
+                    # and can drop what it keeps for the request; then it is released.
+                    ticket.farewell = ticket.left()
                     ticket.start = ticket.end = False
                     again.append(sequence)
                 elif outcome.error is not None:
