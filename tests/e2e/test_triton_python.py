@@ -373,6 +373,7 @@ def test_each_request_of_a_dynamic_batch_keeps_its_id_parameters_and_outputs(
                 model,
                 [tensor],
                 request_id=f"r{index}",
+                timeout=60_000_000,  # the server's own parameter: the model does not see it
                 parameters={"top_k": index, "label": f"n{index}", "greedy": index % 2 == 0},
                 outputs=[grpcclient.InferRequestedOutput("DESCRIBED")],
             )

@@ -170,12 +170,17 @@ class TritonPythonInstance:
     def _received(
         self, inputs: dict[str, Array], request: InferRequest | None = None
     ) -> pb.InferenceRequest:
-        params = dict(request.parameters) if request is not None else {}
-        corrid = params.pop("sequence_id", 0)
+        params = (
+            {k: v for k, v in request.parameters.items() if not _served(k)}
+            if request is not None
+            else {}
+        )
+        sent = request.parameters if request is not None else {}
+        corrid = sent.get("sequence_id", 0)
         flags = 0
-        if params.pop("sequence_start", False):
+        if sent.get("sequence_start", False):
             flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
-        if params.pop("sequence_end", False):
+        if sent.get("sequence_end", False):
             flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
         wanted = request.requested_outputs if request is not None else None
         received = pb.InferenceRequest(
@@ -195,6 +200,16 @@ class TritonPythonInstance:
         finalize = getattr(self._model, "finalize", None)
         if finalize is not None:
             _run(finalize())
+
+
+# Request parameters the server acts on itself; Triton hands a model only the others.
+_SERVED = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output"}
+)
+
+
+def _served(key: str) -> bool:
+    return key in _SERVED or key.startswith("triton_")
 
 
 def _run(result: Any) -> Any:
