@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -53,6 +54,21 @@ ensemble_scheduling { step [
 """
 
 
+# A decoupled ensemble: pair_stream's two responses, each through plain.
+PAIR_THEN_PLAIN = """
+platform: "ensemble"
+max_batch_size: 8
+input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
+output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
+ensemble_scheduling { step [
+  { model_name: "pair_stream", model_version: -1,
+    input_map { key: "INPUT" value: "INPUT" } output_map { key: "OUTPUT" value: "MID" } },
+  { model_name: "plain", model_version: -1,
+    input_map { key: "INPUT" value: "MID" } output_map { key: "OUTPUT" value: "OUTPUT" } }
+] }
+"""
+
+
 # A Triton Python model that calls `plain` (BLS) under its own request's trace.
 CALLER = """
 import triton_python_backend_utils as pb_utils
@@ -83,6 +99,46 @@ input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
 output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
 """
 IN_PROCESS = 'parameters { key: "execution" value { string_value: "process" } }\n'
+DECOUPLED = "model_transaction_policy { decoupled: true }\n"
+# A decoupled model: INPUT, then INPUT * 2, then the final flag.
+PAIR_STREAM = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            sender = request.get_response_sender()
+            for factor in (1, 2):
+                out = pb_utils.Tensor("OUTPUT", value * factor)
+                sender.send(pb_utils.InferenceResponse([out]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+# Calls pair_stream (a decoupled BLS call) under its own request's trace; answers the sum.
+STREAM_CALLER = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            call = pb_utils.InferenceRequest(
+                model_name="pair_stream",
+                inputs=[pb_utils.get_input_tensor_by_name(request, "INPUT")],
+                requested_output_names=["OUTPUT"],
+                trace=request.trace(),
+            )
+            total = sum(
+                pb_utils.get_output_tensor_by_name(answer, "OUTPUT").as_numpy()
+                for answer in call.exec(decoupled=True)
+                if pb_utils.get_output_tensor_by_name(answer, "OUTPUT") is not None
+            )
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", total)]))
+        return responses
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +146,19 @@ def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterat
     repo = write_repository(tmp_path_factory.mktemp("trace_repo"), ["plain"])
     (repo / "twice" / "1").mkdir(parents=True)
     (repo / "twice" / "config.pbtxt").write_text(TWICE)
-    for name, placement in (("caller", ""), ("caller_process", IN_PROCESS)):
+    models = {
+        "caller": (CALLER, CALLER_CONFIG),
+        "caller_process": (CALLER, CALLER_CONFIG + IN_PROCESS),
+        "stream_caller": (STREAM_CALLER, CALLER_CONFIG),
+        "stream_caller_process": (STREAM_CALLER, CALLER_CONFIG + IN_PROCESS),
+        "pair_stream": (PAIR_STREAM, CALLER_CONFIG + DECOUPLED),
+    }
+    for name, (code, config) in models.items():
         (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(CALLER)
-        (repo / name / "config.pbtxt").write_text(CALLER_CONFIG + placement)
+        (repo / name / "1" / "model.py").write_text(code)
+        (repo / name / "config.pbtxt").write_text(config)
+    (repo / "pair_then_plain" / "1").mkdir(parents=True)
+    (repo / "pair_then_plain" / "config.pbtxt").write_text(PAIR_THEN_PLAIN)
     with serving(repo, tmp_path_factory, "--trace-file", str(trace_file)) as server:
         yield server
 
@@ -258,13 +323,19 @@ def test_traced_requests_are_written_in_tritons_trace_format_with_their_tensors(
         ]
 
 
-def _traced_alone(traced: Server, trace_file: Path, model: str) -> list[dict[str, Any]]:
-    """The entries of the trace file one request to `model` writes (log_frequency 1)."""
+def _traced_alone(
+    traced: Server, trace_file: Path, model: str, streamed: bool = False
+) -> list[dict[str, Any]]:
+    """The entries of the trace file one request to `model` writes (log_frequency 1), sent
+    over HTTP, or over a gRPC stream (`streamed`)."""
     http_client = httpclient.InferenceServerClient(traced.http_url)
     http_client.update_trace_settings(model, {"log_frequency": "1"})
     before = set(trace_file.parent.glob("trace.json.*"))
     try:
-        http_client.infer(model, [http_input()], headers={"x-request-id": model})
+        if streamed:
+            _stream_once(traced, model)
+        else:
+            http_client.infer(model, [http_input()], headers={"x-request-id": model})
         for _ in range(100):
             written = set(trace_file.parent.glob("trace.json.*")) - before
             if written:
@@ -277,17 +348,46 @@ def _traced_alone(traced: Server, trace_file: Path, model: str) -> list[dict[str
     return entries
 
 
-def _calls_under(entries: list[dict[str, Any]], model: str, called: int) -> None:
-    """`model`'s trace heads the file, with `called` traces of `plain` under it, each with
-    the timestamps of a request served in a batch."""
+def _stream_once(traced: Server, model: str) -> None:
+    """One request to a decoupled model over a gRPC stream, read to its final response."""
+    from tests.e2e.stream_models import stream_client
+
+    tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+    tensor.set_data_from_numpy(_ones())
+    client, results = stream_client(traced.url)
+    with client:
+        client.async_stream_infer(
+            model, [tensor], request_id=model, enable_empty_final_response=True
+        )
+        while True:
+            item = results.get(timeout=30)
+            assert not isinstance(item, InferenceServerException), item
+            if item.get_response().parameters["triton_final_response"].bool_param:
+                break
+        client.stop_stream()
+
+
+def _ones() -> Any:
+    return np.ones((1, 4), dtype=np.float32)
+
+
+def _calls_under(
+    entries: list[dict[str, Any]],
+    model: str,
+    called: int,
+    callee: str = "plain",
+    stamped: list[str] = SERVED,
+) -> None:
+    """`model`'s trace heads the file, with `called` traces of `callee` under it, each with
+    the timestamps `stamped` (by default those of a request served in a batch)."""
     headers = {e["id"]: e for e in entries if "model_name" in e}
     (parent,) = [h for h in headers.values() if h["model_name"] == model]
-    steps = [h for h in headers.values() if h["model_name"] == "plain"]
+    steps = [h for h in headers.values() if h["model_name"] == callee]
     assert len(steps) == called and "parent_id" not in parent
     assert all(h["parent_id"] == parent["id"] and h["request_id"] == model for h in steps)
     stamps = {e["id"]: [s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e}
     for step in steps:
-        assert stamps[step["id"]] == SERVED
+        assert stamps[step["id"]] == stamped
 
 
 def test_an_ensemble_s_steps_are_traced_under_its_trace(traced: Server, trace_file: Path) -> None:
@@ -299,6 +399,38 @@ def test_a_bls_call_is_traced_under_the_request_that_made_it(
     traced: Server, trace_file: Path, model: str
 ) -> None:
     _calls_under(_traced_alone(traced, trace_file, model), model, 1)
+
+
+@pytest.mark.parametrize("model", ["stream_caller", "stream_caller_process"])
+def test_a_decoupled_bls_call_is_traced_under_the_request_that_made_it(
+    traced: Server, trace_file: Path, model: str
+) -> None:
+    entries = _traced_alone(traced, trace_file, model)
+    _calls_under(entries, model, 1, "pair_stream", ["REQUEST_START", "REQUEST_END"])
+
+
+def test_a_decoupled_ensemble_traces_its_decoupled_step_and_each_run_after_it(
+    traced: Server, trace_file: Path
+) -> None:
+    entries = _traced_alone(traced, trace_file, "pair_then_plain", streamed=True)
+    _calls_under(entries, "pair_then_plain", 1, "pair_stream", ["REQUEST_START", "REQUEST_END"])
+    _calls_under(entries, "pair_then_plain", 2)  # plain, once per response of pair_stream
+
+
+def test_a_decoupled_request_is_traced_from_its_read_to_its_last_response(
+    traced: Server, trace_file: Path
+) -> None:
+    entries = _traced_alone(traced, trace_file, "pair_stream", streamed=True)
+    (header,) = [e for e in entries if "model_name" in e]
+    (stamps,) = [[s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e]
+    assert header["model_name"] == "pair_stream" and header["request_id"] == "pair_stream"
+    assert stamps == [
+        "GRPC_WAITREAD_END",
+        "REQUEST_START",
+        "REQUEST_END",
+        "GRPC_SEND_START",
+        "GRPC_SEND_END",
+    ]
 
 
 def test_perf_analyzer_trace_options_are_obeyed_and_unwritten_traces_are_written_at_exit(

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import FailedPrecondition
 from tensorgate.observability.model_code_metrics import ModelCodeMetrics
-from tensorgate.observability.tracing import traced_step
+from tensorgate.observability.tracing import traced_step, traced_stream
 
 Infer = Callable[[InferRequest], Coroutine[Any, Any, InferResponse]]
 Stream = Callable[[InferRequest], AsyncGenerator[InferResponse, None]]
@@ -91,13 +91,17 @@ class ModelCalls:
         self, request: InferRequest, deliver: Callable[[object], None]
     ) -> concurrent.futures.Future[None]:
         """Start a decoupled call: `deliver` gets each response, then an error if one ends
-        it, then STREAM_END, on the server's loop; cancel the future to stop early. It is
-        not traced, as an ensemble's decoupled step is not."""
-        request.trace = None
+        it, then STREAM_END, on the server's loop; cancel the future to stop early. A call
+        made under a traced request is traced as a step of it, each response recorded."""
 
         async def pump() -> None:
+            if request.trace is None:
+                responses = self._stream(request)
+            else:  # on the loop, where the caller's trace is written to
+                request.trace = request.trace.step(request.model_name)
+                responses = traced_stream(request, self._stream)
             try:
-                async for response in self._stream(request):
+                async for response in responses:
                     deliver(response)
             except Exception as exc:
                 deliver(exc)

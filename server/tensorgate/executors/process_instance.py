@@ -845,12 +845,13 @@ class ProcessInstance:
         kind = message[0]
         if kind in ("call", "stream", "control"):
             call_id, request = message[1], message[2]
+            if kind != "control" and isinstance(request.trace, BatchTrace):
+                # Made under a traced request of the running batch: traced under it.
+                request.trace = self._traced_under(request.trace.index)
             calls = self._calls
             if calls is None:
                 self._refuse(call_id, FailedPrecondition("models can only call models in a server"))
             elif kind == "call":
-                if isinstance(request.trace, BatchTrace):  # made under a traced request
-                    request.trace = self._traced_under(request.trace.index)
                 self._start_call(call_id, lambda: calls.submit(request))
             elif kind == "control":
                 self._start_call(call_id, lambda: calls.submit_control(*request))

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, Protocol, TypeVar
 
 from tensorgate.dataplane.types import InferRequest, InferResponse
@@ -271,6 +272,29 @@ async def traced_step(
     trace.answered(response)
     trace.end()
     return response
+
+
+async def traced_stream(
+    request: InferRequest,
+    stream: Callable[[InferRequest], AsyncGenerator[InferResponse, None]],
+) -> AsyncGenerator[InferResponse, None]:
+    """A stream of responses one model asks of another (a decoupled ensemble step, a
+    decoupled BLS call), whose `trace` is a step of the caller's: each response is
+    recorded under it, and it ends with the stream (or when its reader stops)."""
+    trace = request.trace
+    trace.decoded(request)
+    try:
+        async with aclosing(stream(request)) as responses:
+            async for response in responses:
+                trace.answered(response)
+                yield response
+    except GeneratorExit:  # the reader has what it wanted
+        trace.end()
+        raise
+    except BaseException as exc:
+        trace.end(exc)
+        raise
+    trace.end()
 
 
 def _emit_batch(timing: BatchTiming) -> None:

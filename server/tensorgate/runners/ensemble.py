@@ -29,7 +29,7 @@ from tensorgate_protos import model_config_pb2 as mc
 
 from tensorgate.dataplane.types import Array, InferRequest, InferResponse
 from tensorgate.errors import ModelLoadError, TensorgateError, Unavailable
-from tensorgate.observability.tracing import traced_step
+from tensorgate.observability.tracing import traced_step, traced_stream
 from tensorgate.repository.config import ModelSpec, TensorSpec
 from tensorgate.runners.base import ModelVersion, RunnerStatus, Scheduled, Streamed, one_result
 
@@ -259,7 +259,12 @@ class EnsembleRunner:
                     raise Unavailable(f"ensemble '{self.name}' has steps that can never run")
                 step = ready[0]
                 waiting.remove(step)
-                responses = self._stream(self._step_request(step, request, tensors))
+                step_request = self._step_request(step, request, tensors)
+                responses = (
+                    self._stream(step_request)
+                    if step_request.trace is None
+                    else traced_stream(step_request, self._stream)
+                )
                 async with aclosing(responses):
                     async for response in self._step_responses(step, responses):
                         fork = dict(tensors)
@@ -326,9 +331,8 @@ class EnsembleRunner:
         inputs = {model_input: tensors[tensor] for model_input, tensor in step.inputs.items()}
         types = self.plan.datatypes
         declared = {model_input: types[tensor] for model_input, tensor in step.inputs.items()}
-        # A traced ensemble request traces its steps under it (a decoupled step's stream not).
-        traced = request.trace is not None and not step.decoupled
-        trace = request.trace.step(step.model) if traced else None
+        # A traced ensemble request traces its steps under it.
+        trace = request.trace.step(step.model) if request.trace is not None else None
         return InferRequest(
             model_name=step.model,
             model_version=step.version,

@@ -25,7 +25,7 @@ from tensorgate.errors import (
     Unimplemented,
 )
 from tensorgate.observability.logs import LogControl
-from tensorgate.observability.tracing import RequestTrace, traced_infer
+from tensorgate.observability.tracing import RequestTrace, traced_infer, traced_stream
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
 from tensorgate.transport.grpc.stream_window import StreamWindow
@@ -232,17 +232,27 @@ class InferenceServicer:
         """A decoupled model's responses to one request of the stream, each flagged final
         or not; the bare final flag goes out only if the client asked for it, as Triton."""
         try:
+            started = time.perf_counter_ns()
             decoded = self._decode_streamed(request)
             decoded.deadline_ns = deadline_ns
             empty_final = decoded.parameters.get(EMPTY_FINAL_PARAMETER) is True
-            async with aclosing(self.dataplane.stream(decoded)) as responses:
+            trace = self._trace(_STREAM, request.model_name) if self.dataplane.tracing else None
+            if trace is None:
+                stream = self.dataplane.stream(decoded)
+            else:  # each response recorded under the request's trace, which ends with it
+                trace.child("decode", started, time.perf_counter_ns())
+                decoded.trace = trace
+                stream = traced_stream(decoded, self.dataplane.stream)
+            async with aclosing(stream) as responses:
                 async for response in responses:
-                    if response.final and not response.outputs and not empty_final:
-                        continue
-                    answer = pb.ModelStreamInferResponse()
-                    message = encode_infer_response(response, into=answer.infer_response)
-                    message.parameters[FINAL_PARAMETER].bool_param = response.final
-                    await put(answer)
+                    if trace is not None and response.final:  # the stream's last encode
+                        encoding = time.perf_counter_ns()
+                        answer = _streamed_answer(response, empty_final)
+                        trace.child("encode", encoding, time.perf_counter_ns())
+                    else:
+                        answer = _streamed_answer(response, empty_final)
+                    if answer is not None:
+                        await put(answer)
         except Exception as exc:
             await put(_stream_error(request, exc))
 
@@ -456,6 +466,19 @@ class StatusServicer:
                 )
             )
         return response
+
+
+def _streamed_answer(
+    response: InferResponse, empty_final: bool
+) -> pb.ModelStreamInferResponse | None:
+    """One response of a decoupled request as it goes on the stream, flagged final or not;
+    None for the bare final flag, sent only to clients that asked for it, as Triton does."""
+    if response.final and not response.outputs and not empty_final:
+        return None
+    answer = pb.ModelStreamInferResponse()
+    message = encode_infer_response(response, into=answer.infer_response)
+    message.parameters[FINAL_PARAMETER].bool_param = response.final
+    return answer
 
 
 def _stream_error(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
