@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -324,16 +325,19 @@ def test_traced_requests_are_written_in_tritons_trace_format_with_their_tensors(
 
 
 def _traced_alone(
-    traced: Server, trace_file: Path, model: str, streamed: bool = False
+    traced: Server, trace_file: Path, model: str, via: str = "infer"
 ) -> list[dict[str, Any]]:
     """The entries of the trace file one request to `model` writes (log_frequency 1), sent
-    over HTTP, or over a gRPC stream (`streamed`)."""
+    to HTTP /infer, over a gRPC stream ("stream") or to a generate route ("generate",
+    "generate_stream")."""
     http_client = httpclient.InferenceServerClient(traced.http_url)
     http_client.update_trace_settings(model, {"log_frequency": "1"})
     before = set(trace_file.parent.glob("trace.json.*"))
     try:
-        if streamed:
+        if via == "stream":
             _stream_once(traced, model)
+        elif via.startswith("generate"):
+            _generate_once(traced, model, via)
         else:
             http_client.infer(model, [http_input()], headers={"x-request-id": model})
         for _ in range(100):
@@ -365,6 +369,16 @@ def _stream_once(traced: Server, model: str) -> None:
             if item.get_response().parameters["triton_final_response"].bool_param:
                 break
         client.stop_stream()
+
+
+def _generate_once(traced: Server, model: str, route: str) -> None:
+    request = urllib.request.Request(
+        f"http://{traced.http_url}/v2/models/{model}/{route}",
+        data=json.dumps({"INPUT": [1.0, 2.0, 3.0, 4.0]}).encode(),
+        headers={"Content-Type": "application/json", "x-request-id": model},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200 and b"OUTPUT" in response.read()
 
 
 def _ones() -> Any:
@@ -412,15 +426,32 @@ def test_a_decoupled_bls_call_is_traced_under_the_request_that_made_it(
 def test_a_decoupled_ensemble_traces_its_decoupled_step_and_each_run_after_it(
     traced: Server, trace_file: Path
 ) -> None:
-    entries = _traced_alone(traced, trace_file, "pair_then_plain", streamed=True)
+    entries = _traced_alone(traced, trace_file, "pair_then_plain", via="stream")
     _calls_under(entries, "pair_then_plain", 1, "pair_stream", ["REQUEST_START", "REQUEST_END"])
     _calls_under(entries, "pair_then_plain", 2)  # plain, once per response of pair_stream
+
+
+@pytest.mark.parametrize(
+    ("model", "route", "stamped"),
+    [
+        ("plain", "generate", ["HTTP_RECV_END", *SERVED]),
+        ("pair_stream", "generate_stream", ["HTTP_RECV_END", "REQUEST_START", "REQUEST_END"]),
+    ],
+)
+def test_the_generate_routes_trace_their_requests(
+    traced: Server, trace_file: Path, model: str, route: str, stamped: list[str]
+) -> None:
+    entries = _traced_alone(traced, trace_file, model, via=route)
+    (header,) = [e for e in entries if "model_name" in e]
+    (stamps,) = [[s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e]
+    assert header["model_name"] == model and header["request_id"] == model
+    assert stamps == stamped
 
 
 def test_a_decoupled_request_is_traced_from_its_read_to_its_last_response(
     traced: Server, trace_file: Path
 ) -> None:
-    entries = _traced_alone(traced, trace_file, "pair_stream", streamed=True)
+    entries = _traced_alone(traced, trace_file, "pair_stream", via="stream")
     (header,) = [e for e in entries if "model_name" in e]
     (stamps,) = [[s["name"] for s in e["timestamps"]] for e in entries if "timestamps" in e]
     assert header["model_name"] == "pair_stream" and header["request_id"] == "pair_stream"

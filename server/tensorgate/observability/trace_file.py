@@ -212,7 +212,8 @@ class FileTrace:
         ]
 
     def end(self, error: BaseException | None = None, end_ns: int | None = None) -> None:
-        if self.parent_id:
+        # A step's request (or one no transport encoded an answer for) ends here.
+        if self.parent_id or all(name != "REQUEST_END" for name, _ in self.stamps):
             self.stamps.append(("REQUEST_END", time.perf_counter_ns()))
         header: dict[str, object] = {
             "id": self.id,

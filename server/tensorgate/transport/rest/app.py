@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ _RETRY_AFTER = {429, 503}
 # Responses smaller than this go out uncompressed even when the client accepts gzip.
 _COMPRESS_MIN_BYTES = 1024
 _INFER_SPAN = "POST /v2/models/{model_name}/infer"
+_GENERATE_SPAN = "POST /v2/models/{model_name}/generate"
 _SENT = 0  # the handler has sent the response itself (a stream of events)
 
 
@@ -233,7 +235,14 @@ class RestApp:
             self._authorize("inference", scope)
             model, version, streaming = generate
             body = await self._read_body(scope, receive, headers)
+            started = time.perf_counter_ns()
             request = self.generate.decode(body, model, version)
+            tracing = self.dataplane.tracing
+            if tracing is not None and (
+                trace := tracing.start_call(_GENERATE_SPAN, {"http.request.method": "POST"}, model)
+            ):
+                trace.child("decode", started, time.perf_counter_ns())
+                request.trace = trace
             if not streaming:
                 payload = await _unless_disconnected(self.generate.one(request), scope, receive)
                 return 200, payload, [(b"content-type", _JSON)]

@@ -11,6 +11,7 @@ begun is its last event, `data: {"error": "..."}`.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import orjson
@@ -18,6 +19,7 @@ import orjson
 from tensorgate.dataplane.dataplane import DataPlane
 from tensorgate.dataplane.types import InferRequest, InferResponse
 from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
+from tensorgate.observability.tracing import traced_step, traced_stream
 from tensorgate.protocol.generate_codec import decode_generate_request, encode_generate_response
 from tensorgate.transport.rest.sse import Send, send_events
 
@@ -47,12 +49,22 @@ class Generate:
         types = {name: tensor.datatype for name, tensor in spec.inputs.items()}
         return decode_generate_request(body, model, version, types, spec.max_batch_size > 0)
 
+    def _stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """The request's responses, recorded under its trace when it is traced."""
+        if request.trace is None:
+            return self.dataplane.stream(request)
+        return traced_stream(request, self.dataplane.stream)
+
     async def one(self, request: InferRequest) -> bytes:
         """`/generate`: the model's one response as a JSON object."""
         if not self.dataplane.is_decoupled(request.model_name, request.model_version):
-            return orjson.dumps(encode_generate_response(await self.dataplane.infer(request)))
+            if request.trace is None:
+                response = await self.dataplane.infer(request)
+            else:
+                response = await traced_step(request, self.dataplane.infer)
+            return orjson.dumps(encode_generate_response(response))
         answers: list[InferResponse] = []
-        async with aclosing(self.dataplane.stream(request)) as responses:
+        async with aclosing(self._stream(request)) as responses:
             async for response in responses:
                 if response.outputs:
                     answers.append(response)
@@ -78,4 +90,4 @@ class Generate:
         def error_event(exc: TensorgateError | None) -> bytes:
             return orjson.dumps({"error": exc.message if exc is not None else INTERNAL_MESSAGE})
 
-        await send_events(self.dataplane.stream(request), send, headers, events, error_event)
+        await send_events(self._stream(request), send, headers, events, error_event)
