@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import Server, serving
+from tests.e2e.stream_models import stream_client
 from tests.e2e.test_observability import grpc_input, http_input, write_repository
 from tests.e2e.test_tools import perf_analyzer
 
@@ -40,34 +41,26 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("traces") / "trace.json"
 
 
-# Two steps of `plain` (OUTPUT = INPUT * 2), one after the other.
-TWICE = """
+def _two_steps(first: str) -> str:
+    """An ensemble of `first`, then `plain` (OUTPUT = INPUT * 2) on its output."""
+    return f"""
 platform: "ensemble"
 max_batch_size: 8
-input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
-output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
-ensemble_scheduling { step [
-  { model_name: "plain", model_version: -1,
-    input_map { key: "INPUT" value: "INPUT" } output_map { key: "OUTPUT" value: "MID" } },
-  { model_name: "plain", model_version: -1,
-    input_map { key: "INPUT" value: "MID" } output_map { key: "OUTPUT" value: "OUTPUT" } }
-] }
+input [{{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }}]
+output [{{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }}]
+ensemble_scheduling {{ step [
+  {{ model_name: "{first}", model_version: -1,
+    input_map {{ key: "INPUT" value: "INPUT" }} output_map {{ key: "OUTPUT" value: "MID" }} }},
+  {{ model_name: "plain", model_version: -1,
+    input_map {{ key: "INPUT" value: "MID" }} output_map {{ key: "OUTPUT" value: "OUTPUT" }} }}
+] }}
 """
 
 
+# Two steps of `plain`, one after the other.
+TWICE = _two_steps("plain")
 # A decoupled ensemble: pair_stream's two responses, each through plain.
-PAIR_THEN_PLAIN = """
-platform: "ensemble"
-max_batch_size: 8
-input [{ name: "INPUT", data_type: TYPE_FP32, dims: [4] }]
-output [{ name: "OUTPUT", data_type: TYPE_FP32, dims: [4] }]
-ensemble_scheduling { step [
-  { model_name: "pair_stream", model_version: -1,
-    input_map { key: "INPUT" value: "INPUT" } output_map { key: "OUTPUT" value: "MID" } },
-  { model_name: "plain", model_version: -1,
-    input_map { key: "INPUT" value: "MID" } output_map { key: "OUTPUT" value: "OUTPUT" } }
-] }
-"""
+PAIR_THEN_PLAIN = _two_steps("pair_stream")
 
 
 # A Triton Python model that calls `plain` (BLS) under its own request's trace.
@@ -354,10 +347,8 @@ def _traced_alone(
 
 def _stream_once(traced: Server, model: str) -> None:
     """One request to a decoupled model over a gRPC stream, read to its final response."""
-    from tests.e2e.stream_models import stream_client
-
     tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
-    tensor.set_data_from_numpy(_ones())
+    tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
     client, results = stream_client(traced.url)
     with client:
         client.async_stream_infer(
@@ -379,10 +370,6 @@ def _generate_once(traced: Server, model: str, route: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200 and b"OUTPUT" in response.read()
-
-
-def _ones() -> Any:
-    return np.ones((1, 4), dtype=np.float32)
 
 
 def _calls_under(

@@ -131,9 +131,7 @@ class TritonPythonInstance:
         back in a later batch (its response is None, or nothing sent)."""
         requests = []
         for step in steps:
-            received = self._received(step.inputs, step.request)
-            received._correlation_id = step.correlation_id
-            received._flags = step.flags
+            received = self._received(step.inputs, step.request, (step.correlation_id, step.flags))
             received._sender = step.sender
             received._reschedulable = iterative
             requests.append(received)
@@ -168,26 +166,31 @@ class TritonPythonInstance:
             sender.send(None, True)
 
     def _received(
-        self, inputs: dict[str, Array], request: InferRequest | None = None
+        self,
+        inputs: dict[str, Array],
+        request: InferRequest | None = None,
+        sequence: tuple[int | str, int] | None = None,
     ) -> pb.InferenceRequest:
-        params = (
-            {k: v for k, v in request.parameters.items() if not _served(k)}
-            if request is not None
-            else {}
-        )
+        """The request as model code sees it; `sequence`: its correlation id and flags as
+        the sequence batcher sets them, else read from the client's parameters."""
         sent = request.parameters if request is not None else {}
-        corrid = sent.get("sequence_id", 0)
-        flags = 0
-        if sent.get("sequence_start", False):
-            flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
-        if sent.get("sequence_end", False):
-            flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
+        params = {k: v for k, v in sent.items() if not _served(k)}
+        if sequence is not None:
+            corrid, flags = sequence
+        else:
+            sequence_id = sent.get("sequence_id", 0)
+            corrid = sequence_id if isinstance(sequence_id, int | str) else 0
+            flags = 0
+            if sent.get("sequence_start", False):
+                flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START
+            if sent.get("sequence_end", False):
+                flags |= pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
         wanted = request.requested_outputs if request is not None else None
         received = pb.InferenceRequest(
             self._name,
             [pb.Tensor(name, array) for name, array in inputs.items()],
             wanted or self._outputs,
-            correlation_id=corrid if isinstance(corrid, int | str) else 0,
+            correlation_id=corrid,
             request_id=request.id if request is not None else "",
             flags=flags,
             parameters=params,

@@ -113,7 +113,7 @@ def _run_batch(
     cpu = time.thread_time_ns() if cpu_timed else 0  # a system call: only when it is read
     execute_requests = getattr(backend, "execute_requests", None)
     if execute_requests is not None:  # it takes the batch's requests one by one, unmerged
-        parts = execute_requests(inputs, [p.handle.request for p in batch])
+        parts = execute_requests(inputs, _requests_of(batch))
         ended = time.perf_counter_ns()
         return _Executed(parts, started, started, ended, _cpu_since(cpu, cpu_timed))
     stage = staging.get(id(backend)) or staging.setdefault(id(backend), Staging())
@@ -125,6 +125,19 @@ def _run_batch(
         outputs = stage.detach(outputs)
     parts = split_outputs(outputs, rows) if ragged is None else ragged.split(outputs, inputs, rows)
     return _Executed(parts, started, merged_at, inferred_at, _cpu_since(cpu, cpu_timed))
+
+
+def _requests_of(batch: list[Pending]) -> list[InferRequest | None]:
+    """The batch's requests for a model that takes them one by one, each able to tell its
+    model code whether its caller left (while it runs, only a caller that left has its
+    future done). Only such models pay for the check."""
+    requests = []
+    for pending in batch:
+        ticket: _Ticket = pending.handle
+        if ticket.request is not None:
+            ticket.request.cancelled = ticket.future.done
+        requests.append(ticket.request)
+    return requests
 
 
 def _cpu_since(cpu_ns: int, cpu_timed: bool) -> int:
@@ -289,8 +302,6 @@ class Scheduler:
             if policy.ragged:  # a ragged input's shape does not keep requests apart
                 key = tuple((n, () if n in policy.ragged else shape) for n, shape in key)
         future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
-        if request is not None:
-            request.cancelled = future.done  # while it runs, only a caller that left is done
         item = Pending(
             rows,
             key,

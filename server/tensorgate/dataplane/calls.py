@@ -83,8 +83,7 @@ class ModelCalls:
         return asyncio.run_coroutine_threadsafe(call, self._server_loop())
 
     async def _traced(self, request: InferRequest) -> InferResponse:
-        # On the loop, where the caller's trace is written to.
-        request.trace = request.trace.step(request.model_name)
+        _trace_under_caller(request)
         return await traced_step(request, self._infer)
 
     def submit_stream(
@@ -97,8 +96,8 @@ class ModelCalls:
         async def pump() -> None:
             if request.trace is None:
                 responses = self._stream(request)
-            else:  # on the loop, where the caller's trace is written to
-                request.trace = request.trace.step(request.model_name)
+            else:
+                _trace_under_caller(request)
                 responses = traced_stream(request, self._stream)
             try:
                 async for response in responses:
@@ -148,3 +147,9 @@ class ModelCalls:
                 yield item
         finally:
             future.cancel()
+
+
+def _trace_under_caller(request: InferRequest) -> None:
+    """A call's own trace, a step of its caller's (`request.trace` until now). On the
+    server's loop, where the caller's trace is written to."""
+    request.trace = request.trace.step(request.model_name)

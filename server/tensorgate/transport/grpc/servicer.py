@@ -245,12 +245,11 @@ class InferenceServicer:
                 stream = traced_stream(decoded, self.dataplane.stream)
             async with aclosing(stream) as responses:
                 async for response in responses:
-                    if trace is not None and response.final:  # the stream's last encode
-                        encoding = time.perf_counter_ns()
-                        answer = _streamed_answer(response, empty_final)
+                    # A traced stream's last encode is timed: its REQUEST_END and send stamps.
+                    encoding = time.perf_counter_ns() if trace and response.final else 0
+                    answer = _streamed_answer(response, empty_final)
+                    if encoding and trace is not None:
                         trace.child("encode", encoding, time.perf_counter_ns())
-                    else:
-                        answer = _streamed_answer(response, empty_final)
                     if answer is not None:
                         await put(answer)
         except Exception as exc:
