@@ -134,6 +134,30 @@ class TritonPythonModel:
         return responses
 """
 
+# A decoupled model that calls `plain` (BLS) under its request's trace and answers with it.
+DECOUPLED_CALLER = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            call = pb_utils.InferenceRequest(
+                model_name="plain",
+                inputs=[pb_utils.get_input_tensor_by_name(request, "INPUT")],
+                requested_output_names=["OUTPUT"],
+                trace=request.trace(),
+            )
+            answer = call.exec()
+            sender = request.get_response_sender()
+            out = pb_utils.get_output_tensor_by_name(answer, "OUTPUT")
+            sender.send(
+                pb_utils.InferenceResponse([out]),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+        return None
+"""
+
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterator[Server]:
@@ -146,6 +170,8 @@ def traced(tmp_path_factory: pytest.TempPathFactory, trace_file: Path) -> Iterat
         "stream_caller": (STREAM_CALLER, CALLER_CONFIG),
         "stream_caller_process": (STREAM_CALLER, CALLER_CONFIG + IN_PROCESS),
         "pair_stream": (PAIR_STREAM, CALLER_CONFIG + DECOUPLED),
+        "decoupled_caller": (DECOUPLED_CALLER, CALLER_CONFIG + DECOUPLED),
+        "decoupled_caller_process": (DECOUPLED_CALLER, CALLER_CONFIG + DECOUPLED + IN_PROCESS),
     }
     for name, (code, config) in models.items():
         (repo / name / "1").mkdir(parents=True)
@@ -408,6 +434,13 @@ def test_a_decoupled_bls_call_is_traced_under_the_request_that_made_it(
 ) -> None:
     entries = _traced_alone(traced, trace_file, model)
     _calls_under(entries, model, 1, "pair_stream", ["REQUEST_START", "REQUEST_END"])
+
+
+@pytest.mark.parametrize("model", ["decoupled_caller", "decoupled_caller_process"])
+def test_a_bls_call_from_a_decoupled_model_is_traced_under_the_request_that_made_it(
+    traced: Server, trace_file: Path, model: str
+) -> None:
+    _calls_under(_traced_alone(traced, trace_file, model, via="stream"), model, 1)
 
 
 def test_a_decoupled_ensemble_traces_its_decoupled_step_and_each_run_after_it(

@@ -51,6 +51,9 @@ def test_the_type_and_bytes_helpers_answer_as_tritons_do() -> None:
     assert pb.triton_to_numpy_type(99) is None
     assert pb.TRITON_STRING_TO_NUMPY["TYPE_STRING"] is np.object_
     assert pb.TRITON_STRING_TO_NUMPY["TYPE_FP16"] is np.float16
+    tensors = [pb.Tensor("x", np.zeros(2, np.int64)), pb.Tensor("s", np.array([b"a"], object))]
+    assert [t.triton_dtype() for t in tensors] == [9, 13]
+    assert pb.triton_to_numpy_type(tensors[0].triton_dtype()) is np.int64
     strings = np.array([[b"ab", "c"], [b"", b"\x00z"]], dtype=np.object_)
     encoded = pb.serialize_byte_tensor(strings)
     assert encoded == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c\x00\x00\x00\x00\x02\x00\x00\x00\x00z"

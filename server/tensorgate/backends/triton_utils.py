@@ -186,7 +186,11 @@ class Tensor:
     def shape(self) -> list[int]:
         return list(self._array.shape)
 
-    def triton_dtype(self) -> str:
+    def triton_dtype(self) -> int:
+        """Triton's TRITONSERVER_DataType code (FP32: 11), which `triton_to_numpy_type` reads."""
+        return _TYPE_CODES[self._datatype()]
+
+    def _datatype(self) -> str:
         return datatypes.from_numpy(self._array.dtype).name
 
     def to_dlpack(self) -> Any:
@@ -380,7 +384,7 @@ class InferenceRequest:
         )
         for tensor in self._inputs:
             request.inputs[tensor.name()] = tensor.as_numpy()
-            request.datatypes[tensor.name()] = tensor.triton_dtype()
+            request.datatypes[tensor.name()] = tensor._datatype()
         if self._requested:
             request.requested_outputs = list(self._requested)
         params = dict(self._parameters)
@@ -572,7 +576,7 @@ def triton_string_to_numpy(triton_type: str) -> Any:
     return row.numpy.type if row.name != "BYTES" else np.object_
 
 
-# TRITONSERVER_DataType's values, the codes Triton's type helpers use (BF16 has no numpy type).
+# TRITONSERVER_DataType's values, the codes Triton's type helpers use.
 _TYPE_CODES = {
     "BOOL": 1,
     "UINT8": 2,
@@ -587,6 +591,7 @@ _TYPE_CODES = {
     "FP32": 11,
     "FP64": 12,
     "BYTES": 13,
+    "BF16": 14,
 }
 
 

@@ -417,6 +417,13 @@ class BatchTrace:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTrace:
+    """In the child, the trace of the decoupled request answering on stream `stream_id`."""
+
+    stream_id: int
+
+
 def _portable(request: InferRequest | None, index: int) -> InferRequest | None:
     """What of the batch's `index`-th request crosses the pipe beside its tensors (those go
     through the slab): its id, parameters, requested outputs and whether it is traced."""
@@ -764,7 +771,9 @@ class ProcessInstance:
             streams[stream_id] = channel
             channel.on_read = lambda: self._send_quietly(("room", stream_id))
             channel.on_cancel = lambda: self._cancel_stream(streams, stream_id)
-            portable = dataclasses.replace(request, trace=None, output_regions=None)
+            channel.trace = request.trace
+            trace = StreamTrace(stream_id) if request.trace is not None else None
+            portable = dataclasses.replace(request, trace=trace, output_regions=None)
             self._send_quietly(("open", stream_id, portable))
 
     def _send_quietly(self, message: tuple[Any, ...]) -> None:
@@ -845,9 +854,10 @@ class ProcessInstance:
         kind = message[0]
         if kind in ("call", "stream", "control"):
             call_id, request = message[1], message[2]
-            if kind != "control" and isinstance(request.trace, BatchTrace):
-                # Made under a traced request of the running batch: traced under it.
-                request.trace = self._traced_under(request.trace.index)
+            if kind != "control" and isinstance(request.trace, BatchTrace | StreamTrace):
+                # Made under a traced request of the running batch or of a decoupled stream:
+                # traced under it.
+                request.trace = self._traced_under(request.trace)
             calls = self._calls
             if calls is None:
                 self._refuse(call_id, FailedPrecondition("models can only call models in a server"))
@@ -869,8 +879,10 @@ class ProcessInstance:
             return False
         return True
 
-    def _traced_under(self, index: int) -> Any:
-        batch = self._batch
+    def _traced_under(self, marker: BatchTrace | StreamTrace) -> Any:
+        if isinstance(marker, StreamTrace):
+            return getattr(self._streams.get(marker.stream_id), "trace", None)
+        batch, index = self._batch, marker.index
         request = batch[index] if 0 <= index < len(batch) else None
         return request.trace if request is not None else None
 

@@ -63,6 +63,9 @@ class ResponseChannel:
         self.on_cancel: Callable[[], None] | None = None
         # The id a process instance forwards this channel's responses under.
         self.route: int | None = None
+        # The trace of the request it answers, for the calls a process instance's model code
+        # makes under it.
+        self.trace: Any = None
 
     def send(self, outputs: dict[str, Array] | None, final: bool) -> None:
         if self._final_sent:
