@@ -256,14 +256,17 @@ def main() -> None:
             print(f"== round {round_index + 1}", flush=True)
             for case in CASES:
                 for server in case.servers:
-                    try:
-                        row = _measure(server, servers.pid(server), case)
-                    except Exception as exc:  # its statistics RPC failed: the server died
-                        print(f"  {server} {case.key}: {exc}", flush=True)
-                        row = None
-                    if row is not None:
-                        rows.append({**row, "round": round_index + 1})
-                    else:
+                    # A server that died under the load is started again and measured once
+                    # more: Triton's streaming has crashed in some rounds and not in others.
+                    for _attempt in range(2):
+                        try:
+                            row = _measure(server, servers.pid(server), case)
+                        except Exception as exc:  # its statistics RPC failed: the server died
+                            print(f"  {server} {case.key}: {exc}", flush=True)
+                            row = None
+                        if row is not None:
+                            rows.append({**row, "round": round_index + 1})
+                            break
                         servers.revive(server, case)
     finally:
         servers.stop()
