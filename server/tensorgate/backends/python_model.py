@@ -36,6 +36,7 @@ from tensorgate.backends.base import InstanceContext, ModelSignature
 from tensorgate.backends.triton_python import TritonPythonInstance, config_dict
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError
+from tensorgate.executors.model_env import ModelEnv, in_env, spawning
 
 
 class PythonModel:
@@ -116,18 +117,25 @@ def auto_complete(
     version: int,
     model_file: Path,
     in_child: bool = False,
+    env: ModelEnv | None = None,
 ) -> None:
     """Let a Triton Python model complete its config, as Triton calls
     `TritonPythonModel.auto_complete_config` before the model loads. Only a model.py that
     defines it is imported for it: once, in the server's process, or `in_child`, in a process
-    of its own (a model whose instances run in processes never runs in the server's)."""
+    of its own (a model whose instances run in processes never runs in the server's), with
+    the interpreter of the model's own environment `env` if it has one."""
     if "auto_complete_config" not in model_file.read_text(encoding="utf-8", errors="replace"):
         return
     if in_child:
         spawn = multiprocessing.get_context("spawn")
+        args = (config.SerializeToString(), model_name, version, str(model_file))
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
-            args = (config.SerializeToString(), model_name, version, str(model_file))
-            config.CopyFrom(mc.ModelConfig.FromString(child.submit(_completed, *args).result()))
+            with spawning(env):  # the child starts at the first submit
+                if env is None:
+                    done = child.submit(_completed, *args)
+                else:
+                    done = child.submit(in_env, env, f"{__name__}:_completed", *args)
+            config.CopyFrom(mc.ModelConfig.FromString(done.result()))
         return
     module = load_module(model_name, version, model_file)
     complete = getattr(getattr(module, "TritonPythonModel", None), "auto_complete_config", None)
@@ -166,11 +174,6 @@ class PythonFactory:
     default_filename = "model.py"
 
     def create(self, context: InstanceContext) -> PythonInstance | TritonPythonInstance:
-        if "EXECUTION_ENV_PATH" in context.config.parameters:
-            raise ModelLoadError(
-                "parameter EXECUTION_ENV_PATH (a packed Python environment for the model) is "
-                "not implemented: install the model's packages where the server runs"
-            )
         module = import_model_file(context)
         if hasattr(module, "TritonPythonModel"):
             return TritonPythonInstance(module, context)

@@ -43,6 +43,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,7 @@ from tensorgate.errors import (
     Unavailable,
 )
 from tensorgate.executors.instance_threads import thread_event_loop, wait_for_room
+from tensorgate.executors.model_env import ModelEnv, in_env, spawning
 from tensorgate.protocol.tensors import deserialize_bytes, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -491,10 +493,14 @@ def _execute(
     return _as_parts(backend.execute_requests(inputs, sent)), []
 
 
-def child_main(conn: Connection, spec: ChildSpec) -> None:
-    """The instance's process: create the backend, then run batches until told to stop."""
+def child_main(conn: Connection, spec: ChildSpec | bytes) -> None:
+    """The instance's process: create the backend, then run batches until told to stop.
+    `spec` comes pickled into a model's own environment, unpickled once its path is set."""
     from tensorgate.backends.registry import resolve_backend
 
+    if isinstance(spec, bytes):
+        spec = pickle.loads(spec)
+        assert isinstance(spec, ChildSpec)
     if spec.nice:
         os.nice(spec.nice)
     config = mc.ModelConfig.FromString(spec.config)
@@ -550,9 +556,13 @@ def child_main(conn: Connection, spec: ChildSpec) -> None:
 class ProcessInstance:
     """The server's side of one process instance: a Backend to the executor."""
 
-    def __init__(self, context: InstanceContext, nice: int = 0) -> None:
+    def __init__(
+        self, context: InstanceContext, nice: int = 0, env: ModelEnv | None = None
+    ) -> None:
         """`nice`: added to the child's niceness, so that the server's event loop, whose
-        work per request is short and waited on, gets a shared core before model code."""
+        work per request is short and waited on, gets a shared core before model code.
+        `env`: the model's own environment (EXECUTION_ENV_PATH), whose interpreter runs it."""
+        self._env = env
         self.spec = ChildSpec(
             context.model_name,
             context.version,
@@ -596,10 +606,16 @@ class ProcessInstance:
     def _start(self) -> ModelSignature | None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        process = context.Process(
-            target=child_main, args=(child, self.spec), name=f"tg-{self.name}", daemon=True
-        )
-        process.start()
+        env = self._env
+        if env is None:
+            target: Callable[..., Any] = child_main
+            args: tuple[Any, ...] = (child, self.spec)
+        else:
+            target = in_env
+            args = (env, f"{__name__}:child_main", child, pickle.dumps(self.spec))
+        process = context.Process(target=target, args=args, name=f"tg-{self.name}", daemon=True)
+        with spawning(env):
+            process.start()
         child.close()
         try:
             # Model code may define its metrics while it loads, and wait for the answer.

@@ -42,6 +42,7 @@ from tensorgate.dataplane.statistics import ModelStats
 from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.executors.instance_threads import InstanceThreads
+from tensorgate.executors.model_env import ENV_PARAMETER, env_parameter, model_env
 from tensorgate.executors.process_instance import ProcessInstance
 from tensorgate.executors.rate_limiter import Gate, RateLimiter, instance_needs
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
@@ -105,6 +106,13 @@ def execution(config: mc.ModelConfig, server_default: str, rate_limited: bool = 
     param = config.parameters.get(EXECUTION_PARAMETER)
     asked = param is not None and bool(param.string_value)
     chosen = param.string_value if param is not None and asked else server_default
+    if env_parameter(config):  # its interpreter is another program: a process of its own
+        if asked and chosen != "process":
+            raise ModelLoadError(
+                f"execution: {chosen} is not possible for this model: parameter "
+                f"{ENV_PARAMETER} runs it with its environment's interpreter, in processes"
+            )
+        return "process"
     if chosen not in EXECUTIONS:
         raise ModelLoadError(
             f"parameter {EXECUTION_PARAMETER} must be one of {', '.join(EXECUTIONS)}, "
@@ -303,8 +311,9 @@ class VersionBuilder:
         path = model_file(config, factory, version_dir)
         fill = not self.settings.disable_auto_complete_config
         in_process = execution(config, self.settings.execution) == "process"
+        env = model_env(config, model_dir)  # unpacked once for every instance
         if factory.name == "python" and fill:
-            auto_complete(config, name, version, path, in_child=in_process)
+            auto_complete(config, name, version, path, in_child=in_process, env=env)
             check_supported(config)  # what the model added is held to the same table
 
         def create(index: int) -> Backend:
@@ -320,7 +329,7 @@ class VersionBuilder:
                 self.calls,
             )
             if in_process:
-                return ProcessInstance(context, self.settings.process_nice)
+                return ProcessInstance(context, self.settings.process_nice, env)
             return factory.create(context)
 
         instances: list[Backend] = []
