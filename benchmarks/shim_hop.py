@@ -76,7 +76,7 @@ async def servers_with(
     from tensorgate.settings import Settings
 
     settings = Settings(
-        model_repository=repository,
+        model_repository=[repository],
         host="127.0.0.1",
         http_port=http_port,
         metrics_port=0,

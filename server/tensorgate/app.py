@@ -255,10 +255,10 @@ async def serve(
     """Run the server until a signal arrives; returns the process exit code. With `role`,
     this process is one worker of several (workers/supervisor.py)."""
     started = time.perf_counter()
-    root = settings.model_repository
-    if not root.is_dir():
-        log.error(f"model repository {root} does not exist or is not a directory")
-        return 2
+    for root in settings.model_repository:
+        if not root.is_dir():
+            log.error(f"model repository {root} does not exist or is not a directory")
+            return 2
     try:
         servers = Servers(settings, log_control, role=role)
     except (RuntimeError, ValueError, OSError) as exc:  # tracing without its extra, a bad
@@ -350,9 +350,10 @@ def run(settings: Settings) -> int:
     if settings.workers != "1":
         from tensorgate.workers.supervisor import supervise, worker_count
 
-        if not settings.model_repository.is_dir():
-            log.error(f"model repository {settings.model_repository} is not a directory")
-            return 2
+        for root in settings.model_repository:
+            if not root.is_dir():
+                log.error(f"model repository {root} is not a directory")
+                return 2
         count = worker_count(settings)
         if count > 1:
             with asyncio.Runner(loop_factory=factory) as runner:

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "TENSORGATE_"
 # A list setting's separator in a variable, where its items may hold commas themselves.
-_LIST_SEPARATORS = {"restrict": ";"}
+_LIST_SEPARATORS = {"restrict": ";", "model_repository": os.pathsep}
 
 # What each setting does, for `--help` and the generated settings reference.
 HELP = {
-    "model_repository": "directory laid out like a Triton model repository; missing: exit 2",
+    "model_repository": "directory laid out like a Triton model repository (repeatable, "
+    "model names unique across them; in the variable, ':' between directories); missing: "
+    "exit 2",
     "host": "address every port listens on",
     "grpc_port": "port of the gRPC inference service, health and reflection",
     "model_control_mode": "none: load every model at start; explicit: load/unload by RPC; "
@@ -111,7 +113,8 @@ class Settings:
     """Server settings; each field is also a flag (--grpc-port) and a variable
     (TENSORGATE_GRPC_PORT)."""
 
-    model_repository: Path = Path("model_repository")
+    # Triton's repeatable --model-repository: model names are unique across them.
+    model_repository: list[Path] = field(default_factory=lambda: [Path("model_repository")])
     host: str = "0.0.0.0"
     grpc_port: int = 8001
     http_port: int = 8000  # REST shim; -1 turns it off
@@ -201,9 +204,12 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if "float" in text:
             return float(value)
         if "list" in text:
-            return [v for v in value.split(_LIST_SEPARATORS.get(name, ",")) if v]
+            items = [v for v in value.split(_LIST_SEPARATORS.get(name, ",")) if v]
+            return [Path(v) for v in items] if "Path" in text else items
         if "Path" in text:
             return Path(value)
+    if "list[Path]" in text and value is not None:
+        return [Path(v) for v in (value if isinstance(value, list) else [value])]
     if "Path" in text and value is not None:
         return Path(value)
     return value

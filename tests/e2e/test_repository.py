@@ -107,6 +107,41 @@ def test_plain_asyncio_loop_serves_grpc_streaming_and_http(tmp_path: Path) -> No
         assert server.stop() == 0
 
 
+def test_models_of_several_repositories_are_served_and_a_name_in_two_fails_by_name(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root, names in ((first, ("a", "both")), (second, ("b", "both", "later"))):
+        for name in names:
+            identity_onnx(root / name / "1" / "model.onnx", "FP32")
+    server = start_server(
+        first,
+        tmp_path / "log",
+        "--model-repository",
+        str(second),
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "a",
+        "--load-model",
+        "b",
+    )
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        assert identity_infer(client, "a") == identity_infer(client, "b") == [[0.0, 1.0, 2.0, 3.0]]
+        states = {m.name: m.state for m in client.get_model_repository_index().models}
+        assert states == {"a": "READY", "b": "READY", "both": "", "later": ""}
+        client.load_model("later")  # from the second repository, by name alone
+        assert identity_infer(client, "later") == [[0.0, 1.0, 2.0, 3.0]]
+        with pytest.raises(InferenceServerException, match="in more than one model repository"):
+            client.load_model("both")
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["both"].state == "UNAVAILABLE"
+        assert str(first) in index["both"].reason and str(second) in index["both"].reason
+    finally:
+        assert server.stop() == 0
+
+
 def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     for name in ("first", "second"):

@@ -46,7 +46,17 @@ def test_settings_precedence_is_flags_then_environment_then_file(tmp_path: Path)
     assert settings.http_port == 9100  # environment beats file
     assert settings.metrics_port == 9202  # flag beats environment
     assert settings.load_model == ["a"] and settings.exit_on_error is True
-    assert settings.model_repository == Path("/models")
+    assert settings.model_repository == [Path("/models")]
+
+
+def test_model_repositories_come_from_repeated_flags_or_a_path_list() -> None:
+    from tensorgate.cli import _parser
+
+    args = _parser().parse_args(["serve", "--model-repository", "/a", "--model-repository", "/b"])
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    assert build_settings(flags, {}).model_repository == [Path("/a"), Path("/b")]
+    env = {"TENSORGATE_MODEL_REPOSITORY": "/a:/b"}
+    assert build_settings({}, env).model_repository == [Path("/a"), Path("/b")]
 
 
 def test_settings_reject_unknown_keys_and_modes(tmp_path: Path) -> None:

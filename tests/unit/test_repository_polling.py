@@ -41,4 +41,4 @@ def test_hidden_files_and_directories_are_not_part_of_the_repository(tmp_path: P
     (model / ".cache" / "x").write_bytes(b"x")
     assert fingerprint(model) == before
     (tmp_path / ".incoming").mkdir()  # a model being copied in under a hidden name
-    assert list(repository_fingerprints(tmp_path)) == ["m"]
+    assert list(repository_fingerprints([tmp_path])) == ["m"]

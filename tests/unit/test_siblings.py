@@ -20,7 +20,7 @@ async def _call_before_and_after_the_sibling_starts(tmp_path: Path) -> tuple[int
     sockets = tmp_path / "sockets"
     sockets.mkdir()
     settings = Settings(
-        model_repository=repository,
+        model_repository=[repository],
         host="127.0.0.1",
         grpc_port=0,
         http_port=-1,

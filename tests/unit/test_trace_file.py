@@ -58,7 +58,7 @@ def test_each_worker_process_writes_a_trace_file_of_its_own(tmp_path: Path) -> N
     from tensorgate.settings import Settings
     from tensorgate.workers.role import WorkerRole
 
-    settings = Settings(model_repository=tmp_path, trace_file=tmp_path / "trace.json")
+    settings = Settings(model_repository=[tmp_path], trace_file=tmp_path / "trace.json")
     alone = _tracing(settings, None)
     worker = _tracing(settings, WorkerRole(1, 2, tmp_path))
     assert alone is not None and worker is not None
@@ -66,4 +66,4 @@ def test_each_worker_process_writes_a_trace_file_of_its_own(tmp_path: Path) -> N
     assert (alone.sink.path.name, worker.sink.path.name) == ("trace.json", "trace.json.worker1")
     for tracing in (alone, worker):
         tracing.shutdown()
-    assert _tracing(Settings(model_repository=tmp_path), None) is None  # nowhere to trace to
+    assert _tracing(Settings(model_repository=[tmp_path]), None) is None  # nowhere to trace to

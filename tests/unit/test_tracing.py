@@ -93,7 +93,7 @@ async def _serve_and_call(settings: Settings, tracing: Tracing) -> None:
 def test_traces_show_the_request_tree_and_the_batch_linking_requests(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     settings = Settings(
-        model_repository=_repository(tmp_path / "repo"),
+        model_repository=[_repository(tmp_path / "repo")],
         host="127.0.0.1",
         grpc_port=0,
         http_port=0,

@@ -27,6 +27,18 @@ from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+def model_directories(roots: list[Path]) -> list[str]:
+    """The name of every model directory in the repositories (hidden ones skipped); a name
+    in two of them comes twice."""
+    return [
+        entry.name
+        for root in roots
+        for entry in sorted(root.iterdir())
+        if entry.is_dir() and not entry.name.startswith(".")
+    ]
+
+
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 
 
@@ -52,7 +64,7 @@ class ModelRepository:
         metrics: MetricsStore | None = None,
         on_state_change: Callable[[], None] | None = None,
     ) -> None:
-        self.root = settings.model_repository
+        self.roots = settings.model_repository
         self.settings = settings
         self.metrics = metrics
         self.builder = VersionBuilder(settings, metrics, self.get)
@@ -62,13 +74,19 @@ class ModelRepository:
         self._on_state_change = on_state_change or (lambda: None)
 
     def scan(self) -> list[str]:
-        """Model directories in the repository (hidden ones skipped), recorded if new."""
-        names = sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        """Model directories in the repositories (hidden ones skipped), recorded if new."""
+        names = sorted(set(model_directories(self.roots)))
         for name in names:
             self.records.setdefault(name, ModelRecord(name))
         return names
+
+    def _directories(self, name: str) -> list[Path]:
+        """The model's directory in each repository that has one (one, unless misplaced)."""
+        return [root / name for root in self.roots if (root / name).is_dir()]
+
+    def _not_found(self, name: str) -> NotFound:
+        where = ", ".join(str(root) for root in self.roots)
+        return NotFound(f"model '{name}' is not in the repository {where}")
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve: the requested one, else the highest loaded."""
@@ -110,10 +128,11 @@ class ModelRepository:
     async def load(self, name: str, override: LoadOverride | None = None) -> None:
         """Load or reload a model, from the repository or with the config and files a load
         request gave; on failure the record holds the reason and it is raised."""
-        model_dir = self.root / name
+        directories = self._directories(name)
         from_files = override is not None and bool(override.files)
-        if not from_files and not model_dir.is_dir():
-            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+        if not from_files and not directories:
+            raise self._not_found(name)
+        model_dir = directories[0] if directories else self.roots[0] / name
         record = self.records.setdefault(name, ModelRecord(name))
         async with self._locks.setdefault(name, asyncio.Lock()):
             old_files = record.files_dir
@@ -129,6 +148,12 @@ class ModelRepository:
             try:
                 if override is not None and from_files:
                     files_dir = model_dir = await asyncio.to_thread(override.materialize, name)
+                elif len(directories) > 1:  # as Triton: names are unique across repositories
+                    raise ModelLoadError(
+                        f"model '{name}' is in more than one model repository "
+                        f"({', '.join(str(d.parent) for d in directories)}): a name must be "
+                        "unique across them"
+                    )
                 config = override.config if override is not None else None
                 await self._load_steps(name, model_dir, config)
                 versions = await asyncio.to_thread(self._load_blocking, name, model_dir, config)
@@ -167,7 +192,7 @@ class ModelRepository:
         if config is None or config.platform != "ensemble":
             return
         for step in sorted({s.model_name for s in config.ensemble_scheduling.step} - {name}):
-            if not (self.root / step).is_dir():
+            if not self._directories(step):
                 continue  # the plan's check names the missing model
             try:
                 await self.ensure_loaded(step)
@@ -195,7 +220,7 @@ class ModelRepository:
         with `dependents`, an ensemble's step models too (Triton's unload_dependents)."""
         record = self.records.get(name)
         if record is None:
-            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+            raise self._not_found(name)
         steps = sorted(
             {
                 s.model_name

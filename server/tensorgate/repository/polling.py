@@ -43,13 +43,15 @@ def fingerprint(model_dir: Path) -> Fingerprint:
     return tuple(entries)
 
 
-def repository_fingerprints(root: Path) -> dict[str, Fingerprint]:
-    """Every model directory of the repository (hidden ones left out), by name."""
-    return {
-        entry.name: fingerprint(entry)
-        for entry in sorted(root.iterdir())
-        if entry.is_dir() and not entry.name.startswith(".")
-    }
+def repository_fingerprints(roots: list[Path]) -> dict[str, Fingerprint]:
+    """Every model directory of the repositories (hidden ones left out), by name; a name in
+    two repositories has both directories' files in its fingerprint."""
+    found: dict[str, Fingerprint] = {}
+    for root in roots:
+        for entry in sorted(root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                found[entry.name] = found.get(entry.name, ()) + fingerprint(entry)
+    return found
 
 
 class RepositoryPoller:
@@ -62,7 +64,7 @@ class RepositoryPoller:
 
     async def remember(self) -> None:
         """Take every model's fingerprint before start-up loads them all."""
-        self._loaded_from = await asyncio.to_thread(repository_fingerprints, self.repository.root)
+        self._loaded_from = await asyncio.to_thread(repository_fingerprints, self.repository.roots)
 
     async def run(self) -> None:
         while True:
@@ -76,7 +78,7 @@ class RepositoryPoller:
 
     async def poll(self) -> None:
         """One comparison of the repository with what is loaded, and the loads it calls for."""
-        current = await asyncio.to_thread(repository_fingerprints, self.repository.root)
+        current = await asyncio.to_thread(repository_fingerprints, self.repository.roots)
         for name in sorted(self._loaded_from.keys() - current.keys()):
             del self._loaded_from[name]
             log.info("model directory removed: unloading", extra={"model": name})

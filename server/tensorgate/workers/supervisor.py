@@ -67,7 +67,8 @@ def worker_count(settings: Settings) -> int:
     if settings.workers != "auto":
         return int(settings.workers)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    for model_dir in sorted(p for p in settings.model_repository.iterdir() if p.is_dir()):
+    dirs = sorted(p for root in settings.model_repository for p in root.iterdir() if p.is_dir())
+    for model_dir in dirs:
         try:
             config = read_config(model_dir, settings.model_config_name)
         except TensorgateError:
