@@ -23,6 +23,7 @@ from tensorgate.observability.metrics_server import MetricsApp, metrics_server
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.trace_file import TraceFileSink
 from tensorgate.observability.tracing import SpanSink, TraceSink, Tracing
+from tensorgate.observability.triton_metrics import CpuSampler, TritonCollector
 from tensorgate.protocol.tensors import LIMITS
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.polling import RepositoryPoller
@@ -115,6 +116,7 @@ class Servers:
             ]
             if self.cache is not None:
                 extra.append(ResponseCacheCollector(self.cache))
+            extra.append(TritonCollector(self.dataplane.loaded_versions, CpuSampler()))
             registry = build_registry(collector, generation, *extra)
         metrics_text = partial(generate_latest, registry) if registry is not None else None
         self.siblings = siblings = Siblings(role) if role is not None else None

@@ -4,6 +4,7 @@ run-time log levels, and gRPC health transitions during loading and draining.
 
 from __future__ import annotations
 
+import gzip
 import json
 import queue
 import re
@@ -164,6 +165,46 @@ def test_metrics_count_requests_outcomes_and_batches_exactly(observed: Server) -
     assert value(after, "process_cpu_seconds_total") > 0
 
 
+def test_tritons_metric_families_agree_with_model_statistics(observed: Server) -> None:
+    client = grpcclient.InferenceServerClient(observed.url)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: client.infer("batched", [grpc_input()]), range(4)))
+    with pytest.raises(InferenceServerException, match="negative input"):
+        client.infer("plain", [grpc_input(sign=-1.0)])
+    with urllib.request.urlopen(observed.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    statistics = client.get_inference_statistics(as_json=True)["model_stats"]
+    for stats in statistics:
+        model = f'{{model="{stats["name"]}",version="{stats["version"]}"}}'
+
+        def exposed(name: str, model: str = model) -> int:
+            (line,) = [x for x in text.splitlines() if x.startswith(name + model + " ")]
+            return int(float(line.split()[-1]))
+
+        kinds = stats["inference_stats"]  # protobuf's JSON leaves zeros out
+
+        def stat(kind: str, field: str, kinds: dict[str, Any] = kinds) -> int:
+            return int(kinds.get(kind, {}).get(field, 0))
+
+        assert exposed("nv_inference_request_success") == stat("success", "count")
+        assert exposed("nv_inference_request_failure") == stat("fail", "count")
+        assert exposed("nv_inference_count") == int(stats.get("inference_count", 0))
+        assert exposed("nv_inference_exec_count") == int(stats.get("execution_count", 0))
+        assert exposed("nv_inference_request_duration_us") == (
+            (stat("success", "ns") + stat("fail", "ns")) // 1000
+        )
+        for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+            assert exposed(f"nv_inference_{phase}_duration_us") == stat(phase, "ns") // 1000
+        assert exposed("nv_inference_pending_request_count") == 0
+    assert "# TYPE nv_inference_request_success counter" in text
+    plain = 'nv_inference_request_failure{model="plain",version="1"} '
+    (failures,) = [float(x.split()[-1]) for x in text.splitlines() if x.startswith(plain)]
+    assert failures >= 1  # the negative input above
+    cpu = {x.split()[0]: float(x.split()[1]) for x in text.splitlines() if x.startswith("nv_cpu")}
+    assert 0.0 <= cpu["nv_cpu_utilization"] <= 1.0
+    assert 0 < cpu["nv_cpu_memory_used_bytes"] < cpu["nv_cpu_memory_total_bytes"]
+
+
 def test_metrics_endpoint_serves_only_metrics(observed: Server) -> None:
     base = observed.metrics_url.removesuffix("/metrics")
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -174,7 +215,13 @@ def test_metrics_endpoint_serves_only_metrics(observed: Server) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
-        assert response.read().rstrip().endswith(b"# EOF")
+        body = response.read()
+        assert body.rstrip().endswith(b"# EOF")
+        assert b"\nnv_inference_count_total{" in body  # OpenMetrics counters keep the suffix
+    gzipped = urllib.request.Request(observed.metrics_url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(gzipped, timeout=10) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert b"\nnv_inference_count{" in gzip.decompress(response.read())
 
 
 def test_request_id_is_echoed_and_on_every_log_line_of_its_request(observed: Server) -> None:

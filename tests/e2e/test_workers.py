@@ -102,6 +102,9 @@ def test_two_workers_serve_as_one_server_in_metrics_and_statistics(two_workers: 
     with grpcclient.InferenceServerClient(two_workers.url) as client:
         stats = client.get_inference_statistics("add_sub").model_stats[0]
         assert stats.inference_stats.success.count == sent
+    # Triton's counter, under its own name (no _total), summed over the workers too.
+    success = r'nv_inference_request_success\{model="add_sub",version="1"\}'
+    assert _metric(two_workers, success) == sent
     assert _metric(two_workers, r'tensorgate_workers\{state="serving"\}') == 2
     assert (
         'process_resident_memory_bytes{worker="1"}'

@@ -305,14 +305,44 @@ class GpuCollector(Collector):
             "Fraction of the last sample period in which a kernel ran (NVML).",
             labels=labels,
         )
+        # Triton's names for the same readings and its power gauges, labelled by UUID.
+        triton = {
+            name: GaugeMetricFamily(name, text, labels=["gpu_uuid"])
+            for name, text in (
+                ("nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)"),
+                ("nv_gpu_memory_total_bytes", "GPU total memory, in bytes"),
+                ("nv_gpu_memory_used_bytes", "GPU used memory, in bytes"),
+                ("nv_gpu_power_usage", "GPU power usage in watts"),
+                ("nv_gpu_power_limit", "GPU power management limit in watts"),
+                ("nv_energy_consumption", "GPU energy used in joules since its driver loaded"),
+            )
+        }
         nvml = self.nvml
         for index, handle in enumerate(self.handles):
-            key = [str(index), str(nvml.nvmlDeviceGetUUID(handle))]
+            uuid = str(nvml.nvmlDeviceGetUUID(handle))
+            key = [str(index), uuid]
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100
             used.add_metric(key, memory.used)
             total.add_metric(key, memory.total)
-            util.add_metric(key, nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
-        yield from (used, total, util)
+            util.add_metric(key, utilization)
+            readings = {
+                "nv_gpu_utilization": utilization,
+                "nv_gpu_memory_total_bytes": memory.total,
+                "nv_gpu_memory_used_bytes": memory.used,
+            }
+            for name, read, scale in (
+                ("nv_gpu_power_usage", nvml.nvmlDeviceGetPowerUsage, 1e-3),  # mW
+                ("nv_gpu_power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit, 1e-3),
+                ("nv_energy_consumption", nvml.nvmlDeviceGetTotalEnergyConsumption, 1e-3),  # mJ
+            ):
+                try:
+                    readings[name] = read(handle) * scale
+                except Exception:  # not every GPU reports power (NVML: not supported)
+                    continue
+            for name, value in readings.items():
+                triton[name].add_metric([uuid], value)
+        yield from (used, total, util, *triton.values())
 
 
 def build_registry(collector: TensorgateCollector, *more: Collector) -> CollectorRegistry:

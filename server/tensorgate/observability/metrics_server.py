@@ -6,12 +6,15 @@ counter and histogram at one consistent instant.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from tensorgate.errors import TensorgateError
+from tensorgate.observability.triton_metrics import triton_names
 from tensorgate.settings import Settings
 from tensorgate.transport.access import WWW_AUTHENTICATE, AccessPolicy
 from tensorgate.transport.asgi import AsgiServer
@@ -29,7 +32,7 @@ class MetricsApp:
     token with `authorization` in its scrape config)."""
 
     def __init__(self, registry: CollectorRegistry, policy: AccessPolicy | None = None) -> None:
-        self.exposition = make_asgi_app(registry)
+        self.registry = registry
         self.policy = policy if policy is not None and policy.active else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,7 +50,24 @@ class MetricsApp:
                 extra = [(b"www-authenticate", WWW_AUTHENTICATE.encode())] if status == 401 else []
                 await _plain(send, status, exc.message.encode() + b"\n", extra)
                 return
-        await self.exposition(scope, receive, send)
+        await _exposition(self.registry, scope, send)
+
+
+async def _exposition(registry: CollectorRegistry, scope: Scope, send: Send) -> None:
+    """The registry in the format the scraper accepts (Prometheus text or OpenMetrics),
+    gzipped if it says it takes gzip."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    encoder, content_type = choose_encoder(headers.get("accept", ""))
+    body = encoder(registry)
+    if content_type.startswith("text/plain"):
+        body = triton_names(body)
+    response = [(b"content-type", content_type.encode())]
+    if gzip_accepted(headers.get("accept-encoding", "")):
+        body = gzip.compress(body)
+        response.append((b"content-encoding", b"gzip"))
+    response.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": response})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _plain(

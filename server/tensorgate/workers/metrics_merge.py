@@ -15,6 +15,8 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from tensorgate.observability.triton_metrics import triton_names
+
 _SUMMED = {"counter", "histogram", "summary", "gaugehistogram"}
 
 
@@ -59,4 +61,4 @@ def render(metrics: list[Metric]) -> bytes:
     """The families in Prometheus text format 0.0.4."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed(metrics))
-    return generate_latest(registry)
+    return triton_names(generate_latest(registry))

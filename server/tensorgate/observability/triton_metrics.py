@@ -1,0 +1,190 @@
+"""Triton's metric families (`nv_inference_*`, `nv_cache_*`, `nv_cpu_*`) beside tensorgate's
+own, so dashboards and alerts written for Triton read a tensorgate server unchanged.
+
+The inference counters are read at scrape time from each loaded version's statistics, the
+numbers ModelStatistics answers with, so the two always agree; like Triton's, they start
+from zero when a model loads and leave the exposition when it unloads. Triton writes its
+counters without the `_total` suffix that prometheus_client gives every counter:
+`triton_names` takes it off them in the Prometheus text format (OpenMetrics requires it, so
+there they keep it). The CPU gauges are the machine's, as Triton reports them: utilization
+over the time since the previous scrape, memory from /proc/meminfo.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tensorgate.dataplane.statistics import ModelStats
+    from tensorgate.runners.base import ModelVersion
+
+# Triton's counters: name, help, and how to read it from a version's statistics.
+_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    (
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes",
+        lambda s: s.fail.count,
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: (s.success.ns + s.fail.ns) // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative inference compute output duration in microseconds (does not include "
+        "cached requests)",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+)
+# Only for models whose responses are cached.
+_CACHE_COUNTERS: tuple[tuple[str, str, Callable[[ModelStats], int]], ...] = (
+    ("nv_cache_num_hits_per_model", "Number of cache hits per model", lambda s: s.cache_hit.count),
+    (
+        "nv_cache_num_misses_per_model",
+        "Number of cache misses per model",
+        lambda s: s.cache_miss.count,
+    ),
+    (
+        "nv_cache_hit_duration_per_model",
+        "Total cache hit duration per model, in microseconds",
+        lambda s: s.cache_hit.ns // 1000,
+    ),
+    (
+        "nv_cache_miss_duration_per_model",
+        "Total cache miss (insert and lookup) duration per model, in microseconds",
+        lambda s: s.cache_miss.ns // 1000,
+    ),
+)
+_LABELS = ("model", "version")
+_NAMES = re.compile(
+    rb"^(# (?:HELP|TYPE) )?("
+    + b"|".join(name.encode() for name, _, _ in (*_COUNTERS, *_CACHE_COUNTERS))
+    + rb")_total(?=[ {])",
+    re.MULTILINE,
+)
+
+
+def triton_names(exposition: bytes) -> bytes:
+    """Prometheus text-format output with Triton's counters under Triton's exact names."""
+    return _NAMES.sub(rb"\1\2", exposition)
+
+
+class TritonCollector(Collector):
+    """Triton's per-model inference metrics and the machine's CPU gauges."""
+
+    def __init__(
+        self, loaded: Callable[[], list[ModelVersion]], cpu: CpuSampler | None = None
+    ) -> None:
+        self.loaded = loaded
+        self.cpu = cpu
+
+    def collect(self) -> Iterator[Metric]:
+        models = self.loaded()
+        for name, documentation, read in _COUNTERS:
+            yield _counter(name, documentation, [(m, read(m.stats)) for m in models])
+        cached = [m for m in models if m.cached]
+        for name, documentation, read in _CACHE_COUNTERS:
+            yield _counter(name, documentation, [(m, read(m.stats)) for m in cached])
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            labels=_LABELS,
+        )
+        for model in models:
+            pending.add_metric([model.name, str(model.version)], model.runner.status().queued)
+        yield pending
+        if self.cpu is not None:
+            yield from self.cpu.collect()
+
+
+def _counter(name: str, documentation: str, values: list[tuple[ModelVersion, int]]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=_LABELS)
+    for model, value in values:
+        family.add_metric([model.name, str(model.version)], value)
+    return family
+
+
+class CpuSampler:
+    """The machine's CPU utilization between scrapes, and its memory, from /proc."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self.proc = proc
+        self._last = self._times()
+        self._utilization = 0.0
+
+    def _times(self) -> tuple[int, int] | None:
+        """(busy, total) jiffies of every CPU since boot; None where /proc has no stat."""
+        try:
+            fields = (self.proc / "stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        values = [int(v) for v in fields[:8]]  # guest time is counted in user time already
+        idle = values[3] + values[4]  # idle and iowait
+        return sum(values) - idle, sum(values)
+
+    def _memory(self) -> tuple[int, int] | None:
+        """(total, used) bytes: used is what is not available, as `free` counts it."""
+        try:
+            lines = (self.proc / "meminfo").read_text().splitlines()
+        except OSError:
+            return None
+        kib = {line.split(":")[0]: int(line.split()[1]) for line in lines if ":" in line}
+        if "MemTotal" not in kib or "MemAvailable" not in kib:
+            return None
+        return kib["MemTotal"] * 1024, (kib["MemTotal"] - kib["MemAvailable"]) * 1024
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._times()
+        if now is not None and self._last is not None:
+            busy, total = now[0] - self._last[0], now[1] - self._last[1]
+            if total > 0:  # scrapes within one clock tick keep the previous window's figure
+                self._last, self._utilization = now, busy / total
+            yield GaugeMetricFamily(
+                "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", value=self._utilization
+            )
+        memory = self._memory()
+        if memory is not None:
+            total_bytes, used_bytes = memory
+            yield GaugeMetricFamily(
+                "nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", value=total_bytes
+            )
+            yield GaugeMetricFamily(
+                "nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", value=used_bytes
+            )
