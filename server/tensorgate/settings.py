@@ -91,6 +91,17 @@ HELP = {
     "default_max_batch_size": "max_batch_size given to a model whose config leaves it out "
     "and whose file batches (Triton's default, 4)",
     "max_message_bytes": "largest gRPC message sent or received",
+    "grpc_keepalive_time": "ms between the server's keepalive pings on a gRPC connection",
+    "grpc_keepalive_timeout": "ms the server waits for a keepalive ping's answer before it "
+    "closes the connection",
+    "grpc_keepalive_permit_without_calls": "send keepalive pings, and accept the client's, "
+    "on connections with no call open",
+    "grpc_http2_max_pings_without_data": "pings the server sends without data between them "
+    "(0: no limit)",
+    "grpc_http2_min_recv_ping_interval_without_data": "ms a client must leave between pings "
+    "without data; each one sooner is a strike",
+    "grpc_http2_max_ping_strikes": "strikes before the server closes the connection with "
+    "GOAWAY too_many_pings (0: no limit)",
     "intra_op_threads": "threads per backend session (onnxruntime, torch); 0: the backend's "
     "default",
     "max_queue_size": "waiting requests per model version (and waiting sequences of a sequence "
@@ -132,6 +143,13 @@ class Settings:
     default_max_batch_size: int = 4
     # tritonclient uses INT32_MAX for both directions; anything smaller rejects big tensors.
     max_message_bytes: int = 2**31 - 1
+    # gRPC keepalive and ping policy, Triton's flags and defaults (grpc's own defaults).
+    grpc_keepalive_time: int = 7_200_000
+    grpc_keepalive_timeout: int = 20_000
+    grpc_keepalive_permit_without_calls: bool = False
+    grpc_http2_max_pings_without_data: int = 2
+    grpc_http2_min_recv_ping_interval_without_data: int = 300_000
+    grpc_http2_max_ping_strikes: int = 2
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
@@ -272,6 +290,7 @@ def _check(settings: Settings) -> None:
         raise ValueError("tls_client_ca needs tls_cert and tls_key")
     _check_access(settings)
     _check_numbers(settings)
+    _check_keepalive(settings)
 
 
 def _check_numbers(settings: Settings) -> None:
@@ -293,6 +312,21 @@ def _check_numbers(settings: Settings) -> None:
         raise ValueError("http_header_timeout must be a number of seconds > 0")
     if not 0.0 <= settings.access_log_rate <= 1.0:
         raise ValueError("access_log_rate must be between 0 and 1")
+
+
+def _check_keepalive(settings: Settings) -> None:
+    keepalive = (
+        "grpc_keepalive_time",
+        "grpc_keepalive_timeout",
+        "grpc_http2_max_pings_without_data",
+        "grpc_http2_min_recv_ping_interval_without_data",
+        "grpc_http2_max_ping_strikes",
+    )
+    for name in keepalive:
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be >= 0")
+    if not settings.grpc_keepalive_time or not settings.grpc_keepalive_timeout:
+        raise ValueError("grpc_keepalive_time and grpc_keepalive_timeout must be > 0 ms")
 
 
 def _check_access(settings: Settings) -> None:

@@ -47,7 +47,7 @@ def test_every_flag_the_triton_page_names_exists() -> None:
         triton, tensorgate = row.split(" | ")[:2]
         # "the same": Triton's own flag names are tensorgate's too.
         named = triton if tensorgate.startswith("the same") else tensorgate
-        ours.update(re.findall(r"--([a-z][a-z-]*)", named))
+        ours.update(re.findall(r"--([a-z][a-z0-9-]*)", named))
     fields = {f.name for f in dataclasses.fields(Settings)}
     assert ours and {f.replace("-", "_") for f in ours} <= fields
 

@@ -54,6 +54,21 @@ class GrpcServer:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1 if settings.reuse_port and not private_address else 0),
+            ("grpc.keepalive_time_ms", settings.grpc_keepalive_time),
+            ("grpc.keepalive_timeout_ms", settings.grpc_keepalive_timeout),
+            # grpc's transport waits for any ping's answer this long (a minute by default)
+            # whatever the keepalive timeout says: the same bound, so the flag holds.
+            ("grpc.http2.ping_timeout_ms", settings.grpc_keepalive_timeout),
+            (
+                "grpc.keepalive_permit_without_calls",
+                int(settings.grpc_keepalive_permit_without_calls),
+            ),
+            ("grpc.http2.max_pings_without_data", settings.grpc_http2_max_pings_without_data),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                settings.grpc_http2_min_recv_ping_interval_without_data,
+            ),
+            ("grpc.http2.max_ping_strikes", settings.grpc_http2_max_ping_strikes),
         ]
         interceptors = []
         if policy is not None and policy.active and private_address is None:
