@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tensorgate import __version__
 from tensorgate.settings import HELP, Settings, build_settings
+from tensorgate.triton_flags import translate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tensorgate` command."""
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["serve"]:
+        try:
+            given = ["serve", *translate(given[1:])]
+        except ValueError as exc:
+            print(f"tensorgate: {exc}", file=sys.stderr)
+            return 2
+    args = _parser().parse_args(given)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = build_settings(overrides)

@@ -142,6 +142,29 @@ def test_models_of_several_repositories_are_served_and_a_name_in_two_fails_by_na
         assert server.stop() == 0
 
 
+def test_a_tritonserver_command_line_runs_with_only_the_program_changed(tmp_path: Path) -> None:
+    identity_onnx(tmp_path / "repo" / "identity" / "1" / "model.onnx", "FP32")
+    server = start_server(
+        tmp_path / "repo",
+        tmp_path / "log",
+        "--allow-metrics=false",
+        "--backend-config=onnxruntime,default-max-batch-size=8",
+        "--strict-readiness=false",
+        "--exit-timeout-secs=2",
+        "--log-verbose=1",
+    )
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        assert client.get_model_config("identity").config.max_batch_size == 8
+        assert identity_infer(client, "identity") == [[0.0, 1.0, 2.0, 3.0]]
+        with pytest.raises(OSError):  # metrics off, though a port was given before the flag
+            socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2).close()
+        settings = client.get_log_settings(as_json=True)["settings"]
+        assert settings["log_verbose_level"]["uint32_param"] == 1  # --log-verbose=1
+    finally:
+        assert server.stop() == 0
+
+
 def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     for name in ("first", "second"):

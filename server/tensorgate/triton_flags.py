@@ -1,0 +1,111 @@
+"""tritonserver's spellings of the flags tensorgate shares, so that a Triton command line
+runs with only the program's name changed.
+
+Switches take Triton's `--flag=true|false` (tensorgate's own form is `--flag` and
+`--no-flag`), and the flags whose name or form differ are rewritten into tensorgate's:
+`--exit-timeout-secs`, `--allow-http`, `--allow-metrics`, `--allow-grpc`, `--log-verbose`,
+`--log-info`, `--log-warning`, `--strict-model-config`, `--backend-config` (its
+`default-max-batch-size`), `--cache-config` (`local,size=N`) and `--reuse-grpc-port` /
+`--reuse-http-port`. A value tensorgate cannot honour fails with the flag's name; a Triton
+flag with no counterpart is left for the parser to refuse by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from tensorgate.settings import Settings
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _switch(flag: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"--{flag} takes true or false, got {value!r}")
+
+
+def _only_true(flag: str, why: str) -> Callable[[str, str], list[str]]:
+    def rewrite(_: str, value: str) -> list[str]:
+        if not _switch(flag, value):
+            raise ValueError(f"--{flag}=false: {why}")
+        return []
+
+    return rewrite
+
+
+def _off_when_false(setting: str) -> Callable[[str, str], list[str]]:
+    return lambda flag, value: [] if _switch(flag, value) else [setting, "-1"]
+
+
+def _level_when_false(level: str) -> Callable[[str, str], list[str]]:
+    return lambda flag, value: [] if _switch(flag, value) else ["--log-level", level]
+
+
+def _backend_config(flag: str, value: str) -> list[str]:
+    """`[backend,]key=value`: tensorgate has one backend-wide setting, the default batch."""
+    setting = value.split(",", 1)[-1]
+    key, _, number = setting.partition("=")
+    if key != "default-max-batch-size":
+        raise ValueError(
+            f"--{flag}={value}: tensorgate's backends take no '{key}' setting "
+            "(only default-max-batch-size)"
+        )
+    return ["--default-max-batch-size", number]
+
+
+def _cache_config(flag: str, value: str) -> list[str]:
+    kind, _, setting = value.partition(",")
+    key, _, size = setting.partition("=")
+    if kind != "local" or key != "size":
+        raise ValueError(f"--{flag}={value}: tensorgate's cache is 'local,size=BYTES'")
+    return ["--cache-size", size]
+
+
+_REWRITES: dict[str, Callable[[str, str], list[str]]] = {
+    "exit-timeout-secs": lambda flag, value: ["--exit-timeout", value],
+    "allow-http": _off_when_false("--http-port"),
+    "allow-metrics": _off_when_false("--metrics-port"),
+    "allow-grpc": _only_true("allow-grpc", "tensorgate always serves gRPC"),
+    "allow-gpu-metrics": _only_true("allow-gpu-metrics", "GPU metrics follow --metrics-port"),
+    "allow-cpu-metrics": _only_true("allow-cpu-metrics", "CPU metrics follow --metrics-port"),
+    "log-verbose": lambda flag, value: [] if value == "0" else ["--log-level", "DEBUG"],
+    "log-info": _level_when_false("WARNING"),
+    "log-warning": _level_when_false("ERROR"),
+    "log-error": _only_true("log-error", "errors are always logged"),
+    "strict-model-config": lambda flag, value: (
+        ["--disable-auto-complete-config"] if _switch(flag, value) else []
+    ),
+    "backend-config": _backend_config,
+    "cache-config": _cache_config,
+    "reuse-grpc-port": lambda flag, value: ["--reuse-port"] if _switch(flag, value) else [],
+    "reuse-http-port": lambda flag, value: ["--reuse-port"] if _switch(flag, value) else [],
+}
+# Triton's switches with tensorgate's names, which Triton writes `--flag=true|false`.
+_SWITCHES = {
+    f.name.replace("_", "-") for f in dataclasses.fields(Settings) if str(f.type) == "bool"
+}
+
+
+def translate(argv: Sequence[str]) -> list[str]:
+    """`serve`'s arguments with Triton's spellings rewritten into tensorgate's (ValueError
+    for a value tensorgate cannot honour)."""
+    out: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        name, equals, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--"):
+            out.append(arg)
+        elif name in _REWRITES:
+            if not equals:  # Triton also takes `--flag value`
+                value = next(items, "")
+            out += _REWRITES[name](name, value)
+        elif name in _SWITCHES and equals:
+            out.append(f"--{name}" if _switch(name, value) else f"--no-{name}")
+        else:
+            out.append(arg)
+    return out
