@@ -5,9 +5,9 @@ Switches take Triton's `--flag=true|false` (tensorgate's own form is `--flag` an
 `--no-flag`), and the flags whose name or form differ are rewritten into tensorgate's:
 `--exit-timeout-secs`, `--allow-http`, `--allow-metrics`, `--allow-grpc`, `--log-verbose`,
 `--log-info`, `--log-warning`, `--strict-model-config`, `--backend-config` (its
-`default-max-batch-size`), `--cache-config` (`local,size=N`) and `--reuse-grpc-port` /
-`--reuse-http-port`. A value tensorgate cannot honour fails with the flag's name; a Triton
-flag with no counterpart is left for the parser to refuse by name.
+`default-max-batch-size`), `--cache-config` (`local,size=N`), `--trace-config` and
+`--reuse-grpc-port` / `--reuse-http-port`. A value tensorgate cannot honour fails with the
+flag's name; a Triton flag with no counterpart is left for the parser to refuse by name.
 """
 
 from __future__ import annotations
@@ -66,7 +66,33 @@ def _cache_config(flag: str, value: str) -> list[str]:
     return ["--cache-size", size]
 
 
+# `--trace-config [MODE,]KEY=VALUE` keys and tensorgate's flag for each.
+_TRACE_KEYS = {
+    "file": "--trace-file",
+    "level": "--trace-level",
+    "rate": "--trace-rate",
+    "count": "--trace-count",
+    "log-frequency": "--trace-log-frequency",
+}
+
+
+def _trace_config(flag: str, value: str) -> list[str]:
+    """Triton's trace settings, one `[mode,]key=value` per flag; `mode=opentelemetry`
+    exports spans over OTLP (its endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    mode, _, setting = value.rpartition(",")
+    key, _, setting_value = setting.partition("=")
+    if key == "mode" and setting_value in ("triton", "opentelemetry"):
+        return ["--trace-exporter", "otlp"] if setting_value == "opentelemetry" else []
+    if mode in ("", "triton") and key in _TRACE_KEYS:
+        return [_TRACE_KEYS[key], setting_value]
+    raise ValueError(
+        f"--{flag}={value}: tensorgate reads mode=triton|opentelemetry and the keys "
+        f"{', '.join(_TRACE_KEYS)} (OpenTelemetry settings come from OTEL_* variables)"
+    )
+
+
 _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
+    "trace-config": _trace_config,
     "exit-timeout-secs": lambda flag, value: ["--exit-timeout", value],
     "allow-http": _off_when_false("--http-port"),
     "allow-metrics": _off_when_false("--metrics-port"),

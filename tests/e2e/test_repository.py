@@ -152,10 +152,16 @@ def test_a_tritonserver_command_line_runs_with_only_the_program_changed(tmp_path
         "--strict-readiness=false",
         "--exit-timeout-secs=2",
         "--log-verbose=1",
+        f"--trace-config=triton,file={tmp_path / 'trace.json'}",
+        "--trace-config",
+        "rate=5",
     )
     try:
         client = grpcclient.InferenceServerClient(server.url)
         assert client.get_model_config("identity").config.max_batch_size == 8
+        traces = client.get_trace_settings(as_json=True)["settings"]
+        assert traces["trace_file"]["value"] == [str(tmp_path / "trace.json")]
+        assert traces["trace_rate"]["value"] == ["5"]
         assert identity_infer(client, "identity") == [[0.0, 1.0, 2.0, 3.0]]
         with pytest.raises(OSError):  # metrics off, though a port was given before the flag
             socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2).close()

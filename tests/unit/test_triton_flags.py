@@ -50,6 +50,29 @@ def test_a_triton_command_line_sets_what_tritons_flags_set() -> None:
     assert {k: getattr(settings, k) for k in expected} == expected
 
 
+def test_tritons_trace_config_becomes_the_trace_flags() -> None:
+    settings = _settings(
+        "--trace-config=triton,file=/tmp/trace.json",
+        "--trace-config",
+        "level=TIMESTAMPS",
+        "--trace-config=level=TENSORS",
+        "--trace-config=rate=10",
+        "--trace-config=count=100",
+        "--trace-config=triton,log-frequency=50",
+        "--trace-config=mode=triton",
+    )
+    expected = {
+        "trace_file": Path("/tmp/trace.json"),
+        "trace_level": ["TIMESTAMPS", "TENSORS"],
+        "trace_rate": 10,
+        "trace_count": 100,
+        "trace_log_frequency": 50,
+        "trace_exporter": "none",
+    }
+    assert {k: getattr(settings, k) for k in expected} == expected
+    assert translate(["--trace-config=mode=opentelemetry"]) == ["--trace-exporter", "otlp"]
+
+
 def test_tensorgate_s_own_spellings_pass_through_unchanged() -> None:
     argv = ["--exit-timeout", "3", "--no-strict-readiness", "--metrics-port", "-1", "pos"]
     assert translate(argv) == argv
@@ -62,6 +85,7 @@ def test_tensorgate_s_own_spellings_pass_through_unchanged() -> None:
         ("--backend-config=python,shm-default-byte-size=1", "no 'shm-default-byte-size' setting"),
         ("--cache-config=redis,host=x", "tensorgate's cache is 'local,size=BYTES'"),
         ("--strict-readiness=maybe", "--strict-readiness takes true or false"),
+        ("--trace-config=opentelemetry,url=x:4318", "OpenTelemetry settings come from OTEL_"),
     ],
 )
 def test_a_triton_flag_tensorgate_cannot_honour_fails_by_name(flag: str, message: str) -> None:
