@@ -36,7 +36,7 @@ from tensorgate.backends.base import InstanceContext, ModelSignature
 from tensorgate.backends.triton_python import TritonPythonInstance, config_dict
 from tensorgate.dataplane.types import Array
 from tensorgate.errors import ModelLoadError
-from tensorgate.executors.model_env import ModelEnv, in_env, spawning
+from tensorgate.executors.model_env import ModelEnv, entry, spawning
 
 
 class PythonModel:
@@ -130,11 +130,9 @@ def auto_complete(
         spawn = multiprocessing.get_context("spawn")
         args = (config.SerializeToString(), model_name, version, str(model_file))
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as child:
+            target, target_args = entry(env, _completed, *args)
             with spawning(env):  # the child starts at the first submit
-                if env is None:
-                    done = child.submit(_completed, *args)
-                else:
-                    done = child.submit(in_env, env, f"{__name__}:_completed", *args)
+                done = child.submit(target, *target_args)
             config.CopyFrom(mc.ModelConfig.FromString(done.result()))
         return
     module = load_module(model_name, version, model_file)

@@ -26,7 +26,7 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,16 @@ def spawning(env: ModelEnv | None) -> Iterator[None]:
             yield
         finally:
             multiprocessing.spawn.set_executable(server)
+
+
+def entry(
+    env: ModelEnv | None, function: Callable[..., Any], *args: Any
+) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """What a spawned process is to call to run `function(*args)`: the function itself, or,
+    with `env`, `in_env` naming it (its module imported only once the path is set)."""
+    if env is None:
+        return function, args
+    return in_env, (env, f"{function.__module__}:{function.__qualname__}", *args)
 
 
 def in_env(env: ModelEnv, target: str, *args: Any) -> Any:

@@ -70,7 +70,7 @@ from tensorgate.errors import (
     Unavailable,
 )
 from tensorgate.executors.instance_threads import thread_event_loop, wait_for_room
-from tensorgate.executors.model_env import ModelEnv, in_env, spawning
+from tensorgate.executors.model_env import ModelEnv, entry, spawning
 from tensorgate.protocol.tensors import deserialize_bytes, serialize_bytes
 
 log = logging.getLogger(__name__)
@@ -607,12 +607,9 @@ class ProcessInstance:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         env = self._env
-        if env is None:
-            target: Callable[..., Any] = child_main
-            args: tuple[Any, ...] = (child, self.spec)
-        else:
-            target = in_env
-            args = (env, f"{__name__}:child_main", child, pickle.dumps(self.spec))
+        # In its own environment the spec travels pickled: unpickling it imports this module.
+        spec = self.spec if env is None else pickle.dumps(self.spec)
+        target, args = entry(env, child_main, child, spec)
         process = context.Process(target=target, args=args, name=f"tg-{self.name}", daemon=True)
         with spawning(env):
             process.start()

@@ -28,11 +28,11 @@ from tensorgate.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def model_directories(roots: list[Path]) -> list[str]:
-    """The name of every model directory in the repositories (hidden ones skipped); a name
-    in two of them comes twice."""
+def model_directories(roots: list[Path]) -> list[Path]:
+    """Every model directory in the repositories (hidden ones skipped), repository by
+    repository; a name in two of them comes twice."""
     return [
-        entry.name
+        entry
         for root in roots
         for entry in sorted(root.iterdir())
         if entry.is_dir() and not entry.name.startswith(".")
@@ -75,7 +75,7 @@ class ModelRepository:
 
     def scan(self) -> list[str]:
         """Model directories in the repositories (hidden ones skipped), recorded if new."""
-        names = sorted(set(model_directories(self.roots)))
+        names = sorted({directory.name for directory in model_directories(self.roots)})
         for name in names:
             self.records.setdefault(name, ModelRecord(name))
         return names

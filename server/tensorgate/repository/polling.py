@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from tensorgate.errors import TensorgateError
-from tensorgate.repository.manager import ModelRepository
+from tensorgate.repository.manager import ModelRepository, model_directories
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,8 @@ def repository_fingerprints(roots: list[Path]) -> dict[str, Fingerprint]:
     """Every model directory of the repositories (hidden ones left out), by name; a name in
     two repositories has both directories' files in its fingerprint."""
     found: dict[str, Fingerprint] = {}
-    for root in roots:
-        for entry in sorted(root.iterdir()):
-            if entry.is_dir() and not entry.name.startswith("."):
-                found[entry.name] = found.get(entry.name, ()) + fingerprint(entry)
+    for directory in model_directories(roots):
+        found[directory.name] = found.get(directory.name, ()) + fingerprint(directory)
     return found
 
 
