@@ -95,10 +95,9 @@ class Servers:
             settings.strict_readiness,
             self.tracing,
             self.cache,
+            settings.server_id,
         )
-        self.policy = build_policy(
-            settings.restrict, settings.auth_token_file, settings.auth_public
-        )
+        self.policy = build_policy(settings)
         self.role = role
         registry = None
         if self.metrics is not None:
@@ -116,8 +115,9 @@ class Servers:
             ]
             if self.cache is not None:
                 extra.append(ResponseCacheCollector(self.cache))
-            extra.append(TritonCollector(self.dataplane.loaded_versions, CpuSampler()))
-            registry = build_registry(collector, generation, *extra)
+            cpu = CpuSampler() if settings.allow_cpu_metrics else None
+            extra.append(TritonCollector(self.dataplane.loaded_versions, cpu))
+            registry = build_registry(collector, generation, *extra, gpu=settings.allow_gpu_metrics)
         metrics_text = partial(generate_latest, registry) if registry is not None else None
         self.siblings = siblings = Siblings(role) if role is not None else None
         self.grpc = GrpcServer(
@@ -277,9 +277,9 @@ async def serve(
         return 2
     log.info(
         "listening (not ready until models load)" if role is None else "loading",
-        host=settings.host,
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **ports,
+        **{f"{name}_address": settings.address(name) for name in ports},
     )
 
     failed = await servers.load()

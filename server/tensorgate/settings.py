@@ -16,14 +16,25 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "TENSORGATE_"
 # A list setting's separator in a variable, where its items may hold commas themselves.
-_LIST_SEPARATORS = {"restrict": ";", "model_repository": os.pathsep}
+_LIST_SEPARATORS = {
+    "restrict": ";",
+    "grpc_restricted_protocol": ";",
+    "http_restricted_api": ";",
+    "model_repository": os.pathsep,
+}
+# The ports TLS may cover.
+TLS_PORTS = ("grpc", "http", "metrics")
 
 # What each setting does, for `--help` and the generated settings reference.
 HELP = {
     "model_repository": "directory laid out like a Triton model repository (repeatable, "
     "model names unique across them; in the variable, ':' between directories); missing: "
     "exit 2",
-    "host": "address every port listens on",
+    "host": "address every port listens on, unless its own address is given",
+    "grpc_address": "address the gRPC port listens on (default: --host)",
+    "http_address": "address the HTTP port listens on (default: --host)",
+    "metrics_address": "address the metrics port listens on (default: --http-address)",
+    "server_id": "the server's name in its metadata (ServerMetadata, GET /v2)",
     "grpc_port": "port of the gRPC inference service, health and reflection",
     "model_control_mode": "none: load every model at start; explicit: load/unload by RPC; "
     "poll: load every model at start, then load, reload and unload them as their directories "
@@ -31,6 +42,9 @@ HELP = {
     "repository_poll_secs": "poll mode: seconds between two looks at the repository",
     "load_model": "explicit mode: model to load at start (repeatable; '*' loads all)",
     "exit_on_error": "exit non-zero if any model fails to load at start",
+    "model_load_thread_count": "models whose files load at the same time",
+    "model_load_retry_count": "times a model's failed load is tried again before the model "
+    "is unavailable",
     "model_config_name": "read each model's configs/NAME.pbtxt where it has one, else its "
     "config.pbtxt (one repository, configs per deployment)",
     "disable_auto_complete_config": "take configs as written: inputs, outputs and batching "
@@ -43,6 +57,8 @@ HELP = {
     "http_max_connections": "concurrent HTTP connections and requests before 503",
     "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
     "metrics_port": "port of Prometheus /metrics; -1 disables metrics",
+    "allow_cpu_metrics": "export the machine's CPU and memory gauges (nv_cpu_*)",
+    "allow_gpu_metrics": "export GPU gauges through NVML where a GPU answers",
     "dev": "human-readable console logs instead of JSON lines",
     "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
     "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
@@ -55,11 +71,15 @@ HELP = {
     "trace_log_frequency": "write the trace file every N traces, to FILE.0, FILE.1, ...; 0: "
     "append to FILE as traces finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
-    "tls_cert": "PEM certificate: serve gRPC and HTTP over TLS (with --tls-key)",
+    "tls_cert": "PEM certificate: serve the --tls-ports over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "tls_ports": "ports served over TLS when --tls-cert is given: grpc, http, metrics "
+    "(repeatable; default all three)",
     "restrict": "GROUP[,GROUP]:HEADER=VALUE: calls of those endpoint groups must carry the "
     "header with that value (repeatable; in the variable, ';' between restrictions)",
+    "grpc_restricted_protocol": "as --restrict, for gRPC calls only (Triton's flag)",
+    "http_restricted_api": "as --restrict, for HTTP calls only (Triton's flag)",
     "auth_token_file": "file of bearer tokens, one per line, each optionally followed by the "
     "endpoint groups it grants; every group but --auth-public then needs one; re-read on change",
     "auth_public": "endpoint groups that need no token when --auth-token-file is set",
@@ -127,6 +147,11 @@ class Settings:
     # Triton's repeatable --model-repository: model names are unique across them.
     model_repository: list[Path] = field(default_factory=lambda: [Path("model_repository")])
     host: str = "0.0.0.0"
+    # Each port's own address, as Triton's flags; "": --host (metrics: the HTTP address).
+    grpc_address: str = ""
+    http_address: str = ""
+    metrics_address: str = ""
+    server_id: str = "tensorgate"
     grpc_port: int = 8001
     http_port: int = 8000  # REST shim; -1 turns it off
     http_max_body_bytes: int = 128 * 2**20
@@ -134,10 +159,14 @@ class Settings:
     http_header_timeout: float = 10.0  # slow or silent clients lose their connection
     cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
+    allow_cpu_metrics: bool = True
+    allow_gpu_metrics: bool = True
     model_control_mode: str = "none"  # none | explicit | poll
     repository_poll_secs: float = 15.0  # poll mode: Triton's flag and default
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)
     exit_on_error: bool = False
+    model_load_thread_count: int = 4  # Triton's default
+    model_load_retry_count: int = 0
     model_config_name: str = ""  # configs/<name>.pbtxt before config.pbtxt, as Triton's flag
     disable_auto_complete_config: bool = False
     default_max_batch_size: int = 4
@@ -168,8 +197,11 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_ports: list[str] = field(default_factory=lambda: list(TLS_PORTS))
     # Access control (transport/access.py): restricted endpoint groups, bearer tokens.
     restrict: list[str] = field(default_factory=list)
+    grpc_restricted_protocol: list[str] = field(default_factory=list)
+    http_restricted_api: list[str] = field(default_factory=list)
     auth_token_file: Path | None = None
     auth_public: list[str] = field(default_factory=lambda: ["health"])
     # Triton's rate limiter (executors/rate_limiter.py): off or execution_count.
@@ -205,6 +237,13 @@ class Settings:
             "" if self.trace_file is None else str(self.trace_file),
             files=self.trace_file is not None,
         )
+
+    def address(self, port: str) -> str:
+        """The address `port` (grpc, http or metrics) listens on."""
+        own = {"grpc": self.grpc_address, "http": self.http_address}.get(port, "")
+        if port == "metrics":
+            own = self.metrics_address or self.http_address
+        return own or self.host
 
     @property
     def log_updates_allowed(self) -> bool:
@@ -284,16 +323,25 @@ def _check(settings: Settings) -> None:
         settings.trace_settings()
     except TensorgateError as exc:
         raise ValueError(exc.message) from None
-    if (settings.tls_cert is None) != (settings.tls_key is None):
-        raise ValueError("tls_cert and tls_key go together")
-    if settings.tls_client_ca is not None and settings.tls_cert is None:
-        raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    _check_tls(settings)
     _check_access(settings)
     _check_numbers(settings)
     _check_keepalive(settings)
 
 
+def _check_tls(settings: Settings) -> None:
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("tls_cert and tls_key go together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise ValueError("tls_client_ca needs tls_cert and tls_key")
+    unknown = sorted(set(settings.tls_ports) - set(TLS_PORTS))
+    if unknown or not settings.tls_ports:
+        raise ValueError(f"tls_ports: unknown ports {unknown}; known: {', '.join(TLS_PORTS)}")
+
+
 def _check_numbers(settings: Settings) -> None:
+    if settings.model_load_thread_count < 1 or settings.model_load_retry_count < 0:
+        raise ValueError("model_load_thread_count must be >= 1 and model_load_retry_count >= 0")
     if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers)):
         raise ValueError(f"workers must be a positive number or auto, got {settings.workers!r}")
     if settings.execution not in ("thread", "process", "inline", "auto"):
@@ -330,10 +378,9 @@ def _check_keepalive(settings: Settings) -> None:
 
 
 def _check_access(settings: Settings) -> None:
-    from tensorgate.transport.access import GROUPS, Restriction
+    from tensorgate.transport.access import GROUPS, AccessPolicy, restrictions
 
-    for restriction in settings.restrict:
-        Restriction.parse(restriction)
+    AccessPolicy(restrictions(settings))  # each parses, and no group is restricted twice
     for group in settings.auth_public:
         if group not in GROUPS:
             raise ValueError(f"auth_public: unknown endpoint group '{group}'")

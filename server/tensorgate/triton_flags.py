@@ -5,9 +5,11 @@ Switches take Triton's `--flag=true|false` (tensorgate's own form is `--flag` an
 `--no-flag`), and the flags whose name or form differ are rewritten into tensorgate's:
 `--exit-timeout-secs`, `--allow-http`, `--allow-metrics`, `--allow-grpc`, `--log-verbose`,
 `--log-info`, `--log-warning`, `--strict-model-config`, `--backend-config` (its
-`default-max-batch-size`), `--cache-config` (`local,size=N`), `--trace-config` and
-`--reuse-grpc-port` / `--reuse-http-port`. A value tensorgate cannot honour fails with the
-flag's name; a Triton flag with no counterpart is left for the parser to refuse by name.
+`default-max-batch-size`), `--cache-config` (`local,size=N`), `--trace-config`,
+`--reuse-grpc-port` / `--reuse-http-port`, `--model-store`, `--response-cache-byte-size`,
+`--id`, `--model-namespacing=false` and the gRPC TLS flags (`--grpc-use-ssl`, `-mutual`,
+`--grpc-server-cert`, `--grpc-server-key`, `--grpc-root-cert`). A value tensorgate cannot
+honour, and a Triton flag it has no counterpart for, fail with the flag's name and why.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def _only_true(flag: str, why: str) -> Callable[[str, str], list[str]]:
         return []
 
     return rewrite
+
+
+def _refused_when_true(flag: str, value: str, why: str) -> list[str]:
+    if _switch(flag, value):
+        raise ValueError(f"--{flag}=true: {why}")
+    return []
 
 
 def _off_when_false(setting: str) -> Callable[[str, str], list[str]]:
@@ -97,8 +105,6 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
     "allow-http": _off_when_false("--http-port"),
     "allow-metrics": _off_when_false("--metrics-port"),
     "allow-grpc": _only_true("allow-grpc", "tensorgate always serves gRPC"),
-    "allow-gpu-metrics": _only_true("allow-gpu-metrics", "GPU metrics follow --metrics-port"),
-    "allow-cpu-metrics": _only_true("allow-cpu-metrics", "CPU metrics follow --metrics-port"),
     "log-verbose": lambda flag, value: [] if value == "0" else ["--log-level", "DEBUG"],
     "log-info": _level_when_false("WARNING"),
     "log-warning": _level_when_false("ERROR"),
@@ -110,6 +116,43 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
     "cache-config": _cache_config,
     "reuse-grpc-port": lambda flag, value: ["--reuse-port"] if _switch(flag, value) else [],
     "reuse-http-port": lambda flag, value: ["--reuse-port"] if _switch(flag, value) else [],
+    "model-store": lambda flag, value: ["--model-repository", value],
+    "response-cache-byte-size": lambda flag, value: ["--cache-size", value],
+    "id": lambda flag, value: ["--server-id", value],
+    "model-namespacing": lambda flag, value: _refused_when_true(
+        flag, value, "model names are unique across the repositories"
+    ),
+}
+# Triton's gRPC TLS flags, read together at the end of the line (see `_grpc_tls`).
+_GRPC_TLS = (
+    "grpc-use-ssl",
+    "grpc-use-ssl-mutual",
+    "grpc-server-cert",
+    "grpc-server-key",
+    "grpc-root-cert",
+)
+# Triton flags with no counterpart here, and why: refused by name rather than ignored.
+_NO_COUNTERPART = {
+    "pinned-memory-pool-byte-size": "tensorgate keeps no pinned-memory pool",
+    "cuda-memory-pool-byte-size": "tensorgate keeps no CUDA memory pool (PyTorch and "
+    "onnxruntime allocate their own)",
+    "cuda-virtual-address-size": "tensorgate keeps no CUDA memory pool",
+    "min-supported-compute-capability": "every GPU CUDA reports is used",
+    "http-thread-count": "HTTP is served on the event loop (see --workers)",
+    "grpc-infer-allocation-pool-size": "responses are not pooled",
+    "grpc-infer-response-compression-level": "responses are sent uncompressed",
+    "buffer-manager-thread-count": "inputs are gathered on the requesting thread",
+    "model-load-gpu-limit": "loads are not limited by GPU memory",
+    "backend-directory": "tensorgate's backends are built in",
+    "repoagent-directory": "repository agents are not supported",
+    "cache-directory": "tensorgate's one cache is built in (--cache-config=local,size=N)",
+    "host-policy": "host policies are not supported",
+    "metrics-interval-ms": "metrics are read when scraped, not on an interval",
+    "metrics-config": "latency summaries and histograms are not exported",
+    "log-format": "logs are JSON lines (or --dev for the console)",
+    "log-file": "logs go to standard error",
+    "allow-sagemaker": "SageMaker's endpoints are not served",
+    "allow-vertex-ai": "Vertex AI's endpoints are not served",
 }
 # Triton's switches with tensorgate's names, which Triton writes `--flag=true|false`.
 _SWITCHES = {
@@ -117,21 +160,45 @@ _SWITCHES = {
 }
 
 
+def _grpc_tls(given: dict[str, str]) -> list[str]:
+    """Triton's gRPC TLS flags as tensorgate's TLS on the gRPC port alone. As in Triton, the
+    files are read only when --grpc-use-ssl (or -mutual) is true, and the root certificate
+    only for mutual TLS, where clients must present a certificate it signed."""
+    mutual = _switch("grpc-use-ssl-mutual", given.get("grpc-use-ssl-mutual", "false"))
+    if not (mutual or _switch("grpc-use-ssl", given.get("grpc-use-ssl", "false"))):
+        return []
+    needed = ["grpc-server-cert", "grpc-server-key", *(["grpc-root-cert"] if mutual else [])]
+    missing = [f"--{flag}" for flag in needed if not given.get(flag)]
+    if missing:
+        flag = "grpc-use-ssl-mutual" if mutual else "grpc-use-ssl"
+        raise ValueError(f"--{flag} needs {' and '.join(missing)}")
+    out = ["--tls-cert", given["grpc-server-cert"], "--tls-key", given["grpc-server-key"]]
+    if mutual:
+        out += ["--tls-client-ca", given["grpc-root-cert"]]
+    return [*out, "--tls-ports", "grpc"]
+
+
 def translate(argv: Sequence[str]) -> list[str]:
     """`serve`'s arguments with Triton's spellings rewritten into tensorgate's (ValueError
-    for a value tensorgate cannot honour)."""
+    for a value tensorgate cannot honour, or a Triton flag it has no counterpart for)."""
     out: list[str] = []
+    grpc_tls: dict[str, str] = {}
     items = iter(argv)
     for arg in items:
         name, equals, value = arg.removeprefix("--").partition("=")
         if not arg.startswith("--"):
             out.append(arg)
-        elif name in _REWRITES:
+        elif name in _NO_COUNTERPART:
+            raise ValueError(f"--{name}: {_NO_COUNTERPART[name]}")
+        elif name in _REWRITES or name in _GRPC_TLS:
             if not equals:  # Triton also takes `--flag value`
                 value = next(items, "")
-            out += _REWRITES[name](name, value)
+            if name in _GRPC_TLS:
+                grpc_tls[name] = value
+            else:
+                out += _REWRITES[name](name, value)
         elif name in _SWITCHES and equals:
             out.append(f"--{name}" if _switch(name, value) else f"--no-{name}")
         else:
             out.append(arg)
-    return out
+    return out + _grpc_tls(grpc_tls)

@@ -3,6 +3,7 @@ and poll mode following the repository on disk."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import socket
@@ -15,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import ROOT, start_server
-from tests.e2e.models import build_broken_repository, identity_onnx
+from tests.e2e.models import build_broken_repository, identity_onnx, python_model
 
 PEERS = ROOT.parent / "shared" / "peers" / "make_models.py"
 
@@ -387,3 +389,81 @@ def test_a_load_can_bring_its_own_config_and_files_and_an_unload_its_dependents(
     assert "need the model config beside them" in refusals[0].message()
     assert "load parameter 'config' is not a model config" in refusals[1].message()
     assert steps_ready == [False, False, False]
+
+
+# Triton Python model that records when its load starts and ends in LOG, and, named flaky*,
+# fails its first load.
+LOAD_WATCH = """
+import time
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+LOG = Path({log!r})
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        name = args["model_name"]
+        with LOG.open("a") as log:
+            log.write(f"start {{name}} {{time.monotonic()}}\\n")
+        tried = LOG.parent / f"{{name}}.tried"
+        if name.startswith("flaky") and not tried.exists():
+            tried.touch()
+            raise RuntimeError("the first load fails")
+        time.sleep(0.3)
+        with LOG.open("a") as log:
+            log.write(f"end {{name}} {{time.monotonic()}}\\n")
+
+    def execute(self, requests):
+        outputs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", o)]) for o in outputs]
+"""
+
+
+def test_tritons_address_id_metrics_and_load_flags_take_effect(tmp_path: Path) -> None:
+    repo, loads = tmp_path / "repo", tmp_path / "loads.log"
+    identity_onnx(repo / "identity" / "1" / "model.onnx", "FP32")
+    for name in ("slow_a", "slow_b", "slow_c", "flaky"):
+        python_model(repo, name, LOAD_WATCH.format(log=str(loads)), "FP32")
+    server = start_server(
+        repo,
+        tmp_path / "log",
+        "--grpc-address=127.0.0.1",
+        "--http-address",
+        "127.0.0.2",
+        "--metrics-address=127.0.0.3",
+        "--id=edge-7",
+        "--allow-cpu-metrics=false",
+        "--model-load-thread-count=1",
+        "--model-load-retry-count=1",
+    )
+    try:
+        client = grpcclient.InferenceServerClient(server.url)
+        assert client.get_server_metadata().name == "edge-7"
+        # Each port on its own address, and only there.
+        http = httpclient.InferenceServerClient(f"127.0.0.2:{server.http_port}")
+        assert http.get_server_metadata()["name"] == "edge-7"
+        assert identity_infer(client, "identity") == [[0.0, 1.0, 2.0, 3.0]]
+        metrics = requests.get(f"http://127.0.0.3:{server.metrics_port}/metrics", timeout=10).text
+        assert "nv_inference_request_success{" in metrics
+        assert "nv_cpu_utilization" not in metrics  # --allow-cpu-metrics=false
+        for port in (server.http_port, server.metrics_port):
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # The flaky model's failed first load was tried once more, and it serves.
+        assert client.is_model_ready("flaky")
+        retried = [
+            r for r in server.log_records() if r["event"] == "model load failed; trying again"
+        ]
+        assert [(r["model"], r["attempt"]) for r in retried] == [("flaky", 1)]
+        # One model's files at a time: no load began before the one before it ended.
+        spans: dict[str, list[float]] = {}
+        for line in loads.read_text().splitlines():
+            _, name, stamp = line.split()
+            spans.setdefault(name, []).append(float(stamp))
+        slow = sorted(spans[name] for name in ("slow_a", "slow_b", "slow_c"))
+        assert all(len(span) == 2 for span in slow)
+        assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(slow))
+    finally:
+        assert server.stop() == 0

@@ -331,3 +331,73 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
             ssl_options={"ca_certs": ca, "certfile": pair[0], "keyfile": pair[1]},
         ) as client:
             assert client.is_server_ready()
+
+
+def test_tritons_restricted_protocol_and_api_flags_each_guard_their_transport(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    grpc_key, http_key = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    with (
+        serving(
+            test_repository,
+            tmp_path_factory,
+            f"--grpc-restricted-protocol=inference,model-repository:x-grpc-key={grpc_key}",
+            "--http-restricted-api",
+            f"inference:x-http-key={http_key}",
+        ) as server,
+        grpcclient.InferenceServerClient(server.url) as client,
+    ):
+        assert _grpc_status(lambda: client.infer("add_sub", _inputs())) == (
+            "StatusCode.UNAUTHENTICATED"
+        )
+        assert _grpc_status(
+            lambda: client.infer("add_sub", _inputs(), headers={"x-http-key": http_key})
+        ) == ("StatusCode.UNAUTHENTICATED")
+        client.infer("add_sub", _inputs(), headers={"x-grpc-key": grpc_key})
+        assert _grpc_status(client.get_model_repository_index) == "StatusCode.UNAUTHENTICATED"
+        base = f"http://{server.http_url}"
+        infer = f"{base}/v2/models/add_sub/infer"
+        body = {
+            "inputs": [
+                {"name": n, "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+        assert requests.post(infer, json=body, timeout=10).status_code == 401
+        wrong = requests.post(infer, json=body, headers={"x-grpc-key": grpc_key}, timeout=10)
+        assert wrong.status_code == 401
+        answered = requests.post(infer, json=body, headers={"x-http-key": http_key}, timeout=10)
+        assert answered.status_code == 200, answered.text
+        # The repository group is restricted over gRPC only.
+        index = requests.post(f"{base}/v2/repository/index", json={}, timeout=10)
+        assert index.status_code == 200 and "add_sub" in index.text
+
+
+def test_tritons_grpc_ssl_flags_put_mutual_tls_on_grpc_and_leave_http_plain(
+    test_repository: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    certs = _certificates(tmp_path / "certs")
+    ca = str(certs["ca.pem"])
+    client_files = {
+        "private_key": str(certs["client.key"]),
+        "certificate_chain": str(certs["client.pem"]),
+    }
+    with serving(
+        test_repository,
+        tmp_path_factory,
+        "--grpc-use-ssl-mutual=true",
+        f"--grpc-server-cert={certs['server.pem']}",
+        "--grpc-server-key",
+        str(certs["server.key"]),
+        f"--grpc-root-cert={ca}",
+        client_options={"ssl": True, "root_certificates": ca, **client_files},
+    ) as server:
+        assert _grpc_tls(server, certs["ca.pem"], certs)
+        assert not _grpc_tls(server, certs["ca.pem"])  # no client certificate
+        plain = grpcclient.InferenceServerClient(server.url)  # no TLS at all
+        with plain, pytest.raises(InferenceServerException):
+            plain.is_server_live(client_timeout=5)
+        # As in Triton, HTTP and metrics stay plain.
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            assert client.is_server_ready()
+        assert requests.get(server.metrics_url, timeout=10).status_code == 200

@@ -98,7 +98,65 @@ def test_the_command_refuses_triton_flags_by_name(capsys: pytest.CaptureFixture[
 
     assert main(["serve", "--allow-grpc=false"]) == 2
     assert "--allow-grpc=false: tensorgate always serves gRPC" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # no counterpart: the parser names it
-        main(["serve", "--pinned-memory-pool-byte-size=0"])
+    # No counterpart: refused with the reason, in both of Triton's forms.
+    for argv in (["--pinned-memory-pool-byte-size=0"], ["--http-thread-count", "8"]):
+        assert main(["serve", *argv]) == 2
+        flag = argv[0].partition("=")[0]
+        assert f"tensorgate: {flag}: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # a flag neither server knows: the parser's
+        main(["serve", "--no-such-flag=1"])
     assert refused.value.code == 2
-    assert "--pinned-memory-pool-byte-size" in capsys.readouterr().err
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_tritons_addresses_id_aliases_and_metric_switches_set_their_settings() -> None:
+    settings = _settings(
+        "--model-store=/models",
+        "--http-address=127.0.0.1",
+        "--grpc-address",
+        "::1",
+        "--metrics-address=127.0.0.2",
+        "--id=edge-7",
+        "--response-cache-byte-size=4096",
+        "--allow-cpu-metrics=false",
+        "--allow-gpu-metrics=false",
+        "--model-namespacing=false",
+        "--grpc-restricted-protocol=inference:x-key=1",
+        "--http-restricted-api=model-repository,statistics:x-admin=2",
+    )
+    assert settings.model_repository == [Path("/models")]  # type: ignore[attr-defined]
+    expected = {
+        "server_id": "edge-7",
+        "cache_size": 4096,
+        "allow_cpu_metrics": False,
+        "allow_gpu_metrics": False,
+        "grpc_restricted_protocol": ["inference:x-key=1"],
+        "http_restricted_api": ["model-repository,statistics:x-admin=2"],
+    }
+    assert {k: getattr(settings, k) for k in expected} == expected
+    addresses = {port: settings.address(port) for port in ("grpc", "http", "metrics")}  # type: ignore[attr-defined]
+    assert addresses == {"grpc": "::1", "http": "127.0.0.1", "metrics": "127.0.0.2"}
+    # Unset, each port takes --host, and metrics the HTTP address, as in Triton.
+    settings = _settings("--host=127.0.0.9", "--http-address=127.0.0.3")
+    addresses = {port: settings.address(port) for port in ("grpc", "http", "metrics")}  # type: ignore[attr-defined]
+    assert addresses == {"grpc": "127.0.0.9", "http": "127.0.0.3", "metrics": "127.0.0.3"}
+
+
+def test_tritons_grpc_tls_flags_put_tls_on_the_grpc_port_alone(tmp_path: Path) -> None:
+    cert, key, ca = (str(tmp_path / name) for name in ("cert.pem", "key.pem", "ca.pem"))
+    files = [f"--grpc-server-cert={cert}", "--grpc-server-key", key, f"--grpc-root-cert={ca}"]
+    assert translate(["--grpc-use-ssl=true", *files]) == [
+        *("--tls-cert", cert, "--tls-key", key, "--tls-ports", "grpc")
+    ]
+    assert translate([*files, "--grpc-use-ssl-mutual=true"]) == [
+        *("--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, "--tls-ports", "grpc")
+    ]
+    assert translate(["--grpc-use-ssl=false", *files]) == []  # Triton reads them only with SSL
+    with pytest.raises(ValueError, match="--grpc-use-ssl needs --grpc-server-key"):
+        translate(["--grpc-use-ssl=true", f"--grpc-server-cert={cert}"])
+    with pytest.raises(ValueError, match="--grpc-use-ssl-mutual needs --grpc-root-cert"):
+        translate(
+            ["--grpc-use-ssl-mutual=1", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        )
+    with pytest.raises(ValueError, match="--model-namespacing=true: model names are unique"):
+        translate(["--model-namespacing=true"])

@@ -74,8 +74,10 @@ class DataPlane:
         strict_readiness: bool = True,
         tracing: Tracing | None = None,
         cache: ResponseCache | None = None,
+        server_id: str = "tensorgate",
     ) -> None:
         self.repository = repository
+        self.server_id = server_id  # the name ServerMetadata answers (Triton's --id)
         self.cache = cache  # the response cache (--cache-size); models opt in by config
         self.shared_memory = SharedMemoryRegistry()  # system shared-memory regions
         # Ensembles and model code (BLS) call models through here.
@@ -119,7 +121,7 @@ class DataPlane:
         return True
 
     def server_metadata(self) -> tuple[str, str, list[str]]:
-        return "tensorgate", __version__, list(EXTENSIONS)
+        return self.server_id, __version__, list(EXTENSIONS)
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         """Resolve a model version or raise NOT_FOUND / UNAVAILABLE."""

@@ -345,15 +345,18 @@ class GpuCollector(Collector):
         yield from (used, total, util, *triton.values())
 
 
-def build_registry(collector: TensorgateCollector, *more: Collector) -> CollectorRegistry:
-    """Our collectors plus process CPU/RSS, Python GC and platform, and GPUs where present."""
+def build_registry(
+    collector: TensorgateCollector, *more: Collector, gpu: bool = True
+) -> CollectorRegistry:
+    """Our collectors plus process CPU/RSS, Python GC and platform, and GPUs where present
+    unless `gpu` is off."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     for extra in more:
         registry.register(extra)
     for standard in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):
         registry.register(standard)
-    gpu = GpuCollector.create()
-    if gpu is not None:
-        registry.register(gpu)
+    gpus = GpuCollector.create() if gpu else None
+    if gpus is not None:
+        registry.register(gpus)
     return registry

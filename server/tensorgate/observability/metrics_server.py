@@ -83,10 +83,10 @@ def metrics_server(app: Any, settings: Settings) -> AsgiServer:
     """The metrics port's server: TLS and the slow-client timeout as the other ports."""
     return AsgiServer(
         app,
-        settings.host,
+        settings.address("metrics"),
         settings.metrics_port,
         "metrics",
         settings.reuse_port,
-        tls=tls_files(settings),
+        tls=tls_files(settings, "metrics"),
         header_timeout_s=settings.http_header_timeout,
     )

@@ -70,6 +70,8 @@ class ModelRepository:
         self.builder = VersionBuilder(settings, metrics, self.get)
         self.records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Models whose files load at once (Triton's --model-load-thread-count).
+        self._load_slots = asyncio.Semaphore(settings.model_load_thread_count)
         # Called on the loop after any model's state changes (health status follows it).
         self._on_state_change = on_state_change or (lambda: None)
 
@@ -156,7 +158,7 @@ class ModelRepository:
                     )
                 config = override.config if override is not None else None
                 await self._load_steps(name, model_dir, config)
-                versions = await asyncio.to_thread(self._load_blocking, name, model_dir, config)
+                versions = await self._load_files(name, model_dir, config)
             except Exception as exc:
                 if files_dir is not None:
                     await asyncio.to_thread(remove_files, files_dir)
@@ -182,6 +184,26 @@ class ModelRepository:
         await self._close_versions(previous)
         if old_files is not None:
             await asyncio.to_thread(remove_files, old_files)
+
+    async def _load_files(
+        self, name: str, model_dir: Path, config: mc.ModelConfig | None
+    ) -> dict[int, ModelVersion]:
+        """The versions built from the model's files, in a load slot; a failure is tried
+        again up to --model-load-retry-count times before it counts."""
+        retries = self.settings.model_load_retry_count
+        async with self._load_slots:
+            for attempt in range(retries + 1):
+                try:
+                    return await asyncio.to_thread(self._load_blocking, name, model_dir, config)
+                except Exception as exc:
+                    if attempt == retries:
+                        raise
+                    reason = exc.message if isinstance(exc, TensorgateError) else repr(exc)
+                    log.warning(
+                        "model load failed; trying again",
+                        extra={"model": name, "attempt": attempt + 1, "reason": reason},
+                    )
+        raise AssertionError("unreachable")
 
     async def _load_steps(
         self, name: str, model_dir: Path, config: mc.ModelConfig | None = None

@@ -8,7 +8,8 @@ routes) and the metrics port.
 
 Two mechanisms, which may be combined:
 - `--restrict GROUPS:HEADER=VALUE`, Triton's restricted-protocol shape: calls of those groups
-  must carry the header with that value.
+  must carry the header with that value. Triton's own flags, `--grpc-restricted-protocol`
+  and `--http-restricted-api`, take the same shape for one transport.
 - `--auth-token-file`: calls of every group but the public ones (`--auth-public`, health by
   default, for probes) carry `Authorization: Bearer <token>`. The file holds one token per
   line, optionally followed by the groups it grants; it is read again when it changes, so
@@ -36,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tensorgate.errors import PermissionDenied, Unauthenticated
+from tensorgate.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +104,29 @@ def _groups(text: str, where: str) -> frozenset[str]:
     return names
 
 
+# The transports a check names; a restriction without one covers them all.
+TRANSPORTS = ("grpc", "http", "metrics")
+
+
 @dataclass(frozen=True, slots=True)
 class Restriction:
-    """Calls of `groups` must carry header `header` with value `value`."""
+    """Calls of `groups` over `transports` must carry header `header` with value `value`."""
 
     groups: frozenset[str]
     header: str  # lower case, as gRPC metadata and ASGI headers are
     digest: bytes
+    transports: tuple[str, ...] = TRANSPORTS
 
     @classmethod
-    def parse(cls, text: str) -> Restriction:
+    def parse(
+        cls, text: str, transports: tuple[str, ...] = TRANSPORTS, flag: str = "--restrict"
+    ) -> Restriction:
         """`GROUP[,GROUP]:HEADER=VALUE`."""
         groups, sep, rest = text.partition(":")
         header, eq, value = rest.partition("=")
         if not sep or not eq or not header.strip() or not value:
-            raise ValueError(f"--restrict {text!r}: expected GROUP[,GROUP]:HEADER=VALUE")
-        return cls(_groups(groups, "--restrict"), header.strip().lower(), _digest(value))
+            raise ValueError(f"{flag} {text!r}: expected GROUP[,GROUP]:HEADER=VALUE")
+        return cls(_groups(groups, flag), header.strip().lower(), _digest(value), transports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,17 +193,20 @@ class AccessPolicy:
         tokens: TokenFile | None = None,
         public: Iterable[str] = ("health",),
     ) -> None:
-        self.by_group: dict[str, Restriction] = {}
+        self.by_call: dict[tuple[str, str], Restriction] = {}  # (transport, group)
         for restriction in restrictions:
-            for group in restriction.groups:
-                if group in self.by_group:
-                    raise ValueError(f"--restrict: group '{group}' is restricted twice")
-                self.by_group[group] = restriction
+            for transport in restriction.transports:
+                for group in restriction.groups:
+                    if (transport, group) in self.by_call:
+                        raise ValueError(
+                            f"group '{group}' is restricted twice for {transport} calls"
+                        )
+                    self.by_call[transport, group] = restriction
         self.tokens = tokens
         self.public = frozenset(public)
         # The headers a transport must hand over: nothing else is looked at.
         self.headers = frozenset(
-            {r.header for r in self.by_group.values()} | ({AUTHORIZATION} if tokens else set())
+            {r.header for r in self.by_call.values()} | ({AUTHORIZATION} if tokens else set())
         )
         self.refused: dict[tuple[str, str], int] = {}  # (group, reason) -> count
 
@@ -215,8 +227,9 @@ class AccessPolicy:
     def check(self, group: str, headers: Mapping[str, str], transport: str, what: str) -> None:
         """Raise Unauthenticated or PermissionDenied unless `headers` allow a call of `group`.
 
-        `what` (the RPC or the path) and `transport` only go to the log."""
-        restriction = self.by_group.get(group)
+        `transport` (grpc, http or metrics) selects the restrictions that apply; `what` (the
+        RPC or the path) only goes to the log."""
+        restriction = self.by_call.get((transport, group))
         if restriction is not None:
             presented = headers.get(restriction.header)
             if presented is None or not hmac.compare_digest(_digest(presented), restriction.digest):
@@ -253,13 +266,29 @@ class AccessPolicy:
         raise PermissionDenied(f"not permitted to call the '{group}' endpoints")
 
 
-def build_policy(restrict: list[str], token_file: Path | None, public: list[str]) -> AccessPolicy:
+def restrictions(settings: Settings) -> list[Restriction]:
+    """Every restriction the settings give: for all transports, and for gRPC or HTTP only."""
+    return [
+        *(Restriction.parse(r) for r in settings.restrict),
+        *(
+            Restriction.parse(r, ("grpc",), "--grpc-restricted-protocol")
+            for r in settings.grpc_restricted_protocol
+        ),
+        *(
+            Restriction.parse(r, ("http",), "--http-restricted-api")
+            for r in settings.http_restricted_api
+        ),
+    ]
+
+
+def build_policy(settings: Settings) -> AccessPolicy:
     """The policy the settings describe (ValueError naming what is wrong)."""
-    for group in public:
+    for group in settings.auth_public:
         if group not in GROUPS:
             raise ValueError(f"--auth-public: unknown endpoint group '{group}'")
+    token_file = settings.auth_token_file
     tokens = TokenFile(token_file) if token_file is not None else None
-    return AccessPolicy([Restriction.parse(r) for r in restrict], tokens, public)
+    return AccessPolicy(restrictions(settings), tokens, settings.auth_public)
 
 
 class AccessCollector(Collector):

@@ -69,9 +69,10 @@ class TlsFiles:
         return self.cert.read_bytes(), self.key.read_bytes(), ca
 
 
-def tls_files(settings: Settings) -> TlsFiles | None:
-    """The settings' TLS files, a fresh view for one server; None when TLS is off."""
-    if settings.tls_cert is None or settings.tls_key is None:
+def tls_files(settings: Settings, port: str) -> TlsFiles | None:
+    """The settings' TLS files, a fresh view for the server of `port` (grpc, http or
+    metrics); None when that port is served without TLS."""
+    if settings.tls_cert is None or settings.tls_key is None or port not in settings.tls_ports:
         return None
     return TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 

@@ -146,15 +146,13 @@ class Supervisor:
             settings,
             workers="1",
             reuse_port=True,
-            grpc_port=settings.grpc_port or _free_port(settings.host),
-            http_port=settings.http_port or _free_port(settings.host),
+            grpc_port=settings.grpc_port or _free_port(settings.address("grpc")),
+            http_port=settings.http_port or _free_port(settings.address("http")),
         )
         self.slots = [_Slot(WorkerRole(i, count, self.socket_dir)) for i in range(count)]
         self.context = multiprocessing.get_context("spawn")
         self.stopping = False
-        self.policy = build_policy(
-            settings.restrict, settings.auth_token_file, settings.auth_public
-        )
+        self.policy = build_policy(settings)
         self.metrics_server: AsgiServer | None = None
         if settings.metrics_port >= 0:
             self.metrics_server = metrics_server(_MetricsApp(self), settings)

@@ -94,7 +94,7 @@ class GrpcServer:
             ),
             self.server,
         )
-        self.address = private_address or f"{settings.host}:{settings.grpc_port}"
+        self.address = private_address or _host_port(settings.address("grpc"), settings.grpc_port)
         self.credentials = None if private_address else _server_credentials(settings)
         self._published: dict[str, int] = {}
         self._refreshes: set[asyncio.Task[None]] = set()
@@ -147,6 +147,13 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+def _host_port(host: str, port: int) -> str:
+    """grpc's `host:port`, with an IPv6 address in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    files = tls_files(settings)
+    files = tls_files(settings, "grpc")
     return grpc_credentials(files) if files is not None else None

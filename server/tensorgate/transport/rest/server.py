@@ -57,12 +57,12 @@ def http_server(
     """The HTTP server: the REST app built from the schema, on tensorgate's uvicorn protocol."""
     return AsgiServer(
         build_app(settings, dataplane, log_control, policy, siblings),
-        settings.host,
+        settings.address("http"),
         settings.http_port,
         "HTTP",
         settings.reuse_port,
         settings.http_max_connections,
         grace_s,
-        tls_files(settings),
+        tls_files(settings, "http"),
         settings.http_header_timeout,
     )
