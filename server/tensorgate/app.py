@@ -343,7 +343,9 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 def run(settings: Settings) -> int:
     """Configure logging and run the server's event loop (or, with --workers, the
     supervisor of worker processes)."""
-    log_control = LogControl(settings.log_level, settings.dev)
+    log_control = LogControl(
+        settings.log_level, settings.dev, settings.log_format, settings.log_file
+    )
     try:
         factory = loop_factory(settings.event_loop)
     except RuntimeError as exc:

@@ -71,6 +71,9 @@ HELP = {
     "trace_log_frequency": "write the trace file every N traces, to FILE.0, FILE.1, ...; 0: "
     "append to FILE as traces finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR; changeable at run time via /v2/logging",
+    "log_format": "json (JSON lines), console, or Triton's text lines: default "
+    "(LMMDD hh:mm:ss.ffffff) or ISO8601; changeable at run time via /v2/logging",
+    "log_file": "append log lines to this file instead of standard error",
     "tls_cert": "PEM certificate: serve the --tls-ports over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
@@ -212,6 +215,8 @@ class Settings:
     # Like Triton: the server is ready only if every model it was asked to load is READY.
     strict_readiness: bool = True
     log_level: str = "INFO"
+    log_format: str = "json"  # json | console | default | ISO8601 (Triton's text lines)
+    log_file: Path | None = None
     dev: bool = False  # readable console logs instead of JSON lines
     access_log_rate: float = 0.01  # share of successful inferences logged; failures always
     trace_exporter: str = "none"  # none | console | otlp (needs the otel extra)
@@ -307,6 +312,8 @@ def _check(settings: Settings) -> None:
     name = settings.model_config_name
     if name and (name != name.strip() or any(c.isspace() or c in "/\\" for c in name)):
         raise ValueError("model_config_name must be a file name without spaces or slashes")
+    if settings.log_format not in ("json", "console", "default", "ISO8601"):
+        raise ValueError("log_format must be json, console, default or ISO8601")
     if settings.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ValueError("event_loop must be 'auto', 'uvloop' or 'asyncio'")
     if settings.trace_exporter not in ("none", "console", "otlp"):

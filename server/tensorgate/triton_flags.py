@@ -149,8 +149,6 @@ _NO_COUNTERPART = {
     "host-policy": "host policies are not supported",
     "metrics-interval-ms": "metrics are read when scraped, not on an interval",
     "metrics-config": "latency summaries and histograms are not exported",
-    "log-format": "logs are JSON lines (or --dev for the console)",
-    "log-file": "logs go to standard error",
     "allow-sagemaker": "SageMaker's endpoints are not served",
     "allow-vertex-ai": "Vertex AI's endpoints are not served",
 }

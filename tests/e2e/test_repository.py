@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -157,6 +158,9 @@ def test_a_tritonserver_command_line_runs_with_only_the_program_changed(tmp_path
         f"--trace-config=triton,file={tmp_path / 'trace.json'}",
         "--trace-config",
         "rate=5",
+        f"--log-file={tmp_path / 'server.log'}",
+        "--log-format",
+        "ISO8601",
     )
     try:
         client = grpcclient.InferenceServerClient(server.url)
@@ -169,8 +173,20 @@ def test_a_tritonserver_command_line_runs_with_only_the_program_changed(tmp_path
             socket.create_connection(("127.0.0.1", server.metrics_port), timeout=2).close()
         settings = client.get_log_settings(as_json=True)["settings"]
         assert settings["log_verbose_level"]["uint32_param"] == 1  # --log-verbose=1
+        assert settings["log_file"]["string_param"] == str(tmp_path / "server.log")
+        assert settings["log_format"]["string_param"] == "ISO8601"
     finally:
         assert server.stop() == 0
+    # Every line went to the file, in Triton's ISO8601 shape; none to the console.
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    pid = server.process.pid
+    loaded = [line for line in lines if "] model loaded" in line]
+    assert loaded and re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ I {pid} tensorgate.repository.manager\] "
+        r'model loaded model="identity" versions=\[1\] seconds=\S+',
+        loaded[0],
+    ), loaded[0]
+    assert "model loaded" not in server.output()
 
 
 def test_explicit_mode_loads_unloads_and_reloads(tmp_path: Path) -> None:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import structlog
 from tensorgate.errors import InvalidArgument
-from tensorgate.observability.logs import LogControl, accept_request_id, new_request_id
+from tensorgate.observability.logs import (
+    LogControl,
+    accept_request_id,
+    access_log,
+    new_request_id,
+)
 from tensorgate.observability.metrics import Histogram, ModelMetrics, latency_histogram
 
 
@@ -71,7 +80,7 @@ def test_log_settings_map_tritons_switches_to_a_level(control: LogControl) -> No
     [
         ({"log_color": True}, "unknown log setting 'log_color'"),
         ({"log_info": 1}, "takes a bool, got int"),
-        ({"log_file": "/tmp/x.log"}, "log_file is not supported"),
+        ({"log_file": "/tmp/x.log"}, "log_file is fixed at start"),
         ({"log_format": "xml"}, "log_format must be"),
     ],
 )
@@ -80,3 +89,35 @@ def test_bad_log_settings_are_invalid_argument(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
         control.update(changes)
+
+
+def test_tritons_log_formats_and_log_file_write_every_line_to_the_file(tmp_path: Path) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers, root.level
+    path = tmp_path / "server.log"
+    try:
+        control = LogControl("INFO", fmt="default", file=path)
+        assert control.settings()["log_file"] == str(path)
+        structlog.get_logger("tensorgate.repository").info("model loaded", model="m", seconds=1.5)
+        logging.getLogger("grpc").warning("plain %s", "logging")
+        access_log.logger.info("infer", model="m", outcome="success")
+        control.update({"log_format": "ISO8601"})
+        structlog.get_logger("tensorgate").error("model is unavailable", reason="no file")
+        control.update({"log_file": str(path)})  # the same file: no change, accepted
+    finally:
+        root.handlers, root.level = handlers, level
+        access_log.configure(level)
+        control.stream.close()
+    lines = path.read_text().splitlines()
+    pid = os.getpid()
+    assert re.fullmatch(
+        rf'I\d{{4}} \d\d:\d\d:\d\d\.\d{{6}} {pid} tensorgate.repository\] model loaded model="m" '
+        r"seconds=1.5",
+        lines[0],
+    ), lines[0]
+    assert re.fullmatch(rf"W\d{{4}} [\d:.]{{15}} {pid} grpc\] plain logging", lines[1]), lines[1]
+    assert lines[2].endswith(f'{pid} tensorgate.access] infer model="m" outcome="success"')
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    expected = rf'{stamp} E {pid} tensorgate\] model is unavailable reason="no file"'
+    assert re.fullmatch(expected, lines[-2]), lines[-2]
+    assert "log settings changed" in lines[-1]

@@ -12,7 +12,8 @@ import itertools
 import logging
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -69,7 +70,10 @@ class AccessLog:
         # defaults apply.
         self.logger: Any = structlog.get_logger(ACCESS_LOGGER)
 
-    def configure(self, level: int, console: bool) -> None:
+    def configure(self, level: int, fmt: str = "json", stream: TextIO | None = None) -> None:
+        """`fmt`: json, console or one of Triton's text formats; `stream`: where lines go
+        (standard error by default)."""
+        stream = stream or sys.stderr
         processors: list[Processor] = [
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
@@ -77,17 +81,13 @@ class AccessLog:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ]
         logger: Any
-        stream = getattr(sys.stderr, "buffer", None)
-        if console or stream is None:
-            renderer: Processor = (
-                structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-                if console
-                else structlog.processors.JSONRenderer(serializer=_json)
-            )
-            logger = structlog.PrintLogger(sys.stderr)
+        raw = getattr(stream, "buffer", None)
+        if fmt != "json" or raw is None:
+            renderer = _renderer(fmt, stream)
+            logger = structlog.PrintLogger(stream)
         else:
             renderer = structlog.processors.JSONRenderer(serializer=_json_bytes)
-            logger = structlog.BytesLogger(stream)
+            logger = structlog.BytesLogger(raw)
         self.logger = structlog.wrap_logger(
             logger,
             processors=[*processors, renderer],
@@ -120,18 +120,50 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def _formatter(dev: bool) -> logging.Formatter:
-    renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if dev
-        else structlog.processors.JSONRenderer(serializer=_json)
-    )
+# Line formats: tensorgate's JSON lines, a console for people, and Triton's two text formats.
+FORMATS = ("json", "console", "default", "ISO8601")
+
+
+def _triton_line(iso: bool) -> Processor:
+    """Triton's text line: `LMMDD hh:mm:ss.ffffff PID LOGGER] EVENT key=value ...`
+    (`default`) or `YYYY-MM-DDThh:mm:ssZ L PID LOGGER] ...` (`ISO8601`), in UTC. Triton
+    writes its source file and line where the logger's name stands here."""
+    pid = os.getpid()
+
+    def render(_: Any, __: str, event: EventDict) -> str:
+        level = str(event.pop("level", "info"))[:1].upper()
+        stamp = str(event.pop("timestamp", ""))
+        where = event.pop("logger", "")
+        message = event.pop("event", "")
+        trace = event.pop("exception", None)
+        fields = " ".join(
+            f"{key}={value if isinstance(value, int | float) else _json(value)}"
+            for key, value in event.items()
+        )
+        head = (
+            f"{stamp[:19]}Z {level}" if iso else f"{level}{stamp[5:7]}{stamp[8:10]} {stamp[11:26]}"
+        )
+        line = f"{head} {pid} {where}] {message}" + (f" {fields}" if fields else "")
+        return f"{line}\n{trace}" if trace else line
+
+    return render
+
+
+def _renderer(fmt: str, stream: TextIO) -> Processor:
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    if fmt in ("default", "ISO8601"):
+        return _triton_line(fmt == "ISO8601")
+    return structlog.processors.JSONRenderer(serializer=_json)
+
+
+def _formatter(fmt: str, stream: TextIO) -> logging.Formatter:
     finish: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
-    if not dev:
-        # The console renderer prints tracebacks itself; JSON needs them as a string field.
+    if fmt != "console":
+        # The console renderer prints tracebacks itself; the others need them as a string.
         finish.append(structlog.processors.format_exc_info)
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(), processors=[*finish, renderer]
+        foreign_pre_chain=_shared_processors(), processors=[*finish, _renderer(fmt, stream)]
     )
 
 
@@ -142,10 +174,27 @@ class LogControl:
     tritonclient's `update_log_settings` works unchanged.
     """
 
-    def __init__(self, level: str = "INFO", dev: bool = False) -> None:
-        self.handler = logging.StreamHandler(sys.stderr)
-        self.format = "console" if dev else "json"
-        self.handler.setFormatter(_formatter(dev))
+    def __init__(
+        self,
+        level: str = "INFO",
+        dev: bool = False,
+        fmt: str = "json",
+        file: Path | None = None,
+    ) -> None:
+        """`fmt`: one of FORMATS (`dev` means console); `file`: append every line to this
+        file instead of standard error (Triton's --log-file)."""
+        self.file = file
+        # Line-buffered, appended: the workers of one server may share the file.
+        self.stream: TextIO = (
+            open(file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - the process's
+            if file is not None
+            else sys.stderr
+        )
+        self.handler = logging.StreamHandler(self.stream)
+        self.format = "console" if dev else fmt
+        if self.format not in FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.handler.setFormatter(_formatter(self.format, self.stream))
         root = logging.getLogger()
         root.handlers = [self.handler]
         self.set_level(level)
@@ -167,7 +216,7 @@ class LogControl:
                 raise InvalidArgument(f"unknown log level '{level}'")
             level = logging.getLevelNamesMapping()[name]
         logging.getLogger().setLevel(level)
-        access_log.configure(level, self.format == "console")
+        access_log.configure(level, self.format, self.stream)
         # grpc and uvicorn are chatty at INFO about things an operator did not ask for.
         for noisy in ("uvicorn.error", "grpc._cython"):
             logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -182,7 +231,7 @@ class LogControl:
     def settings(self) -> dict[str, bool | int | str]:
         level = self.level
         return {
-            "log_file": "",
+            "log_file": "" if self.file is None else str(self.file),
             "log_info": level <= logging.INFO,
             "log_warning": level <= logging.WARNING,
             "log_error": level <= logging.ERROR,
@@ -203,11 +252,12 @@ class LogControl:
                     f"log setting '{key}' takes a {type(current[key]).__name__}, "
                     f"got {type(value).__name__}"
                 )
-        if changes.get("log_file"):
-            raise InvalidArgument("log_file is not supported: tensorgate logs to stderr")
+        if changes.get("log_file", current["log_file"]) != current["log_file"]:
+            # A client that could choose a path could write any file the server may write.
+            raise InvalidArgument("log_file is fixed at start (--log-file)")
         fmt = changes.get("log_format", self.format)
-        if fmt not in ("json", "console"):
-            raise InvalidArgument(f"log_format must be 'json' or 'console', got {fmt!r}")
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"log_format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         wanted = {**current, **changes}
         if int(wanted["log_verbose_level"]) > 0:
             level = logging.DEBUG
@@ -222,7 +272,7 @@ class LogControl:
         self.set_level(level)
         if fmt != self.format:
             self.format = str(fmt)
-            self.handler.setFormatter(_formatter(self.format == "console"))
-            access_log.configure(self.level, self.format == "console")
+            self.handler.setFormatter(_formatter(self.format, self.stream))
+            access_log.configure(self.level, self.format, self.stream)
         structlog.get_logger(__name__).info("log settings changed", **self.settings())
         return self.settings()

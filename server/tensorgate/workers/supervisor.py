@@ -116,7 +116,9 @@ def worker_main(settings: Settings, role: WorkerRole) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
     structlog.contextvars.bind_contextvars(worker=role.index)
-    log_control = LogControl(settings.log_level, settings.dev)
+    log_control = LogControl(
+        settings.log_level, settings.dev, settings.log_format, settings.log_file
+    )
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         code = runner.run(serve(settings, log_control, role))
     raise SystemExit(code)
