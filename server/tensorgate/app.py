@@ -32,7 +32,7 @@ from tensorgate.transport import PortInUse
 from tensorgate.transport.access import AccessCollector, build_policy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.server import GrpcServer
-from tensorgate.transport.rest.server import http_server
+from tensorgate.transport.rest.server import build_app, cloud_servers, http_server
 from tensorgate.workers.role import WorkerRole
 from tensorgate.workers.siblings import Siblings
 
@@ -135,18 +135,11 @@ class Servers:
             if role is not None
             else None
         )
-        self.http = (
-            http_server(
-                settings,
-                self.dataplane,
-                settings.exit_timeout + ANSWER_S,
-                log_control,
-                self.policy,
-                siblings,
-            )
-            if settings.http_port >= 0
-            else None
-        )
+        rest = build_app(settings, self.dataplane, log_control, self.policy, siblings)
+        grace_s = settings.exit_timeout + ANSWER_S
+        self.http = http_server(settings, rest, grace_s) if settings.http_port >= 0 else None
+        # SageMaker's and Vertex AI's ports, in front of the same REST app.
+        self.cloud = cloud_servers(settings, rest, self.dataplane, grace_s)
         self.poller = (
             RepositoryPoller(self.repository, settings.repository_poll_secs)
             if settings.model_control_mode == "poll"
@@ -175,6 +168,8 @@ class Servers:
                 ports["http"] = await self.http.start()
             if self.metrics_server is not None:
                 ports["metrics"] = await self.metrics_server.start()
+            for server in self.cloud:
+                ports[server.what.lower().replace(" ", "_")] = await server.start()
         except PortInUse:
             await self.stop(0)
             raise
@@ -234,7 +229,7 @@ class Servers:
         stopping = asyncio.gather(
             self.grpc.stop(grace_s),
             *([self.private.stop(grace_s)] if self.private is not None else []),
-            *(s.stop() for s in (self.http, self.metrics_server) if s is not None),
+            *(s.stop() for s in (self.http, self.metrics_server, *self.cloud) if s is not None),
         )
         cut_off = await self.dataplane.drain(exit_timeout_s)
         if cut_off:
@@ -279,7 +274,11 @@ async def serve(
         "listening (not ready until models load)" if role is None else "loading",
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         **ports,
-        **{f"{name}_address": settings.address(name) for name in ports},
+        **{
+            f"{name}_address": settings.address(name)
+            for name in ("grpc", "http", "metrics")
+            if name in ports
+        },
     )
 
     failed = await servers.load()

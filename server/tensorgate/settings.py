@@ -57,6 +57,14 @@ HELP = {
     "http_max_connections": "concurrent HTTP connections and requests before 503",
     "cors_allow_origins": "origin allowed to call the REST API from a browser (repeatable; '*')",
     "metrics_port": "port of Prometheus /metrics; -1 disables metrics",
+    "allow_sagemaker": "serve SageMaker's /ping and /invocations (the model: "
+    "SAGEMAKER_TRITON_DEFAULT_MODEL_NAME) on --sagemaker-port",
+    "sagemaker_port": "port of SageMaker's routes",
+    "allow_vertex_ai": "serve Vertex AI's AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE on "
+    "--vertex-ai-port (default: on when AIP_MODE is PREDICTION)",
+    "vertex_ai_port": "port of Vertex AI's routes (default: AIP_HTTP_PORT, else 8080)",
+    "vertex_ai_default_model": "the model Vertex AI's predictions go to (default: the only "
+    "model loaded)",
     "allow_cpu_metrics": "export the machine's CPU and memory gauges (nv_cpu_*)",
     "allow_gpu_metrics": "export GPU gauges through NVML where a GPU answers",
     "dev": "human-readable console logs instead of JSON lines",
@@ -164,6 +172,16 @@ class Settings:
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
     allow_cpu_metrics: bool = True
     allow_gpu_metrics: bool = True
+    # Cloud platforms' serving contracts (transport/rest/cloud.py), as Triton serves them.
+    allow_sagemaker: bool = False
+    sagemaker_port: int = 8080
+    allow_vertex_ai: bool = field(
+        default_factory=lambda: os.environ.get("AIP_MODE") == "PREDICTION"
+    )
+    vertex_ai_port: int = field(
+        default_factory=lambda: int(os.environ.get("AIP_HTTP_PORT", "8080"))
+    )
+    vertex_ai_default_model: str = ""
     model_control_mode: str = "none"  # none | explicit | poll
     repository_poll_secs: float = 15.0  # poll mode: Triton's flag and default
     load_model: list[str] = field(default_factory=list)  # explicit mode: load at start ("*" = all)

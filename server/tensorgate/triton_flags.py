@@ -149,8 +149,9 @@ _NO_COUNTERPART = {
     "host-policy": "host policies are not supported",
     "metrics-interval-ms": "metrics are read when scraped, not on an interval",
     "metrics-config": "latency summaries and histograms are not exported",
-    "allow-sagemaker": "SageMaker's endpoints are not served",
-    "allow-vertex-ai": "Vertex AI's endpoints are not served",
+    "sagemaker-safe-port-range": "the other ports are whatever their flags say",
+    "sagemaker-thread-count": "SageMaker's routes are served on the event loop",
+    "vertex-ai-thread-count": "Vertex AI's routes are served on the event loop",
 }
 # Triton's switches with tensorgate's names, which Triton writes `--flag=true|false`.
 _SWITCHES = {

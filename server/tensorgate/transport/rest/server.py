@@ -11,6 +11,7 @@ from tensorgate.transport.access import AccessPolicy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
+from tensorgate.transport.rest import cloud
 from tensorgate.transport.rest.app import RestApp
 from tensorgate.transport.rest.openapi import build_openapi
 from tensorgate.transport.rest.routes import build_routes
@@ -46,17 +47,10 @@ def build_app(
     )
 
 
-def http_server(
-    settings: Settings,
-    dataplane: DataPlane,
-    grace_s: float,
-    log_control: LogControl | None = None,
-    policy: AccessPolicy | None = None,
-    siblings: Siblings | None = None,
-) -> AsgiServer:
+def http_server(settings: Settings, app: RestApp, grace_s: float) -> AsgiServer:
     """The HTTP server: the REST app built from the schema, on tensorgate's uvicorn protocol."""
     return AsgiServer(
-        build_app(settings, dataplane, log_control, policy, siblings),
+        app,
         settings.address("http"),
         settings.http_port,
         "HTTP",
@@ -66,3 +60,30 @@ def http_server(
         tls_files(settings, "http"),
         settings.http_header_timeout,
     )
+
+
+def cloud_servers(
+    settings: Settings, app: RestApp, dataplane: DataPlane, grace_s: float
+) -> list[AsgiServer]:
+    """SageMaker's and Vertex AI's ports, where turned on (ValueError naming what is
+    missing). They listen on the HTTP address, with HTTP's TLS, as in Triton."""
+    contracts = []
+    if settings.allow_sagemaker:
+        contracts.append((cloud.sagemaker(), settings.sagemaker_port))
+    if settings.allow_vertex_ai:
+        contract = cloud.vertex_ai(dataplane, settings.vertex_ai_default_model)
+        contracts.append((contract, settings.vertex_ai_port))
+    return [
+        AsgiServer(
+            cloud.CloudApp(app, contract),
+            settings.address("http"),
+            port,
+            contract.name,
+            settings.reuse_port,
+            settings.http_max_connections,
+            grace_s,
+            tls_files(settings, "http"),
+            settings.http_header_timeout,
+        )
+        for contract, port in contracts
+    ]
