@@ -46,6 +46,12 @@ def _refused_when_true(flag: str, value: str, why: str) -> list[str]:
     return []
 
 
+def _uncompressed(flag: str, value: str) -> list[str]:
+    if value != "none":
+        raise ValueError(f"--{flag}={value}: responses are sent uncompressed (none)")
+    return []
+
+
 def _off_when_false(setting: str) -> Callable[[str, str], list[str]]:
     return lambda flag, value: [] if _switch(flag, value) else [setting, "-1"]
 
@@ -122,6 +128,7 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
     "model-namespacing": lambda flag, value: _refused_when_true(
         flag, value, "model names are unique across the repositories"
     ),
+    "grpc-infer-response-compression-level": _uncompressed,
 }
 # Triton's gRPC TLS flags, read together at the end of the line (see `_grpc_tls`).
 _GRPC_TLS = (
@@ -140,7 +147,6 @@ _NO_COUNTERPART = {
     "min-supported-compute-capability": "every GPU CUDA reports is used",
     "http-thread-count": "HTTP is served on the event loop (see --workers)",
     "grpc-infer-allocation-pool-size": "responses are not pooled",
-    "grpc-infer-response-compression-level": "responses are sent uncompressed",
     "buffer-manager-thread-count": "inputs are gathered on the requesting thread",
     "model-load-gpu-limit": "loads are not limited by GPU memory",
     "backend-directory": "tensorgate's backends are built in",

@@ -86,6 +86,7 @@ def test_tensorgate_s_own_spellings_pass_through_unchanged() -> None:
         ("--cache-config=redis,host=x", "tensorgate's cache is 'local,size=BYTES'"),
         ("--strict-readiness=maybe", "--strict-readiness takes true or false"),
         ("--trace-config=opentelemetry,url=x:4318", "OpenTelemetry settings come from OTEL_"),
+        ("--grpc-infer-response-compression-level=high", "responses are sent uncompressed"),
     ],
 )
 def test_a_triton_flag_tensorgate_cannot_honour_fails_by_name(flag: str, message: str) -> None:
@@ -121,6 +122,8 @@ def test_tritons_addresses_id_aliases_and_metric_switches_set_their_settings() -
         "--allow-cpu-metrics=false",
         "--allow-gpu-metrics=false",
         "--model-namespacing=false",
+        "--grpc-infer-response-compression-level=none",
+        "--allow-sagemaker=false",
         "--grpc-restricted-protocol=inference:x-key=1",
         "--http-restricted-api=model-repository,statistics:x-admin=2",
     )
