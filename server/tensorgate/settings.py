@@ -90,6 +90,10 @@ HELP = {
     "restrict": "GROUP[,GROUP]:HEADER=VALUE: calls of those endpoint groups must carry the "
     "header with that value (repeatable; in the variable, ';' between restrictions)",
     "grpc_restricted_protocol": "as --restrict, for gRPC calls only (Triton's flag)",
+    "grpc_header_forward_pattern": "regular expression: gRPC metadata whose names it finds "
+    "reaches the model as string request parameters (case-insensitive unless it starts (?-i))",
+    "http_header_forward_pattern": "regular expression: HTTP headers whose names it finds "
+    "reach the model as string request parameters (names in lower case)",
     "http_restricted_api": "as --restrict, for HTTP calls only (Triton's flag)",
     "auth_token_file": "file of bearer tokens, one per line, each optionally followed by the "
     "endpoint groups it grants; every group but --auth-public then needs one; re-read on change",
@@ -222,6 +226,9 @@ class Settings:
     # Access control (transport/access.py): restricted endpoint groups, bearer tokens.
     restrict: list[str] = field(default_factory=list)
     grpc_restricted_protocol: list[str] = field(default_factory=list)
+    # Triton's header forwarding (transport/header_forward.py); "": none.
+    grpc_header_forward_pattern: str = ""
+    http_header_forward_pattern: str = ""
     http_restricted_api: list[str] = field(default_factory=list)
     auth_token_file: Path | None = None
     auth_public: list[str] = field(default_factory=lambda: ["health"])
@@ -350,6 +357,10 @@ def _check(settings: Settings) -> None:
         raise ValueError(exc.message) from None
     _check_tls(settings)
     _check_access(settings)
+    from tensorgate.transport.header_forward import header_forward
+
+    header_forward(settings.grpc_header_forward_pattern, "--grpc-header-forward-pattern")
+    header_forward(settings.http_header_forward_pattern, "--http-header-forward-pattern")
     _check_numbers(settings)
     _check_keepalive(settings)
 

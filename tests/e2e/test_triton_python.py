@@ -453,3 +453,56 @@ def test_model_code_sees_a_request_its_client_gave_up_on_as_cancelled(tmp_path: 
                 assert seen[:2] == ["gave-up True", "kept False"], seen
     finally:
         assert server.stop() == 0
+
+
+def test_headers_matching_the_forward_patterns_reach_the_model_as_parameters(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import requests
+
+    repo = tmp_path / "repo"
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "1" / "model.py").write_text(ECHO_REQUEST)
+    (repo / "echo" / "config.pbtxt").write_text(ECHO_REQUEST_CONFIG)
+    server = start_server(
+        repo,
+        tmp_path / "log",
+        "--grpc-header-forward-pattern=^x-tenant",
+        "--http-header-forward-pattern",
+        "TENANT",  # searched in the name, case-insensitively
+    )
+    tensor = grpcclient.InferInput("X", [1, 1], "INT32")
+    tensor.set_data_from_numpy(np.array([[1]], dtype=np.int32))
+    headers = {"x-tenant": "acme", "x-tenant-tier": "gold", "x-other": "no"}
+
+    def described(result: Any) -> dict[str, Any]:
+        return json.loads(result.as_numpy("DESCRIBED")[0, 0])["parameters"]  # type: ignore[no-any-return]
+
+    try:
+        with grpcclient.InferenceServerClient(server.url) as client:
+            unary = described(client.infer("echo", [tensor], headers=headers))
+            assert unary == {"x-tenant": "acme", "x-tenant-tier": "gold"}
+            # A parameter the request sets itself keeps its value.
+            own = client.infer("echo", [tensor], headers=headers, parameters={"x-tenant": "own"})
+            assert described(own)["x-tenant"] == "own"
+            answers: queue.Queue[Any] = queue.Queue()
+            client.start_stream(lambda result, error: answers.put(error or result), headers=headers)
+            for _ in range(2):  # the stream's metadata goes with each of its requests
+                client.async_stream_infer("echo", [tensor])
+            streamed = [described(answers.get(timeout=30)) for _ in range(2)]
+            client.stop_stream()
+            assert streamed == [{"x-tenant": "acme", "x-tenant-tier": "gold"}] * 2
+        body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "INT32", "data": [1]}]}
+        answer = requests.post(
+            f"http://{server.http_url}/v2/models/echo/infer",
+            json=body,
+            headers={"X-Tenant": "acme", "X-Other": "no"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        text = answer.json()["outputs"][0]["data"][0]
+        assert json.loads(text)["parameters"] == {"x-tenant": "acme"}
+    finally:
+        assert server.stop() == 0

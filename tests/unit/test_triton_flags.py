@@ -163,3 +163,16 @@ def test_tritons_grpc_tls_flags_put_tls_on_the_grpc_port_alone(tmp_path: Path) -
         )
     with pytest.raises(ValueError, match="--model-namespacing=true: model names are unique"):
         translate(["--model-namespacing=true"])
+
+
+def test_header_forward_patterns_search_names_case_insensitively_unless_told() -> None:
+    from tensorgate.transport.header_forward import HeaderForward
+
+    headers = [("X-Tenant", "acme"), ("x-trace", "1"), ("content-type", "json")]
+    assert HeaderForward("^x-t", "--f").matching(headers) == {"X-Tenant": "acme", "x-trace": "1"}
+    assert HeaderForward("(?-i)^x-t", "--f").matching(headers) == {"x-trace": "1"}
+    parameters: dict[str, object] = {"x-trace": "own"}
+    HeaderForward("^x-", "--f").add_to(parameters, headers)  # type: ignore[arg-type]
+    assert parameters == {"x-trace": "own", "X-Tenant": "acme"}
+    with pytest.raises(ValueError, match="--http-header-forward-pattern"):
+        _settings("--http-header-forward-pattern=x-(")

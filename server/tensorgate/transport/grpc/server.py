@@ -27,6 +27,7 @@ from tensorgate.transport.access import AccessPolicy
 from tensorgate.transport.grpc.access import AccessInterceptor
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE, build_handler
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
+from tensorgate.transport.header_forward import header_forward
 from tensorgate.transport.tls import grpc_credentials, tls_files
 from tensorgate.workers.siblings import Siblings
 
@@ -75,7 +76,15 @@ class GrpcServer:
             interceptors.append(AccessInterceptor(policy))
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         inference = InferenceServicer(
-            dataplane, log_control, settings.log_updates_allowed, siblings
+            dataplane,
+            log_control,
+            settings.log_updates_allowed,
+            siblings,
+            None
+            if private_address
+            else header_forward(
+                settings.grpc_header_forward_pattern, "--grpc-header-forward-pattern"
+            ),
         )
         self.server.add_generic_rpc_handlers(
             (

@@ -29,6 +29,7 @@ from tensorgate.observability.tracing import RequestTrace, traced_infer, traced_
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
 from tensorgate.protocol.model_stats import encode_model_statistics
 from tensorgate.transport.grpc.stream_window import StreamWindow
+from tensorgate.transport.header_forward import HeaderForward
 from tensorgate.workers.siblings import Siblings, merge_index, merge_statistics
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class InferenceServicer:
         log_control: LogControl | None = None,
         log_updates_allowed: bool = False,
         siblings: Siblings | None = None,
+        header_forward: HeaderForward | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.log_control = log_control
@@ -63,6 +65,8 @@ class InferenceServicer:
         # Other worker processes of this server (--workers): statistics, the index, control
         # and log settings answer for all of them. None: this process is the whole server.
         self.siblings = siblings
+        # Metadata forwarded to models as request parameters (--grpc-header-forward-pattern).
+        self.header_forward = header_forward
 
     def _trace(self, name: str, model: str) -> RequestTrace | None:
         tracing = self.dataplane.tracing
@@ -163,9 +167,33 @@ class InferenceServicer:
             await self.siblings.gather("RepositoryModelUnload", request)
         return pb.RepositoryModelUnloadResponse()
 
+    def _forward_headers(self, request: pb.ModelInferRequest, context: Any) -> None:
+        """The call's matching metadata as the request's string parameters, where the
+        request does not set them itself."""
+        assert self.header_forward is not None
+        for name, value in self.header_forward.matching(context.invocation_metadata()).items():
+            if name not in request.parameters:
+                request.parameters[name].string_param = value
+
+    def _stream_parser(
+        self, parse: Callable[[bytes], pb.ModelInferRequest], context: Any
+    ) -> Callable[[bytes], pb.ModelInferRequest]:
+        """The stream's parser, adding its metadata to each request where forwarded."""
+        if self.header_forward is None:
+            return parse
+
+        def parse_forwarding(raw: bytes) -> pb.ModelInferRequest:
+            request = parse(raw)
+            self._forward_headers(request, context)
+            return request
+
+        return parse_forwarding
+
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
     ) -> pb.ModelInferResponse:
+        if self.header_forward is not None:
+            self._forward_headers(request, context)
         shm = self.dataplane.shared_memory
         if (
             self.dataplane.tracing is not None
@@ -259,6 +287,7 @@ class InferenceServicer:
         self, requests: AsyncIterator[bytes], context: Any, parse: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of a stream run concurrently; responses go out as they complete."""
+        parse = self._stream_parser(parse, context)
         window: StreamWindow[pb.ModelStreamInferResponse] = StreamWindow(STREAM_MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[Any]] = set()
         loop = asyncio.get_running_loop()

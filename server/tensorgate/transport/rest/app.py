@@ -32,6 +32,7 @@ from tensorgate.observability.tracing import RequestTrace, traced_infer
 from tensorgate.protocol import rest_codec
 from tensorgate.transport.access import RPC_GROUPS, WWW_AUTHENTICATE, AccessPolicy
 from tensorgate.transport.asgi import CONNECTION_EXTENSION, HttpProtocol
+from tensorgate.transport.header_forward import HeaderForward, asgi_headers
 from tensorgate.transport.rest.generate import Generate, match_generate
 from tensorgate.transport.rest.messages import field_to_json, json_to_message, message_to_json
 from tensorgate.transport.rest.openai import ROUTES as OPENAI_ROUTES
@@ -142,9 +143,12 @@ class RestApp:
         max_body_bytes: int,
         cors_origins: list[str],
         policy: AccessPolicy | None = None,
+        header_forward: HeaderForward | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.policy = policy if policy is not None and policy.active else None
+        # Headers forwarded to models as request parameters (--http-header-forward-pattern).
+        self.header_forward = header_forward
         self.router = router
         self.openapi = openapi
         self.max_body_bytes = max_body_bytes
@@ -237,6 +241,8 @@ class RestApp:
             body = await self._read_body(scope, receive, headers)
             started = time.perf_counter_ns()
             request = self.generate.decode(body, model, version)
+            if self.header_forward is not None:
+                self.header_forward.add_to(request.parameters, asgi_headers(scope["headers"]))
             tracing = self.dataplane.tracing
             if tracing is not None and (
                 trace := tracing.start_call(_GENERATE_SPAN, {"http.request.method": "POST"}, model)
@@ -335,6 +341,10 @@ class RestApp:
                 body, headers.header_length, model, version, shm
             )
             decoded.request.protocol = "http"
+            if self.header_forward is not None:
+                self.header_forward.add_to(
+                    decoded.request.parameters, asgi_headers(scope["headers"])
+                )
             response = await _unless_disconnected(
                 self.dataplane.infer(decoded.request), scope, receive
             )
@@ -374,6 +384,10 @@ class RestApp:
                 body, headers.header_length, model, version, self.dataplane.shared_memory
             )
             decoded.request.protocol = "http"
+            if self.header_forward is not None:
+                self.header_forward.add_to(
+                    decoded.request.parameters, asgi_headers(scope["headers"])
+                )
             return decoded.request
 
         async def infer(request: InferRequest) -> InferResponse:

@@ -11,6 +11,7 @@ from tensorgate.transport.access import AccessPolicy
 from tensorgate.transport.asgi import AsgiServer
 from tensorgate.transport.grpc.handlers import SERVICE, STATUS_SERVICE
 from tensorgate.transport.grpc.servicer import InferenceServicer, StatusServicer
+from tensorgate.transport.header_forward import header_forward
 from tensorgate.transport.rest import cloud
 from tensorgate.transport.rest.app import RestApp
 from tensorgate.transport.rest.openapi import build_openapi
@@ -44,6 +45,7 @@ def build_app(
         settings.http_max_body_bytes,
         settings.cors_allow_origins,
         policy,
+        header_forward(settings.http_header_forward_pattern, "--http-header-forward-pattern"),
     )
 
 
