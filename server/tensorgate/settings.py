@@ -137,6 +137,10 @@ HELP = {
     "without data; each one sooner is a strike",
     "grpc_http2_max_ping_strikes": "strikes before the server closes the connection with "
     "GOAWAY too_many_pings (0: no limit)",
+    "grpc_max_connection_age": "ms a gRPC connection may live before the server sends GOAWAY, "
+    "so clients reconnect and spread over replicas (0: no limit)",
+    "grpc_max_connection_age_grace": "ms the calls of a connection past its age get to finish "
+    "before it is closed (0: no limit)",
     "intra_op_threads": "threads per backend session (onnxruntime, torch); 0: the backend's "
     "default",
     "max_queue_size": "waiting requests per model version (and waiting sequences of a sequence "
@@ -204,6 +208,8 @@ class Settings:
     grpc_http2_max_pings_without_data: int = 2
     grpc_http2_min_recv_ping_interval_without_data: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
+    grpc_max_connection_age: int = 0  # Triton: undefined, no limit
+    grpc_max_connection_age_grace: int = 0
     intra_op_threads: int = 0  # 0: the backend's own default
     max_queue_size: int = 1024  # requests waiting per model version before RESOURCE_EXHAUSTED
     model_timeout: float = 0.0  # seconds a batch may run; 0: no limit
@@ -405,6 +411,8 @@ def _check_keepalive(settings: Settings) -> None:
         "grpc_http2_max_pings_without_data",
         "grpc_http2_min_recv_ping_interval_without_data",
         "grpc_http2_max_ping_strikes",
+        "grpc_max_connection_age",
+        "grpc_max_connection_age_grace",
     )
     for name in keepalive:
         if getattr(settings, name) < 0:

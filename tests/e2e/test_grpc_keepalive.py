@@ -154,3 +154,37 @@ def test_tritonclient_with_keepalive_options_is_served(keepalive_server: Server)
         tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
         tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
         assert c.infer("identity", [tensor]).as_numpy("OUTPUT").tolist() == [[0, 1, 2, 3]]
+
+
+def test_a_connection_past_its_maximum_age_is_sent_away_and_clients_reconnect(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    repo = tmp_path_factory.mktemp("age_repo")
+    identity_onnx(Path(repo) / "identity" / "1" / "model.onnx", "FP32")
+    with serving(
+        repo,
+        tmp_path_factory,
+        "--grpc-max-connection-age=300",
+        "--grpc-max-connection-age-grace=300",
+    ) as server:
+        connection = Http2(server.port)
+        try:
+            started = time.monotonic()
+            goaway = next((p for kind, _, p in connection.frames(5.0) if kind == GOAWAY), None)
+            assert goaway is not None and time.monotonic() - started < 4.0
+            assert int.from_bytes(goaway[4:8], "big") == 0  # NO_ERROR: a polite goodbye
+            for _ in connection.frames(3.0):  # the grace runs out: closed
+                pass
+            assert connection.closed
+        finally:
+            connection.close()
+        # tritonclient's channel reconnects by itself across several ages.
+        tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        with grpcclient.InferenceServerClient(server.url) as client:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                assert client.infer("identity", [tensor]).as_numpy("OUTPUT").tolist() == [
+                    [0, 1, 2, 3]
+                ]
+                time.sleep(0.05)

@@ -71,6 +71,13 @@ class GrpcServer:
             ),
             ("grpc.http2.max_ping_strikes", settings.grpc_http2_max_ping_strikes),
         ]
+        # A connection's age and the grace after it (grpc's own default is no limit).
+        for option, value in (
+            ("grpc.max_connection_age_ms", settings.grpc_max_connection_age),
+            ("grpc.max_connection_age_grace_ms", settings.grpc_max_connection_age_grace),
+        ):
+            if value and not private_address:
+                options.append((option, value))
         interceptors = []
         if policy is not None and policy.active and private_address is None:
             interceptors.append(AccessInterceptor(policy))
