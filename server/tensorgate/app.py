@@ -23,7 +23,7 @@ from tensorgate.observability.metrics_server import MetricsApp, metrics_server
 from tensorgate.observability.requests import InferObserver
 from tensorgate.observability.trace_file import TraceFileSink
 from tensorgate.observability.tracing import SpanSink, TraceSink, Tracing
-from tensorgate.observability.triton_metrics import CpuSampler, TritonCollector
+from tensorgate.observability.triton_metrics import CpuSampler, MetricsConfig, TritonCollector
 from tensorgate.protocol.tensors import LIMITS
 from tensorgate.repository.manager import ModelRepository
 from tensorgate.repository.polling import RepositoryPoller
@@ -116,7 +116,8 @@ class Servers:
             if self.cache is not None:
                 extra.append(ResponseCacheCollector(self.cache))
             cpu = CpuSampler() if settings.allow_cpu_metrics else None
-            extra.append(TritonCollector(self.dataplane.loaded_versions, cpu))
+            config = MetricsConfig.parse(settings.metrics_config)
+            extra.append(TritonCollector(self.dataplane.loaded_versions, cpu, config))
             registry = build_registry(collector, generation, *extra, gpu=settings.allow_gpu_metrics)
         metrics_text = partial(generate_latest, registry) if registry is not None else None
         self.siblings = siblings = Siblings(role) if role is not None else None

@@ -65,6 +65,9 @@ HELP = {
     "vertex_ai_port": "port of Vertex AI's routes (default: AIP_HTTP_PORT, else 8080)",
     "vertex_ai_default_model": "the model Vertex AI's predictions go to (default: the only "
     "model loaded)",
+    "metrics_config": "Triton's metrics settings, KEY=VALUE (repeatable): "
+    "summary_latencies=true adds nv_inference_*_summary_us quantiles over the last minute "
+    "(summary_quantiles=Q:E,...); counter_latencies=false drops the *_duration_us counters",
     "allow_cpu_metrics": "export the machine's CPU and memory gauges (nv_cpu_*)",
     "allow_gpu_metrics": "export GPU gauges through NVML where a GPU answers",
     "dev": "human-readable console logs instead of JSON lines",
@@ -178,6 +181,7 @@ class Settings:
     http_header_timeout: float = 10.0  # slow or silent clients lose their connection
     cors_allow_origins: list[str] = field(default_factory=list)  # "*" allows any origin
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
+    metrics_config: list[str] = field(default_factory=list)
     allow_cpu_metrics: bool = True
     allow_gpu_metrics: bool = True
     # Cloud platforms' serving contracts (transport/rest/cloud.py), as Triton serves them.
@@ -367,6 +371,9 @@ def _check(settings: Settings) -> None:
 
     header_forward(settings.grpc_header_forward_pattern, "--grpc-header-forward-pattern")
     header_forward(settings.http_header_forward_pattern, "--http-header-forward-pattern")
+    from tensorgate.observability.triton_metrics import MetricsConfig
+
+    MetricsConfig.parse(settings.metrics_config)
     _check_numbers(settings)
     _check_keepalive(settings)
 

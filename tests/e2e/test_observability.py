@@ -205,6 +205,40 @@ def test_tritons_metric_families_agree_with_model_statistics(observed: Server) -
     assert 0 < cpu["nv_cpu_memory_used_bytes"] < cpu["nv_cpu_memory_total_bytes"]
 
 
+def test_tritons_latency_summaries_follow_the_requests_when_configured(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    repo = write_repository(tmp_path_factory.mktemp("summary_repo"), ["plain"])
+    with serving(
+        repo,
+        tmp_path_factory,
+        "--metrics-config=summary_latencies=true",
+        "--metrics-config",
+        "counter_latencies=false",
+    ) as server:
+        client = grpcclient.InferenceServerClient(server.url)
+        for _ in range(20):
+            client.infer("plain", [grpc_input()])
+        samples = scrape(server)
+        labels = {"model": "plain", "version": "1"}
+        assert value(samples, "nv_inference_request_summary_us_count", **labels) == 20
+        statistics = client.get_inference_statistics("plain", as_json=True)["model_stats"][0]
+        success_us = int(statistics["inference_stats"]["success"]["ns"]) / 1000
+        assert value(samples, "nv_inference_request_summary_us_sum", **labels) == pytest.approx(
+            success_us
+        )
+        quantiles = {
+            q: value(samples, "nv_inference_request_summary_us", quantile=q, **labels)
+            for q in ("0.5", "0.9", "0.95", "0.99")
+        }
+        assert 0 < quantiles["0.5"] <= quantiles["0.9"] <= quantiles["0.99"] <= success_us
+        infer_p50 = value(
+            samples, "nv_inference_compute_infer_summary_us", quantile="0.5", **labels
+        )
+        assert 0 < infer_p50 < quantiles["0.5"]
+        assert not any(name.endswith("_duration_us") for name, _ in samples)
+
+
 def test_metrics_endpoint_serves_only_metrics(observed: Server) -> None:
     base = observed.metrics_url.removesuffix("/metrics")
     with pytest.raises(urllib.error.HTTPError) as info:

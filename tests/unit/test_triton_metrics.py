@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 from tensorgate.dataplane.statistics import ModelStats
@@ -84,3 +85,54 @@ def test_tritons_gpu_gauges_come_from_nvml_and_skip_what_a_gpu_does_not_report()
     assert families["nv_gpu_power_usage"][0].value == 70.0
     assert families["nv_gpu_power_limit"][0].value == 300.0
     assert families["nv_energy_consumption"] == []
+
+
+def test_tritons_summaries_give_the_last_minutes_quantiles_and_counters_can_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tensorgate.dataplane import statistics
+    from tensorgate.dataplane.statistics import LatencyWindow
+    from tensorgate.observability.triton_metrics import MetricsConfig
+
+    stats = ModelStats(window=LatencyWindow())
+    clock = [10**12]
+    monkeypatch.setattr(statistics.time, "monotonic_ns", lambda: clock[0])
+    stats.record_success(999_000_000, 0, 0, 0, 0)  # a minute and more before the others
+    clock[0] += 61 * 10**9
+    for ms in range(1, 101):  # 1 ms .. 100 ms
+        stats.record_success(ms * 1_000_000, ms * 1000, 0, ms * 500_000, 0)
+    version = SimpleNamespace(name="m", version=1, stats=stats, cached=False)
+    version.runner = SimpleNamespace(status=lambda: SimpleNamespace(queued=0))
+    config = MetricsConfig.parse(
+        [
+            "summary_latencies=true",
+            "counter_latencies=false",
+            "summary_quantiles=0.5:0.05,0.99:0.001",
+        ]
+    )
+    registry = CollectorRegistry()
+    registry.register(TritonCollector(lambda: [version], None, config))
+    text = triton_names(generate_latest(registry)).decode()
+    assert "# TYPE nv_inference_request_summary_us summary\n" in text
+    assert 'nv_inference_request_summary_us{model="m",quantile="0.5",version="1"} 50000.0\n' in text
+    assert (
+        'nv_inference_request_summary_us{model="m",quantile="0.99",version="1"} 99000.0\n' in text
+    )
+    assert 'nv_inference_queue_summary_us{model="m",quantile="0.5",version="1"} 50.0\n' in text
+    assert (
+        'nv_inference_compute_infer_summary_us{model="m",quantile="0.99",version="1"} 49500.0\n'
+        in text
+    )
+    # Count and sum are the totals since load, the expired request included.
+    assert 'nv_inference_request_summary_us_count{model="m",version="1"} 101.0\n' in text
+    assert "_duration_us" not in text  # counter_latencies=false
+    assert "nv_inference_request_success{" in text
+
+
+def test_metrics_config_refuses_what_it_does_not_take_by_name() -> None:
+    from tensorgate.observability.triton_metrics import MetricsConfig
+
+    assert MetricsConfig.parse([]) == MetricsConfig()
+    for item in ("histogram_latencies=true", "summary_latencies=yes", "summary_quantiles=2:0.1"):
+        with pytest.raises(ValueError, match="--metrics-config"):
+            MetricsConfig.parse([item])

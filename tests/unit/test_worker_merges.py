@@ -22,6 +22,11 @@ tensorgate_request_duration_seconds_sum 0.5
 # HELP tensorgate_model_state State.
 # TYPE tensorgate_model_state gauge
 tensorgate_model_state{model="m",state="READY"} 1
+# HELP nv_inference_request_summary_us Summary.
+# TYPE nv_inference_request_summary_us summary
+nv_inference_request_summary_us{model="m",quantile="0.5"} {count}
+nv_inference_request_summary_us_count{model="m"} {count}
+nv_inference_request_summary_us_sum{model="m"} 10
 """
 
 
@@ -46,6 +51,12 @@ def test_counters_and_histograms_add_up_and_gauges_keep_their_worker() -> None:
     assert samples[("tensorgate_model_state", (*ready, ("worker", "0")))] == 1
     assert samples[("tensorgate_model_state", (*ready, ("worker", "1")))] == 1
     assert not any(name.endswith("_created") for name, _ in samples)
+    # A summary's count and sum add up; its quantiles are each worker's own.
+    assert samples[("nv_inference_request_summary_us_count", (("model", "m"),))] == 7
+    assert samples[("nv_inference_request_summary_us_sum", (("model", "m"),))] == 20
+    p50 = (("model", "m"), ("quantile", "0.5"))
+    assert samples[("nv_inference_request_summary_us", (*p50, ("worker", "0")))] == 3
+    assert samples[("nv_inference_request_summary_us", (*p50, ("worker", "1")))] == 4
 
 
 def _stats(success: int, batch_one: int, last: int) -> pb.ModelStatisticsResponse:

@@ -12,8 +12,10 @@ over the time since the previous scrape, memory from /proc/meminfo.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,19 +108,95 @@ def triton_names(exposition: bytes) -> bytes:
     return _NAMES.sub(rb"\1\2", exposition)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Triton's `--metrics-config KEY=VALUE` settings that tensorgate takes."""
+
+    counter_latencies: bool = True  # the *_duration_us counters
+    summary_latencies: bool = False  # the *_summary_us quantiles over the last minute
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99)
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> MetricsConfig:
+        """`counter_latencies=BOOL`, `summary_latencies=BOOL`, `summary_quantiles=Q:E,...`
+        (ValueError naming a key or value it cannot take)."""
+        values: dict[str, object] = {}
+        for item in items:
+            key, _, value = item.partition("=")
+            if key in ("counter_latencies", "summary_latencies") and value in _BOOLS:
+                values[key] = _BOOLS[value]
+            elif key == "summary_quantiles" and value:
+                values["quantiles"] = _quantiles(value)
+            else:
+                raise ValueError(
+                    f"--metrics-config {item!r}: tensorgate takes counter_latencies=true|false, "
+                    "summary_latencies=true|false and summary_quantiles=Q:E,..."
+                )
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_BOOLS = {"true": True, "false": False}
+
+
+def _quantiles(text: str) -> tuple[float, ...]:
+    """Triton's `quantile:error` pairs; quantiles here are exact over the window, which meets
+    any error bound."""
+    try:
+        found = tuple(float(pair.split(":", 1)[0]) for pair in text.split(","))
+    except ValueError:
+        found = ()
+    if not found or not all(0.0 <= q <= 1.0 for q in found):
+        raise ValueError(
+            f"--metrics-config summary_quantiles={text}: expected Q:E,... with Q in 0-1"
+        )
+    return found
+
+
+# Triton's summaries, in the order LatencyWindow.quantiles answers the stages.
+_SUMMARIES = (
+    ("nv_inference_request_summary_us", "Summary of inference request duration in microseconds"),
+    ("nv_inference_queue_summary_us", "Summary of inference queuing duration in microseconds"),
+    ("nv_inference_compute_input_summary_us", "Summary of compute input duration in microseconds"),
+    (
+        "nv_inference_compute_infer_summary_us",
+        "Summary of compute inference duration in microseconds",
+    ),
+    (
+        "nv_inference_compute_output_summary_us",
+        "Summary of compute output duration in microseconds",
+    ),
+)
+# Each summary's count and sum, from the cumulative statistics.
+_SUMMARY_TOTALS: tuple[Callable[[ModelStats], tuple[int, int]], ...] = (
+    lambda s: (s.success.count, s.success.ns),
+    lambda s: (s.queue.count, s.queue.ns),
+    lambda s: (s.compute_input.count, s.compute_input.ns),
+    lambda s: (s.compute_infer.count, s.compute_infer.ns),
+    lambda s: (s.compute_output.count, s.compute_output.ns),
+)
+
+
 class TritonCollector(Collector):
     """Triton's per-model inference metrics and the machine's CPU gauges."""
 
     def __init__(
-        self, loaded: Callable[[], list[ModelVersion]], cpu: CpuSampler | None = None
+        self,
+        loaded: Callable[[], list[ModelVersion]],
+        cpu: CpuSampler | None = None,
+        config: MetricsConfig = MetricsConfig(),
     ) -> None:
         self.loaded = loaded
         self.cpu = cpu
+        self.config = config
 
     def collect(self) -> Iterator[Metric]:
         models = self.loaded()
         for name, documentation, read in _COUNTERS:
+            if name.endswith("_duration_us") and not self.config.counter_latencies:
+                continue
             yield _counter(name, documentation, [(m, read(m.stats)) for m in models])
+        if self.config.summary_latencies:
+            yield from self._summaries([m for m in models if m.stats.window is not None])
         cached = [m for m in models if m.cached]
         for name, documentation, read in _CACHE_COUNTERS:
             yield _counter(name, documentation, [(m, read(m.stats)) for m in cached])
@@ -132,6 +210,22 @@ class TritonCollector(Collector):
         yield pending
         if self.cpu is not None:
             yield from self.cpu.collect()
+
+    def _summaries(self, models: list[ModelVersion]) -> Iterator[Metric]:
+        wanted = self.config.quantiles
+        families = [Metric(name, documentation, "summary") for name, documentation in _SUMMARIES]
+        for model in models:
+            assert model.stats.window is not None
+            labels = {"model": model.name, "version": str(model.version)}
+            stages = model.stats.window.quantiles(wanted)
+            for family, values, totals in zip(families, stages, _SUMMARY_TOTALS, strict=True):
+                for quantile, value in zip(wanted, values, strict=True):
+                    us = value / 1000 if not math.isnan(value) else value
+                    family.add_sample(family.name, {**labels, "quantile": str(quantile)}, us)
+                count, ns = totals(model.stats)
+                family.add_sample(family.name + "_count", labels, count)
+                family.add_sample(family.name + "_sum", labels, ns / 1000)
+        yield from families
 
 
 def _counter(name: str, documentation: str, values: list[tuple[ModelVersion, int]]) -> Metric:

@@ -38,7 +38,7 @@ from tensorgate.batching.ragged import RaggedBatching
 from tensorgate.batching.scheduler import ExecutionObserver, Scheduler
 from tensorgate.dataplane.calls import ModelCalls
 from tensorgate.dataplane.classification import Labels, read_labels
-from tensorgate.dataplane.statistics import ModelStats
+from tensorgate.dataplane.statistics import LatencyWindow, ModelStats
 from tensorgate.errors import ModelLoadError
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.executors.instance_threads import InstanceThreads
@@ -46,6 +46,7 @@ from tensorgate.executors.model_env import ENV_PARAMETER, env_parameter, model_e
 from tensorgate.executors.process_instance import ProcessInstance
 from tensorgate.executors.rate_limiter import Gate, RateLimiter, instance_needs
 from tensorgate.observability.metrics import MetricsStore, ModelMetrics
+from tensorgate.observability.triton_metrics import MetricsConfig
 from tensorgate.repository.autocomplete import complete_config
 from tensorgate.repository.config import ModelSpec
 from tensorgate.repository.support import check_supported
@@ -202,7 +203,7 @@ class VersionBuilder:
         try:
             spec = ModelSpec.from_config(config, labels)
             warm_up(config, spec, instances, model_dir)
-            stats = ModelStats()
+            stats = self._stats()
             metrics = self.metrics.model(name, version) if self.metrics is not None else None
             runner = self._runner(
                 name, version, config, instances, create, stats, metrics, states, gates, ragged
@@ -277,8 +278,16 @@ class VersionBuilder:
             )
         cached = self._cached(config)
         return ModelVersion(
-            name, version, config, spec, runner, ModelStats(), metrics, needs, cached
+            name, version, config, spec, runner, self._stats(), metrics, needs, cached
         )
+
+    def _stats(self) -> ModelStats:
+        """A version's statistics, keeping recent latencies where Triton's summaries are on."""
+        settings = self.settings
+        summaries = settings.metrics_port >= 0 and (
+            MetricsConfig.parse(settings.metrics_config).summary_latencies
+        )
+        return ModelStats(window=LatencyWindow() if summaries else None)
 
     def _generation(
         self, name: str, version_dir: Path, version: int, config: mc.ModelConfig, labels: Labels
@@ -288,7 +297,7 @@ class VersionBuilder:
         runner = build_generation(name, version_dir, config, self.settings.kv_cache_bytes)
         spec = ModelSpec.from_config(config, labels)
         metrics = self.metrics.model(name, version) if self.metrics is not None else None
-        return ModelVersion(name, version, config, spec, runner, ModelStats(), metrics)
+        return ModelVersion(name, version, config, spec, runner, self._stats(), metrics)
 
     def _instances(
         self,

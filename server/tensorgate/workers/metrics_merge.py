@@ -1,8 +1,9 @@
 """Every worker's Prometheus series as one exposition: what the supervisor's /metrics serves.
 
-Counters, histograms and summaries add up across workers, so `rate()` is right whichever
-worker served a request. A gauge of one worker is not meaningful summed (a model's state is
-1 in every worker, and process memory is per process): gauges keep a `worker` label.
+Counters, histograms and summaries' counts and sums add up across workers, so `rate()` is
+right whichever worker served a request. A gauge of one worker is not meaningful summed (a
+model's state is 1 in every worker, and process memory is per process), nor is a quantile:
+gauges and summary quantiles keep a `worker` label.
 `_created` samples (start times) are dropped: their sum means nothing.
 """
 
@@ -36,7 +37,7 @@ def merge(expositions: Iterable[tuple[int, str]]) -> list[Metric]:
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue
-                if summed:
+                if summed and "quantile" not in sample.labels:
                     key = (sample.name, tuple(sorted(sample.labels.items())))
                     bucket = totals[family.name]
                     bucket[key] = bucket.get(key, 0.0) + sample.value
