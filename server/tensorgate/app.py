@@ -64,7 +64,8 @@ def _tracing(settings: Settings, role: WorkerRole | None) -> Tracing | None:
             path = path.with_name(f"{path.name}.worker{role.index}")
         sink = TraceFileSink(path, trace_settings)
     elif settings.trace_exporter != "none":
-        sink = SpanSink(settings.trace_exporter)
+        resource = dict(item.split("=", 1) for item in settings.trace_resource)
+        sink = SpanSink(settings.trace_exporter, None, settings.trace_otlp_url, resource)
     else:
         return None
     return Tracing(trace_settings, sink)

@@ -73,6 +73,10 @@ HELP = {
     "dev": "human-readable console logs instead of JSON lines",
     "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
     "trace_exporter": "OpenTelemetry span exporter: none, console or otlp (OTEL_EXPORTER_OTLP_*)",
+    "trace_otlp_url": "otlp: send spans over OTLP/HTTP to this URL (host:port/path is http://) "
+    "instead of OTLP/gRPC",
+    "trace_resource": "KEY=VALUE attribute of the traced service, such as service.name "
+    "(repeatable)",
     "trace_file": "write traces to this file in Triton's JSON trace format (instead of "
     "--trace-exporter)",
     "trace_level": "OFF, TIMESTAMPS or TENSORS (the trace file only; repeatable); changeable at "
@@ -255,6 +259,8 @@ class Settings:
     dev: bool = False  # readable console logs instead of JSON lines
     access_log_rate: float = 0.01  # share of successful inferences logged; failures always
     trace_exporter: str = "none"  # none | console | otlp (needs the otel extra)
+    trace_otlp_url: str = ""  # OTLP/HTTP (Triton's opentelemetry url); "": OTLP/gRPC
+    trace_resource: list[str] = field(default_factory=list)
     trace_file: Path | None = None  # Triton's JSON trace file instead of OpenTelemetry
     # Triton's trace settings at start (observability/trace_settings.py).
     trace_level: list[str] = field(default_factory=lambda: ["TIMESTAMPS"])
@@ -359,12 +365,7 @@ def _check(settings: Settings) -> None:
 
     for resource in settings.rate_limit_resource:
         parse_resource(resource)
-    if settings.trace_file is not None and settings.trace_exporter != "none":
-        raise ValueError("trace_file and trace_exporter are two places for traces: pick one")
-    try:
-        settings.trace_settings()
-    except TensorgateError as exc:
-        raise ValueError(exc.message) from None
+    _check_tracing(settings)
     _check_tls(settings)
     _check_access(settings)
     from tensorgate.transport.header_forward import header_forward
@@ -376,6 +377,22 @@ def _check(settings: Settings) -> None:
     MetricsConfig.parse(settings.metrics_config)
     _check_numbers(settings)
     _check_keepalive(settings)
+
+
+def _check_tracing(settings: Settings) -> None:
+    if settings.trace_file is not None and settings.trace_exporter != "none":
+        raise ValueError("trace_file and trace_exporter are two places for traces: pick one")
+    if (settings.trace_otlp_url or settings.trace_resource) and settings.trace_exporter == "none":
+        raise ValueError(
+            "trace_otlp_url and trace_resource describe OpenTelemetry spans: they need "
+            "--trace-exporter otlp (Triton: --trace-config mode=opentelemetry)"
+        )
+    if any("=" not in item for item in settings.trace_resource):
+        raise ValueError("trace_resource takes KEY=VALUE")
+    try:
+        settings.trace_settings()
+    except TensorgateError as exc:
+        raise ValueError(exc.message) from None
 
 
 def _check_tls(settings: Settings) -> None:

@@ -92,17 +92,24 @@ _TRACE_KEYS = {
 
 def _trace_config(flag: str, value: str) -> list[str]:
     """Triton's trace settings, one `[mode,]key=value` per flag; `mode=opentelemetry`
-    exports spans over OTLP (its endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
-    mode, _, setting = value.rpartition(",")
+    exports spans over OTLP, to `opentelemetry,url=` over HTTP (else to
+    OTEL_EXPORTER_OTLP_ENDPOINT over gRPC), with `opentelemetry,resource=KEY=VALUE`s."""
+    mode, _, setting = value.partition(",") if value.startswith(_MODES) else ("", "", value)
     key, _, setting_value = setting.partition("=")
-    if key == "mode" and setting_value in ("triton", "opentelemetry"):
+    if not mode and key == "mode" and setting_value in ("triton", "opentelemetry"):
         return ["--trace-exporter", "otlp"] if setting_value == "opentelemetry" else []
     if mode in ("", "triton") and key in _TRACE_KEYS:
         return [_TRACE_KEYS[key], setting_value]
+    if mode == "opentelemetry" and key in ("url", "resource") and setting_value:
+        return ["--trace-otlp-url" if key == "url" else "--trace-resource", setting_value]
     raise ValueError(
-        f"--{flag}={value}: tensorgate reads mode=triton|opentelemetry and the keys "
-        f"{', '.join(_TRACE_KEYS)} (OpenTelemetry settings come from OTEL_* variables)"
+        f"--{flag}={value}: tensorgate reads mode=triton|opentelemetry, the keys "
+        f"{', '.join(_TRACE_KEYS)} and opentelemetry's url and resource (batching from "
+        "OTEL_BSP_* variables)"
     )
+
+
+_MODES = ("triton,", "opentelemetry,")
 
 
 _REWRITES: dict[str, Callable[[str, str], list[str]]] = {

@@ -549,3 +549,59 @@ def test_otlp_exporter_sends_the_span_tree_to_a_collector(
     assert [link.span_id for link in spans["execute"].links] == [root.span_id]
     resource = {a.key: a.value.string_value for a in collector.spans[0][0].attributes}
     assert resource["service.name"] == "tensorgate"
+
+
+def test_tritons_opentelemetry_url_and_resource_send_spans_over_otlp_http(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="needs the otel extra")
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    received: list[tuple[str, Any, Any]] = []  # (path, resource, span)
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # an OTLP/HTTP collector's one route
+            body = self.rfile.read(int(self.headers["content-length"]))
+            request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    received.extend((self.path, resource.resource, span) for span in scope.spans)
+            answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    repo = write_repository(tmp_path_factory.mktemp("otlp_http_repo"), ["plain"])
+    try:
+        with serving(
+            repo,
+            tmp_path_factory,
+            "--trace-config=mode=opentelemetry",
+            f"--trace-config=opentelemetry,url=127.0.0.1:{collector.server_port}/v1/traces",
+            "--trace-config",
+            "opentelemetry,resource=service.name=edge-svc",
+            "--trace-config=opentelemetry,resource=pod_name=pod-7",
+        ) as server:
+            client = grpcclient.InferenceServerClient(server.url)
+            client.infer("plain", [grpc_input()])
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(received) < 5:
+                time.sleep(0.1)
+    finally:
+        collector.shutdown()
+    names = {span.name for _, _, span in received}
+    assert {"inference.GRPCInferenceService/ModelInfer", "execute"} <= names, names
+    path, resource, _ = received[0]
+    assert path == "/v1/traces"
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "edge-svc" and attributes["pod_name"] == "pod-7"

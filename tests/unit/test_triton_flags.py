@@ -71,6 +71,17 @@ def test_tritons_trace_config_becomes_the_trace_flags() -> None:
     }
     assert {k: getattr(settings, k) for k in expected} == expected
     assert translate(["--trace-config=mode=opentelemetry"]) == ["--trace-exporter", "otlp"]
+    otel = _settings(
+        "--trace-config=mode=opentelemetry",
+        "--trace-config",
+        "opentelemetry,url=collector:4318/v1/traces",
+        "--trace-config=opentelemetry,resource=service.name=edge",
+        "--trace-config=opentelemetry,resource=pod=a=b",
+    )
+    assert otel.trace_otlp_url == "collector:4318/v1/traces"  # type: ignore[attr-defined]
+    assert otel.trace_resource == ["service.name=edge", "pod=a=b"]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="need --trace-exporter otlp"):
+        _settings("--trace-config=opentelemetry,url=collector:4318/v1/traces")
 
 
 def test_tensorgate_s_own_spellings_pass_through_unchanged() -> None:
@@ -85,7 +96,7 @@ def test_tensorgate_s_own_spellings_pass_through_unchanged() -> None:
         ("--backend-config=python,shm-default-byte-size=1", "no 'shm-default-byte-size' setting"),
         ("--cache-config=redis,host=x", "tensorgate's cache is 'local,size=BYTES'"),
         ("--strict-readiness=maybe", "--strict-readiness takes true or false"),
-        ("--trace-config=opentelemetry,url=x:4318", "OpenTelemetry settings come from OTEL_"),
+        ("--trace-config=opentelemetry,bsp_max_queue_size=8", "batching from OTEL_BSP_"),
         ("--grpc-infer-response-compression-level=high", "responses are sent uncompressed"),
     ],
 )

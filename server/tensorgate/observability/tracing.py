@@ -104,7 +104,16 @@ def _sampled(traceparent: str) -> bool | None:
 class SpanSink:
     """OpenTelemetry: a tracer, a propagator and an exporter."""
 
-    def __init__(self, exporter_name: str, exporter: Any = None) -> None:
+    def __init__(
+        self,
+        exporter_name: str,
+        exporter: Any = None,
+        otlp_url: str = "",
+        resource: Mapping[str, str] | None = None,
+    ) -> None:
+        """`otlp_url`: send spans over OTLP/HTTP there (Triton's opentelemetry `url`; a
+        bare `host:port/path` is http://) instead of OTLP/gRPC; `resource`: attributes of
+        the service, over tensorgate's service.name and version."""
         try:
             from opentelemetry.propagators.textmap import DefaultGetter
             from opentelemetry.sdk.resources import Resource
@@ -128,7 +137,7 @@ class SpanSink:
         # No sampler of its own: the trace settings choose which requests get a span.
         provider = TracerProvider(
             resource=Resource.create(
-                {"service.name": "tensorgate", "service.version": __version__}
+                {"service.name": "tensorgate", "service.version": __version__, **(resource or {})}
             ),
         )
         if exporter is not None:  # tests hand in an in-memory exporter
@@ -137,6 +146,13 @@ class SpanSink:
             # One JSON object per line on stdout, written by the batch processor's thread.
             console = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
             provider.add_span_processor(BatchSpanProcessor(console))
+        elif otlp_url:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as HttpExporter,
+            )
+
+            url = otlp_url if "://" in otlp_url else f"http://{otlp_url}"
+            provider.add_span_processor(BatchSpanProcessor(HttpExporter(endpoint=url)))
         else:
             # Endpoint, headers and TLS come from the standard OTEL_EXPORTER_OTLP_* variables.
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
