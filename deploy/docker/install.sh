@@ -13,8 +13,8 @@ variant=${2:?usage: install.sh VENV cpu|cuda}
 source_dir=$(cd "$(dirname "$0")/../.." && pwd)
 
 case "$variant" in
-  cpu) default_index=https://download.pytorch.org/whl/cpu; extras="torch,generation" ;;
-  cuda) default_index=https://download.pytorch.org/whl/cu128; extras="torch,generation,gpu" ;;
+  cpu) default_index=https://download.pytorch.org/whl/cpu; extras="torch,generation,otel" ;;
+  cuda) default_index=https://download.pytorch.org/whl/cu128; extras="torch,generation,gpu,otel" ;;
   *) echo "install.sh: variant must be cpu or cuda, not '$variant'" >&2; exit 2 ;;
 esac
 index=${TORCH_INDEX-$default_index}
