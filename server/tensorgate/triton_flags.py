@@ -52,6 +52,17 @@ def _uncompressed(flag: str, value: str) -> list[str]:
     return []
 
 
+def _no_pool(why: str) -> Callable[[str, str], list[str]]:
+    """`--flag=0` (or `GPU:0`): no pool, which is what tensorgate has; any size refused."""
+
+    def rewrite(flag: str, value: str) -> list[str]:
+        if value.rpartition(":")[2].strip() != "0":
+            raise ValueError(f"--{flag}={value}: {why}; only 0 is accepted")
+        return []
+
+    return rewrite
+
+
 def _off_when_false(setting: str) -> Callable[[str, str], list[str]]:
     return lambda flag, value: [] if _switch(flag, value) else [setting, "-1"]
 
@@ -118,7 +129,10 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
     "allow-http": _off_when_false("--http-port"),
     "allow-metrics": _off_when_false("--metrics-port"),
     "allow-grpc": _only_true("allow-grpc", "tensorgate always serves gRPC"),
-    "log-verbose": lambda flag, value: [] if value == "0" else ["--log-level", "DEBUG"],
+    # An integer level, or Triton's true/false for 1/0.
+    "log-verbose": lambda flag, value: (
+        [] if value.lower() in ("0", "false") else ["--log-level", "DEBUG"]
+    ),
     "log-info": _level_when_false("WARNING"),
     "log-warning": _level_when_false("ERROR"),
     "log-error": _only_true("log-error", "errors are always logged"),
@@ -136,6 +150,11 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
         flag, value, "model names are unique across the repositories"
     ),
     "grpc-infer-response-compression-level": _uncompressed,
+    # Sizes of pools tensorgate does not keep: only "none" (0) says what it does.
+    "pinned-memory-pool-byte-size": _no_pool("tensorgate keeps no pinned-memory pool"),
+    "cuda-memory-pool-byte-size": _no_pool(
+        "tensorgate keeps no CUDA memory pool (PyTorch and onnxruntime allocate their own)"
+    ),
 }
 # Triton's gRPC TLS flags, read together at the end of the line (see `_grpc_tls`).
 _GRPC_TLS = (
@@ -147,9 +166,6 @@ _GRPC_TLS = (
 )
 # Triton flags with no counterpart here, and why: refused by name rather than ignored.
 _NO_COUNTERPART = {
-    "pinned-memory-pool-byte-size": "tensorgate keeps no pinned-memory pool",
-    "cuda-memory-pool-byte-size": "tensorgate keeps no CUDA memory pool (PyTorch and "
-    "onnxruntime allocate their own)",
     "cuda-virtual-address-size": "tensorgate keeps no CUDA memory pool",
     "min-supported-compute-capability": "every GPU CUDA reports is used",
     "http-thread-count": "HTTP is served on the event loop (see --workers)",
