@@ -210,14 +210,17 @@ def _certificates(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in folder.iterdir()}
 
 
+def _client_files(certs: dict[str, Path]) -> dict[str, str]:
+    """tritonclient.grpc's options for presenting the client certificate."""
+    return {
+        "private_key": str(certs["client.key"]),
+        "certificate_chain": str(certs["client.pem"]),
+    }
+
+
 def _grpc_tls(server: Server, ca: Path, client: dict[str, Path] | None = None) -> bool:
     """A fresh gRPC connection's handshake and one call succeed."""
-    extra = {}
-    if client is not None:
-        extra = {
-            "private_key": str(client["client.key"]),
-            "certificate_chain": str(client["client.pem"]),
-        }
+    extra = _client_files(client) if client is not None else {}
     try:
         with grpcclient.InferenceServerClient(
             server.url.replace("127.0.0.1", "localhost"),
@@ -301,10 +304,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
 ) -> None:
     certs = _certificates(tmp_path / "certs")
     ca = str(certs["ca.pem"])
-    client_files = {
-        "private_key": str(certs["client.key"]),
-        "certificate_chain": str(certs["client.pem"]),
-    }
+    client_files = _client_files(certs)
     with serving(
         test_repository,
         tmp_path_factory,
@@ -378,10 +378,7 @@ def test_tritons_grpc_ssl_flags_put_mutual_tls_on_grpc_and_leave_http_plain(
 ) -> None:
     certs = _certificates(tmp_path / "certs")
     ca = str(certs["ca.pem"])
-    client_files = {
-        "private_key": str(certs["client.key"]),
-        "certificate_chain": str(certs["client.pem"]),
-    }
+    client_files = _client_files(certs)
     with serving(
         test_repository,
         tmp_path_factory,
