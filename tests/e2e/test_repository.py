@@ -483,3 +483,27 @@ def test_tritons_address_id_metrics_and_load_flags_take_effect(tmp_path: Path) -
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(slow))
     finally:
         assert server.stop() == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="needs IPv6 on the loopback interface (::1)")
+def test_a_port_listens_on_an_ipv6_address(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    identity_onnx(repo / "identity" / "1" / "model.onnx", "FP32")
+    # HTTP on ::1, and metrics, which follow the HTTP address.
+    server = start_server(repo, tmp_path / "log", "--http-address=::1")
+    try:
+        ready = requests.get(f"http://[::1]:{server.http_port}/v2/health/ready", timeout=10)
+        assert ready.status_code == 200
+        metrics = requests.get(f"http://[::1]:{server.metrics_port}/metrics", timeout=10)
+        assert "nv_inference_request_success" in metrics.text
+    finally:
+        assert server.stop() == 0

@@ -88,8 +88,9 @@ def worker_count(settings: Settings) -> int:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host.strip("[]"), 0))
         return int(sock.getsockname()[1])
 
 
