@@ -144,6 +144,9 @@ HELP = {
     "without data; each one sooner is a strike",
     "grpc_http2_max_ping_strikes": "strikes before the server closes the connection with "
     "GOAWAY too_many_pings (0: no limit)",
+    "grpc_infer_response_compression_level": "none, low, medium or high: inference responses "
+    "compressed as grpc ranks the algorithms the client accepts (low: gzip; medium, high: "
+    "deflate)",
     "grpc_max_connection_age": "ms a gRPC connection may live before the server sends GOAWAY, "
     "so clients reconnect and spread over replicas (0: no limit)",
     "grpc_max_connection_age_grace": "ms the calls of a connection past its age get to finish "
@@ -216,6 +219,7 @@ class Settings:
     grpc_http2_max_pings_without_data: int = 2
     grpc_http2_min_recv_ping_interval_without_data: int = 300_000
     grpc_http2_max_ping_strikes: int = 2
+    grpc_infer_response_compression_level: str = "none"
     grpc_max_connection_age: int = 0  # Triton: undefined, no limit
     grpc_max_connection_age_grace: int = 0
     intra_op_threads: int = 0  # 0: the backend's own default
@@ -441,6 +445,8 @@ def _check_keepalive(settings: Settings) -> None:
     for name in keepalive:
         if getattr(settings, name) < 0:
             raise ValueError(f"{name} must be >= 0")
+    if settings.grpc_infer_response_compression_level not in ("none", "low", "medium", "high"):
+        raise ValueError("grpc_infer_response_compression_level must be none, low, medium or high")
     if not settings.grpc_keepalive_time or not settings.grpc_keepalive_timeout:
         raise ValueError("grpc_keepalive_time and grpc_keepalive_timeout must be > 0 ms")
 

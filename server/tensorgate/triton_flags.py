@@ -46,12 +46,6 @@ def _refused_when_true(flag: str, value: str, why: str) -> list[str]:
     return []
 
 
-def _uncompressed(flag: str, value: str) -> list[str]:
-    if value != "none":
-        raise ValueError(f"--{flag}={value}: responses are sent uncompressed (none)")
-    return []
-
-
 def _no_pool(why: str) -> Callable[[str, str], list[str]]:
     """`--flag=0` (or `GPU:0`): no pool, which is what tensorgate has; any size refused."""
 
@@ -149,7 +143,6 @@ _REWRITES: dict[str, Callable[[str, str], list[str]]] = {
     "model-namespacing": lambda flag, value: _refused_when_true(
         flag, value, "model names are unique across the repositories"
     ),
-    "grpc-infer-response-compression-level": _uncompressed,
     # Sizes of pools tensorgate does not keep: only "none" (0) says what it does.
     "pinned-memory-pool-byte-size": _no_pool("tensorgate keeps no pinned-memory pool"),
     "cuda-memory-pool-byte-size": _no_pool(

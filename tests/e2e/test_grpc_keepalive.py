@@ -1,6 +1,7 @@
-"""gRPC keepalive and ping policy (Triton's --grpc-keepalive-* and --grpc-http2-* flags),
-seen on the wire: an HTTP/2 client written here counts the server's PING frames and reads
-its GOAWAY, beside tritonclient with keepalive options."""
+"""gRPC connection settings (Triton's --grpc-keepalive-*, --grpc-http2-*,
+--grpc-max-connection-age* and --grpc-infer-response-compression-level flags), seen on the
+wire: an HTTP/2 client written here counts the server's PING frames, reads its GOAWAY and its
+responses' compressed flag, beside tritonclient."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from tests.e2e.models import identity_onnx
 pytestmark = pytest.mark.slow
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SETTINGS, PING, GOAWAY = 0x4, 0x6, 0x7
-ACK = 0x1
+DATA, HEADERS, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
+ACK = END_STREAM = 0x1
+END_HEADERS = 0x4
 ENHANCE_YOUR_CALM = 0xB
 KEEPALIVE = (
     "--grpc-keepalive-time",
@@ -188,3 +190,71 @@ def test_a_connection_past_its_maximum_age_is_sent_away_and_clients_reconnect(
                     [0, 1, 2, 3]
                 ]
                 time.sleep(0.05)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """An HPACK header field, literal and not indexed (names and values under 127 bytes)."""
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def _infer_on_the_wire(port: int) -> bytes:
+    """One ModelInfer call written by hand (identity on 4 rows of zeros); the response's
+    gRPC message as it arrived, its compressed flag first."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="identity")
+    request.inputs.add(name="INPUT", datatype="FP32", shape=[4, 4])
+    request.raw_input_contents.append(bytes(64))
+    message = request.SerializeToString()
+    headers = b"".join(
+        _literal(name, value)
+        for name, value in (
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/inference.GRPCInferenceService/ModelInfer"),
+            (b":authority", b"127.0.0.1"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"grpc-accept-encoding", b"identity,deflate,gzip"),
+        )
+    )
+    stream = (1).to_bytes(4, "big")
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    connection = Http2(port)
+    try:
+        connection.sock.sendall(
+            len(headers).to_bytes(3, "big") + bytes([HEADERS, END_HEADERS]) + stream + headers
+        )
+        connection.sock.sendall(
+            len(body).to_bytes(3, "big") + bytes([DATA, END_STREAM]) + stream + body
+        )
+        data = b""
+        for kind, _, payload in connection.frames(5.0):
+            if kind == DATA:
+                data += payload
+                if len(data) >= 5 and len(data) >= 5 + int.from_bytes(data[1:5], "big"):
+                    return data
+        raise AssertionError("no response message")
+    finally:
+        connection.close()
+
+
+def test_inference_responses_are_compressed_at_the_configured_level(
+    tmp_path_factory: pytest.TempPathFactory, keepalive_server: Server
+) -> None:
+    import zlib
+
+    from tritonclient.grpc import service_pb2
+
+    repo = tmp_path_factory.mktemp("compressed_repo")
+    identity_onnx(Path(repo) / "identity" / "1" / "model.onnx", "FP32")
+    with serving(repo, tmp_path_factory, "--grpc-infer-response-compression-level=high") as high:
+        compressed = _infer_on_the_wire(high.port)
+        tensor = grpcclient.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+        with grpcclient.InferenceServerClient(high.url) as client:  # decompressed as usual
+            assert client.infer("identity", [tensor]).as_numpy("OUTPUT").tolist() == [[0, 1, 2, 3]]
+    assert compressed[0] == 1  # the compressed flag; high is deflate among gzip and deflate
+    response = service_pb2.ModelInferResponse.FromString(zlib.decompress(compressed[5:]))
+    assert response.raw_output_contents[0] == bytes(64)
+    assert _infer_on_the_wire(keepalive_server.port)[0] == 0  # the default: none

@@ -71,10 +71,14 @@ class GrpcServer:
             ),
             ("grpc.http2.max_ping_strikes", settings.grpc_http2_max_ping_strikes),
         ]
-        # A connection's age and the grace after it (grpc's own default is no limit).
+        # A connection's age and the grace after it (grpc's own default is no limit), and the
+        # responses' compression: set per call (ServicerContext.set_compression), grpc.aio
+        # 1.85 still sends them uncompressed, so it is the server's, for every response.
+        level = _COMPRESSION_LEVELS[settings.grpc_infer_response_compression_level]
         for option, value in (
             ("grpc.max_connection_age_ms", settings.grpc_max_connection_age),
             ("grpc.max_connection_age_grace_ms", settings.grpc_max_connection_age_grace),
+            ("grpc.default_compression_level", level),
         ):
             if value and not private_address:
                 options.append((option, value))
@@ -161,6 +165,11 @@ class GrpcServer:
     async def stop(self, grace: float) -> None:
         """Calls in flight get `grace` seconds (readiness is already off: Servers.stop)."""
         await self.server.stop(grace)
+
+
+# Triton's response compression levels, grpc's own: grpc picks the algorithm for a level
+# from those the client accepts (gzip for low, deflate above, from a grpc client).
+_COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 
 
 def _host_port(host: str, port: int) -> str:
