@@ -116,7 +116,8 @@ class Servers:
             ]
             if self.cache is not None:
                 extra.append(ResponseCacheCollector(self.cache))
-            cpu = CpuSampler() if settings.allow_cpu_metrics else None
+            interval_s = settings.metrics_interval_ms / 1000
+            cpu = CpuSampler(interval_s=interval_s) if settings.allow_cpu_metrics else None
             config = MetricsConfig.parse(settings.metrics_config)
             extra.append(TritonCollector(self.dataplane.loaded_versions, cpu, config))
             registry = build_registry(collector, generation, *extra, gpu=settings.allow_gpu_metrics)

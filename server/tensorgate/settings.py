@@ -69,6 +69,8 @@ HELP = {
     "summary_latencies=true adds nv_inference_*_summary_us quantiles over the last minute "
     "(summary_quantiles=Q:E,...); counter_latencies=false drops the *_duration_us counters",
     "allow_cpu_metrics": "export the machine's CPU and memory gauges (nv_cpu_*)",
+    "metrics_interval_ms": "ms between the samples nv_cpu_utilization is measured over; 0: "
+    "over the time since the previous scrape",
     "allow_gpu_metrics": "export GPU gauges through NVML where a GPU answers",
     "dev": "human-readable console logs instead of JSON lines",
     "access_log_rate": "share (0-1) of successful inferences access-logged; failures always are",
@@ -190,6 +192,7 @@ class Settings:
     metrics_port: int = 8002  # Prometheus /metrics; -1 turns metrics off
     metrics_config: list[str] = field(default_factory=list)
     allow_cpu_metrics: bool = True
+    metrics_interval_ms: float = 0.0  # Triton's default is 2000; 0: between scrapes
     allow_gpu_metrics: bool = True
     # Cloud platforms' serving contracts (transport/rest/cloud.py), as Triton serves them.
     allow_sagemaker: bool = False
@@ -410,6 +413,8 @@ def _check_tls(settings: Settings) -> None:
 
 
 def _check_numbers(settings: Settings) -> None:
+    if settings.metrics_interval_ms < 0:
+        raise ValueError("metrics_interval_ms must be >= 0")
     if settings.model_load_thread_count < 1 or settings.model_load_retry_count < 0:
         raise ValueError("model_load_thread_count must be >= 1 and model_load_retry_count >= 0")
     if settings.workers != "auto" and not (settings.workers.isdigit() and int(settings.workers)):

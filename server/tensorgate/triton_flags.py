@@ -169,7 +169,6 @@ _NO_COUNTERPART = {
     "repoagent-directory": "repository agents are not supported",
     "cache-directory": "tensorgate's one cache is built in (--cache-config=local,size=N)",
     "host-policy": "host policies are not supported",
-    "metrics-interval-ms": "metrics are read when scraped, not on an interval",
     "sagemaker-safe-port-range": "the other ports are whatever their flags say",
     "sagemaker-thread-count": "SageMaker's routes are served on the event loop",
     "vertex-ai-thread-count": "Vertex AI's routes are served on the event loop",

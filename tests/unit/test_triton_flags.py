@@ -136,6 +136,7 @@ def test_tritons_addresses_id_aliases_and_metric_switches_set_their_settings() -
         "--cuda-memory-pool-byte-size",
         "0:0",
         "--log-verbose=false",
+        "--metrics-interval-ms=500",
         "--allow-sagemaker=false",
         "--grpc-restricted-protocol=inference:x-key=1",
         "--http-restricted-api=model-repository,statistics:x-admin=2",
@@ -148,6 +149,7 @@ def test_tritons_addresses_id_aliases_and_metric_switches_set_their_settings() -
         "allow_gpu_metrics": False,
         "log_level": "INFO",  # --log-verbose=false
         "grpc_infer_response_compression_level": "medium",
+        "metrics_interval_ms": 500.0,
         "grpc_restricted_protocol": ["inference:x-key=1"],
         "http_restricted_api": ["model-repository,statistics:x-admin=2"],
     }

@@ -67,6 +67,29 @@ def test_cpu_utilization_is_the_busy_share_between_scrapes_and_memory_the_unavai
     assert next(iter(sampler.collect())).samples[0].value == 0.5
 
 
+def test_with_an_interval_cpu_utilization_is_sampled_over_it_not_over_scrapes(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    (tmp_path / "meminfo").write_text(MEMINFO)
+    (tmp_path / "stat").write_text("cpu  100 0 100 700 100 0 0 0 0 0\n")
+    sampler = CpuSampler(tmp_path, interval_s=0.02)
+    (tmp_path / "stat").write_text("cpu  130 0 100 770 100 0 0 0 0 0\n")  # 30 of 100 busy
+
+    def utilization() -> float:
+        return float(next(iter(sampler.collect())).samples[0].value)
+
+    deadline = time.monotonic() + 10
+    while utilization() != 0.3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert utilization() == 0.3
+    # Scrapes read the last interval's figure; they start no window of their own.
+    (tmp_path / "stat").write_text("cpu  130 0 100 770 100 0 0 0 0 0\n")
+    time.sleep(0.1)
+    assert utilization() == 0.3
+
+
 def test_tritons_gpu_gauges_come_from_nvml_and_skip_what_a_gpu_does_not_report() -> None:
     def unsupported(handle: object) -> float:
         raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")

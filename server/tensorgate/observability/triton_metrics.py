@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,12 +238,30 @@ def _counter(name: str, documentation: str, values: list[tuple[ModelVersion, int
 
 
 class CpuSampler:
-    """The machine's CPU utilization between scrapes, and its memory, from /proc."""
+    """The machine's CPU utilization and memory, from /proc: utilization over the time
+    since the previous scrape, or, with `interval_s` (Triton's --metrics-interval-ms), over
+    the last interval, sampled by a thread of its own."""
 
-    def __init__(self, proc: Path = Path("/proc")) -> None:
+    def __init__(self, proc: Path = Path("/proc"), interval_s: float = 0.0) -> None:
         self.proc = proc
         self._last = self._times()
         self._utilization = 0.0
+        self.interval_s = interval_s
+        if interval_s > 0:
+            threading.Thread(target=self._sample, name="tg-cpu-sampler", daemon=True).start()
+
+    def _sample(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            self._tick()
+
+    def _tick(self) -> None:
+        """Utilization since the last tick (a tick within one clock tick keeps the figure)."""
+        now = self._times()
+        if now is not None and self._last is not None:
+            busy, total = now[0] - self._last[0], now[1] - self._last[1]
+            if total > 0:
+                self._last, self._utilization = now, busy / total
 
     def _times(self) -> tuple[int, int] | None:
         """(busy, total) jiffies of every CPU since boot; None where /proc has no stat."""
@@ -265,11 +285,9 @@ class CpuSampler:
         return kib["MemTotal"] * 1024, (kib["MemTotal"] - kib["MemAvailable"]) * 1024
 
     def collect(self) -> Iterator[Metric]:
-        now = self._times()
-        if now is not None and self._last is not None:
-            busy, total = now[0] - self._last[0], now[1] - self._last[1]
-            if total > 0:  # scrapes within one clock tick keep the previous window's figure
-                self._last, self._utilization = now, busy / total
+        if not self.interval_s:
+            self._tick()
+        if self._last is not None:
             yield GaugeMetricFamily(
                 "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", value=self._utilization
             )
