@@ -1,15 +1,13 @@
 """tritonserver's spellings of the flags tensorgate shares, so that a Triton command line
 runs with only the program's name changed.
 
-Switches take Triton's `--flag=true|false` (tensorgate's own form is `--flag` and
-`--no-flag`), and the flags whose name or form differ are rewritten into tensorgate's:
-`--exit-timeout-secs`, `--allow-http`, `--allow-metrics`, `--allow-grpc`, `--log-verbose`,
-`--log-info`, `--log-warning`, `--strict-model-config`, `--backend-config` (its
-`default-max-batch-size`), `--cache-config` (`local,size=N`), `--trace-config`,
-`--reuse-grpc-port` / `--reuse-http-port`, `--model-store`, `--response-cache-byte-size`,
-`--id`, `--model-namespacing=false` and the gRPC TLS flags (`--grpc-use-ssl`, `-mutual`,
-`--grpc-server-cert`, `--grpc-server-key`, `--grpc-root-cert`). A value tensorgate cannot
-honour, and a Triton flag it has no counterpart for, fail with the flag's name and why.
+Most of Triton's flags are tensorgate's under the same name. Switches take Triton's
+`--flag=true|false` (tensorgate's own form is `--flag` and `--no-flag`); the flags whose name
+or form differ are rewritten into tensorgate's (`_REWRITES`: `--exit-timeout-secs`,
+`--allow-http`, `--log-verbose`, `--backend-config`, `--cache-config`, `--trace-config` with
+OpenTelemetry's `url` and `resource`, `--model-store`, `--id`, ...), and the gRPC TLS flags
+are read together into TLS on the gRPC port alone. A value tensorgate cannot honour, and a
+Triton flag it has no counterpart for (`_NO_COUNTERPART`), fail with the flag's name and why.
 """
 
 from __future__ import annotations
