@@ -146,9 +146,9 @@ HELP = {
     "without data; each one sooner is a strike",
     "grpc_http2_max_ping_strikes": "strikes before the server closes the connection with "
     "GOAWAY too_many_pings (0: no limit)",
-    "grpc_infer_response_compression_level": "none, low, medium or high: inference responses "
-    "compressed as grpc ranks the algorithms the client accepts (low: gzip; medium, high: "
-    "deflate)",
+    "grpc_infer_response_compression_level": "none, low, medium or high: every gRPC response "
+    "compressed with an algorithm the client accepts, as grpc picks one for the level (from a "
+    "grpc client: gzip for low, deflate above)",
     "grpc_max_connection_age": "ms a gRPC connection may live before the server sends GOAWAY, "
     "so clients reconnect and spread over replicas (0: no limit)",
     "grpc_max_connection_age_grace": "ms the calls of a connection past its age get to finish "
@@ -483,7 +483,7 @@ def reference_markdown() -> str:
             if item.default_factory is not dataclasses.MISSING
             else item.default
         )
-        shown = "" if default in (None, []) else f"`{default}`"
+        shown = "" if default in (None, [], "") else f"`{default}`"
         flag = "--" + item.name.replace("_", "-")
         if isinstance(default, bool):
             flag = f"{flag}` / `--no-{flag[2:]}"
