@@ -337,14 +337,7 @@ class RestApp:
             )
         else:
             shm = self.dataplane.shared_memory
-            decoded = rest_codec.decode_infer_request(
-                body, headers.header_length, model, version, shm
-            )
-            decoded.request.protocol = "http"
-            if self.header_forward is not None:
-                self.header_forward.add_to(
-                    decoded.request.parameters, asgi_headers(scope["headers"])
-                )
+            decoded = self._decode(body, headers, model, version, scope)
             response = await _unless_disconnected(
                 self.dataplane.infer(decoded.request), scope, receive
             )
@@ -366,6 +359,18 @@ class RestApp:
             payload = _compress(payload, headers.accept_encoding, extra)
         return 200, payload, extra
 
+    def _decode(
+        self, body: bytes, headers: RequestHeaders, model: str, version: str, scope: Scope
+    ) -> rest_codec.RestInferRequest:
+        """The infer body as a request, with the forwarded headers among its parameters."""
+        decoded = rest_codec.decode_infer_request(
+            body, headers.header_length, model, version, self.dataplane.shared_memory
+        )
+        decoded.request.protocol = "http"
+        if self.header_forward is not None:
+            self.header_forward.add_to(decoded.request.parameters, asgi_headers(scope["headers"]))
+        return decoded
+
     async def _traced_infer(
         self,
         trace: RequestTrace,
@@ -380,14 +385,7 @@ class RestApp:
 
         def decode() -> InferRequest:
             nonlocal decoded
-            decoded = rest_codec.decode_infer_request(
-                body, headers.header_length, model, version, self.dataplane.shared_memory
-            )
-            decoded.request.protocol = "http"
-            if self.header_forward is not None:
-                self.header_forward.add_to(
-                    decoded.request.parameters, asgi_headers(scope["headers"])
-                )
+            decoded = self._decode(body, headers, model, version, scope)
             return decoded.request
 
         async def infer(request: InferRequest) -> InferResponse:

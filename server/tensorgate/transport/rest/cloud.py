@@ -207,6 +207,9 @@ class CloudApp:
 def _rewritten(
     scope: Scope, path: str, method: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> Scope:
+    """A new scope for the REST app. Being new matters: the REST app writes a response
+    straight to the connection only for the connection's own scope (HttpProtocol.respond),
+    so these responses go through `send`, where `_framing_out` rewrites them."""
     return {
         **scope,
         "path": path,
