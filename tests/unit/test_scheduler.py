@@ -238,6 +238,26 @@ def test_request_cancelled_in_the_queue_is_never_executed() -> None:
     _run(BATCHING, [backend], body)
 
 
+def test_a_queued_future_cancelled_without_a_task_leaves_the_queue() -> None:
+    # A stream's request has no task: its caller cancels the future `enqueue` returned.
+    backend = GatedBackend()
+
+    async def body(scheduler: Scheduler) -> None:
+        first = await _occupy(scheduler, backend)
+        doomed = scheduler.enqueue(_x(2), 1)
+        kept = scheduler.enqueue(_x(4), 1)
+        assert scheduler.queued == 2
+        assert doomed.cancel()
+        assert scheduler.queued == 1 and doomed.cancelled()
+        backend.gate.set()
+        await first
+        assert (await kept).outputs["Y"].tolist() == [[8]]
+        assert backend.batches == [[1], [4]]
+        assert not kept.cancel()  # answered: nothing left to withdraw
+
+    _run(BATCHING, [backend], body)
+
+
 def test_request_cancelled_while_running_keeps_its_instance_until_the_thread_ends() -> None:
     backend = GatedBackend()
 

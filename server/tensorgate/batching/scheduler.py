@@ -38,7 +38,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -81,6 +81,27 @@ class _Executed:
     cpu_ns: int = 0
 
 
+class _Queued(asyncio.Future[Scheduled]):
+    """A queued request's share of a batch, as its caller awaits it or watches it.
+
+    Cancelling it (the client left, its deadline passed, its stream ended) takes the request
+    out of the queue if no batch has taken it yet. Here rather than around an `await`: a
+    caller with no task of its own (a stream's request) cancels the future itself.
+    """
+
+    __slots__ = ("pending", "scheduler")
+    pending: Pending | None  # None once answered or withdrawn
+    scheduler: Scheduler
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.scheduler._withdraw(pending)
+        return True
+
+
 class _Ticket:
     """The scheduler's side of a queued request."""
 
@@ -88,7 +109,7 @@ class _Ticket:
 
     def __init__(
         self,
-        future: asyncio.Future[Scheduled],
+        future: _Queued,
         inputs: dict[str, Array],
         seq: int,
         request: InferRequest | None,
@@ -234,12 +255,12 @@ class Scheduler:
         """Batches executing now."""
         return self._running
 
-    def run(self, request: InferRequest, rows: int) -> Awaitable[Scheduled]:
-        """The runner's entry: the request's queue parameters, then `submit`."""
+    def run(self, request: InferRequest, rows: int) -> asyncio.Future[Scheduled]:
+        """The runner's entry: the request's queue parameters, then `enqueue`."""
         priority, timeout_us = queue_parameters(request.parameters)
         if self.queue.live and (request.deadline_ns or self.max_wait_ns):
             self._admit(request.deadline_ns)
-        return self.submit(request.inputs, rows, priority, timeout_us, request)
+        return self.enqueue(request.inputs, rows, priority, timeout_us, request)
 
     def expected_wait_ns(self) -> int:
         """How long a request queued now would wait for its batch to start, from the
@@ -290,6 +311,17 @@ class Scheduler:
         request: InferRequest | None = None,
     ) -> Scheduled:
         """Queue a request and wait for its share of a batch's outputs."""
+        return await self.enqueue(inputs, rows, priority, timeout_us, request)
+
+    def enqueue(
+        self,
+        inputs: dict[str, Array],
+        rows: int,
+        priority: int = 0,
+        timeout_us: int = 0,
+        request: InferRequest | None = None,
+    ) -> asyncio.Future[Scheduled]:
+        """Queue a request; the future is its share of a batch's outputs."""
         if self._closing:
             raise Unavailable(f"model '{self.name}' is being unloaded")
         policy = self.policy
@@ -301,7 +333,7 @@ class Scheduler:
             key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items()))
             if policy.ragged:  # a ragged input's shape does not keep requests apart
                 key = tuple((n, () if n in policy.ragged else shape) for n, shape in key)
-        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        future = _Queued()
         item = Pending(
             rows,
             key,
@@ -310,21 +342,24 @@ class Scheduler:
             now + timeout_ns if timeout_ns else 0,
             _Ticket(future, inputs, self._seq, request),
         )
+        future.scheduler = self
+        future.pending = item  # a cycle, broken when the request is answered or withdrawn
         with self._lock:
             self.queue.push(item)
             self._seq += 1
         if not self._schedule_pending:
             self._schedule_pending = True
             asyncio.get_running_loop().call_soon(self._schedule_soon)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            with self._lock:
-                removed = self.queue.remove(item)
-            if removed:
-                self._deliver(item.handle, None)
-                self._check_drained()
-            raise
+        return future
+
+    def _withdraw(self, item: Pending) -> None:
+        """A cancelled request: out of the queue if still there; a running batch's result
+        for it is dropped when it comes."""
+        with self._lock:
+            removed = self.queue.remove(item)
+        if removed:
+            self._deliver(item.handle, None)
+            self._check_drained()
 
     # Scheduling ------------------------------------------------------------------------
 
@@ -588,7 +623,8 @@ class Scheduler:
             drained.set_result(None)
 
 
-def _resolve(future: asyncio.Future[Scheduled], outcome: Outcome) -> None:
+def _resolve(future: _Queued, outcome: Outcome) -> None:
+    future.pending = None
     if future.done() or outcome is None:
         return  # the caller was cancelled: its result is dropped
     if isinstance(outcome, BaseException):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,28 @@ EXTENSIONS = (
 )
 
 
+class _Call:
+    """One request between `DataPlane._begin` and its answer."""
+
+    __slots__ = ("cache_key", "looked_up", "model", "request", "started", "waiting")
+
+    def __init__(
+        self,
+        model: ModelVersion,
+        request: InferRequest,
+        started: int,
+        waiting: Awaitable[Scheduled],
+        cache_key: bytes | None,
+        looked_up: int,
+    ) -> None:
+        self.model = model
+        self.request = request
+        self.started = started  # perf_counter_ns when the data plane got it
+        self.waiting = waiting  # the runner's answer to come
+        self.cache_key = cache_key  # for a model with the response cache on
+        self.looked_up = looked_up  # when the cache lookup ended
+
+
 class DataPlane:
     """Server-wide operations, shared by the gRPC servicer and the REST shim."""
 
@@ -92,10 +115,11 @@ class DataPlane:
         self.tracing = tracing  # the transports start a request's trace; None: tracing off
         self.started = False  # start-up loading is done
         self.draining = False  # shutting down: finish what is in flight, take nothing new
-        # The tasks waiting on a model here (a request's, a stream's, a model's call), so that
-        # a shutdown can answer those its exit timeout leaves unfinished (`drain`).
-        self._in_flight: set[asyncio.Task[Any]] = set()
-        self._cut_off: set[asyncio.Task[Any]] = set()
+        # The tasks waiting on a model here (a request's, a stream's, a model's call), and the
+        # futures of requests that have no task (`infer_soon`), so that a shutdown can answer
+        # those its exit timeout leaves unfinished (`drain`).
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._cut_off: set[asyncio.Future[Any]] = set()
         self._exit_timeout_s = 0.0
 
     # Health and metadata -------------------------------------------------------------
@@ -218,38 +242,102 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue for a batch, and shape the response for one request."""
+        call = self._begin(request)
+        if isinstance(call, InferResponse):  # answered from the response cache
+            return call
+        task = asyncio.current_task()
+        tracks = self._track(task)
+        try:
+            done = await call.waiting
+            return self._finish(call, done)
+        except BaseException as exc:
+            error = self._failed(call, exc, task)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            if (metrics := call.model.metrics) is not None:
+                metrics.in_flight -= 1
+            if tracks:
+                self._in_flight.discard(task)
+
+    def infer_soon(
+        self, request: InferRequest, answer: Callable[[InferResponse | BaseException], None]
+    ) -> asyncio.Future[Any] | None:
+        """`infer` for a caller with no task per request (each request of a gRPC stream):
+        `answer` gets the response or the error on the loop, at once if it is known at once.
+        Returns what to cancel if the caller leaves first (None: answered already)."""
+        try:
+            call = self._begin(request)
+        except Exception as exc:
+            answer(exc)
+            return None
+        if isinstance(call, InferResponse):
+            answer(call)
+            return None
+        waiting = call.waiting
+        if not isinstance(waiting, asyncio.Future):  # a runner whose `run` is a coroutine
+            waiting = asyncio.ensure_future(waiting)
+        self._in_flight.add(waiting)
+        waiting.add_done_callback(partial(self._answer, call, answer))
+        return waiting
+
+    def _answer(
+        self,
+        call: _Call,
+        answer: Callable[[InferResponse | BaseException], None],
+        waiting: asyncio.Future[Scheduled],
+    ) -> None:
+        self._in_flight.discard(waiting)
+        if (metrics := call.model.metrics) is not None:
+            metrics.in_flight -= 1
+        try:
+            response = self._finish(call, waiting.result())
+        except BaseException as exc:
+            answer(self._failed(call, exc, waiting))
+            return
+        answer(response)
+
+    def _begin(self, request: InferRequest) -> _Call | InferResponse:
+        """Everything up to the wait for a batch: the model, the cache, validation and the
+        runner's queue. Raises what the client is told; a cache hit is answered here."""
         started = time.perf_counter_ns()
+        model: ModelVersion | None = None
         try:
             model = self.repository.get(request.model_name, request.model_version)
+            if model.runner.decoupled:
+                raise InvalidArgument(
+                    f"model '{model.name}' is decoupled (it may send any number of responses): "
+                    "call it with ModelStreamInfer over gRPC, or /generate_stream over HTTP"
+                )
+            key, looked_up = None, 0
+            if model.cached and (cache := self.cache) is not None:
+                key = cache.key(model.name, model.version, request)
+                hit = cache.get(key)
+                looked_up = time.perf_counter_ns()
+                if hit is not None:
+                    return self._cache_hit(model, request, hit, started, looked_up)
+            rows = validate_request(request, model.spec)
+            if model.spec.reshaped_inputs:
+                reshape_inputs(request, model.spec)
+            try:
+                waiting = model.runner.run(request, rows)
+            except Exception as exc:  # refused by the runner: counted as a failure
+                model.stats.record_failure(time.perf_counter_ns() - started)
+                raise _model_error(model, exc) from None
         except TensorgateError as exc:
-            self.observer.finished(request, None, time.perf_counter_ns() - started, error=exc)
-            raise
-        if model.runner.decoupled:
-            error = InvalidArgument(
-                f"model '{model.name}' is decoupled (it may send any number of responses): "
-                "call it with ModelStreamInfer over gRPC, or /generate_stream over HTTP"
-            )
-            self.observer.finished(request, model, time.perf_counter_ns() - started, error=error)
-            raise error
-        cache = self.cache if model.cached else None
-        if cache is not None:
-            key = cache.key(model.name, model.version, request)
-            hit = cache.get(key)
-            looked_up = time.perf_counter_ns()
-            if hit is not None:
-                return self._cache_hit(model, request, hit, started, looked_up)
-        metrics = model.metrics
-        if metrics is not None:
-            metrics.in_flight += 1
-        try:
-            done, outputs = await self._run(model, request, started)
-        except BaseException as exc:
             self.observer.finished(request, model, time.perf_counter_ns() - started, error=exc)
             raise
-        finally:
-            if metrics is not None:
-                metrics.in_flight -= 1
-        elapsed = time.perf_counter_ns() - started
+        if (metrics := model.metrics) is not None:
+            metrics.in_flight += 1
+        return _Call(model, request, started, waiting, key, looked_up)
+
+    def _finish(self, call: _Call, done: Scheduled) -> InferResponse:
+        """The batch's share for one request: its outputs checked and selected, statistics,
+        the cache; raises when the model's outputs do not match its config."""
+        model, request = call.model, call.request
+        outputs = self._select_outputs(model, request, done.outputs)
+        elapsed = time.perf_counter_ns() - call.started
         if request.trace is not None and done.batch is not None:
             request.trace.batch(done.batch, done.queue_ns)
         model.stats.record_success(
@@ -260,11 +348,29 @@ class DataPlane:
             done.compute_output_ns,
         )
         self.observer.finished(request, model, elapsed, done.queue_ns)
-        if cache is not None:
+        if call.cache_key is not None and (cache := self.cache) is not None:
             inserting = time.perf_counter_ns()
-            cache.put(key, outputs)
-            model.stats.cache_miss.add(looked_up - started + time.perf_counter_ns() - inserting)
+            cache.put(call.cache_key, outputs)
+            spent = call.looked_up - call.started + time.perf_counter_ns() - inserting
+            model.stats.cache_miss.add(spent)
         return _response(model, request, outputs, True)
+
+    def _failed(
+        self, call: _Call, exc: BaseException, waiter: asyncio.Future[Any] | None
+    ) -> BaseException:
+        """The error a failed request answers with (a cancellation stays one, unless a
+        shutdown's exit timeout cut the request off), counted and logged."""
+        model = call.model
+        elapsed = time.perf_counter_ns() - call.started
+        if isinstance(exc, asyncio.CancelledError):
+            if waiter is not None and waiter in self._cut_off:
+                model.stats.record_failure(elapsed)
+                exc = self._cut_off_error(waiter)
+        elif isinstance(exc, Exception):
+            model.stats.record_failure(elapsed)
+            exc = _model_error(model, exc)
+        self.observer.finished(call.request, model, elapsed, error=exc)
+        return exc
 
     def _cache_hit(
         self,
@@ -280,29 +386,6 @@ class DataPlane:
         model.stats.cache_hit.add(looked_up - started)
         self.observer.finished(request, model, elapsed, 0)
         return _response(model, request, outputs, True)
-
-    async def _run(
-        self, model: ModelVersion, request: InferRequest, started: int
-    ) -> tuple[Scheduled, dict[str, Array]]:
-        rows = validate_request(request, model.spec)
-        if model.spec.reshaped_inputs:
-            reshape_inputs(request, model.spec)
-        task = asyncio.current_task()
-        tracks = self._track(task)
-        try:
-            done = await model.runner.run(request, rows)
-            return done, self._select_outputs(model, request, done.outputs)
-        except asyncio.CancelledError:
-            if task not in self._cut_off:
-                raise
-            model.stats.record_failure(time.perf_counter_ns() - started)
-            raise self._cut_off_error(task) from None
-        except Exception as exc:
-            model.stats.record_failure(time.perf_counter_ns() - started)
-            raise _model_error(model, exc) from None
-        finally:
-            if tracks:
-                self._in_flight.discard(task)
 
     def is_decoupled(self, name: str, version: str = "") -> bool:
         """Whether the model answers through `stream` only; False when it cannot be found
@@ -395,10 +478,11 @@ class DataPlane:
             task.cancel()
         return len(unfinished)
 
-    def _cut_off_error(self, task: asyncio.Task[Any]) -> Unavailable:
+    def _cut_off_error(self, waiter: asyncio.Future[Any]) -> Unavailable:
         """The cancellation `drain` sent, turned into the answer the client gets."""
-        task.uncancel()  # handled here: the task goes on to send that answer
-        self._cut_off.discard(task)
+        if isinstance(waiter, asyncio.Task):
+            waiter.uncancel()  # handled here: the task goes on to send that answer
+        self._cut_off.discard(waiter)
         return Unavailable(
             "the server is shutting down and its exit timeout "
             f"({self._exit_timeout_s:g} s, --exit-timeout) passed before this request finished"
