@@ -344,6 +344,25 @@ def test_http_request_whose_client_disconnects_in_the_queue_is_never_executed(
     assert [e["rows"] for e in executions(batching_repo, "slow")[before:]] == [[6], [8]]
 
 
+def test_stream_request_queued_when_its_stream_is_cancelled_is_never_executed(
+    batching_server: Server, batching_repo: Path
+) -> None:
+    with grpcclient.InferenceServerClient(batching_server.url) as client:
+        before = len(executions(batching_repo, "slow"))
+        blocker = _occupy(client, batching_repo, "slow", 6)
+        streamed = grpcclient.InferenceServerClient(batching_server.url)
+        answers: list[Any] = []
+        streamed.start_stream(lambda result, error: answers.append(error or result))
+        streamed.async_stream_infer("slow", [_input(7)])
+        time.sleep(0.2)  # queued behind the blocker; then the client cancels its stream
+        streamed.stop_stream(cancel_requests=True)
+        streamed.close()
+        assert not isinstance(blocker.get(timeout=30), Exception)
+        assert client.infer("slow", [_input(8)]).as_numpy("OUTPUT").tolist() == [[8]]
+    assert [e["rows"] for e in executions(batching_repo, "slow")[before:]] == [[6], [8]]
+    assert not [a for a in answers if not isinstance(a, InferenceServerException)], answers
+
+
 def test_request_cancelled_while_running_is_dropped_and_the_server_goes_on(
     batching_server: Server, batching_repo: Path
 ) -> None:
