@@ -10,7 +10,7 @@ the requests its ModelStatistics counted meanwhile), which drifts less than thro
 side measured first alternates from round to round, since the first of two back-to-back
 measurements tends to differ from the second. It prints each round's new ÷ base ratios and
 their medians; only the ratios mean anything.
-usage: python benchmarks/compare_revisions.py [--base REV] [--rounds N]
+usage: python benchmarks/compare_revisions.py [--base REV] [--rounds N] [--only ROW]
 """
 
 from __future__ import annotations
@@ -80,25 +80,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _inferences(grpc_port: int) -> int:
+def _counts(grpc_port: int) -> tuple[int, int]:
+    """add_sub's (inferences, executions) so far, from ModelStatistics."""
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
-        stats = client.get_inference_statistics("add_sub", as_json=True)
-    return int(stats["model_stats"][0].get("inference_count", 0))
+        stats = client.get_inference_statistics("add_sub", as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
 def _measure(
     side: str, pid: int, protocol: str, conc: int, extra: tuple[str, ...]
 ) -> tuple[float, float] | None:
-    """(infer/s, server CPU µs per request) of one perf_analyzer run, or None if it failed."""
+    """(infer/s, server CPU µs per request) of one perf_analyzer run, or None if it failed;
+    the mean batch is printed beside them (fewer, larger batches cost less per request)."""
     grpc_port, http_port = PORTS[side]
     port = http_port if protocol == "http" else grpc_port
-    cpu, count = _cpu_seconds(pid), _inferences(grpc_port)
+    cpu, (count, batches) = _cpu_seconds(pid), _counts(grpc_port)
     out = _run(
         ["bash", str(PEERS / "pa.sh"), f"127.0.0.1:{port}", "add_sub", str(conc), protocol, *extra]
     )
-    cpu, count = _cpu_seconds(pid) - cpu, _inferences(grpc_port) - count
+    cpu = _cpu_seconds(pid) - cpu
+    count_after, batches_after = _counts(grpc_port)
+    count, batches = count_after - count, batches_after - batches
     match = ROW.search(out)
     label = _label(protocol, conc, extra)
     if match is None or count <= 0:
@@ -106,7 +110,9 @@ def _measure(
         print(f"  {side:4s} {label} FAILED: {reason}", flush=True)
         return None
     cpu_us = cpu / count * 1e6
-    print(f"  {side:4s} {label} {match.group(0)}  cpu {cpu_us:.0f} µs/req", flush=True)
+    batch = count / max(batches, 1)
+    line = f"  {side:4s} {label} {match.group(0)}  cpu {cpu_us:.0f} µs/req  batch {batch:.1f}"
+    print(line, flush=True)
     return float(match.group(1)), cpu_us
 
 
@@ -121,6 +127,9 @@ def main() -> None:
         "--rounds", type=int, default=4, help="an even number: each side goes first as often"
     )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/tensorgate-compare"))
+    parser.add_argument(
+        "--only", default="", help="the rows whose label starts so, e.g. 'grpc stream'"
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     # The peer benchmark's repository: same models and configs as every other figure.
@@ -133,9 +142,10 @@ def main() -> None:
     }
     ratios: dict[str, list[tuple[float, float]]] = {}
     try:
+        rows = [row for row in ROWS if _label(*row).startswith(args.only)]
         for index in range(args.rounds):
             print(f"== round {index + 1} of {args.rounds}", flush=True)
-            for protocol, conc, extra in ROWS:
+            for protocol, conc, extra in rows:
                 order = ("new", "base") if index % 2 == 0 else ("base", "new")
                 measured = {
                     side: _measure(side, servers[side].pid, protocol, conc, extra) for side in order

@@ -14,7 +14,7 @@ from tensorgate.backends.base import ModelSignature
 from tensorgate.batching.placement import WINDOW
 from tensorgate.batching.policy import BatchingPolicy
 from tensorgate.batching.scheduler import Scheduler
-from tensorgate.dataplane.types import Array
+from tensorgate.dataplane.types import Array, InferRequest
 from tensorgate.errors import ModelExecutionError, ResourceExhausted, Unavailable
 from tensorgate.executors.instance_pool import InstancePool
 from tensorgate.repository.config import parse_config
@@ -239,13 +239,13 @@ def test_request_cancelled_in_the_queue_is_never_executed() -> None:
 
 
 def test_a_queued_future_cancelled_without_a_task_leaves_the_queue() -> None:
-    # A stream's request has no task: its caller cancels the future `enqueue` returned.
+    # A stream's request has no task: its caller cancels the future `start` returned.
     backend = GatedBackend()
 
     async def body(scheduler: Scheduler) -> None:
         first = await _occupy(scheduler, backend)
-        doomed = scheduler.enqueue(_x(2), 1)
-        kept = scheduler.enqueue(_x(4), 1)
+        doomed = scheduler.start(InferRequest("m", inputs=_x(2)), 1)
+        kept = scheduler.start(InferRequest("m", inputs=_x(4)), 1)
         assert scheduler.queued == 2
         assert doomed.cancel()
         assert scheduler.queued == 1 and doomed.cancelled()

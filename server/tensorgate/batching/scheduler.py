@@ -38,7 +38,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -82,11 +82,10 @@ class _Executed:
 
 
 class _Queued(asyncio.Future[Scheduled]):
-    """A queued request's share of a batch, as its caller awaits it or watches it.
-
-    Cancelling it (the client left, its deadline passed, its stream ended) takes the request
-    out of the queue if no batch has taken it yet. Here rather than around an `await`: a
-    caller with no task of its own (a stream's request) cancels the future itself.
+    """The future of a request queued by a caller with no task of its own (a stream's
+    request, `Scheduler.start`): cancelling it takes the request out of the queue if no
+    batch has taken it yet. Callers that await (`run`) get a plain future, which a task
+    awaits faster, and withdraw the request when their await is cancelled.
     """
 
     __slots__ = ("pending", "scheduler")
@@ -109,7 +108,7 @@ class _Ticket:
 
     def __init__(
         self,
-        future: _Queued,
+        future: asyncio.Future[Scheduled],
         inputs: dict[str, Array],
         seq: int,
         request: InferRequest | None,
@@ -255,12 +254,23 @@ class Scheduler:
         """Batches executing now."""
         return self._running
 
-    def run(self, request: InferRequest, rows: int) -> asyncio.Future[Scheduled]:
-        """The runner's entry: the request's queue parameters, then `enqueue`."""
+    def run(self, request: InferRequest, rows: int) -> Awaitable[Scheduled]:
+        """The runner's entry: the request's queue parameters, then `submit`."""
         priority, timeout_us = queue_parameters(request.parameters)
         if self.queue.live and (request.deadline_ns or self.max_wait_ns):
             self._admit(request.deadline_ns)
-        return self.enqueue(request.inputs, rows, priority, timeout_us, request)
+        return self.submit(request.inputs, rows, priority, timeout_us, request)
+
+    def start(self, request: InferRequest, rows: int) -> asyncio.Future[Scheduled]:
+        """`run` for a caller with no task of its own: the request's share of a batch, a
+        future whose cancellation withdraws the request."""
+        priority, timeout_us = queue_parameters(request.parameters)
+        if self.queue.live and (request.deadline_ns or self.max_wait_ns):
+            self._admit(request.deadline_ns)
+        future = _Queued()
+        future.scheduler = self
+        future.pending = self._enqueue(request.inputs, rows, priority, timeout_us, request, future)
+        return future  # a cycle with its Pending, broken when it is answered or withdrawn
 
     def expected_wait_ns(self) -> int:
         """How long a request queued now would wait for its batch to start, from the
@@ -311,17 +321,24 @@ class Scheduler:
         request: InferRequest | None = None,
     ) -> Scheduled:
         """Queue a request and wait for its share of a batch's outputs."""
-        return await self.enqueue(inputs, rows, priority, timeout_us, request)
+        future: asyncio.Future[Scheduled] = asyncio.get_running_loop().create_future()
+        item = self._enqueue(inputs, rows, priority, timeout_us, request, future)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._withdraw(item)
+            raise
 
-    def enqueue(
+    def _enqueue(
         self,
         inputs: dict[str, Array],
         rows: int,
-        priority: int = 0,
-        timeout_us: int = 0,
-        request: InferRequest | None = None,
-    ) -> asyncio.Future[Scheduled]:
-        """Queue a request; the future is its share of a batch's outputs."""
+        priority: int,
+        timeout_us: int,
+        request: InferRequest | None,
+        future: asyncio.Future[Scheduled],
+    ) -> Pending:
+        """Queue a request answered through `future`; its entry in the queue."""
         if self._closing:
             raise Unavailable(f"model '{self.name}' is being unloaded")
         policy = self.policy
@@ -333,7 +350,6 @@ class Scheduler:
             key = tuple(sorted((n, a.shape[1:]) for n, a in inputs.items()))
             if policy.ragged:  # a ragged input's shape does not keep requests apart
                 key = tuple((n, () if n in policy.ragged else shape) for n, shape in key)
-        future = _Queued()
         item = Pending(
             rows,
             key,
@@ -342,15 +358,13 @@ class Scheduler:
             now + timeout_ns if timeout_ns else 0,
             _Ticket(future, inputs, self._seq, request),
         )
-        future.scheduler = self
-        future.pending = item  # a cycle, broken when the request is answered or withdrawn
         with self._lock:
             self.queue.push(item)
             self._seq += 1
         if not self._schedule_pending:
             self._schedule_pending = True
             asyncio.get_running_loop().call_soon(self._schedule_soon)
-        return future
+        return item
 
     def _withdraw(self, item: Pending) -> None:
         """A cancelled request: out of the queue if still there; a running batch's result
@@ -623,8 +637,9 @@ class Scheduler:
             drained.set_result(None)
 
 
-def _resolve(future: _Queued, outcome: Outcome) -> None:
-    future.pending = None
+def _resolve(future: asyncio.Future[Scheduled], outcome: Outcome) -> None:
+    if type(future) is _Queued:
+        future.pending = None
     if future.done() or outcome is None:
         return  # the caller was cancelled: its result is dropped
     if isinstance(outcome, BaseException):

@@ -64,26 +64,11 @@ EXTENSIONS = (
 )
 
 
-class _Call:
-    """One request between `DataPlane._begin` and its answer."""
-
-    __slots__ = ("cache_key", "looked_up", "model", "request", "started", "waiting")
-
-    def __init__(
-        self,
-        model: ModelVersion,
-        request: InferRequest,
-        started: int,
-        waiting: Awaitable[Scheduled],
-        cache_key: bytes | None,
-        looked_up: int,
-    ) -> None:
-        self.model = model
-        self.request = request
-        self.started = started  # perf_counter_ns when the data plane got it
-        self.waiting = waiting  # the runner's answer to come
-        self.cache_key = cache_key  # for a model with the response cache on
-        self.looked_up = looked_up  # when the cache lookup ended
+# One request between `DataPlane._begin` and its answer: its model version, the runner's
+# answer to come, when the data plane got it (perf_counter_ns), its response-cache key (None:
+# the model's cache is off) and when the cache lookup ended. A tuple: the unary path builds
+# one per request, and a class's __init__ costs a call more.
+_Begun = tuple[ModelVersion, Awaitable[Scheduled], int, bytes | None, int]
 
 
 class DataPlane:
@@ -242,21 +227,21 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate, queue for a batch, and shape the response for one request."""
-        call = self._begin(request)
-        if isinstance(call, InferResponse):  # answered from the response cache
-            return call
+        begun = self._begin(request)
+        if isinstance(begun, InferResponse):  # answered from the response cache
+            return begun
         task = asyncio.current_task()
         tracks = self._track(task)
         try:
-            done = await call.waiting
-            return self._finish(call, done)
+            done = await begun[1]
+            return self._finish(request, begun, done)
         except BaseException as exc:
-            error = self._failed(call, exc, task)
+            error = self._failed(request, begun, exc, task)
             if error is exc:
                 raise
             raise error from None
         finally:
-            if (metrics := call.model.metrics) is not None:
+            if (metrics := begun[0].metrics) is not None:
                 metrics.in_flight -= 1
             if tracks:
                 self._in_flight.discard(task)
@@ -268,39 +253,42 @@ class DataPlane:
         `answer` gets the response or the error on the loop, at once if it is known at once.
         Returns what to cancel if the caller leaves first (None: answered already)."""
         try:
-            call = self._begin(request)
+            begun = self._begin(request, tasked=False)
         except Exception as exc:
             answer(exc)
             return None
-        if isinstance(call, InferResponse):
-            answer(call)
+        if isinstance(begun, InferResponse):
+            answer(begun)
             return None
-        waiting = call.waiting
-        if not isinstance(waiting, asyncio.Future):  # a runner whose `run` is a coroutine
+        waiting = begun[1]
+        if not isinstance(waiting, asyncio.Future):  # a runner with no `start`: a task
             waiting = asyncio.ensure_future(waiting)
         self._in_flight.add(waiting)
-        waiting.add_done_callback(partial(self._answer, call, answer))
+        waiting.add_done_callback(partial(self._answer, request, begun, answer))
         return waiting
 
     def _answer(
         self,
-        call: _Call,
+        request: InferRequest,
+        begun: _Begun,
         answer: Callable[[InferResponse | BaseException], None],
         waiting: asyncio.Future[Scheduled],
     ) -> None:
         self._in_flight.discard(waiting)
-        if (metrics := call.model.metrics) is not None:
+        if (metrics := begun[0].metrics) is not None:
             metrics.in_flight -= 1
         try:
-            response = self._finish(call, waiting.result())
+            response = self._finish(request, begun, waiting.result())
         except BaseException as exc:
-            answer(self._failed(call, exc, waiting))
+            answer(self._failed(request, begun, exc, waiting))
             return
         answer(response)
 
-    def _begin(self, request: InferRequest) -> _Call | InferResponse:
+    def _begin(self, request: InferRequest, tasked: bool = True) -> _Begun | InferResponse:
         """Everything up to the wait for a batch: the model, the cache, validation and the
-        runner's queue. Raises what the client is told; a cache hit is answered here."""
+        runner's queue. Raises what the client is told; a cache hit is answered here.
+        `tasked`: the caller awaits in a task of its own; else it waits on a future (the
+        runner's `start`, where it has one) and cancels that future if it leaves."""
         started = time.perf_counter_ns()
         model: ModelVersion | None = None
         try:
@@ -321,7 +309,8 @@ class DataPlane:
             if model.spec.reshaped_inputs:
                 reshape_inputs(request, model.spec)
             try:
-                waiting = model.runner.run(request, rows)
+                start = None if tasked else getattr(model.runner, "start", None)
+                waiting = model.runner.run(request, rows) if start is None else start(request, rows)
             except Exception as exc:  # refused by the runner: counted as a failure
                 model.stats.record_failure(time.perf_counter_ns() - started)
                 raise _model_error(model, exc) from None
@@ -330,14 +319,14 @@ class DataPlane:
             raise
         if (metrics := model.metrics) is not None:
             metrics.in_flight += 1
-        return _Call(model, request, started, waiting, key, looked_up)
+        return model, waiting, started, key, looked_up
 
-    def _finish(self, call: _Call, done: Scheduled) -> InferResponse:
+    def _finish(self, request: InferRequest, begun: _Begun, done: Scheduled) -> InferResponse:
         """The batch's share for one request: its outputs checked and selected, statistics,
         the cache; raises when the model's outputs do not match its config."""
-        model, request = call.model, call.request
+        model, _, started, cache_key, looked_up = begun
         outputs = self._select_outputs(model, request, done.outputs)
-        elapsed = time.perf_counter_ns() - call.started
+        elapsed = time.perf_counter_ns() - started
         if request.trace is not None and done.batch is not None:
             request.trace.batch(done.batch, done.queue_ns)
         model.stats.record_success(
@@ -348,20 +337,24 @@ class DataPlane:
             done.compute_output_ns,
         )
         self.observer.finished(request, model, elapsed, done.queue_ns)
-        if call.cache_key is not None and (cache := self.cache) is not None:
+        if cache_key is not None and (cache := self.cache) is not None:
             inserting = time.perf_counter_ns()
-            cache.put(call.cache_key, outputs)
-            spent = call.looked_up - call.started + time.perf_counter_ns() - inserting
+            cache.put(cache_key, outputs)
+            spent = looked_up - started + time.perf_counter_ns() - inserting
             model.stats.cache_miss.add(spent)
         return _response(model, request, outputs, True)
 
     def _failed(
-        self, call: _Call, exc: BaseException, waiter: asyncio.Future[Any] | None
+        self,
+        request: InferRequest,
+        begun: _Begun,
+        exc: BaseException,
+        waiter: asyncio.Future[Any] | None,
     ) -> BaseException:
         """The error a failed request answers with (a cancellation stays one, unless a
         shutdown's exit timeout cut the request off), counted and logged."""
-        model = call.model
-        elapsed = time.perf_counter_ns() - call.started
+        model, started = begun[0], begun[2]
+        elapsed = time.perf_counter_ns() - started
         if isinstance(exc, asyncio.CancelledError):
             if waiter is not None and waiter in self._cut_off:
                 model.stats.record_failure(elapsed)
@@ -369,7 +362,7 @@ class DataPlane:
         elif isinstance(exc, Exception):
             model.stats.record_failure(elapsed)
             exc = _model_error(model, exc)
-        self.observer.finished(call.request, model, elapsed, error=exc)
+        self.observer.finished(request, model, elapsed, error=exc)
         return exc
 
     def _cache_hit(

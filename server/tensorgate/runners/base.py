@@ -67,7 +67,13 @@ class RunnerStatus:
 
 
 class ModelRunner(Protocol):
-    """Runs one model version's requests; knows nothing of gRPC or HTTP."""
+    """Runs one model version's requests; knows nothing of gRPC or HTTP.
+
+    A runner may also offer `start(request, rows) -> asyncio.Future[Scheduled]`: `run` for
+    callers with no task of their own (a gRPC stream's requests), whose future's
+    cancellation withdraws the request. The dynamic batcher does; the data plane runs
+    `run` in a task for the others.
+    """
 
     # A decoupled runner answers through `stream` only: `run` is refused by the data plane.
     decoupled: bool
