@@ -264,6 +264,8 @@ class Scheduler:
     def start(self, request: InferRequest, rows: int) -> asyncio.Future[Scheduled]:
         """`run` for a caller with no task of its own: the request's share of a batch, a
         future whose cancellation withdraws the request."""
+        # The same admission as `run`, written out in both: a helper cost every unary
+        # request a call more, measured in the loop's instructions (benchmarks/NOTES.md).
         priority, timeout_us = queue_parameters(request.parameters)
         if self.queue.live and (request.deadline_ns or self.max_wait_ns):
             self._admit(request.deadline_ns)
