@@ -62,6 +62,22 @@ def _workers(server: Server) -> list[int]:
     return sorted(children)
 
 
+def _wait_until_every_worker_listens(server: Server, count: int = 2) -> None:
+    """The server answers ready as soon as one worker does; a worker takes connections only
+    once its models are loaded, so a test that needs both behind the port waits for both."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready = {
+            r.get("worker")
+            for r in server.log_records()
+            if r["event"] in ("ready", "serving, but not ready")
+        }
+        if ready >= set(range(count)):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not every worker listens after 120 s:\n{server.output()[-3000:]}")
+
+
 @pytest.fixture(scope="module")
 def two_workers(
     test_repository: Path, tmp_path_factory: pytest.TempPathFactory
@@ -69,6 +85,7 @@ def two_workers(
     with serving(
         test_repository, tmp_path_factory, "--workers", "2", "--access-log-rate", "1"
     ) as server:
+        _wait_until_every_worker_listens(server)
         yield server
 
 
@@ -122,6 +139,7 @@ def test_an_explicit_load_and_unload_reach_every_worker(
     with serving(
         test_repository, tmp_path_factory, "--workers", "2", "--model-control-mode", "explicit"
     ) as server:
+        _wait_until_every_worker_listens(server)
         with grpcclient.InferenceServerClient(server.url) as client:
             client.load_model("add_sub")
         for _ in range(20):  # fresh connections land on both workers
