@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tensorgate.batching.assemble import Staging, split_outputs
+from tensorgate.batching.assemble import STAGED_MIN_BYTES, Staging, split_outputs
 from tensorgate.errors import ModelExecutionError
 
+# Columns enough that two rows pass the size from which inputs are staged.
+WIDE = STAGED_MIN_BYTES // 4
 
-def _req(*values: float) -> dict[str, np.ndarray]:
-    return {"X": np.array(values, dtype=np.float32).reshape(-1, 1)}
+
+def _req(*values: float, width: int = WIDE) -> dict[str, np.ndarray]:
+    return {"X": np.repeat(np.array(values, dtype=np.float32).reshape(-1, 1), width, axis=1)}
 
 
-def test_requests_are_stacked_into_one_reused_buffer() -> None:
+def test_large_requests_are_stacked_into_one_reused_buffer() -> None:
     staging = Staging()
     first = staging.merge([_req(1), _req(2, 3)])["X"]
-    assert first.reshape(-1).tolist() == [1, 2, 3]
+    assert first[:, 0].tolist() == [1, 2, 3]
     second = staging.merge([_req(4), _req(5)])["X"]
-    assert second.reshape(-1).tolist() == [4, 5]
+    assert second[:, 0].tolist() == [4, 5]
     assert np.shares_memory(first, second)  # same buffer, no new allocation
+
+
+def test_small_requests_are_stacked_into_a_new_array_that_outputs_may_alias() -> None:
+    staging = Staging()
+    first = staging.merge([_req(1, width=16), _req(2, width=16)])["X"]
+    second = staging.merge([_req(4, width=16), _req(5, width=16)])["X"]
+    assert first[:, 0].tolist() == [1, 2] and second[:, 0].tolist() == [4, 5]
+    assert not np.shares_memory(first, second)
+    outputs = {"Y": second}
+    assert staging.detach(outputs)["Y"] is second  # nothing reused, nothing to copy out
 
 
 def test_single_request_passes_through_without_a_copy() -> None:
@@ -31,7 +44,7 @@ def test_output_aliasing_the_buffer_is_copied_before_reuse() -> None:
     merged = staging.merge([_req(1), _req(2)])
     kept = staging.detach({"Y": merged["X"]})["Y"]
     staging.merge([_req(7), _req(8)])
-    assert kept.reshape(-1).tolist() == [1, 2]
+    assert kept[:, 0].tolist() == [1, 2]
 
 
 def test_bytes_inputs_concatenate_as_objects() -> None:
