@@ -90,7 +90,7 @@ class _Socket(asyncio.Transport):
         pass
 
 
-async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
+async def _app_and_config(variant: str, repository: Path, execution: str) -> tuple[Any, Any]:
     import uvicorn
 
     if variant.startswith("bare"):
@@ -108,16 +108,18 @@ async def _app_and_config(variant: str, repository: Path) -> tuple[Any, Any]:
         infer = shim_hop.hop_infer()
     elif variant == "tensorgate-no-dataplane":
         infer = shim_hop.inline_infer
-    servers = await shim_hop.servers_with(infer, repository, 8000)
+    servers = await shim_hop.servers_with(infer, repository, 8000, execution)
     assert servers.http is not None
     return servers.http.config.app, servers.http.config
 
 
-async def _measure(variant: str, repository: Path, connections: int, requests: int) -> None:
+async def _measure(
+    variant: str, repository: Path, connections: int, requests: int, execution: str
+) -> None:
     from uvicorn.server import ServerState
 
     request = _request()
-    _, config = await _app_and_config(variant, repository)
+    _, config = await _app_and_config(variant, repository, execution)
     config.load()
     loop = asyncio.get_running_loop()
     state = ServerState()
@@ -152,20 +154,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--execution",
+        choices=("thread", "inline", "auto", "process"),
+        default="thread",
+        help="where tensorgate runs add_sub's batches (default thread)",
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         from tensorgate.app import loop_factory
 
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
-            runner.run(_measure(args.variant, args.repository, args.connections, args.requests))
+            runner.run(
+                _measure(
+                    args.variant, args.repository, args.connections, args.requests, args.execution
+                )
+            )
         return
     inprocess.ensure_repository(args.repository)
     arguments = ["--repository", str(args.repository), "--requests", str(args.requests)]
-    arguments += ["--connections", str(args.connections)]
+    arguments += ["--connections", str(args.connections), "--execution", args.execution]
     results = inprocess.run_rounds(__file__, VARIANTS, args.rounds, arguments)
     print(
-        f"{args.connections} connections, {args.requests} requests, median of {args.rounds} rounds"
+        f"{args.connections} connections, {args.requests} requests, execution {args.execution}, "
+        f"median of {args.rounds} rounds"
     )
     print("| variant | loop CPU µs/req | process CPU µs/req | wall µs/req | loop CPU vs bare |")
     print("|---|---:|---:|---:|---:|")
