@@ -1,13 +1,13 @@
 """Execution `auto`: whether a model's next batch runs on the event loop or in a thread.
 
-Batches run on the loop while the recent ones held it briefly: while no more than one in a
-hundred of the last thousand batches' times on the loop went over the bound
-(`--inline-max-us`), their p99. The batch past that sends the model's batches to its
+Batches run on the loop while the recent ones held it briefly: while the p99 of the last
+thousand batches' times on the loop stays under the bound (`--inline-max-us`), that is, no
+more than ten of them went over it. The batch past that sends the model's batches to its
 instance threads at once, and so does a single batch ten times over the bound: a model far
-too slow for the loop holds it once. A window this long because a micro-model's batches on
-a busy machine have a tail (add_sub over HTTP at c=8 on two cores: 93 µs p50, 166 µs p99,
-217 µs p99.9 on the loop, its CPU time as long as its wall time), and a few of those close
-together sent a window of a hundred batches, which allowed one, to the threads every few
+too slow for the loop holds it once. The window is long because a micro-model's batches on
+a busy machine have a tail of their own (add_sub over HTTP at c=8 on two cores: 93 µs p50,
+166 µs p99, 217 µs p99.9 on the loop, its CPU time as long as its wall time): judged over a
+hundred batches, a few slow ones close together would send it to its threads every few
 seconds.
 
 Threaded batches come back when their own CPU time has a p99 under the bound over a whole
