@@ -152,12 +152,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument(
-        "--execution",
-        default="thread",
-        choices=("thread", "inline", "auto", "process"),
-        help="where tensorgate runs add_sub's batches (default: thread, the server's default)",
-    )
+    inprocess.add_execution_option(parser)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

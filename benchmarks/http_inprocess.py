@@ -154,12 +154,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument(
-        "--execution",
-        choices=("thread", "inline", "auto", "process"),
-        default="thread",
-        help="where tensorgate runs add_sub's batches (default thread)",
-    )
+    inprocess.add_execution_option(parser)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:

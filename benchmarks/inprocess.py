@@ -1,9 +1,10 @@
 """What the in-process benchmarks (http_inprocess.py, grpc_inprocess.py) share: the CPU clocks
-around a measured run, the JSON line each variant's process prints, the repository, and the
-rounds that run each variant in a fresh process."""
+around a measured run, the JSON line each variant's process prints, the repository, where
+add_sub's batches run, and the rounds that run each variant in a fresh process."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -17,6 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = Path("/tmp/tensorgate-peer-bench/tensorgate")
 
 Clocks = tuple[float, float, float]  # wall, this thread's CPU, the process's CPU
+
+
+def add_execution_option(parser: argparse.ArgumentParser) -> None:
+    """`--execution`: where tensorgate runs add_sub's batches."""
+    parser.add_argument(
+        "--execution",
+        default="thread",
+        choices=("thread", "inline", "auto", "process"),
+        help="where tensorgate runs add_sub's batches (default: thread, the server's default)",
+    )
 
 
 def clocks() -> Clocks:
