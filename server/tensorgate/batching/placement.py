@@ -65,7 +65,7 @@ class AutoPlacement:
 
     def _add(self, value_ns: int) -> None:
         samples = self._samples
-        if len(samples) == samples.maxlen and samples[0] > self.bound_ns:
+        if len(samples) == WINDOW and samples[0] > self.bound_ns:
             self._over -= 1  # about to leave the window
         samples.append(value_ns)
         if value_ns > self.bound_ns:
