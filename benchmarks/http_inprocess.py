@@ -9,7 +9,7 @@ turn for each round:
 - bare: benchmarks/bare_asgi.py's app (the ceiling: uvicorn plus a few lines of numpy);
 - bare-hop: the same with its numpy work in one worker thread (`--thread-hop`);
 - tensorgate: the REST shim, data plane, dynamic batcher and one ONNX instance thread;
-- tensorgate-shim-hop: the REST shim with `DataPlane.infer` replaced by the same numpy in one
+- tensorgate-shim-hop: the REST shim with the data plane replaced by the same numpy in one
   worker thread (benchmarks/shim_hop.py): no batcher or bookkeeping, only the hop;
 - tensorgate-no-dataplane: the same with the numpy on the loop (no thread), to split the
   shim's cost from the data plane's.
@@ -103,12 +103,12 @@ async def _app_and_config(variant: str, repository: Path, execution: str) -> tup
         return bare_asgi.app, config
     import shim_hop
 
-    infer: shim_hop.Infer | None = None  # tensorgate: its own data plane
+    free: shim_hop.FreeDataPlane | None = None  # tensorgate: its own data plane
     if variant == "tensorgate-shim-hop":
-        infer = shim_hop.hop_infer()
+        free = shim_hop.hop_infer()
     elif variant == "tensorgate-no-dataplane":
-        infer = shim_hop.inline_infer
-    servers = await shim_hop.servers_with(infer, repository, 8000, execution)
+        free = shim_hop.inline_infer
+    servers = await shim_hop.servers_with(free, repository, 8000, execution)
     assert servers.http is not None
     return servers.http.config.app, servers.http.config
 

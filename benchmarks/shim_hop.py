@@ -1,11 +1,12 @@
 """tensorgate's REST shim in front of a free data plane: what the shim alone leaves of the ceiling.
 
 The server is `tensorgate serve`'s HTTP side (uvicorn with tensorgate's protocol, routing,
-header parsing, binary decode, request ids, encoding), with `DataPlane.infer` replaced by the
-numpy add_sub of bare_asgi.py. With --thread-hop (what run_http_bench.py runs) that numpy runs
-in one worker thread, one hand-off per request: no model lookup, validation against the
-config, batcher, statistics, metrics or access log, only the hop that keeps model code off the
-event loop. Its throughput is the most any data plane behind this shim could reach, so
+header parsing, binary decode, request ids, encoding), with `DataPlane.infer` and
+`DataPlane.infer_soon` (which the shim calls for requests it answers without a task) replaced
+by the numpy add_sub of bare_asgi.py. With --thread-hop (what run_http_bench.py runs) that
+numpy runs in one worker thread, one hand-off per request: no model lookup, validation
+against the config, batcher, statistics, metrics or access log, only the hop that keeps model
+code off the event loop. Its throughput is the most any data plane behind this shim could reach, so
 
 - tensorgate ÷ this is what the data plane and batcher cost, and
 - this ÷ bare_asgi.py --thread-hop is what the shim itself costs.
@@ -29,6 +30,10 @@ import numpy as np
 from tensorgate.dataplane.types import InferRequest, InferResponse
 
 Infer = Callable[[InferRequest], Awaitable[InferResponse]]
+Answer = Callable[[InferResponse | BaseException], None]
+InferSoon = Callable[[InferRequest, Answer], "asyncio.Future[Any] | None"]
+# What stands in for the data plane's two ways into a model.
+FreeDataPlane = tuple[Infer, InferSoon]
 _DATATYPES = {"OUTPUT0": "FP32", "OUTPUT1": "FP32"}
 
 
@@ -41,13 +46,20 @@ def _response(request: InferRequest, outputs: dict[str, np.ndarray]) -> InferRes
     return InferResponse("add_sub", "1", request.id, outputs, dict(_DATATYPES))
 
 
-async def inline_infer(request: InferRequest) -> InferResponse:
-    """add_sub on the event loop itself: the shim with no data plane and no hop."""
+async def _inline(request: InferRequest) -> InferResponse:
     return _response(request, _add_sub(request))
 
 
-def hop_infer() -> Infer:
-    """add_sub in one worker thread, awaited: the shim with only the executor's hand-off."""
+def _inline_soon(request: InferRequest, answer: Answer) -> None:
+    answer(_response(request, _add_sub(request)))
+
+
+# add_sub on the event loop itself: the shim with no data plane and no hop.
+inline_infer: FreeDataPlane = (_inline, _inline_soon)
+
+
+def hop_infer() -> FreeDataPlane:
+    """add_sub in one worker thread: the shim with only the executor's hand-off."""
     jobs: queue.SimpleQueue[tuple[InferRequest, asyncio.Future[dict[str, np.ndarray]]]]
     jobs = queue.SimpleQueue()
 
@@ -63,15 +75,28 @@ def hop_infer() -> Infer:
         jobs.put((request, future))
         return _response(request, await future)
 
-    return infer
+    def infer_soon(request: InferRequest, answer: Answer) -> asyncio.Future[Any]:
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        jobs.put((request, future))
+
+        def done(outputs: asyncio.Future[dict[str, np.ndarray]]) -> None:
+            if outputs.cancelled():
+                answer(asyncio.CancelledError())
+            else:
+                answer(_response(request, outputs.result()))
+
+        future.add_done_callback(done)
+        return future
+
+    return infer, infer_soon
 
 
 async def servers_with(
-    infer: Infer | None, repository: Path, http_port: int, execution: str = "thread"
+    free: FreeDataPlane | None, repository: Path, http_port: int, execution: str = "thread"
 ) -> Any:
     """tensorgate's Servers with add_sub loaded (its batches run where `execution` says), and
-    `infer` in place of the data plane's unless it is None. Nothing is bound: callers start
-    only what they serve."""
+    `free` in place of the data plane's ways into a model unless it is None. Nothing is
+    bound: callers start only what they serve."""
     from tensorgate.app import Servers
     from tensorgate.settings import Settings
 
@@ -86,8 +111,8 @@ async def servers_with(
     servers.repository.scan()
     await servers.repository.load("add_sub")
     servers.dataplane.started = True
-    if infer is not None:
-        servers.dataplane.infer = infer  # type: ignore[method-assign]
+    if free is not None:
+        servers.dataplane.infer, servers.dataplane.infer_soon = free  # type: ignore[method-assign]
     return servers
 
 

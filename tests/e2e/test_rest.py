@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -442,3 +445,67 @@ def test_cors_only_for_allowed_origins(
             },
         )
         assert status == 204 and "POST" in headers["access-control-allow-methods"]
+
+
+def _add_sub_request(value: float, pad: int = 0, extra: bytes = b"") -> bytes:
+    """A raw JSON infer request for add_sub, both inputs `value`; `pad` spaces after the
+    document make its body as large as a test needs."""
+    tensors = [
+        {"name": n, "shape": [1, 16], "datatype": "FP32", "data": [value] * 16}
+        for n in ("INPUT0", "INPUT1")
+    ]
+    body = json.dumps({"inputs": tensors}).encode() + b" " * pad
+    head = b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n"
+    return head % (len(body), extra) + body
+
+
+def _read_response(reader: Any) -> tuple[int, bytes]:
+    """One HTTP/1.1 response from a socket's file: its status and body."""
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, reader.read(length)
+
+
+def _sum_of(answer: tuple[int, bytes]) -> float:
+    """OUTPUT0 (INPUT0 + INPUT1) of a 200 answer, all sixteen values the same."""
+    status, body = answer
+    assert status == 200, body
+    (output,) = [o for o in json.loads(body)["outputs"] if o["name"] == "OUTPUT0"]
+    assert len(set(output["data"])) == 1
+    return float(output["data"][0])
+
+
+def test_an_infer_body_in_pieces_and_pipelined_infer_requests_are_answered_in_order(
+    server: Server,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        request = _add_sub_request(1.0)
+        sock.sendall(request[:-20])
+        time.sleep(0.1)  # the server has the head and part of the body
+        sock.sendall(request[-20:])
+        assert _sum_of(_read_response(reader)) == 2.0
+        sock.sendall(b"".join(_add_sub_request(v) for v in (3.0, 4.0, 5.0)))
+        assert [_sum_of(_read_response(reader)) for _ in range(3)] == [6.0, 8.0, 10.0]
+
+
+def test_infer_requests_expecting_100_continue_or_over_64_kib_are_answered(
+    server: Server,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        request = _add_sub_request(6.0, extra=b"Expect: 100-continue\r\n")
+        head, _, body = request.partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        assert reader.readline().startswith(b"HTTP/1.1 100 ")
+        assert reader.readline() == b"\r\n"
+        sock.sendall(body)
+        assert _sum_of(_read_response(reader)) == 12.0
+        large = _add_sub_request(7.0, pad=300_000)  # past uvicorn's 64 KiB read-ahead
+        for start in range(0, len(large), 50_000):
+            sock.sendall(large[start : start + 50_000])
+        assert _sum_of(_read_response(reader)) == 14.0

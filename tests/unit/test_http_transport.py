@@ -324,3 +324,162 @@ def test_uvicorn_is_the_version_the_protocol_subclass_is_written_against() -> No
     (pin,) = [Requirement(d) for d in dependencies if d.startswith("uvicorn")]
     assert pin.specifier.contains(version("uvicorn")), (pin, version("uvicorn"))
     assert any(spec.operator == "<" for spec in pin.specifier), "the pin needs an upper bound"
+
+
+class _AnsweringApp:
+    """An app that takes POSTs without a task through `answer_now` (unless `takes` is
+    False), answering from a later callback; anything else runs as ASGI."""
+
+    def __init__(self, takes: bool = True) -> None:
+        self.takes = takes
+        self.offered: list[bytes | None] = []
+        self.asgi_bodies: list[bytes] = []
+        self.waiting: asyncio.Future[None] | None = None
+
+    def answer_now(self, scope: Any, connection: HttpProtocol) -> bool:
+        if not self.takes:
+            return False
+        body = connection.body(scope)
+        self.offered.append(body)
+        loop = asyncio.get_running_loop()
+        self.waiting = loop.create_future()
+        connection.cancel_on_disconnect(self.waiting)
+
+        def answer(waiting: asyncio.Future[None]) -> None:
+            connection.cancel_on_disconnect(None)
+            if waiting.cancelled():
+                return
+            payload = b"took " + (body or b"")
+            headers = [(b"content-length", str(len(payload)).encode())]
+            if not connection.respond(scope, 200, headers, payload):
+                connection.respond_later(scope, 200, headers, payload)
+
+        self.waiting.add_done_callback(answer)
+        loop.call_soon(self.waiting.set_result, None)
+        return True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        self.asgi_bodies.append(body)
+        payload = b"asgi %d" % len(body)
+        headers = [(b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _answering_connection(app: _AnsweringApp) -> tuple[HttpProtocol, RecordingTransport]:
+    # As AsgiServer configures it: no proxy-headers middleware between uvicorn and the app.
+    config = uvicorn.Config(
+        app, http=HttpProtocol, lifespan="off", log_config=None, proxy_headers=False
+    )
+    config.load()
+    protocol = HttpProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def _post(body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body),
+        extra,
+        body,
+    )
+
+
+@in_loop
+async def test_a_post_is_offered_once_its_body_is_whole_and_answered_without_a_task() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    request = _post(b"abcdef")
+    protocol.data_received(request[:-3])
+    await _settle()
+    assert app.offered == [] and not protocol.tasks  # waiting for the rest of the body
+    protocol.data_received(request[-3:])
+    assert app.offered == [b"abcdef"] and not protocol.tasks
+    await _settle()
+    assert transport.writes[0].startswith(b"HTTP/1.1 200 OK") and transport.writes[0].endswith(
+        b"took abcdef"
+    )
+    assert app.asgi_bodies == []
+
+
+@in_loop
+async def test_a_post_the_app_declines_runs_as_asgi_with_its_body() -> None:
+    app = _AnsweringApp(takes=False)
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(_post(b"abcdef"))
+    await _settle()
+    assert app.asgi_bodies == [b"abcdef"]
+    assert transport.writes[0].endswith(b"asgi 6")
+
+
+@in_loop
+async def test_a_body_past_uvicorns_read_limit_goes_to_asgi_before_it_has_all_arrived() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    body = bytes(200_000)
+    request = _post(body)
+    head = len(request) - len(body)
+    protocol.data_received(request[: head + 70_000])  # past 64 KiB: uvicorn pauses reading
+    assert len(protocol.tasks) == 1
+    protocol.data_received(request[head + 70_000 :])
+    await _settle()
+    assert app.offered == [] and app.asgi_bodies == [body]
+    assert transport.writes[0].endswith(b"asgi 200000")
+
+
+@in_loop
+async def test_a_client_expecting_100_continue_is_served_as_asgi() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(
+        _post(b"", b"Expect: 100-continue\r\n").replace(b"Length: 0", b"Length: 3")
+    )
+    await _settle()
+    assert transport.writes[0].startswith(b"HTTP/1.1 100 Continue")
+    protocol.data_received(b"xyz")
+    await _settle()
+    assert app.offered == [] and app.asgi_bodies == [b"xyz"]
+
+
+@in_loop
+async def test_pipelined_posts_are_each_offered_and_answered_in_order() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(_post(b"one") + _post(b"two"))
+    await _settle()
+    assert app.offered == [b"one", b"two"]
+    sent = b"".join(transport.writes)
+    assert sent.index(b"took one") < sent.index(b"took two")
+
+
+@in_loop
+async def test_an_answer_to_a_client_that_stopped_reading_waits_for_it() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.pause_writing()
+    protocol.data_received(_post(b"abc"))
+    await _settle()
+    assert app.offered == [b"abc"] and transport.writes == []
+    protocol.resume_writing()
+    await _settle()
+    assert b"".join(transport.writes).endswith(b"took abc")
+
+
+@in_loop
+async def test_hang_up_cancels_what_a_request_without_a_task_waits_on() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(_post(b"abc"))
+    assert app.waiting is not None and not app.waiting.done()
+    protocol.connection_lost(None)
+    assert app.waiting.cancelled()
+    await _settle()
+    assert transport.writes == []

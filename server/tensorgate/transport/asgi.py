@@ -8,10 +8,12 @@ import ssl
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
+    RequestResponseCycle,
 )
 
 from tensorgate.transport import PortInUse
@@ -44,10 +46,21 @@ class HttpProtocol(HttpToolsProtocol):
     The REST shim uses each when present and plain ASGI otherwise (any other server, a
     pipelined request, a client not reading). HTTP/1.1 runs one request per connection at
     a time.
+
+    An app may also answer a POST without a task: before uvicorn would start the request's
+    ASGI task, the connection waits for the whole body (up to uvicorn's 64 KiB read limit)
+    and offers the request to the app's `answer_now(scope, connection)`. The app either takes
+    it, answering later through `respond` from a callback, or returns False, and the request
+    runs as ASGI with its body already read. A task per request, with the coroutines it
+    awaits through, is most of what the HTTP path costs on the loop over the data plane.
     """
 
     client_gone = False
-    _watcher: asyncio.Task[Any] | None = None
+    _watcher: asyncio.Future[Any] | None = None
+    _waiting_body: RequestResponseCycle | None = None  # a POST offered once its body is in
+    # The request `answer_now` took. Not always `cycle`, which is the newest request parsed:
+    # pipelined requests may already wait behind it.
+    _answering: RequestResponseCycle | None = None
     # A request's head must arrive within this many seconds of the connection opening or of
     # its first byte, and its body may pause no longer than this between bytes, or the
     # connection is closed with 408: slow or silent clients (slowloris) cannot hold
@@ -76,10 +89,43 @@ class HttpProtocol(HttpToolsProtocol):
             self._due = self.loop.time() + self.header_timeout_s
         super().data_received(data)
 
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # Only the app itself offers `answer_now`: not uvicorn's answer past the concurrency
+        # limit. A client expecting 100-continue sends its body only when the task asks.
+        if (
+            app is not self.app
+            or cycle.waiting_for_100_continue
+            or cycle.scope["method"] != "POST"
+            or getattr(app, "answer_now", None) is None
+        ):
+            super()._start_asgi_task(cycle, app)
+        elif cycle.more_body:
+            self._waiting_body = cycle
+        else:  # a pipelined request, its body all in
+            self._offer(cycle)
+
+    def _offer(self, cycle: RequestResponseCycle) -> None:
+        self._answering = cycle
+        if not self.app.answer_now(cycle.scope, self):
+            self._answering = None
+            super()._start_asgi_task(cycle, self.app)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._waiting_body
+        if cycle is not None and len(cycle.body) + len(body) > HIGH_WATER_LIMIT:
+            # uvicorn stops reading at this size until the app takes the body: let the task.
+            self._waiting_body = None
+            super()._start_asgi_task(cycle, self.app)
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._in_body = False
         self._due = 0.0
         super().on_message_complete()
+        cycle = self._waiting_body
+        if cycle is not None:
+            self._waiting_body = None
+            self._offer(cycle)
 
     def close_if_late(self, now: float) -> None:
         """408 and close when the head or the body's next bytes are overdue."""
@@ -88,10 +134,17 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
 
+    def _cycle_of(self, scope: Any) -> RequestResponseCycle | None:
+        """The request cycle of `scope` if it is the current or the answering request."""
+        for cycle in (self.cycle, self._answering):
+            if cycle is not None and cycle.scope is scope:
+                return cycle
+        return None
+
     def body(self, scope: Any) -> bytes | None:
         """The request's whole body if it has arrived, else None (then use `receive()`)."""
-        cycle = self.cycle
-        if cycle is None or cycle.scope is not scope or cycle.more_body or cycle.disconnected:
+        cycle = self._cycle_of(scope)
+        if cycle is None or cycle.more_body or cycle.disconnected:
             return None
         if cycle.waiting_for_100_continue or cycle.response_complete:
             return None
@@ -110,8 +163,8 @@ class HttpProtocol(HttpToolsProtocol):
         connection's current one, its response has begun, the client stopped reading (send
         waits for the buffer to drain), or a header value needs uvicorn's checks to refuse it.
         """
-        cycle = self.cycle
-        if cycle is None or cycle.scope is not scope or cycle.response_started:
+        cycle = self._cycle_of(scope)
+        if cycle is None or cycle.response_started:
             return False
         if cycle.disconnected or self.flow.write_paused:
             return False
@@ -146,14 +199,33 @@ class HttpProtocol(HttpToolsProtocol):
         cycle.on_response()
         return True
 
-    def cancel_on_disconnect(self, task: asyncio.Task[Any] | None) -> None:
-        """Cancel `task` if the client goes away (now, if it has); None stops watching."""
-        self._watcher = task
-        if task is not None and self.client_gone:
-            task.cancel()
+    def respond_later(
+        self, scope: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """`respond` for an answer made outside the request's task, when `respond` could not
+        send it: through uvicorn's ASGI `send` in a task, which waits for the client to read."""
+        cycle = self._cycle_of(scope)
+        if cycle is None or cycle.disconnected:
+            return
+
+        async def send() -> None:
+            await cycle.send({"type": "http.response.start", "status": status, "headers": headers})
+            await cycle.send({"type": "http.response.body", "body": body})
+
+        task = self.loop.create_task(send())
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def cancel_on_disconnect(self, waiting: asyncio.Future[Any] | None) -> None:
+        """Cancel `waiting` (a task, or what a request without one waits on) if the client
+        goes away (now, if it has); None stops watching."""
+        self._watcher = waiting
+        if waiting is not None and self.client_gone:
+            waiting.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client_gone = True
+        self._waiting_body = None
         self._due = 0.0
         super().connection_lost(exc)
         if self._watcher is not None:

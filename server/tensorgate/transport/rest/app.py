@@ -13,6 +13,8 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import copy_context
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -170,26 +172,119 @@ class RestApp:
                 return
         except Disconnected:
             return
-        except TensorgateError as exc:
-            status = exc.kind.http_status
-            if scope["path"].startswith("/v1/"):  # the OpenAI routes answer OpenAI's shape
-                payload = openai_api.error_body(exc.message, status)
-            else:
-                payload = orjson.dumps({"error": exc.message})
-            extra = [(b"content-type", _JSON), *_error_headers(exc)]
-        except Exception:
-            log.exception("unexpected error in %s %s", scope["method"], scope["path"])
-            status, payload = 500, orjson.dumps({"error": INTERNAL_MESSAGE})
-            extra = [(b"content-type", _JSON)]
-        if call is None:  # the headers themselves were invalid
-            call = begin_call(None)
-        extra += self._common_headers(headers, call)
-        extra.append((b"content-length", str(len(payload)).encode()))
+        except Exception as exc:
+            status, payload, extra = self._error(scope, exc)
+        self._finish_headers(extra, payload, headers, call)
         connection = _connection(scope)
         if connection is not None and connection.respond(scope, status, extra, payload):
             return
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
+
+    def answer_now(self, scope: Scope, connection: HttpProtocol) -> bool:
+        """Start a POST whose body has arrived without a task of its own (HttpProtocol
+        offers it), or return False to take it as ASGI. Inference requests are taken: the
+        data plane answers them through a callback, as it does a gRPC stream's. Traced ones
+        are not, since their spans follow `traced_infer`'s awaits."""
+        if self.dataplane.tracing is not None:
+            return False
+        try:
+            route, params = self.router.match("POST", scope["path"])
+        except NoRoute:
+            return False
+        if route.method.name != "ModelInfer":
+            return False
+        # A context of its own, as a task would have: the request id bound for its log lines.
+        copy_context().run(self._infer_now, scope, connection, params)
+        return True
+
+    def _infer_now(self, scope: Scope, connection: HttpProtocol, params: dict[str, str]) -> None:
+        headers: RequestHeaders | None = None
+        call = None
+        try:
+            headers = RequestHeaders(scope["headers"])
+            call = begin_call(headers.request_id, headers.traceparent, headers.tracestate)
+            if self.dataplane.draining:
+                raise Unavailable("the server is shutting down")
+            self._authorize(RPC_GROUPS["ModelInfer"], scope)
+            body = connection.body(scope)
+            if body is None:  # the client has gone
+                return
+            body = self._checked_body(body, headers)
+            model, version = params["model_name"], params.get("model_version", "")
+            decoded = self._decode(body, headers, model, version, scope)
+        except Exception as exc:
+            self._answer_now(scope, connection, headers, call, *self._error(scope, exc))
+            return
+        answered = partial(self._infer_answered, scope, connection, headers, call, decoded)
+        waiting = self.dataplane.infer_soon(decoded.request, answered)
+        if waiting is not None:
+            connection.cancel_on_disconnect(waiting)
+
+    def _infer_answered(
+        self,
+        scope: Scope,
+        connection: HttpProtocol,
+        headers: RequestHeaders,
+        call: CallContext,
+        decoded: rest_codec.RestInferRequest,
+        outcome: InferResponse | BaseException,
+    ) -> None:
+        connection.cancel_on_disconnect(None)
+        if isinstance(outcome, asyncio.CancelledError):
+            if connection.client_gone:
+                return
+            outcome = Unavailable("the request was cancelled before it ran")
+        if isinstance(outcome, InferResponse):
+            try:
+                payload, extra = self._infer_payload(outcome, decoded, headers)
+                status = 200
+            except Exception as exc:
+                status, payload, extra = self._error(scope, exc)
+        else:
+            status, payload, extra = self._error(scope, outcome)
+        self._answer_now(scope, connection, headers, call, status, payload, extra)
+
+    def _answer_now(
+        self,
+        scope: Scope,
+        connection: HttpProtocol,
+        headers: RequestHeaders | None,
+        call: CallContext | None,
+        status: int,
+        payload: bytes,
+        extra: list[tuple[bytes, bytes]],
+    ) -> None:
+        self._finish_headers(extra, payload, headers, call)
+        if not connection.respond(scope, status, extra, payload):
+            connection.respond_later(scope, status, extra, payload)
+
+    def _error(
+        self, scope: Scope, exc: BaseException
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """A failed request's answer: the error table's code and `{"error": ...}`."""
+        if isinstance(exc, TensorgateError):
+            status = exc.kind.http_status
+            if scope["path"].startswith("/v1/"):  # the OpenAI routes answer OpenAI's shape
+                payload = openai_api.error_body(exc.message, status)
+            else:
+                payload = orjson.dumps({"error": exc.message})
+            return status, payload, [(b"content-type", _JSON), *_error_headers(exc)]
+        log.error("unexpected error in %s %s", scope["method"], scope["path"], exc_info=exc)
+        return 500, orjson.dumps({"error": INTERNAL_MESSAGE}), [(b"content-type", _JSON)]
+
+    def _finish_headers(
+        self,
+        extra: list[tuple[bytes, bytes]],
+        payload: bytes,
+        headers: RequestHeaders | None,
+        call: CallContext | None,
+    ) -> None:
+        """Add what every response carries to its own headers."""
+        if call is None:  # the headers themselves were invalid
+            call = begin_call(None)
+        extra += self._common_headers(headers, call)
+        extra.append((b"content-length", str(len(payload)).encode()))
 
     def _common_headers(
         self, headers: RequestHeaders | None, call: CallContext
@@ -303,17 +398,26 @@ class RestApp:
         ]
 
     async def _read_body(self, scope: Scope, receive: Receive, headers: RequestHeaders) -> bytes:
-        limit = self.max_body_bytes
-        if headers.content_length > limit:
-            raise PayloadTooLarge(
-                f"request body of {headers.content_length} bytes exceeds the limit of "
-                f"{limit} bytes (--http-max-body-bytes)"
-            )
         connection = _connection(scope)
         body = connection.body(scope) if connection is not None else None
         if body is None:
-            body = await _received_body(receive, limit)
-        elif len(body) > limit:  # only a chunked body can outgrow its (absent) Content-Length
+            self._check_length(headers)
+            body = await _received_body(receive, self.max_body_bytes)
+        return self._checked_body(body, headers)
+
+    def _check_length(self, headers: RequestHeaders) -> None:
+        """Refuse a body by its Content-Length, before reading it."""
+        if headers.content_length > self.max_body_bytes:
+            raise PayloadTooLarge(
+                f"request body of {headers.content_length} bytes exceeds the limit of "
+                f"{self.max_body_bytes} bytes (--http-max-body-bytes)"
+            )
+
+    def _checked_body(self, body: bytes, headers: RequestHeaders) -> bytes:
+        """A body that has arrived, within the limit and inflated."""
+        self._check_length(headers)
+        limit = self.max_body_bytes
+        if len(body) > limit:  # only a chunked body can outgrow its (absent) Content-Length
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         if headers.content_encoding:
             body = _decompress(body, headers.content_encoding, limit)
@@ -335,29 +439,22 @@ class RestApp:
             payload, json_length = await self._traced_infer(
                 trace, body, headers, model, version, scope, receive
             )
-        else:
-            shm = self.dataplane.shared_memory
-            decoded = self._decode(body, headers, model, version, scope)
-            response = await _unless_disconnected(
-                self.dataplane.infer(decoded.request), scope, receive
-            )
-            payload, json_length = rest_codec.encode_infer_response(
-                response,
-                decoded.binary_outputs,
-                decoded.binary_by_default,
-                decoded.request.output_regions,
-                shm,
-            )
-        if json_length is None:
-            extra = [(b"content-type", _JSON)]
-        else:
-            extra = [
-                (b"content-type", _BINARY),
-                (b"inference-header-content-length", str(json_length).encode()),
-            ]
-        if headers.accept_encoding and len(payload) >= _COMPRESS_MIN_BYTES:
-            payload = _compress(payload, headers.accept_encoding, extra)
-        return 200, payload, extra
+            return 200, *_infer_headers(payload, json_length, headers)
+        decoded = self._decode(body, headers, model, version, scope)
+        response = await _unless_disconnected(self.dataplane.infer(decoded.request), scope, receive)
+        return 200, *self._infer_payload(response, decoded, headers)
+
+    def _infer_payload(
+        self, response: InferResponse, decoded: rest_codec.RestInferRequest, headers: RequestHeaders
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        payload, json_length = rest_codec.encode_infer_response(
+            response,
+            decoded.binary_outputs,
+            decoded.binary_by_default,
+            decoded.request.output_regions,
+            self.dataplane.shared_memory,
+        )
+        return _infer_headers(payload, json_length, headers)
 
     def _decode(
         self, body: bytes, headers: RequestHeaders, model: str, version: str, scope: Scope
@@ -428,6 +525,22 @@ class RestApp:
         else:
             document = message_to_json(response)
         return 200, orjson.dumps(document), [(b"content-type", _JSON)]
+
+
+def _infer_headers(
+    payload: bytes, json_length: int | None, headers: RequestHeaders
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """An inference response's body (compressed if the client asked) and its own headers."""
+    if json_length is None:
+        extra = [(b"content-type", _JSON)]
+    else:
+        extra = [
+            (b"content-type", _BINARY),
+            (b"inference-header-content-length", str(json_length).encode()),
+        ]
+    if headers.accept_encoding and len(payload) >= _COMPRESS_MIN_BYTES:
+        payload = _compress(payload, headers.accept_encoding, extra)
+    return payload, extra
 
 
 def _error_headers(exc: TensorgateError) -> list[tuple[bytes, bytes]]:
