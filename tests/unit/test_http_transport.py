@@ -483,3 +483,34 @@ async def test_hang_up_cancels_what_a_request_without_a_task_waits_on() -> None:
     assert app.waiting.cancelled()
     await _settle()
     assert transport.writes == []
+
+
+@in_loop
+async def test_a_keep_alive_connection_idle_past_its_timeout_is_closed_by_the_sweep() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(_post(b"abc"))
+    await _settle()
+    assert b"".join(transport.writes).endswith(b"took abc")
+    assert protocol.timeout_keep_alive_task is None  # no timer per response
+    now = asyncio.get_running_loop().time()
+    protocol.close_if_late(now + protocol.timeout_keep_alive - 1)
+    assert not transport.closed
+    protocol.close_if_late(now + protocol.timeout_keep_alive + 1)
+    assert transport.closed and b"408" not in b"".join(transport.writes)
+
+
+@in_loop
+async def test_a_new_request_on_a_keep_alive_connection_stops_its_idle_clock() -> None:
+    app = _AnsweringApp()
+    protocol, transport = _answering_connection(app)
+    protocol.data_received(_post(b"abc"))
+    await _settle()
+    request = _post(b"defghi")
+    protocol.data_received(request[:-3])  # the next request has begun
+    later = asyncio.get_running_loop().time() + protocol.timeout_keep_alive + 1
+    protocol.close_if_late(later)
+    assert not transport.closed
+    protocol.data_received(request[-3:])
+    await _settle()
+    assert b"".join(transport.writes).endswith(b"took defghi")

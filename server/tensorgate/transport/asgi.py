@@ -68,6 +68,10 @@ class HttpProtocol(HttpToolsProtocol):
     # ones (`close_if_late`): a timestamp per request costs less than a timer per request.
     header_timeout_s = 10.0
     _due = 0.0  # loop time by which the head, or the body's next bytes, must come; 0: none
+    # Loop time past which a keep-alive connection with no request is closed; 0: not idle.
+    # uvicorn arms a timer per response for this and cancels it at the next request's first
+    # bytes; the same sweep as `_due` costs a request one attribute.
+    _idle_due = 0.0
     _in_body = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -85,6 +89,7 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        self._idle_due = 0.0
         if self._in_body:
             self._due = self.loop.time() + self.header_timeout_s
         super().data_received(data)
@@ -127,11 +132,28 @@ class HttpProtocol(HttpToolsProtocol):
             self._waiting_body = None
             self._offer(cycle)
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive deadline in place of its timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_due = self.loop.time() + self.timeout_keep_alive
+
     def close_if_late(self, now: float) -> None:
-        """408 and close when the head or the body's next bytes are overdue."""
-        if 0.0 < self._due < now and not self.transport.is_closing():
+        """408 and close when the head or the body's next bytes are overdue; close a
+        keep-alive connection idle past uvicorn's keep-alive timeout."""
+        if self.transport.is_closing():
+            return
+        if 0.0 < self._due < now:
             self._due = 0.0
             self.transport.write(_REQUEST_TIMEOUT)
+            self.transport.close()
+        elif 0.0 < self._idle_due < now:
             self.transport.close()
 
     def _cycle_of(self, scope: Any) -> RequestResponseCycle | None:
