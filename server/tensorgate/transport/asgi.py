@@ -52,11 +52,12 @@ class HttpProtocol(HttpToolsProtocol):
     and offers the request to the app's `answer_now(scope, connection)`. The app either takes
     it, answering later through `respond` from a callback, or returns False, and the request
     runs as ASGI with its body already read. A task per request, with the coroutines it
-    awaits through, is most of what the HTTP path costs on the loop over the data plane.
+    awaits through, cost the loop about 5 % of an HTTP inference request's instructions.
     """
 
     client_gone = False
     _watcher: asyncio.Future[Any] | None = None
+    _answer_now: Any = None  # the app's `answer_now`, if it has one
     _waiting_body: RequestResponseCycle | None = None  # a POST offered once its body is in
     # The request `answer_now` took. Not always `cycle`, which is the newest request parsed:
     # pipelined requests may already wait behind it.
@@ -76,6 +77,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_CoalescedWrites(transport, self.loop))  # type: ignore[arg-type]
+        self._answer_now = getattr(self.app, "answer_now", None)
         self._due = self.loop.time() + self.header_timeout_s
 
     def on_message_begin(self) -> None:
@@ -98,10 +100,10 @@ class HttpProtocol(HttpToolsProtocol):
         # Only the app itself offers `answer_now`: not uvicorn's answer past the concurrency
         # limit. A client expecting 100-continue sends its body only when the task asks.
         if (
-            app is not self.app
+            self._answer_now is None
+            or app is not self.app
             or cycle.waiting_for_100_continue
             or cycle.scope["method"] != "POST"
-            or getattr(app, "answer_now", None) is None
         ):
             super()._start_asgi_task(cycle, app)
         elif cycle.more_body:
@@ -111,7 +113,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _offer(self, cycle: RequestResponseCycle) -> None:
         self._answering = cycle
-        if not self.app.answer_now(cycle.scope, self):
+        if not self._answer_now(cycle.scope, self):
             self._answering = None
             super()._start_asgi_task(cycle, self.app)
 
@@ -181,9 +183,10 @@ class HttpProtocol(HttpToolsProtocol):
     ) -> bool:
         """Send a complete response (headers include content-length) as one write.
 
-        False, with nothing sent, when plain ASGI `send` must do it: the request is not this
-        connection's current one, its response has begun, the client stopped reading (send
-        waits for the buffer to drain), or a header value needs uvicorn's checks to refuse it.
+        False, with nothing sent, when plain ASGI `send` must do it: the request is neither
+        this connection's current one nor the one `answer_now` took, its response has begun,
+        the client stopped reading (send waits for the buffer to drain), or a header value
+        needs uvicorn's checks to refuse it.
         """
         cycle = self._cycle_of(scope)
         if cycle is None or cycle.response_started:
