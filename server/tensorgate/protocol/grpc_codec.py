@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from tensorgate_protos import grpc_service_pb2 as pb
@@ -28,6 +28,9 @@ from tensorgate.protocol.tensors import (
     check_bytes_element,
     check_shape,
 )
+
+# An output's raw contents as it goes on the wire: bytes, or a view of the array's memory.
+RawOutput = TypeVar("RawOutput", bytes, bytes | memoryview)
 
 
 def decode_parameters(params: Mapping[str, pb.InferParameter]) -> dict[str, ParameterValue]:
@@ -174,12 +177,28 @@ def encode_infer_response(
     a finished message to the stream response's constructor would copy every tensor again.
     """
     message = pb.ModelInferResponse() if into is None else into
+    message.raw_output_contents.extend(
+        encode_response_header(message, response, regions, shm, array_to_raw)
+    )
+    return message
+
+
+def encode_response_header(
+    message: pb.ModelInferResponse,
+    response: InferResponse,
+    regions: dict[str, Placement] | None,
+    shm: SharedMemoryRegistry | None,
+    raw_of: Callable[[np.ndarray, datatypes.DataType], RawOutput],
+) -> list[RawOutput]:
+    """Fill `message` with everything but the raw outputs; write the outputs asked for in
+    shared memory there. Returns each output's raw contents (`raw_of`), in output order,
+    empty for those in shared memory."""
     message.model_name = response.model_name
     message.model_version = response.model_version
     message.id = response.id
     if response.parameters:
         encode_parameters(message.parameters, response.parameters)
-    raw_outputs: list[bytes] = []
+    raw_outputs: list[RawOutput] = []
     for name, array in response.outputs.items():
         datatype = datatypes.BY_NAME[response.datatypes[name]]
         output = message.outputs.add(name=name, datatype=datatype.name, shape=array.shape)
@@ -192,6 +211,5 @@ def encode_infer_response(
             output.parameters[BYTE_SIZE].int64_param = place.byte_size
             raw_outputs.append(b"")
             continue
-        raw_outputs.append(array_to_raw(array, datatype))
-    message.raw_output_contents.extend(raw_outputs)
-    return message
+        raw_outputs.append(raw_of(array, datatype))
+    return raw_outputs

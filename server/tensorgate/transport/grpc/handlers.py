@@ -9,6 +9,7 @@ traceback and answered with a fixed INTERNAL message.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -99,7 +100,9 @@ def build_handler(servicer: object, service: ServiceDescriptor = SERVICE) -> grp
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         parse = _parser(method.input_type)
-        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+        # Called on the response, not the class's method given it: ModelInfer may answer
+        # with a response serialized by hand (protocol/grpc_wire.py).
+        serialize = operator.methodcaller("SerializeToString")
         impl = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(

@@ -27,6 +27,13 @@ from tensorgate.errors import (
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer, traced_stream
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
+from tensorgate.protocol.grpc_wire import (
+    WireResponse,
+    WireStreamResponse,
+    encode_for_wire,
+    encode_wire,
+    is_large,
+)
 from tensorgate.protocol.model_stats import encode_model_statistics
 from tensorgate.transport.grpc.stream_window import StreamWindow
 from tensorgate.transport.header_forward import HeaderForward
@@ -46,6 +53,8 @@ FINAL_PARAMETER = "triton_final_response"
 _SHUTTING_DOWN = "the server is shutting down: send new requests to another instance"
 _INFER = "inference.GRPCInferenceService/ModelInfer"
 _STREAM = "inference.GRPCInferenceService/ModelStreamInfer"
+# What a stream sends: a message, or one with large outputs serialized by hand.
+StreamAnswer = pb.ModelStreamInferResponse | WireStreamResponse
 
 
 class InferenceServicer:
@@ -191,7 +200,7 @@ class InferenceServicer:
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Any
-    ) -> pb.ModelInferResponse:
+    ) -> pb.ModelInferResponse | WireResponse:
         if self.header_forward is not None:
             self._forward_headers(request, context)
         shm = self.dataplane.shared_memory
@@ -205,7 +214,7 @@ class InferenceServicer:
         if remaining_s is not None:  # deadline-aware admission reads it
             decoded.deadline_ns = time.monotonic_ns() + int(remaining_s * 1e9)
         response = await self.dataplane.infer(decoded)
-        return encode_infer_response(response, decoded.output_regions, shm)
+        return encode_for_wire(response, decoded.output_regions, shm)
 
     async def _traced(
         self,
@@ -278,10 +287,10 @@ class InferenceServicer:
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Any, parse: Any
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    ) -> AsyncIterator[StreamAnswer]:
         """Requests of a stream run concurrently; responses go out as they complete."""
         parse = self._stream_parser(parse, context)
-        window: StreamWindow[pb.ModelStreamInferResponse] = StreamWindow(STREAM_MAX_IN_FLIGHT)
+        window: StreamWindow[StreamAnswer] = StreamWindow(STREAM_MAX_IN_FLIGHT)
         remaining_s = context.time_remaining()
         deadline_ns = 0 if remaining_s is None else time.monotonic_ns() + int(remaining_s * 1e9)
         running = _StreamRequests(self, window, deadline_ns)
@@ -494,7 +503,7 @@ class _StreamRequests:
     def __init__(
         self,
         servicer: InferenceServicer,
-        window: StreamWindow[pb.ModelStreamInferResponse],
+        window: StreamWindow[StreamAnswer],
         deadline_ns: int,
     ) -> None:
         self.servicer = servicer
@@ -546,9 +555,15 @@ class _StreamRequests:
                 else:
                     window.answer(_stream_error(request, outcome))
                 return
-            answer = pb.ModelStreamInferResponse()  # the response is encoded into it, not copied
+            answer: StreamAnswer
             try:
-                encode_infer_response(outcome, decoded.output_regions, shm, answer.infer_response)
+                if is_large(outcome):
+                    answer = WireStreamResponse(encode_wire(outcome, decoded.output_regions, shm))
+                else:  # encoded into the stream message: constructing it with one copies
+                    answer = pb.ModelStreamInferResponse()
+                    encode_infer_response(
+                        outcome, decoded.output_regions, shm, answer.infer_response
+                    )
             except Exception as exc:
                 answer = _stream_error(request, exc)
             window.answer(answer)
