@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ml_dtypes
 import numpy as np
+import pytest
 from tensorgate.dataplane.types import InferResponse
-from tensorgate.protocol.grpc_codec import encode_infer_response
+from tensorgate.errors import InvalidArgument
+from tensorgate.protocol.grpc_codec import (
+    LargeInferRequest,
+    decode_infer_request,
+    encode_infer_response,
+)
 from tensorgate.protocol.grpc_wire import (
     WIRE_MIN_BYTES,
     WireResponse,
     WireStreamResponse,
     encode_for_wire,
     encode_wire,
+    parse_infer_request,
 )
 from tensorgate_protos import grpc_service_pb2 as pb
 
@@ -71,3 +80,67 @@ def test_small_responses_keep_protobufs_path() -> None:
     assert isinstance(encode_for_wire(response), pb.ModelInferResponse)
     response.outputs["Y"] = np.zeros(WIRE_MIN_BYTES // 4, np.float32)
     assert isinstance(encode_for_wire(response), WireResponse)
+
+
+def _large_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="m", model_version="2", id="big-1")
+    request.parameters["priority"].int64_param = 1
+    request.inputs.add(name="A", datatype="FP32", shape=[2, 40_000])
+    request.inputs.add(name="B", datatype="INT8", shape=[3])
+    request.outputs.add(name="Y")
+    request.raw_input_contents.append(np.arange(80_000, dtype=np.float32).tobytes())
+    request.raw_input_contents.append(np.array([1, -2, 3], np.int8).tobytes())
+    return request
+
+
+def test_a_large_requests_raw_inputs_are_views_of_the_received_bytes() -> None:
+    data = _large_request().SerializeToString()
+
+    parsed = parse_infer_request(data)
+
+    assert isinstance(parsed, LargeInferRequest)
+    assert parsed.model_name == "m" and parsed.id == "big-1"
+    assert not parsed.message.raw_input_contents
+    decoded = decode_infer_request(parsed)
+    expected = decode_infer_request(pb.ModelInferRequest.FromString(data))
+    assert decoded.inputs.keys() == expected.inputs.keys() == {"A", "B"}
+    for name, array in decoded.inputs.items():
+        np.testing.assert_array_equal(array, expected.inputs[name])
+        assert np.shares_memory(array, np.frombuffer(data, np.uint8))
+        assert not array.flags.writeable
+    assert decoded.parameters == {"priority": 1}
+    assert decoded.requested_outputs == ["Y"]
+
+
+def test_raw_inputs_before_the_other_fields_are_read_in_their_order() -> None:
+    request = _large_request()
+    raw_only = pb.ModelInferRequest(raw_input_contents=request.raw_input_contents)
+    request.ClearField("raw_input_contents")
+    data = raw_only.SerializeToString() + request.SerializeToString()
+
+    decoded = decode_infer_request(parse_infer_request(data))
+
+    assert decoded.inputs["B"].tolist() == [[1, -2, 3]][0]
+    assert decoded.inputs["A"].shape == (2, 40_000)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-2],  # the last raw input cut short
+        lambda data: data + b"\x0f",  # a field of wire type 7
+        lambda data: data + b"\x3a\xff\xff\xff\xff\x0f",  # a raw input longer than the rest
+        lambda data: data + b"\x08" + b"\xff" * 11,  # a varint that never ends
+    ],
+)
+def test_a_malformed_large_request_is_invalid_argument(damage: Callable[[bytes], bytes]) -> None:
+    with pytest.raises(InvalidArgument, match="malformed ModelInferRequest message"):
+        parse_infer_request(damage(_large_request().SerializeToString()))
+
+
+def test_small_requests_are_parsed_by_protobuf_alone() -> None:
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\0" * 64])
+
+    assert isinstance(parse_infer_request(request.SerializeToString()), pb.ModelInferRequest)
+    with pytest.raises(InvalidArgument, match="malformed ModelInferRequest message"):
+        parse_infer_request(b"\x0a\x05ab")

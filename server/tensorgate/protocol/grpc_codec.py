@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -87,12 +87,32 @@ def _array_from_contents(
     return np.array(values, dtype=datatype.numpy).reshape(shape)
 
 
+class LargeInferRequest:
+    """A large ModelInferRequest as protocol/grpc_wire.py reads it: `message` holds every
+    field but the raw inputs, which are in `raw`, views of the received bytes. Its other
+    attributes are the message's, so transports read `model_name` or `id` as on a message."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: pb.ModelInferRequest, raw: list[memoryview]) -> None:
+        self.message = message
+        self.raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
 def decode_infer_request(
-    message: pb.ModelInferRequest, shm: SharedMemoryRegistry | None = None
+    received: pb.ModelInferRequest | LargeInferRequest, shm: SharedMemoryRegistry | None = None
 ) -> InferRequest:
     """Decode a ModelInferRequest; raw contents become read-only views, never copies, and
     inputs in shared memory views of their region."""
-    raw = message.raw_input_contents
+    message: pb.ModelInferRequest
+    raw: Sequence[bytes | memoryview]
+    if isinstance(received, LargeInferRequest):
+        message, raw = received.message, received.raw
+    else:
+        message, raw = received, received.raw_input_contents
     tensors = message.inputs
     in_shm = sum(1 for t in tensors if t.parameters and REGION in t.parameters)
     if raw and len(raw) != len(tensors) - in_shm:

@@ -23,6 +23,7 @@ from tensorgate_protos import server_status_pb2 as status_pb
 from tensorgate.errors import INTERNAL_MESSAGE, InvalidArgument, TensorgateError
 from tensorgate.observability.context import begin_call
 from tensorgate.observability.logs import REQUEST_ID_HEADER
+from tensorgate.protocol.grpc_wire import parse_infer_request
 from tensorgate.transport.grpc.servicer import status_code
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ def build_handler(servicer: object, service: ServiceDescriptor = SERVICE) -> grp
     """A generic handler serving every method of `service` (GRPCInferenceService by default)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        parse = _parser(method.input_type)
+        # A large ModelInferRequest's raw inputs are read as views (protocol/grpc_wire.py).
+        large = method.input_type.full_name == pb.ModelInferRequest.DESCRIPTOR.full_name
+        parse = parse_infer_request if large else _parser(method.input_type)
         # Called on the response, not the class's method given it: ModelInfer may answer
         # with a response serialized by hand (protocol/grpc_wire.py).
         serialize = operator.methodcaller("SerializeToString")
