@@ -77,6 +77,17 @@ def test_binary_outputs_follow_the_json_in_order_with_their_sizes() -> None:
     assert payload[length:] == a.tobytes()
 
 
+def test_large_binary_outputs_are_the_arrays_bytes_in_the_wire_datatype() -> None:
+    wide = np.arange(40_000, dtype=np.int32)  # 160 KB, past the view bound; declared INT64
+    grid = np.arange(60_000, dtype=np.float32).reshape(300, 200).T  # not C-contiguous
+    response = InferResponse("m", "1", "", {"W": wide, "G": grid}, {"W": "INT64", "G": "FP32"})
+    payload, length = encode_infer_response(response, {}, True)
+    assert length is not None
+    sizes = [o["parameters"]["binary_data_size"] for o in orjson.loads(payload[:length])["outputs"]]
+    assert sizes == [320_000, 240_000]
+    assert payload[length:] == wide.astype(np.int64).tobytes() + grid.tobytes()
+
+
 @pytest.mark.parametrize(
     ("data", "datatype", "shape", "message"),
     [

@@ -25,6 +25,7 @@ from tensorgate.protocol.tensors import (
     LIMITS,
     array_from_raw,
     array_to_raw,
+    array_view,
     check_bytes_element,
     check_shape,
 )
@@ -225,7 +226,7 @@ def encode_response_header(
         if regions is not None and name in regions:
             assert shm is not None
             place = regions[name]
-            shm.write(place, array_to_raw(array, datatype), f"output '{name}'")
+            shm.write(place, array_view(array, datatype), f"output '{name}'")
             output.parameters[REGION].string_param = place.region
             output.parameters[OFFSET].int64_param = place.offset
             output.parameters[BYTE_SIZE].int64_param = place.byte_size

@@ -18,23 +18,21 @@ Small messages keep protobuf's path, which costs less below a few tens of kiloby
 
 from __future__ import annotations
 
-import numpy as np
 from google.protobuf.message import DecodeError
 from tensorgate_protos import grpc_service_pb2 as pb
 
 from tensorgate.dataplane.shared_memory import Placement, SharedMemoryRegistry
 from tensorgate.dataplane.types import InferResponse
 from tensorgate.errors import InvalidArgument
-from tensorgate.protocol import datatypes
 from tensorgate.protocol.grpc_codec import (
     LargeInferRequest,
     encode_infer_response,
     encode_response_header,
 )
-from tensorgate.protocol.tensors import serialize_bytes
+from tensorgate.protocol.tensors import VIEW_MIN_BYTES, array_view
 
-# Outputs of this many bytes in all, or more, are serialized by hand.
-WIRE_MIN_BYTES = 64 * 1024
+# Messages of this many bytes, or outputs of this many in all, are handled here.
+WIRE_MIN_BYTES = VIEW_MIN_BYTES
 _LENGTH_DELIMITED = 2
 
 
@@ -55,16 +53,6 @@ def _varint(value: int) -> bytes:
 _RAW_OUTPUT_TAG = _tag(pb.ModelInferResponse, "raw_output_contents")
 _RAW_INPUT_FIELD = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 _INFER_RESPONSE_TAG = _tag(pb.ModelStreamInferResponse, "infer_response")
-
-
-def _raw_view(array: np.ndarray, datatype: datatypes.DataType) -> bytes | memoryview:
-    """The array's memory as it goes on the wire, copied only when not C-contiguous in the
-    wire's datatype already."""
-    if not datatype.itemsize:  # BYTES: length-prefixed elements
-        return serialize_bytes(array)
-    contiguous = np.ascontiguousarray(array, dtype=datatype.numpy)
-    # As bytes: a bfloat16 array has no buffer format of its own to cast from.
-    return contiguous.reshape(-1).view(np.uint8).data
 
 
 class WireResponse:
@@ -118,7 +106,7 @@ def encode_wire(
     """The response as a WireResponse: outputs in shared memory written there, as
     `encode_infer_response` does."""
     header = pb.ModelInferResponse()
-    return WireResponse(header, encode_response_header(header, response, regions, shm, _raw_view))
+    return WireResponse(header, encode_response_header(header, response, regions, shm, array_view))
 
 
 def encode_for_wire(

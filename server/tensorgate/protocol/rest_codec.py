@@ -32,8 +32,10 @@ from tensorgate.errors import InvalidArgument
 from tensorgate.protocol import datatypes
 from tensorgate.protocol.tensors import (
     LIMITS,
+    VIEW_MIN_BYTES,
     array_from_raw,
     array_to_raw,
+    array_view,
     check_bytes_element,
     check_shape,
 )
@@ -393,21 +395,23 @@ def encode_infer_response(
     """The response body and, when it carries binary outputs, the JSON part's length.
     Outputs asked for in shared memory are written there and carry no data here."""
     outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
+    blobs: list[bytes | memoryview] = []
     for name, array in response.outputs.items():
         datatype = response.datatypes[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": array.shape}
         if regions is not None and name in regions:
             assert shm is not None
             place = regions[name]
-            shm.write(place, array_to_raw(array, datatypes.BY_NAME[datatype]), f"output '{name}'")
+            shm.write(place, array_view(array, datatypes.BY_NAME[datatype]), f"output '{name}'")
             tensor["parameters"] = {
                 REGION: place.region,
                 OFFSET: place.offset,
                 BYTE_SIZE: place.byte_size,
             }
         elif binary_outputs.get(name, binary_by_default):
-            blob = array_to_raw(array, datatypes.BY_NAME[datatype])
+            wire = datatypes.BY_NAME[datatype]
+            large = array.nbytes >= VIEW_MIN_BYTES  # a view: copied once, by the join
+            blob = array_view(array, wire) if large else array_to_raw(array, wire)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

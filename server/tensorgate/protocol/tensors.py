@@ -97,6 +97,21 @@ def array_to_raw(array: np.ndarray, datatype: DataType) -> bytes:
     return array.tobytes()  # C order, the default
 
 
+# From this many bytes on, a view of an array and one copy into the message cost less than
+# the array's bytes copied out first (protocol/grpc_wire.py, the REST binary outputs).
+VIEW_MIN_BYTES = 64 * 1024
+
+
+def array_view(array: np.ndarray, datatype: DataType) -> bytes | memoryview:
+    """An array's wire bytes as a view of its memory, copied only when it is not C-contiguous
+    in the wire's datatype already (BYTES tensors are serialized)."""
+    if not datatype.itemsize:
+        return serialize_bytes(array)
+    contiguous = np.ascontiguousarray(array, dtype=datatype.numpy)
+    # As bytes: a bfloat16 array has no buffer format of its own to cast from.
+    return contiguous.reshape(-1).view(np.uint8).data
+
+
 def deserialize_bytes(name: str, raw: bytes | memoryview, count: int) -> np.ndarray:
     """Split length-prefixed BYTES content into an object array of `count` bytes elements."""
     view = memoryview(raw)
