@@ -90,14 +90,6 @@ class WireStreamResponse:
         return b"".join([_INFER_RESPONSE_TAG, _varint(size), *inner])
 
 
-def is_large(response: InferResponse) -> bool:
-    """Whether the response's outputs are worth serializing by hand."""
-    size = 0
-    for array in response.outputs.values():  # a loop: no generator on every response
-        size += array.nbytes
-    return size >= WIRE_MIN_BYTES
-
-
 def encode_wire(
     response: InferResponse,
     regions: dict[str, Placement] | None = None,
@@ -113,14 +105,16 @@ def encode_for_wire(
     response: InferResponse,
     regions: dict[str, Placement] | None = None,
     shm: SharedMemoryRegistry | None = None,
+    into: pb.ModelInferResponse | None = None,
 ) -> pb.ModelInferResponse | WireResponse:
-    """`encode_infer_response`, serialized by hand when the outputs are large."""
+    """`encode_infer_response` (into `into` where given), or a WireResponse, leaving `into`
+    empty, when the outputs are large."""
     size = 0
-    for array in response.outputs.values():  # is_large's loop: a call less on every response
+    for array in response.outputs.values():  # a loop: no generator on every response
         size += array.nbytes
     if size >= WIRE_MIN_BYTES:
         return encode_wire(response, regions, shm)
-    return encode_infer_response(response, regions, shm)
+    return encode_infer_response(response, regions, shm, into)
 
 
 def parse_infer_request(data: bytes) -> pb.ModelInferRequest | LargeInferRequest:

@@ -27,13 +27,7 @@ from tensorgate.errors import (
 from tensorgate.observability.logs import LogControl
 from tensorgate.observability.tracing import RequestTrace, traced_infer, traced_stream
 from tensorgate.protocol.grpc_codec import decode_infer_request, encode_infer_response
-from tensorgate.protocol.grpc_wire import (
-    WireResponse,
-    WireStreamResponse,
-    encode_for_wire,
-    encode_wire,
-    is_large,
-)
+from tensorgate.protocol.grpc_wire import WireResponse, WireStreamResponse, encode_for_wire
 from tensorgate.protocol.model_stats import encode_model_statistics
 from tensorgate.transport.grpc.stream_window import StreamWindow
 from tensorgate.transport.header_forward import HeaderForward
@@ -555,15 +549,14 @@ class _StreamRequests:
                 else:
                     window.answer(_stream_error(request, outcome))
                 return
-            answer: StreamAnswer
+            message = pb.ModelStreamInferResponse()
+            answer: StreamAnswer = message
             try:
-                if is_large(outcome):
-                    answer = WireStreamResponse(encode_wire(outcome, decoded.output_regions, shm))
-                else:  # encoded into the stream message: constructing it with one copies
-                    answer = pb.ModelStreamInferResponse()
-                    encode_infer_response(
-                        outcome, decoded.output_regions, shm, answer.infer_response
-                    )
+                # Encoded into the stream message: constructing it with a response copies it.
+                into = message.infer_response
+                encoded = encode_for_wire(outcome, decoded.output_regions, shm, into)
+                if type(encoded) is WireResponse:
+                    answer = WireStreamResponse(encoded)
             except Exception as exc:
                 answer = _stream_error(request, exc)
             window.answer(answer)
